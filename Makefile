@@ -1,0 +1,38 @@
+# The README's two commands: `make demo` (the main job) and `make test` (every test).
+# Each creates and fills the virtual environment .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUN_DIR ?= runs/demo
+export HF_HUB_OFFLINE := 1
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: venv demo test notebooks clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements.txt 2>&1 | grep -v "is ignored" || true
+	$(PY) -m pip install --quiet --no-deps -e . 2>&1 | grep -v "is ignored" || true
+	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, matplotlib, jupyterlab"
+	touch $@
+
+# The main job on the embedded default: the analytic walkthrough of notebooks 01 and 02, executed
+# with papermill into $(RUN_DIR) (executed notebooks, rate.json, schedule.json, figures).
+demo: venv
+	mkdir -p $(RUN_DIR)
+	$(PY) -m papermill --cwd $(RUN_DIR) notebooks/01_rate_estimation.ipynb $(RUN_DIR)/01_rate_estimation.ipynb -p run_dir .
+	$(PY) -m papermill --cwd $(RUN_DIR) notebooks/02_schedule_optimization.ipynb $(RUN_DIR)/02_schedule_optimization.ipynb -p run_dir .
+	@echo "demo: results in $(RUN_DIR)/ (rate.json, schedule.json, *.png, executed notebooks)"
+
+test: venv
+	$(PY) -m pytest
+
+# Re-execute the committed notebooks in place with their default parameters (their stored outputs).
+notebooks: venv
+	for nb in notebooks/0*.ipynb; do (cd notebooks && ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done
+
+clean:
+	rm -rf runs notebooks/runs

@@ -1,0 +1,67 @@
+"""The notebooks run under papermill with other parameters, chain their artifacts, and refuse bad input.
+
+(nbval separately re-executes the committed notebooks with their defaults: see pyproject.toml.)
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+papermill = pytest.importorskip("papermill")
+
+NB = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def _run(name, out_dir, **params):
+    return papermill.execute_notebook(
+        str(NB / name), str(out_dir / name), parameters=params, cwd=str(out_dir), progress_bar=False, kernel_name="python3"
+    )
+
+
+def test_chain_with_other_parameters(tmp_path):
+    _run("01_rate_estimation.ipynb", tmp_path, run_dir="run", measure="noise+cosine", grid_size=16, n_samples=512,
+         compare_measures=["noise", "fid"], dataset="gaussian", dataset_kwargs={"dim": 3, "std": 0.5})
+    rate = json.loads((tmp_path / "run" / "rate.json").read_text())
+    assert rate["measure"] == "noise:0.5+cosine:0.5"
+    assert len(rate["sigma"]) == 17 and len(rate["discrepancy"]) == len(rate["stderr"]) == 16
+    assert rate["evaluations"] == 17 * 512 and rate["meta"]["dataset_kwargs"] == {"dim": 3, "std": 0.5}
+    _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", xi=1.2, steps=[3, 7])
+    sched = json.loads((tmp_path / "run" / "schedule.json").read_text())
+    assert sched["xi"] == 1.2 and sorted(sched["sampling"]) == ["3", "7"]
+    assert len(sched["sampling"]["7"]) == 8 and sched["sampling"]["7"][-1] == 0
+    assert sched["sigma"] == sorted(sched["sigma"]) and len(sched["t"]) == len(sched["sigma"]) >= 1025
+    for fig in ("data.png", "rate.png", "rate_check.png", "schedules.png", "step_discrepancy.png", "training_density.png"):
+        assert (tmp_path / "run" / fig).stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "params,msg",
+    [
+        (dict(measure="nosie"), "Unknown measure 'nosie'"),
+        (dict(dataset="mnist9"), "Unknown dataset 'mnist9'"),
+        (dict(sigma_min=80.0, sigma_max=0.002), "must be smaller than"),
+        (dict(grid_size=1), "grid_size"),
+        (dict(model="no/such/checkpoint"), "No model at 'no/such/checkpoint'"),
+    ],
+)
+def test_bad_parameters_stop_before_work_and_keep_earlier_results(tmp_path, params, msg):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "rate.json").write_text('{"kept": true}')
+    with pytest.raises(papermill.PapermillExecutionError, match=msg):
+        _run("01_rate_estimation.ipynb", tmp_path, run_dir="run", **params)
+    assert json.loads((run / "rate.json").read_text()) == {"kept": True}
+    assert sorted(os.listdir(run)) == ["rate.json"]
+
+
+def test_schedule_stage_refuses_bad_input(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="No rate file"):
+        _run("02_schedule_optimization.ipynb", tmp_path, run_dir="empty")
+    _run("01_rate_estimation.ipynb", tmp_path, run_dir="run", grid_size=8, n_samples=256, compare_measures=["data"])
+    for params, msg in [(dict(xi=0.0), "`xi` must be a positive"), (dict(steps=[1]), "step count must be an integer >= 2"),
+                        (dict(baselines=["karas"]), "Unknown baseline 'karas'")]:
+        with pytest.raises(papermill.PapermillExecutionError, match=msg):
+            _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", **params)
+    assert not (tmp_path / "run" / "schedule.json").exists()

@@ -1,0 +1,66 @@
+"""The project's own set-up: one set of pins, the README's commands, CI, clean committed notebooks."""
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pins(lines):
+    return {m.group(1).lower(): m.group(2) for line in lines if (m := re.match(r"^\s*([A-Za-z0-9_.-]+)==([^\s#]+)", line))}
+
+
+def test_environment_yml_agrees_with_requirements():
+    req = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    assert _pins(pip_section) == req
+    assert "python=3.11" in env["dependencies"]
+
+
+def test_every_named_package_is_pinned():
+    req = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    for name in ("jupyterlab", "papermill", "torch", "diffusers", "clean-fid", "matplotlib", "nbval", "torchvision"):
+        assert name in req, name
+
+
+def test_readme_commands_and_ci():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: venv\n\t\$\(PY\) -m pytest$", makefile, re.M)
+
+
+def test_committed_notebooks_are_clean():
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        assert nb.metadata.kernelspec.name == "python3" and nb.metadata.language_info.name == "python"
+        params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(params) == 1, f"{path.name}: one cell tagged 'parameters'"
+        text = path.read_text()
+        assert not re.search(r'"/(root|tmp|work|home)/', text), f"{path.name}: machine path in outputs"
+        assert '"output_type": "error"' not in text
+        assert all(c.execution_count for c in nb.cells if c.cell_type == "code"), f"{path.name}: not executed"
+        assert "def " not in "".join(c.source for c in nb.cells if c.cell_type == "code"), "no functions in notebooks"
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "schedule.json").exists()
+
+
+def test_rate_cost_benchmark_meets_its_target():
+    from crs.bench import rate_cost_table
+
+    rows = rate_cost_table(repeats=1)
+    assert [r["measure"] for r in rows] == ["fid", "data", "noise", "data+cosine"]
+    assert all(r["evaluations"] + r["feature_evaluations"] == 65 * 4096 for r in rows)
+    assert all(r["seconds"] < 2.0 for r in rows), rows  # the README's target
