@@ -127,8 +127,10 @@ def plot_training_density(schedules: Mapping[str, Schedule], points: int = 400):
         s = np.exp(np.linspace(np.log(sched.sigma_min), np.log(sched.sigma_max), points))
         style = dict(lw=2.5, color="k") if label.startswith("crs") else dict(lw=1.2)
         ax.plot(np.log(s), sched.density(s, wrt="log_sigma").numpy(), label=label, **style)
+    ax.set_yscale("log")  # Beta-type schedules pile up at the ends: a linear axis hides the rest
+    ax.set_ylim(bottom=1e-3)
     ax.set_xlabel("log sigma")
-    ax.set_ylabel("density of training noise levels")
+    ax.set_ylabel("density over log sigma")
     ax.set_title("Training distribution of noise levels (t ~ U(0, 1), sigma = sigma(t))")
     ax.legend(fontsize=8)
     fig.tight_layout()
