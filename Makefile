@@ -32,6 +32,7 @@ test: venv
 
 # Re-execute the committed notebooks in place with their default parameters (their stored outputs).
 notebooks: venv
+	rm -rf notebooks/runs
 	for nb in notebooks/0*.ipynb; do (cd notebooks && ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done
 
 clean:

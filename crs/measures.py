@@ -205,7 +205,8 @@ def model_pass(
         for j, s in enumerate(sigma):
             s_b = torch.full((sl.stop - sl.start,), float(s), dtype=torch.float64)
             x = x0[sl] + float(s) * eps[sl]
-            d = denoiser(x, s_b).to(torch.float64)
+            with torch.no_grad():
+                d = denoiser(x, s_b).to(torch.float64)
             if not torch.all(torch.isfinite(d)):
                 raise ValueError(f"The model returned non-finite values at sigma={float(s):.6g}.")
             e = (x.to(torch.float64) - d) / float(s)
@@ -260,7 +261,8 @@ def fid_pass(
     for j, s in enumerate(tqdm(sigma, desc="rate (fid)", unit="level", disable=not progress, leave=False)):
         stats = None
         for sl in _batches(m, batch_size):
-            feats = feature_fn(float(sigma_to_alpha(s)) * (x0[sl] + float(s) * eps[sl]))
+            with torch.no_grad():
+                feats = feature_fn(float(sigma_to_alpha(s)) * (x0[sl] + float(s) * eps[sl]))
             feats = feats.detach().to(torch.float64).cpu().numpy()
             if not np.all(np.isfinite(feats)):
                 raise ValueError(f"The feature extractor returned non-finite values at sigma={float(s):.6g}.")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Mapping
+import math
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,10 +15,13 @@ from crs.rate import RateEstimate
 from crs.schedules import Schedule
 
 __all__ = [
+    "plot_loss_by_sigma",
+    "plot_losses",
+    "plot_noise_densities",
     "plot_noised_data",
+    "plot_samples",
     "plot_schedules",
     "plot_step_discrepancy",
-    "plot_training_density",
     "plot_velocity",
     "save_figure",
 ]
@@ -119,19 +123,99 @@ def plot_step_discrepancy(rate: RateEstimate, schedules: Mapping[str, torch.Tens
     return fig
 
 
-def plot_training_density(schedules: Mapping[str, Schedule], points: int = 400):
-    """Training noise-level density over log sigma for several continuous schedules."""
+def plot_losses(losses: Mapping[str, Sequence[float]], window: int = 25):
+    """Training loss per step (light) and its running mean over ``window`` steps (solid)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.0))
-    for label, sched in schedules.items():
-        s = np.exp(np.linspace(np.log(sched.sigma_min), np.log(sched.sigma_max), points))
-        style = dict(lw=2.5, color="k") if label.startswith("crs") else dict(lw=1.2)
-        ax.plot(np.log(s), sched.density(s, wrt="log_sigma").numpy(), label=label, **style)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for label, values in losses.items():
+        v = np.asarray(values, dtype=np.float64)
+        if v.size == 0:
+            continue
+        (line,) = ax.plot(v, alpha=0.25, lw=0.8)
+        k = min(window, v.size)
+        ax.plot(np.arange(k - 1, v.size), np.convolve(v, np.ones(k) / k, mode="valid"), color=line.get_color(), label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("EDM-weighted loss")
+    ax.set_title("Training loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_samples(samples: torch.Tensor, reference: torch.Tensor | None = None, title: str = "Samples", max_images: int = 64):
+    """2-D samples as a scatter (beside reference data), images as a grid."""
+    plt = _plt()
+    samples = samples.detach().cpu().float()
+    if samples.ndim == 2:
+        fig, ax = plt.subplots(figsize=(4.2, 4.2))
+        if reference is not None:
+            ref = reference.detach().cpu().float()
+            ax.scatter(ref[:, 0], ref[:, 1], s=2, alpha=0.3, color="grey", label="data")
+        ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, label="samples")
+        ax.set_aspect("equal")
+        ax.legend(fontsize=8, markerscale=4)
+    else:
+        imgs = ((samples[:max_images].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+        n = len(imgs)
+        cols = int(math.ceil(math.sqrt(n)))
+        rows = int(math.ceil(n / cols))
+        c, h, w = samples.shape[1:]
+        canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), dtype=np.float32)
+        for i, img in enumerate(imgs):
+            r, q = divmod(i, cols)
+            canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img
+        fig, ax = plt.subplots(figsize=(4.2, 4.2 * rows / cols))
+        ax.imshow(canvas.squeeze(-1) if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+        ax.axis("off")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_noise_densities(distributions: Mapping[str, object], sigma_min: float, sigma_max: float, points: int = 400):
+    """Densities over log sigma of training noise-level distributions.
+
+    Args:
+        distributions: ``{label: object with density(sigma, wrt="log_sigma")}``: a
+            :class:`~crs.schedules.Schedule` (t ~ U(0, 1), sigma = sigma(t)) or a training distribution.
+        sigma_min, sigma_max: the range drawn.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    s = np.exp(np.linspace(np.log(sigma_min), np.log(sigma_max), points))
+    for label, dist in distributions.items():
+        style = dict(lw=2.5, color="k") if label.startswith("crs") else dict(lw=1.5)
+        ax.plot(np.log(s), np.asarray(dist.density(s, wrt="log_sigma")), label=label, **style)
     ax.set_yscale("log")  # Beta-type schedules pile up at the ends: a linear axis hides the rest
     ax.set_ylim(bottom=1e-3)
     ax.set_xlabel("log sigma")
     ax.set_ylabel("density over log sigma")
-    ax.set_title("Training distribution of noise levels (t ~ U(0, 1), sigma = sigma(t))")
+    ax.set_title("Training noise-level distributions")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss_by_sigma(sigmas, losses: Mapping[str, np.ndarray], reference: str = "base"):
+    """Held-out EDM loss at fixed noise levels, as a ratio to the ``reference`` model's (< 1: better).
+
+    Args:
+        sigmas: the levels (L,).
+        losses: ``{label: loss per level (L,)}``, including ``reference``.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ref = np.asarray(losses[reference])
+    for label, values in losses.items():
+        style = dict(lw=2.5, color="k") if label.startswith("crs") else dict(lw=1.5)
+        if label == "exact":
+            style = dict(lw=1.0, color="grey", ls="--")
+        ax.plot(np.log(np.asarray(sigmas)), np.asarray(values) / ref, marker="o", ms=3, label=label, **style)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("log sigma")
+    ax.set_ylabel(f"held-out loss / {reference} model's")
+    ax.set_title("Denoising loss at fixed noise levels (lower is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

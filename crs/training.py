@@ -1,0 +1,376 @@
+"""Training and fine-tuning with a chosen distribution of training noise levels.
+
+The loss is EDM's (Karras et al. 2022): ``lambda(sigma) * |D(x0 + sigma eps; sigma) - x0|^2`` with
+``lambda = (sigma^2 + sd^2) / (sigma sd)^2``, averaged over elements. Only the distribution of
+``sigma`` changes between runs; that is the piece a training schedule replaces:
+
+* ``edm``: log-normal, ``log sigma ~ N(P_mean = -1.2, P_std = 1.2)`` (EDM's default);
+* ``logsnr``: uniform in logsnr on [sigma_min, sigma_max];
+* ``cosine``: uniform time of the cosine schedule on [sigma_min, sigma_max];
+* ``crs``: ``t ~ U(0, 1)``, ``sigma = sigma(t)`` of a CRS schedule (a ``schedule.json``);
+* ``crs-online``: the same, but every ``online_every`` steps the velocity is re-estimated with the
+  current EMA model on a fixed batch and the distribution rebuilt; the time this takes is measured.
+
+:func:`train` runs on one CPU, one GPU or several (``accelerate launch``) through Hugging Face
+``accelerate``, keeps an EMA of the weights, clips gradients, uses bf16 autocast on GPUs, shows a
+tqdm bar with the running loss, and checkpoints every N steps (model, EMA, optimiser, generator,
+noise distribution) atomically, so an interrupted run resumes where it stopped and ends with the
+same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from crs.schedules import Schedule
+
+__all__ = [
+    "NOISE_DISTRIBUTIONS", "LogNormalNoise", "ScheduleNoise", "TrainConfig", "TrainResult", "loss_by_sigma", "make_noise", "train",
+]
+
+NOISE_DISTRIBUTIONS = ("edm", "logsnr", "cosine", "crs", "crs-online")
+CHECKPOINT = "checkpoint.pt"
+
+
+class LogNormalNoise:
+    """EDM's training distribution: ``log sigma ~ N(p_mean, p_std^2)``."""
+
+    def __init__(self, p_mean: float = -1.2, p_std: float = 1.2):
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` noise levels, float64 (n,)."""
+        return torch.exp(self.p_mean + self.p_std * torch.randn(n, generator=generator, dtype=torch.float64))
+
+    def density(self, sigma, wrt: str = "log_sigma") -> torch.Tensor:
+        """Density over ``log sigma`` (``wrt="log_sigma"``) or over ``sigma``."""
+        s = torch.as_tensor(sigma, dtype=torch.float64)
+        dens = torch.exp(-0.5 * ((torch.log(s) - self.p_mean) / self.p_std) ** 2) / (self.p_std * math.sqrt(2 * math.pi))
+        return dens if wrt == "log_sigma" else dens / s
+
+    def state(self) -> dict:
+        return {"kind": "lognormal", "p_mean": self.p_mean, "p_std": self.p_std}
+
+
+class ScheduleNoise:
+    """Noise levels ``sigma(t)``, ``t ~ U(0, 1)``, of a continuous schedule."""
+
+    def __init__(self, schedule: Schedule):
+        self.schedule = schedule
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.schedule.sample_sigmas(n, generator)
+
+    def density(self, sigma, wrt: str = "log_sigma") -> torch.Tensor:
+        return self.schedule.density(sigma, wrt=wrt)
+
+    def state(self) -> dict:
+        return {"kind": "schedule", "schedule": self.schedule.to_dict()}
+
+
+def _noise_from_state(state: dict):
+    if state["kind"] == "lognormal":
+        return LogNormalNoise(state["p_mean"], state["p_std"])
+    return ScheduleNoise(Schedule.from_dict(state["schedule"]))
+
+
+def make_noise(name: str, sigma_min: float = 0.002, sigma_max: float = 80.0, schedule=None):
+    """The training distribution ``name`` (see :data:`NOISE_DISTRIBUTIONS`).
+
+    Args:
+        sigma_min, sigma_max: the model's range (for ``logsnr`` and ``cosine``; for ``crs`` the
+            schedule must cover it).
+        schedule: for ``crs`` / ``crs-online``: a :class:`~crs.schedules.Schedule` or the path of a
+            ``schedule.json``.
+    """
+    if name not in NOISE_DISTRIBUTIONS:
+        raise ValueError(f"Unknown noise distribution {name!r}; valid choices: {', '.join(NOISE_DISTRIBUTIONS)}.")
+    if name == "edm":
+        return LogNormalNoise()
+    if name == "logsnr":
+        return ScheduleNoise(Schedule.from_baseline("exponential", sigma_min, sigma_max))
+    if name == "cosine":
+        return ScheduleNoise(Schedule.from_baseline("cosine", sigma_min, sigma_max))
+    if schedule is None:
+        if name == "crs-online":
+            return None  # estimated from the model at the first step
+        raise ValueError("The 'crs' noise distribution needs a schedule (a schedule.json from notebook 02).")
+    sched = schedule if isinstance(schedule, Schedule) else _load_schedule(schedule)
+    tol = 1e-6
+    if sched.sigma_min > sigma_min * (1 + tol) or sched.sigma_max < sigma_max * (1 - tol):
+        raise ValueError(
+            f"The schedule covers sigma in [{sched.sigma_min:g}, {sched.sigma_max:g}], which does not cover the "
+            f"model's range [{sigma_min:g}, {sigma_max:g}]; estimate the rate over the model's range."
+        )
+    return ScheduleNoise(sched)
+
+
+def _load_schedule(path) -> Schedule:
+    if not Path(path).is_file():
+        raise ValueError(f"No schedule file at {str(path)!r} (run notebook 02 first).")
+    return Schedule.load(path)
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training or fine-tuning run (all saved in its checkpoints).
+
+    Attributes:
+        steps: optimiser steps in total.
+        batch_size: samples per step (per process).
+        lr: Adam learning rate, reached after ``warmup_steps`` of linear warm-up.
+        ema_decay: EMA decay (with the usual ``(1 + step) / (10 + step)`` warm-up).
+        grad_clip: gradient-norm clipping (0: none).
+        noise: training distribution, see :data:`NOISE_DISTRIBUTIONS`.
+        schedule: ``schedule.json`` path for ``crs`` (and the start of ``crs-online``).
+        online_every, online_measure, online_grid, online_samples, online_xi: the re-estimation of
+            ``crs-online`` (every N steps; measure; grid intervals; samples; exponent).
+        checkpoint_every: write a checkpoint every N steps (0: only at the end).
+        seed: seeds the generator of data, noise levels and noise (offset by the process index).
+        mixed_precision: ``auto`` (bf16 on a GPU, none on CPU), ``no``, ``bf16`` or ``fp16``.
+    """
+
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    noise: str = "edm"
+    schedule: str | None = None
+    online_every: int = 200
+    online_measure: str = "data"
+    online_grid: int = 16
+    online_samples: int = 256
+    online_xi: float = 1.0
+    checkpoint_every: int = 0
+    seed: int = 0
+    mixed_precision: str = "auto"
+
+    def validate(self) -> None:
+        """ValueError naming the first bad setting."""
+        from crs.measures import MODEL_MEASURES, parse_measure
+        from crs.optimize import check_xi
+
+        for name in ("steps", "batch_size", "online_every", "online_grid", "online_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        for name in ("warmup_steps", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"`lr` must be a positive number, got {self.lr!r}.")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}.")
+        if self.noise not in NOISE_DISTRIBUTIONS:
+            raise ValueError(f"Unknown noise distribution {self.noise!r}; valid choices: {', '.join(NOISE_DISTRIBUTIONS)}.")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"`mixed_precision` must be auto, no, bf16 or fp16, got {self.mixed_precision!r}.")
+        if self.noise == "crs-online":
+            check_xi(self.online_xi)
+            if set(parse_measure(self.online_measure)) - set(MODEL_MEASURES):
+                raise ValueError(f"`online_measure` must use the model (data, noise), got {self.online_measure!r}.")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes:
+        ema: the EMA denoiser (eval mode): the model to save and sample from.
+        losses: the loss of every step, from step 0 (including steps before a resume).
+        steps_done: steps completed.
+        seconds: wall time of the steps run in this call (re-estimation included).
+        online_seconds: of which re-estimating the rate (``crs-online``).
+        online_updates: number of re-estimations in this call.
+        noise: the final training distribution (for plotting its density).
+        resumed_from: the step the run resumed from (0 for a fresh run).
+    """
+
+    ema: Any
+    losses: list[float]
+    steps_done: int
+    seconds: float
+    online_seconds: float = 0.0
+    online_updates: int = 0
+    noise: Any = None
+    resumed_from: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def steps_per_second(self) -> float:
+        ran = self.steps_done - self.resumed_from
+        return ran / max(self.seconds - self.online_seconds, 1e-12)
+
+    @property
+    def online_overhead(self) -> float:
+        """Re-estimation time as a fraction of the training steps' own time."""
+        return self.online_seconds / max(self.seconds - self.online_seconds, 1e-12)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _online_schedule(ema, data, cfg: TrainConfig, sigma_min: float, sigma_max: float) -> ScheduleNoise:
+    """Re-estimate the model-based velocity with the EMA model on a fixed batch; rebuild the distribution."""
+    from crs.optimize import optimize_schedule
+    from crs.rate import estimate_rate
+
+    rate = estimate_rate(cfg.online_measure, data, denoiser=ema, sigma_min=sigma_min, sigma_max=sigma_max,
+                         grid_size=cfg.online_grid, n_samples=cfg.online_samples, seed=cfg.seed + 12345,
+                         batch_size=cfg.online_samples)
+    return ScheduleNoise(optimize_schedule(rate, xi=cfg.online_xi))
+
+
+def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen):
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    saved = dict(ckpt["config"])
+    mine = asdict(cfg)
+    differ = sorted(k for k in mine if k not in ("steps", "checkpoint_every") and saved.get(k) != mine[k])
+    if differ:
+        raise ValueError(f"The checkpoint {str(path)!r} was made with other settings ({', '.join(differ)}); "
+                         "use another checkpoint folder or resume=False.")
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    opt.load_state_dict(ckpt["optimizer"])
+    gen.set_state(ckpt["generator"])
+    noise = _noise_from_state(ckpt["noise"]) if ckpt["noise"] is not None else None
+    return ckpt["step"], list(ckpt["losses"]), noise
+
+
+def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = True, stop_after: int | None = None,
+          progress: bool = True, desc: str = "train") -> TrainResult:
+    """Train (or fine-tune) ``denoiser`` on ``data`` with the EDM loss and ``cfg.noise`` levels.
+
+    Args:
+        denoiser: a :class:`~crs.models.EDMDenoiser` (trained in place; its EMA is returned).
+        data: a dataset with ``sample(n, generator)`` and ``shape`` matching the denoiser's.
+        cfg: the settings (validated first).
+        checkpoint_dir: where ``checkpoint.pt`` is written and resumed from (None: no checkpoints).
+        resume: continue from an existing checkpoint with the same settings.
+        stop_after: stop after this step (to simulate an interruption in tests).
+        progress: tqdm bar with the running loss.
+
+    Raises:
+        ValueError: bad settings, a shape mismatch, or a non-finite loss (naming the step); nothing
+            is written for the failing step.
+    """
+    from accelerate import Accelerator
+
+    cfg.validate()
+    if tuple(data.shape) != tuple(denoiser.shape):
+        raise ValueError(f"The model takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}.")
+    lo, hi = denoiser.sigma_min, denoiser.sigma_max
+    noise = make_noise(cfg.noise, lo, hi, cfg.schedule)
+    mp = ("bf16" if torch.cuda.is_available() else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * acc.process_index)
+    denoiser.train()
+    ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
+    opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)
+    start, losses = 0, []
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        start, losses, saved_noise = _restore(ckpt_path, cfg, denoiser, ema, opt, gen)
+        noise = saved_noise or noise
+    model, opt = acc.prepare(denoiser, opt)
+    ema.to(acc.device)
+    sd = denoiser.sigma_data
+    t0, online_seconds, online_updates = time.perf_counter(), 0.0, 0
+    if noise is None:  # crs-online without a starting schedule: estimate one from the model now
+        noise = _online_schedule(ema, data, cfg, lo, hi)
+        online_seconds, online_updates = time.perf_counter() - t0, 1
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(range(start, end), desc=desc, disable=not progress or not acc.is_main_process, leave=False)
+    for step in bar:
+        x0 = data.sample(cfg.batch_size, gen).float()
+        sigma = noise.sample(cfg.batch_size, gen).float()
+        eps = torch.randn(x0.shape, generator=gen)
+        x0, sigma, eps = x0.to(acc.device), sigma.to(acc.device), eps.to(acc.device)
+        sb = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+        with acc.autocast():
+            pred = model(x0 + sb * eps, sigma)
+        weight = (sb**2 + sd**2) / (sb * sd) ** 2
+        loss = (weight * (pred.float() - x0) ** 2).mean()
+        if not torch.isfinite(loss):
+            raise ValueError(f"Non-finite loss ({loss.item()}) at step {step}: lower `lr` or check the data; "
+                             "the last checkpoint is left as it was.")
+        opt.zero_grad(set_to_none=True)
+        acc.backward(loss)
+        if cfg.grad_clip > 0:
+            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), acc.unwrap_model(model).parameters()):
+                p_ema.lerp_(p.detach(), 1.0 - decay)
+        losses.append(float(loss.item()))
+        if progress and step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if cfg.noise == "crs-online" and (step + 1) % cfg.online_every == 0 and step + 1 < cfg.steps:
+            t_on = time.perf_counter()
+            noise = _online_schedule(ema, data, cfg, lo, hi)
+            online_seconds, online_updates = online_seconds + time.perf_counter() - t_on, online_updates + 1
+        last = step + 1 == end
+        if ckpt_path is not None and acc.is_main_process and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last):
+            _atomic_torch_save({
+                "step": step + 1, "config": asdict(cfg), "model": acc.unwrap_model(model).state_dict(),
+                "ema": ema.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                "losses": losses, "noise": noise.state(),
+            }, ckpt_path)
+    bar.close()
+    return TrainResult(ema=ema.cpu().eval(), losses=losses, steps_done=end, seconds=time.perf_counter() - t0,
+                       online_seconds=online_seconds, online_updates=online_updates, noise=noise, resumed_from=start)
+
+
+def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, batch_size: int = 1024) -> np.ndarray:
+    """Held-out EDM loss at fixed noise levels: the fair comparison of models trained with different
+    noise distributions (their training losses average over different sigmas).
+
+    Args:
+        denoiser: the model.
+        data: held-out data (e.g. the ``test`` split, or fresh analytic samples).
+        sigmas: noise levels (L,).
+        n_samples: samples per level (the same x0 and eps at every level, from ``seed``).
+
+    Returns:
+        float64 array (L,): mean over samples and elements of ``lambda(sigma) |D - x0|^2``.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    x0 = data.sample(n_samples, gen).float()
+    eps = torch.randn(x0.shape, generator=gen)
+    sd = getattr(denoiser, "sigma_data", 0.5)
+    out = []
+    with torch.no_grad():
+        for s in np.asarray(sigmas, dtype=np.float64):
+            total = 0.0
+            for start in range(0, n_samples, batch_size):
+                xb, eb = x0[start:start + batch_size], eps[start:start + batch_size]
+                pred = denoiser(xb + float(s) * eb, torch.full((len(xb),), float(s)))
+                total += float(((pred.float() - xb) ** 2).sum())
+            out.append(total / x0.numel() * (s**2 + sd**2) / (s * sd) ** 2)
+    return np.asarray(out)
