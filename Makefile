@@ -19,13 +19,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, matplotlib, jupyterlab"
 	touch $@
 
-# The main job on the embedded default: the analytic walkthrough of notebooks 01 and 02, executed
-# with papermill into $(RUN_DIR) (executed notebooks, rate.json, schedule.json, figures).
+STAGES := 00_base_model 01_rate_estimation 02_schedule_optimization 03_training_schedule_finetune
+
+# The main job on the embedded default: every stage so far (00-03) with its notebook's default
+# parameters, executed with papermill into $(RUN_DIR) (executed notebooks, artifacts, figures).
 demo: venv
 	mkdir -p $(RUN_DIR)
-	$(PY) -m papermill --cwd $(RUN_DIR) notebooks/01_rate_estimation.ipynb $(RUN_DIR)/01_rate_estimation.ipynb -p run_dir .
-	$(PY) -m papermill --cwd $(RUN_DIR) notebooks/02_schedule_optimization.ipynb $(RUN_DIR)/02_schedule_optimization.ipynb -p run_dir .
-	@echo "demo: results in $(RUN_DIR)/ (rate.json, schedule.json, *.png, executed notebooks)"
+	for nb in $(STAGES); do $(PY) -m papermill --cwd $(RUN_DIR) notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb -p run_dir . || exit 1; done
+	@echo "demo: results in $(RUN_DIR)/ (models/, rate.json, schedule.json, finetune.json, *.png, executed notebooks)"
 
 test: venv
 	$(PY) -m pytest

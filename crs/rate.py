@@ -206,7 +206,8 @@ def estimate_rate(
     """
     parsed = parse_measure(measure)
     sigma = logsnr_grid(sigma_min, sigma_max, grid_size)
-    _check_count("n_samples", n_samples, 2)
+    _check_count("jackknife_groups", jackknife_groups, 2)
+    check_rate_inputs(measure, sigma_min, sigma_max, grid_size, n_samples, jackknife_groups)
     _check_count("batch_size", batch_size, 1)
     if any(name in MODEL_MEASURES for name in parsed) and denoiser is None:
         raise ValueError(f"The measure {format_measure(parsed)!r} needs a model (`denoiser`); only 'fid' and baselines do not.")
@@ -251,13 +252,14 @@ def estimate_rate(
 
 
 
-def check_rate_inputs(measures, sigma_min: float, sigma_max: float, grid_size: int, n_samples: int) -> None:
+def check_rate_inputs(measures, sigma_min: float, sigma_max: float, grid_size: int, n_samples: int, jackknife_groups: int = 10) -> None:
     """Validate everything a rate-estimation run takes, before any work (ValueError naming the problem).
 
     Args:
         measures: one measure spec or a list of them.
+        n_samples: at least 2; at least ``4 * jackknife_groups`` when a spec uses ``fid``.
     """
-    for spec in [measures] if isinstance(measures, (str, Mapping)) else list(measures):
-        parse_measure(spec)
+    specs = [measures] if isinstance(measures, (str, Mapping)) else list(measures)
+    uses_fid = any("fid" in parse_measure(spec) for spec in specs)
     logsnr_grid(sigma_min, sigma_max, grid_size)
-    _check_count("n_samples", n_samples, 2)
+    _check_count("n_samples", n_samples, 4 * jackknife_groups if uses_fid else 2)

@@ -65,3 +65,51 @@ def test_schedule_stage_refuses_bad_input(tmp_path):
         with pytest.raises(papermill.PapermillExecutionError, match=msg):
             _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", **params)
     assert not (tmp_path / "run" / "schedule.json").exists()
+
+
+def test_full_chain_on_real_digits_with_a_unet(tmp_path):
+    """00 -> 01 -> 02 -> 03 on scikit-learn's digits with a tiny UNet and the online CRS schedule."""
+    digits = dict(dataset="digits", dataset_kwargs={})
+    _run("00_base_model.ipynb", tmp_path, run_dir="run", train_steps=4, batch_size=8, checkpoint_every=2,
+         sample_steps=3, n_show=16, model_kwargs={"block_out_channels": [16, 32]}, **digits)
+    base = tmp_path / "run" / "models" / "base"
+    assert json.loads((base / "config.json").read_text())["_class_name"] == "UNet2DModel"
+    _run("01_rate_estimation.ipynb", tmp_path, run_dir="run", model="run/models/base", measure="noise", grid_size=8,
+         n_samples=48, compare_measures=["noise", "fid"], **digits)
+    assert json.loads((tmp_path / "run" / "rate.json").read_text())["evaluations"] == 9 * 48
+    _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", steps=[4])
+    _run("03_training_schedule_finetune.ipynb", tmp_path, run_dir="run", finetune_steps=4, batch_size=8, checkpoint_every=2,
+         crs_noise="crs-online", online_every=2, online_grid=4, online_samples=16, eval_levels=4, eval_samples=16, **digits)
+    result = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert result["runs"]["crs"]["noise"] == "crs-online" and result["runs"]["crs"]["online_updates"] == 1
+    assert len(result["runs"]["crs"]["losses"]) == len(result["runs"]["control"]["losses"]) == 4
+    assert set(result["heldout_loss"]) == {"base", "crs", "control"}
+    for name in ("crs", "control"):
+        assert (tmp_path / "run" / "models" / name / "diffusion_pytorch_model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("base")
+    _run("00_base_model.ipynb", tmp, run_dir="run", train_steps=20, batch_size=32, sample_steps=3, n_show=64)
+    _run("01_rate_estimation.ipynb", tmp, run_dir="run", grid_size=8, n_samples=64, compare_measures=["data"])
+    _run("02_schedule_optimization.ipynb", tmp, run_dir="run", steps=[4])
+    return tmp
+
+
+@pytest.mark.parametrize("params,msg", [
+    (dict(control_noise="uniform"), "Unknown noise distribution 'uniform'"),
+    (dict(crs_noise="edm"), "`crs_noise` must be 'crs' or 'crs-online'"),
+    (dict(base_model="run/models/nothing"), "No model at 'run/models/nothing'"),
+    (dict(dataset="digits"), r"takes samples of shape \(2,\), but the dataset gives \(1, 8, 8\)"),
+    (dict(schedule="run/narrow.json"), "does not cover the model's range"),
+    (dict(finetune_steps=0), "`steps` must be a positive integer"),
+])
+def test_finetune_refuses_bad_input_before_training(base_run, params, msg):
+    import crs
+
+    run = base_run / "run"
+    crs.Schedule.from_baseline("karras", 0.01, 10.0).save(run / "narrow.json")
+    with pytest.raises(papermill.PapermillExecutionError, match=msg):
+        _run("03_training_schedule_finetune.ipynb", base_run, run_dir="run", finetune_steps=params.pop("finetune_steps", 3), **params)
+    assert not (run / "models" / "crs").exists() and not (run / "models" / "control").exists()

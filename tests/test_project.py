@@ -79,3 +79,12 @@ def test_notebook_parameters_are_inspectable(caplog):
         found = papermill.inspect_notebook(str(ROOT / "notebooks" / name))
         assert set(found) == params, name
     assert "Unable to parse" not in caplog.text
+
+
+def test_training_benchmarks_run():
+    from crs.bench import online_overhead_table, training_speed_table
+
+    rows = training_speed_table(steps=3, warmup=1, cases=[("MLP", "gmm", {}, 32), ("UNet", "digits", {}, 4)])
+    assert [r["model"] for r in rows] == ["MLP", "UNet"] and all(r["steps_per_second"] > 0 for r in rows)
+    (row,) = online_overhead_table([("MLP", "gmm", {}, 32, 20, 10, 4, 32)])
+    assert row["updates"] == 2 and row["overhead"] > 0

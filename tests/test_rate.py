@@ -100,6 +100,7 @@ def test_rate_file_round_trip_and_validation(tmp_path):
         (dict(sigma_min=-1.0), "`sigma_min` must be positive"),
         (dict(grid_size=1), "`grid_size` must be an integer >= 2"),
         (dict(n_samples=1), "`n_samples` must be an integer >= 2"),
+        (dict(measure="fid", n_samples=39), "`n_samples` must be an integer >= 40"),
         (dict(measure="data", denoiser=None), "needs a model"),
     ],
 )

@@ -1,0 +1,58 @@
+"""Datasets: real digits shipped offline, a user's folder, deterministic held-out splits."""
+
+import numpy as np
+import pytest
+import torch
+
+import crs
+
+
+@pytest.mark.parametrize("name,shape,n", [("mnist", (1, 28, 28), 5000), ("digits", (1, 8, 8), 1797)])
+def test_real_digits_offline_with_disjoint_splits(name, shape, n):
+    train = crs.make_dataset(name)
+    test = crs.make_dataset(name, split="test")
+    everything = crs.make_dataset(name, split="all")
+    assert train.shape == test.shape == shape and len(everything) == n
+    assert len(train) + len(test) == n and len(test) == round(0.1 * n)
+    assert train.images.min() >= -1 and train.images.max() <= 1 and train.images.dtype == torch.float32
+    # disjoint and deterministic: no test image appears in train (compare rows exactly)
+    tr = {row.numpy().tobytes() for row in train.images.flatten(1)}
+    overlap = sum(row.numpy().tobytes() in tr for row in test.images.flatten(1))
+    assert overlap <= 2  # a couple of digits are exact duplicates in the source data
+    assert torch.equal(crs.make_dataset(name, split="test").images, test.images)
+
+
+def test_resizing_and_sampling_are_seeded():
+    small = crs.make_dataset("mnist", resolution=16)
+    assert small.shape == (1, 16, 16)
+    a = small.sample(8, torch.Generator().manual_seed(1))
+    b = small.sample(8, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_folder_dataset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"img{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    rgb = crs.make_dataset("folder", path=str(tmp_path), resolution=8, split="all")
+    assert rgb.shape == (3, 8, 8) and len(rgb) == 6
+    gray = crs.make_dataset("folder", path=str(tmp_path), channels=1, split="all")
+    assert gray.shape == (1, 20, 24)
+    Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)).save(tmp_path / "odd.png")
+    with pytest.raises(ValueError, match="different sizes.*set `resolution`"):
+        crs.make_dataset("folder", path=str(tmp_path))
+    with pytest.raises(ValueError, match="No image folder"):
+        crs.make_dataset("folder", path=str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No images"):
+        crs.make_dataset("folder", path=str(tmp_path / "empty"))
+
+
+def test_dataset_argument_errors():
+    with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['resolutoin'\].*Valid keywords: resolution, split, test_fraction"):
+        crs.make_dataset("mnist", resolutoin=16)
+    with pytest.raises(ValueError, match="Unknown split 'val'"):
+        crs.make_dataset("digits", split="val")
