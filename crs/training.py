@@ -244,7 +244,7 @@ def _online_schedule(ema, data, cfg: TrainConfig, sigma_min: float, sigma_max: f
     return ScheduleNoise(optimize_schedule(rate, xi=cfg.online_xi))
 
 
-def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen):
+def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen, rank: int = 0):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     saved = dict(ckpt["config"])
     mine = asdict(cfg)
@@ -255,7 +255,13 @@ def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen):
     model.load_state_dict(ckpt["model"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["optimizer"])
-    gen.set_state(ckpt["generator"])
+    rng_path = path.parent / f"rng-{rank}.pt"
+    if rank == 0:
+        gen.set_state(ckpt["generator"])
+    elif rng_path.is_file():
+        gen.set_state(torch.load(rng_path, weights_only=False)["generator"])
+    else:
+        raise ValueError(f"The checkpoint {str(path)!r} has no generator state for process {rank} ({rng_path.name}).")
     noise = _noise_from_state(ckpt["noise"]) if ckpt["noise"] is not None else None
     return ckpt["step"], list(ckpt["losses"]), noise
 
@@ -293,7 +299,7 @@ def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = 
     start, losses = 0, []
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     if resume and ckpt_path is not None and ckpt_path.is_file():
-        start, losses, saved_noise = _restore(ckpt_path, cfg, denoiser, ema, opt, gen)
+        start, losses, saved_noise = _restore(ckpt_path, cfg, denoiser, ema, opt, gen, acc.process_index)
         noise = saved_noise or noise
     model, opt = acc.prepare(denoiser, opt)
     ema.to(acc.device)
@@ -336,12 +342,16 @@ def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = 
             noise = _online_schedule(ema, data, cfg, lo, hi)
             online_seconds, online_updates = online_seconds + time.perf_counter() - t_on, online_updates + 1
         last = step + 1 == end
-        if ckpt_path is not None and acc.is_main_process and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last):
-            _atomic_torch_save({
-                "step": step + 1, "config": asdict(cfg), "model": acc.unwrap_model(model).state_dict(),
-                "ema": ema.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                "losses": losses, "noise": noise.state(),
-            }, ckpt_path)
+        if ckpt_path is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last):
+            if not acc.is_main_process:  # every other process keeps its own generator state
+                _atomic_torch_save({"step": step + 1, "generator": gen.get_state()}, ckpt_path.parent / f"rng-{acc.process_index}.pt")
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                _atomic_torch_save({
+                    "step": step + 1, "config": asdict(cfg), "model": acc.unwrap_model(model).state_dict(),
+                    "ema": ema.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                    "losses": losses, "noise": noise.state(),
+                }, ckpt_path)
     bar.close()
     return TrainResult(ema=ema.cpu().eval(), losses=losses, steps_done=end, seconds=time.perf_counter() - t0,
                        online_seconds=online_seconds, online_updates=online_updates, noise=noise, resumed_from=start)

@@ -144,3 +144,34 @@ def test_bad_settings(kwargs, msg):
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match=r"takes samples of shape \(1, 8, 8\), but the dataset gives \(2,\)"):
         train(build_denoiser((1, 8, 8)), crs.make_dataset("gmm"), TrainConfig(steps=1), progress=False)
+
+
+def _launch(tmp_path, *args):
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           str(Path(__file__).parent / "mp_train.py"), *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [dict(kv.split("=") for kv in line.split()[1:]) for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+@pytest.mark.slow
+def test_two_processes_with_accelerate_launch_and_resume(tmp_path):
+    """Two CPU processes (gloo): synchronised weights, different batches, and an exact resume."""
+    full = _launch(tmp_path, tmp_path / "full")
+    assert [r["world"] for r in full] == ["2", "2"]
+    assert full[0]["ema"] == full[1]["ema"]  # gradients are averaged: both processes hold the same model
+    assert full[0]["first_loss"] != full[1]["first_loss"]  # each draws its own batches
+    _launch(tmp_path, tmp_path / "cut", 3)
+    resumed = _launch(tmp_path, tmp_path / "cut")
+    assert resumed[0]["ema"] == full[0]["ema"] and resumed[1]["ema"] == full[1]["ema"]
