@@ -26,13 +26,17 @@ _EXPORTS = {
     "crs.measures": ["BASE_MEASURES", "fid_from_stats", "parse_measure"],
     "crs.rate": ["RateEstimate", "check_rate_inputs", "estimate_rate", "logsnr_grid"],
     "crs.models": ["load_denoiser"],
+    "crs.export": ["apply_schedule"],
     "crs.optimize": ["check_xi", "optimize_schedule", "sampling_schedules", "schedule_from_velocity", "step_discrepancy"],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
-_SUBMODULES = ("analytic", "bench", "data", "io", "measures", "models", "optimize", "plotting", "rate", "sampling", "schedules", "training")
+_SUBMODULES = (
+    "analytic", "bench", "data", "export", "io", "measures", "metrics", "models", "optimize", "plotting", "rate", "sampling",
+    "schedules", "training",
+)
 
 
 def __getattr__(name: str):

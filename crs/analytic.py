@@ -121,6 +121,11 @@ class GaussianMixture:
         x, sigma = self._as_batch(x, sigma)
         return (x - self.denoiser(x, sigma)) / sigma[:, None]
 
+    def assign(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """Index of the most responsible component for each sample (B,), int64."""
+        x, sigma = self._as_batch(x, sigma)
+        return self._log_joint(x, sigma)[0].argmax(1)
+
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """Exact log-density of ``p_sigma`` at ``x`` (B, dim) -> (B,)."""
         x, sigma = self._as_batch(x, sigma)

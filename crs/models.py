@@ -26,7 +26,7 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
-__all__ = ["EDMDenoiser", "MLPNet", "build_denoiser", "load_denoiser", "unet"]
+__all__ = ["EDMDenoiser", "MLPNet", "build_denoiser", "load_denoiser", "resolve_models", "unet"]
 
 DENOISER_FILE = "crs_denoiser.json"
 
@@ -226,3 +226,13 @@ def load_denoiser(model: str, data=None):
     if data is not None and tuple(data.shape) != tuple(denoiser.shape):
         raise ValueError(f"The model at {model!r} takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}.")
     return denoiser.eval()
+
+
+def resolve_models(names, run_dir, data) -> dict:
+    """Denoisers for a list of model names: ``"analytic"``, a name under ``run_dir/models/``, or a
+    folder / hub id (see :func:`load_denoiser`). Returns ``{name: denoiser}`` in the given order."""
+    models = {}
+    for name in names:
+        local = Path(run_dir) / "models" / name
+        models[name] = load_denoiser(str(local) if name != "analytic" and local.is_dir() else name, data)
+    return models

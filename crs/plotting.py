@@ -15,10 +15,14 @@ from crs.rate import RateEstimate
 from crs.schedules import Schedule
 
 __all__ = [
+    "plot_crs_ratio",
     "plot_loss_by_sigma",
     "plot_losses",
     "plot_noise_densities",
+    "plot_metric_vs_nfe",
     "plot_noised_data",
+    "plot_precision_recall",
+    "plot_sample_grid",
     "plot_samples",
     "plot_schedules",
     "plot_step_discrepancy",
@@ -217,5 +221,104 @@ def plot_loss_by_sigma(sigmas, losses: Mapping[str, np.ndarray], reference: str 
     ax.set_ylabel(f"held-out loss / {reference} model's")
     ax.set_title("Denoising loss at fixed noise levels (lower is better)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sample_grid(samples: Mapping[str, torch.Tensor], reference: torch.Tensor | None = None, title: str = "", max_images: int = 16):
+    """One panel per label: 2-D samples as scatter (grey: reference), images as a small grid."""
+    plt = _plt()
+    n = len(samples)
+    cols = min(n, 4)
+    rows = int(math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 3.0 * rows), squeeze=False)
+    for ax, (label, x) in zip(axes.flat, samples.items()):
+        x = x.detach().cpu().float()
+        if x.ndim == 2:
+            if reference is not None:
+                ax.scatter(reference[:, 0], reference[:, 1], s=1, alpha=0.2, color="grey")
+            ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5, color="k" if label.startswith("crs") else None)
+            ax.set_aspect("equal")
+        else:
+            imgs = ((x[:max_images].clamp(-1, 1) + 1) / 2)
+            side = int(math.ceil(math.sqrt(len(imgs))))
+            c, h, w = imgs.shape[1:]
+            canvas = torch.ones(c, side * (h + 1), side * (w + 1))
+            for i, img in enumerate(imgs):
+                r, q = divmod(i, side)
+                canvas[:, r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = img
+            ax.imshow(canvas.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+            ax.axis("off")
+        ax.set_title(label, fontsize=9)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
+    """Metric against nfe with 95 % intervals, one panel per sampler, one line per schedule."""
+    plt = _plt()
+    sel = [r for r in rows if r["metric"] == metric and r["model"] == model]
+    samplers = list(dict.fromkeys(r["sampler"] for r in sel))
+    fig, axes = plt.subplots(1, len(samplers), figsize=(3.6 * len(samplers), 3.4), squeeze=False, sharey=True)
+    for ax, sampler in zip(axes.flat, samplers):
+        for sched in dict.fromkeys(r["schedule"] for r in sel):
+            pts = sorted((r["nfe"], r["value"], r["ci_low"], r["ci_high"]) for r in sel if r["sampler"] == sampler and r["schedule"] == sched)
+            if not pts:
+                continue
+            nfe, val, lo, hi = map(np.asarray, zip(*pts))
+            style = dict(color="k", lw=2.5, zorder=5) if sched.startswith("crs") else dict(lw=1.2)
+            ax.errorbar(nfe, val, yerr=[val - lo, hi - val], marker="o", ms=3, capsize=2, label=sched, **style)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("nfe")
+        ax.set_title(sampler)
+    axes.flat[0].set_ylabel(metric)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{metric} against nfe, model '{model}' (bars: 95 % bootstrap intervals)")
+    fig.tight_layout()
+    return fig
+
+
+def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: int):
+    """Precision against recall for every schedule and sampler at one nfe."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.0, 4.2))
+    pr = {}
+    for r in rows:
+        if r["model"] == model and r["nfe"] == nfe and r["metric"] in (f"precision_{features}", f"recall_{features}"):
+            pr.setdefault((r["schedule"], r["sampler"]), {})[r["metric"].split("_")[0]] = r["value"]
+    markers = dict(zip(dict.fromkeys(s for _, s in pr), "osD^v<>"))
+    for (sched, sampler), v in pr.items():
+        if "precision" in v and "recall" in v:
+            ax.scatter(v["recall"], v["precision"], marker=markers[sampler], color="k" if sched.startswith("crs") else None,
+                       label=f"{sched} / {sampler}", s=30)
+    ax.set_xlabel(f"recall ({features})")
+    ax.set_ylabel(f"precision ({features})")
+    ax.set_title(f"Precision and recall, model '{model}', nfe {nfe}")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
+    """CRS value divided by the best baseline's against nfe, one line per model and sampler (< 1: CRS better,
+    for lower-is-better metrics); filled markers where the paired difference is significant."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    sel = [c for c in comparisons if c["metric"] == metric and c["ratio"] is not None]
+    for key in dict.fromkeys((c["model"], c["sampler"]) for c in sel):
+        pts = sorted((c["nfe"], c["ratio"], c["significant"]) for c in sel if (c["model"], c["sampler"]) == key)
+        nfe, ratio, sig = zip(*pts)
+        (line,) = ax.plot(nfe, ratio, label=f"{key[0]} / {key[1]}")
+        ax.scatter(nfe, ratio, facecolors=[line.get_color() if s else "none" for s in sig], edgecolors=line.get_color(), zorder=5)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("nfe")
+    ax.set_ylabel(f"{metric}: CRS / best baseline")
+    ax.set_title("CRS against the best baseline at each nfe (filled: significant)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

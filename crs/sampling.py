@@ -1,25 +1,42 @@
-"""Samplers on any schedule: one signature ``sample_x(denoiser, x, sigmas)`` (k-diffusion style).
+"""Samplers on any schedule: one signature ``sample_x(denoiser, x, sigmas, ...)`` (k-diffusion style).
 
 ``sigmas`` is a descending schedule with a final 0 (see :mod:`crs.schedules`); ``x`` starts as
-``sigmas[0] * noise``. The samplers are plain functions with no hidden randomness; gradients are
-not disabled here (use :func:`generate`, which does, for inference).
+``sigmas[0] * noise``. The samplers are plain functions; the stochastic one takes its noise from a
+:class:`SampleNoise`, which gives every sample its own ``torch.Generator`` (per-sample seeds), so a
+sample does not depend on the batch it was drawn in. :func:`generate` draws many samples in batches.
+
+Network evaluations (nfe) for ``n`` steps (``n`` noise levels, then 0):
+
+==============  =========  =====================================================
+sampler         nfe        method
+==============  =========  =====================================================
+``euler``       n          Euler on the probability-flow ODE
+``heun``        2n - 1     EDM Algorithm 1 (Heun, Euler on the last step)
+``dpmpp_2m``    n          DPM-Solver++(2M) (Lu et al. 2022), k-diffusion form
+``edm``         2n - 1     EDM Algorithm 2: Heun with churn (stochastic)
+==============  =========  =====================================================
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import io
+import math
+import time
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
 
+from crs.io import atomic_write_bytes
 from crs.schedules import check_steps
 
-__all__ = ["SAMPLERS", "generate", "sample_euler", "sample_heun"]
+__all__ = ["SAMPLERS", "SampleNoise", "check_nfe_plan", "generate", "sample_grid", "nfe_of", "sample_dpmpp_2m", "sample_edm", "sample_euler", "sample_heun", "steps_for_nfe"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+def _check_sigmas(sigmas) -> torch.Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     if sigmas.ndim != 1 or len(sigmas) < 2 or sigmas[-1] != 0 or torch.any(sigmas[:-2] <= sigmas[1:-1]) or sigmas[-2] <= 0:
         raise ValueError("`sigmas` must be 1-D, strictly descending and positive, then a final 0.")
@@ -31,7 +48,25 @@ def _level(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
 
 
-def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, progress: bool = False) -> torch.Tensor:
+class SampleNoise:
+    """Per-sample Gaussian noise: sample i draws from its own generator seeded with ``seeds[i]``.
+
+    Args:
+        seeds: one integer per sample.
+        shape: shape of one sample.
+        dtype: dtype of the draws.
+    """
+
+    def __init__(self, seeds: Sequence[int], shape: tuple[int, ...], dtype=torch.float32):
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.shape, self.dtype = tuple(shape), dtype
+
+    def __call__(self) -> torch.Tensor:
+        """One draw per sample, (B, *shape), on the CPU."""
+        return torch.stack([torch.randn(self.shape, generator=g, dtype=self.dtype) for g in self.generators])
+
+
+def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False) -> torch.Tensor:
     """Euler's method on the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma``; nfe = n."""
     sigmas = _check_sigmas(sigmas)
     for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="euler", leave=False):
@@ -41,37 +76,195 @@ def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, prog
     return x
 
 
-def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas: torch.Tensor, progress: bool = False) -> torch.Tensor:
+def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False) -> torch.Tensor:
     """Heun's second-order method (EDM Algorithm 1, no churn); nfe = 2n - 1 (Euler on the last step)."""
+    return sample_edm(denoiser, x, sigmas, noise=None, s_churn=0.0, progress=progress)
+
+
+def sample_edm(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    sigmas,
+    noise: SampleNoise | None = None,
+    s_churn: float = 40.0,
+    s_min: float = 0.05,
+    s_max: float = 50.0,
+    s_noise: float = 1.003,
+    progress: bool = False,
+) -> torch.Tensor:
+    """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2); nfe = 2n - 1.
+
+    Defaults are EDM's ImageNet-64 settings. At each level in [s_min, s_max] the noise is raised by
+    ``gamma = min(s_churn / n, sqrt(2) - 1)`` with fresh noise (scaled by ``s_noise``), then a Heun
+    step follows. With ``s_churn = 0`` it is :func:`sample_heun`.
+
+    Args:
+        noise: source of the fresh noise (per-sample generators); required when ``s_churn > 0``.
+    """
     sigmas = _check_sigmas(sigmas)
-    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="heun", leave=False):
+    n = len(sigmas) - 1
+    if s_churn > 0 and noise is None:
+        raise ValueError("The stochastic EDM sampler needs `noise` (a SampleNoise) when s_churn > 0.")
+    for i in tqdm(range(n), disable=not progress, desc="edm", leave=False):
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - denoiser(x, _level(x, s))) / s
-        x_next = x + (s_next - s) * d  # Euler predictor
+        gamma = min(s_churn / n, math.sqrt(2.0) - 1.0) if s_min <= s <= s_max else 0.0
+        s_hat = s * (1.0 + gamma)
+        if gamma > 0:  # churn: move up to s_hat with fresh noise
+            x = x + math.sqrt(s_hat**2 - s**2) * s_noise * noise().to(x.device, x.dtype)
+        d = (x - denoiser(x, _level(x, s_hat))) / s_hat
+        x_next = x + (s_next - s_hat) * d  # Euler predictor
         if s_next > 0:  # trapezoidal corrector, except on the final step to sigma = 0
             d_next = (x_next - denoiser(x_next, _level(x, s_next))) / s_next
-            x_next = x + (s_next - s) * 0.5 * (d + d_next)
+            x_next = x + (s_next - s_hat) * 0.5 * (d + d_next)
         x = x_next
     return x
 
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
+def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False) -> torch.Tensor:
+    """DPM-Solver++(2M) (Lu et al. 2022) in k-diffusion's form; nfe = n.
+
+    With ``lambda = -log sigma`` and ``h`` the step in lambda: a first-order step at the start and on
+    the final step to 0, otherwise the multistep correction
+    ``D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``r = h_{i-1} / h_i``.
+    """
+    sigmas = _check_sigmas(sigmas)
+    old = None
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="dpmpp_2m", leave=False):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        denoised = denoiser(x, _level(x, s))
+        if s_next == 0:  # the last step lands on the prediction
+            x = denoised
+        else:
+            h = math.log(s / s_next)
+            if old is not None:
+                r = math.log(float(sigmas[i - 1]) / s) / h
+                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+            else:
+                denoised_d = denoised
+            x = (s_next / s) * x - math.expm1(-h) * denoised_d
+        old = denoised
+    return x
 
 
-def generate(denoiser: Denoiser, shape: tuple[int, ...], n: int, sigmas: torch.Tensor, seed: int = 0, sampler: str = "heun", dtype=torch.float32) -> torch.Tensor:
-    """Draw ``n`` samples: initial noise from ``torch.Generator().manual_seed(seed)``, then ``sampler``.
+SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "edm": sample_edm}
+_SECOND_ORDER = ("heun", "edm")
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; valid choices: {', '.join(SAMPLERS)}.")
+
+
+def nfe_of(sampler: str, steps: int) -> int:
+    """Network evaluations a sampler spends on ``steps`` steps."""
+    _check_sampler(sampler)
+    return 2 * steps - 1 if sampler in _SECOND_ORDER else steps
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """Steps that spend exactly ``nfe`` evaluations; ValueError when none do (e.g. Heun with even nfe)."""
+    _check_sampler(sampler)
+    if isinstance(nfe, bool) or not isinstance(nfe, int):
+        raise ValueError(f"An nfe must be an integer, got {nfe!r}.")
+    steps = (nfe + 1) // 2 if sampler in _SECOND_ORDER else nfe
+    if steps < 2 or nfe_of(sampler, steps) != nfe:
+        spendable = "odd numbers >= 3" if sampler in _SECOND_ORDER else "integers >= 2"
+        raise ValueError(f"The sampler {sampler!r} cannot spend exactly nfe={nfe}; it spends 2n - 1 or n: use {spendable}.")
+    return steps
+
+
+def generate(
+    denoiser: Denoiser,
+    shape: tuple[int, ...],
+    n: int,
+    sigmas,
+    seed: int = 0,
+    sampler: str = "heun",
+    batch_size: int = 1024,
+    dtype=torch.float32,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    **sampler_kwargs,
+) -> torch.Tensor:
+    """Draw ``n`` samples; sample i uses seed ``seed + i`` (its initial noise and any fresh noise).
+
+    Results do not depend on ``batch_size``. Sampling runs without gradients.
 
     Returns:
         tensor (n, *shape) of ``dtype``, on the CPU.
+
+    Raises:
+        ValueError: unknown sampler, bad schedule, or non-finite samples (naming the first batch).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"Unknown sampler {sampler!r}; valid choices: {', '.join(SAMPLERS)}.")
+    _check_sampler(sampler)
     check_steps(len(sigmas) - 1)
     sigmas = _check_sigmas(sigmas)
-    gen = torch.Generator().manual_seed(int(seed))
-    x = torch.randn((n, *shape), generator=gen, dtype=dtype) * float(sigmas[0])
-    with torch.no_grad():
-        out = SAMPLERS[sampler](denoiser, x, sigmas)
-    if not torch.all(torch.isfinite(out)):
-        raise ValueError("Sampling produced non-finite values (NaN or inf): check the model and the schedule.")
-    return out.cpu()
+    out = []
+    for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sampling ({sampler})", leave=False):
+        seeds = range(seed + start, seed + min(start + batch_size, n))
+        noise = SampleNoise(seeds, shape, dtype)
+        x = (noise() * float(sigmas[0])).to(device)
+        kwargs = dict(sampler_kwargs, noise=noise) if sampler == "edm" else sampler_kwargs
+        with torch.no_grad():
+            x = SAMPLERS[sampler](denoiser, x, sigmas, **kwargs)
+        if not torch.all(torch.isfinite(x)):
+            raise ValueError(f"Sampling produced non-finite values (NaN or inf) in samples {seeds.start}..{seeds.stop - 1}: "
+                             "check the model and the schedule.")
+        out.append(x.cpu())
+    return torch.cat(out)
+
+
+def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
+    """Normalise ``nfe`` (a list for every sampler, or ``{sampler: list}``) and check each is spendable.
+
+    Raises:
+        ValueError: unknown sampler, or every (sampler, nfe) that cannot be spent exactly, at once.
+    """
+    for name in samplers:
+        _check_sampler(name)
+    plan = {name: list(nfe[name]) if isinstance(nfe, dict) else list(nfe) for name in samplers}
+    if isinstance(nfe, dict) and set(nfe) - set(samplers):
+        raise ValueError(f"`nfe` names samplers that are not run: {sorted(set(nfe) - set(samplers))}.")
+    bad = []
+    for name, values in plan.items():
+        for v in values:
+            try:
+                steps_for_nfe(name, v)
+            except ValueError:
+                bad.append(f"{name}@{v}")
+    if bad:
+        raise ValueError(f"These samplers cannot spend these nfe exactly: {', '.join(bad)} "
+                         "(heun and edm spend 2n - 1: odd numbers >= 3; euler and dpmpp_2m spend n >= 2).")
+    return plan
+
+
+def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, shape: tuple[int, ...], n: int, out_dir,
+                seed: int = 0, batch_size: int = 1024, dtype=torch.float32, progress: bool = False) -> list[dict]:
+    """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
+
+    Args:
+        models: ``{name: denoiser}``.
+        schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``).
+        samplers: sampler names; ``nfe``: see :func:`check_nfe_plan`.
+        out_dir: samples go to ``out_dir/<model>/<sampler>/<schedule>_nfe<k>.pt`` (written atomically).
+
+    Returns:
+        The index: one dict per set with ``model``, ``schedule``, ``sampler``, ``nfe``, ``steps``,
+        ``path`` and ``seconds``.
+    """
+    plan = check_nfe_plan(samplers, nfe)
+    index = []
+    jobs = [(m, s, name, v) for m in models for name in samplers for v in plan[name] for s in schedules]
+    for model, sched, sampler, value in tqdm(jobs, desc="sampling", disable=not progress, leave=False):
+        steps = steps_for_nfe(sampler, value)
+        start = time.perf_counter()
+        x = generate(models[model], shape, n, schedules[sched](steps), seed=seed, sampler=sampler,
+                     batch_size=batch_size, dtype=dtype)
+        seconds = time.perf_counter() - start
+        path = Path(out_dir) / model / sampler / f"{sched}_nfe{value}.pt"
+        buf = io.BytesIO()
+        torch.save(x, buf)
+        atomic_write_bytes(path, buf.getvalue())
+        index.append(dict(model=model, schedule=sched, sampler=sampler, nfe=int(value), steps=int(steps), path=str(path),
+                          seconds=seconds))
+    return index

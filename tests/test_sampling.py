@@ -41,3 +41,85 @@ def test_generate_is_seeded_and_checks_its_input():
         generate(data.denoiser, (2,), 4, torch.tensor([1.0, 2.0, 0.0]))
     with pytest.raises(ValueError, match="non-finite"):
         generate(lambda x, s: x * float("nan"), (2,), 4, sigmas)
+
+
+def _drive_euler(scheduler, denoiser, noise):
+    """diffusers' own loop with an eps-prediction made from our denoiser (VE input)."""
+    x = noise * scheduler.sigmas[0].double()
+    for i, t in enumerate(scheduler.timesteps):
+        s = scheduler.sigmas[i].double()
+        scheduler.scale_model_input(x, t)
+        x = scheduler.step((x - denoiser(x, s)) / s, t, x).prev_sample
+    return x
+
+
+def test_euler_equals_diffusers_euler_discrete_with_sigmas():
+    from diffusers import EulerDiscreteScheduler
+
+    data = crs.make_dataset("gmm")
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for sigmas in (crs.baseline_sigmas("karras", 10, 0.03, 14.6), crs.optimize_schedule(
+            crs.estimate_rate("data", data, denoiser=data.denoiser, sigma_min=0.03, sigma_max=14.6, n_samples=512)).discretize(7)):
+        sched = EulerDiscreteScheduler()
+        sched.set_timesteps(sigmas=sigmas.tolist())
+        ref = _drive_euler(sched, data.denoiser, noise)
+        ours = sample_euler(data.denoiser, noise * sigmas[0], sigmas)
+        assert float((ref - ours).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("steps", [5, 10, 25])
+def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(steps):
+    from diffusers import DPMSolverMultistepScheduler
+
+    from crs.sampling import sample_dpmpp_2m
+
+    data = crs.make_dataset("gmm")
+    sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, prediction_type="sample", final_sigmas_type="zero")
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.double()  # the VE sigmas of diffusers' own timesteps: where the two coincide
+    noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x = noise.clone()  # diffusers works on VP samples: x_vp = alpha x_ve, init_noise_sigma = 1
+    for i, t in enumerate(sched.timesteps):
+        alpha = 1 / torch.sqrt(1 + sigmas[i] ** 2)
+        x = sched.step(data.denoiser(x / alpha, sigmas[i]), t, x).prev_sample
+    ours = sample_dpmpp_2m(data.denoiser, noise * torch.sqrt(1 + sigmas[0] ** 2), sigmas)
+    assert float((x - ours).abs().max()) < 1e-4
+
+
+def test_results_do_not_depend_on_batch_size():
+    data = crs.make_dataset("gmm")
+    sigmas = crs.baseline_sigmas("karras", 6)
+    for sampler in ("euler", "heun", "dpmpp_2m", "edm"):
+        a = generate(data.denoiser, (2,), 50, sigmas, seed=9, sampler=sampler, batch_size=50, dtype=torch.float64)
+        b = generate(data.denoiser, (2,), 50, sigmas, seed=9, sampler=sampler, batch_size=7, dtype=torch.float64)
+        assert torch.equal(a, b), sampler
+        # sample i depends on seed + i only: the tail of a run starting 20 later matches
+        c = generate(data.denoiser, (2,), 30, sigmas, seed=29, sampler=sampler, batch_size=16, dtype=torch.float64)
+        assert torch.equal(a[20:], c)
+
+
+def test_edm_churn_is_stochastic_and_reduces_to_heun():
+    from crs.sampling import SampleNoise, sample_edm
+
+    data = crs.make_dataset("gmm")
+    sigmas = crs.baseline_sigmas("karras", 8)
+    x = 80 * torch.randn(64, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert torch.equal(sample_edm(data.denoiser, x, sigmas, s_churn=0.0), sample_heun(data.denoiser, x, sigmas))
+    churned = sample_edm(data.denoiser, x, sigmas, noise=SampleNoise(range(64), (2,), torch.float64))
+    assert not torch.allclose(churned, sample_heun(data.denoiser, x, sigmas))
+    with pytest.raises(ValueError, match="needs `noise`"):
+        sample_edm(data.denoiser, x, sigmas)
+
+
+def test_nfe_accounting():
+    from crs.sampling import check_nfe_plan, nfe_of, steps_for_nfe
+
+    assert [steps_for_nfe("heun", v) for v in (3, 5, 21)] == [2, 3, 11]
+    assert steps_for_nfe("dpmpp_2m", 10) == 10 and nfe_of("edm", 11) == 21
+    with pytest.raises(ValueError, match="cannot spend exactly nfe=10"):
+        steps_for_nfe("heun", 10)
+    with pytest.raises(ValueError, match="heun@10, heun@20, edm@10"):
+        check_nfe_plan(["euler", "heun", "edm"], [5, 10, 20])
+    with pytest.raises(ValueError, match="Unknown sampler 'ddim'"):
+        check_nfe_plan(["ddim"], [5])
+    assert check_nfe_plan(["euler", "heun"], {"euler": [4], "heun": [3]}) == {"euler": [4], "heun": [3]}

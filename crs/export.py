@@ -1,0 +1,115 @@
+"""Deliver a schedule to diffusers: sigmas, integer timesteps, and ``apply_schedule``.
+
+* ``EulerDiscreteScheduler`` takes continuous ``sigmas=`` (n levels and the final 0): a CRS
+  schedule goes in exactly.
+* ``HeunDiscreteScheduler``, ``DPMSolverMultistepScheduler``, ``DPMSolverSinglestepScheduler`` and
+  ``DDPMScheduler`` take integer ``timesteps=`` only. The sigmas are mapped to the scheduler's
+  training timesteps by log-sigma interpolation and rounded, so a continuous schedule is
+  *quantised* to the nearest of the model's discrete noise levels (and close levels may merge).
+* :func:`apply_schedule` makes a scheduler (or a pipeline's scheduler) use the CRS schedule for
+  every later ``set_timesteps(n)`` call, which is what pipelines do inside ``__call__``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crs.schedules import Schedule, check_steps
+
+__all__ = ["apply_schedule", "as_schedule", "scheduler_sigma_range", "sigmas_to_timesteps"]
+
+
+def _training_sigmas(scheduler) -> np.ndarray:
+    """VE sigma of each training timestep t = 0..T-1 (ascending), from ``alphas_cumprod``."""
+    if not hasattr(scheduler, "alphas_cumprod"):
+        raise ValueError(f"{type(scheduler).__name__} has no `alphas_cumprod`: not a discrete-time diffusers scheduler.")
+    ac = np.asarray(torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64))
+    return np.sqrt((1.0 - ac) / ac)
+
+
+def scheduler_sigma_range(scheduler) -> tuple[float, float]:
+    """The smallest and largest training sigma of a discrete-time scheduler."""
+    table = _training_sigmas(scheduler)
+    return float(table.min()), float(table.max())
+
+
+def sigmas_to_timesteps(sigmas, scheduler) -> np.ndarray:
+    """Integer timesteps (descending, unique) nearest in log sigma to the non-zero ``sigmas``.
+
+    Levels outside the scheduler's range map to its end timesteps; levels that round to the same
+    timestep merge (a warning says how many remain).
+    """
+    table = _training_sigmas(scheduler)
+    s = np.asarray(torch.as_tensor(sigmas, dtype=torch.float64))
+    s = s[s > 0]
+    t = np.interp(np.log(s), np.log(table), np.arange(len(table), dtype=np.float64))
+    steps = np.unique(np.rint(t).astype(np.int64))[::-1]
+    if len(steps) < len(s):
+        warnings.warn(f"Integer timesteps quantise the schedule: {len(s)} levels became {len(steps)} distinct timesteps.", stacklevel=2)
+    return steps.copy()
+
+
+def as_schedule(schedule) -> Schedule:
+    if isinstance(schedule, Schedule):
+        return schedule
+    if isinstance(schedule, (str, Path)):
+        if not Path(schedule).is_file():
+            raise ValueError(f"No schedule file at {str(schedule)!r}.")
+        return Schedule.load(schedule)
+    raise ValueError(f"`schedule` must be a crs.Schedule or the path of a schedule.json, got {type(schedule).__name__}.")
+
+
+def _clipped(sched: Schedule, n: int, lo: float, hi: float) -> torch.Tensor:
+    sigmas = sched.discretize(n)
+    body = sigmas[:-1]
+    if body.min() < lo * (1 - 1e-6) or body.max() > hi * (1 + 1e-6):
+        warnings.warn(f"The schedule spans [{float(body.min()):.4g}, {float(body.max()):.4g}], outside the scheduler's "
+                      f"sigma range [{lo:.4g}, {hi:.4g}]: clipped to it.", stacklevel=3)
+        body = body.clamp(lo, hi)
+    return torch.cat([body, sigmas[-1:]])
+
+
+def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
+    """Make a diffusers scheduler sample on a CRS schedule.
+
+    After this call, every ``scheduler.set_timesteps(n)`` (as pipelines call it) sets the CRS
+    schedule discretised for ``n`` steps: as ``sigmas=`` where the scheduler takes them, otherwise
+    as quantised integer ``timesteps=``. ``set_timesteps`` is called once now with ``steps`` if given.
+    Levels outside the scheduler's training range are clipped to it with a warning. Undo with
+    ``del scheduler.set_timesteps``.
+
+    Args:
+        scheduler_or_pipeline: a diffusers scheduler, or a pipeline with a ``scheduler``.
+        schedule: a :class:`~crs.schedules.Schedule` or the path of a ``schedule.json``.
+        steps: optional step count to set right away (>= 2).
+
+    Returns:
+        The scheduler.
+    """
+    scheduler = getattr(scheduler_or_pipeline, "scheduler", scheduler_or_pipeline)
+    sched = as_schedule(schedule)
+    original = type(scheduler).set_timesteps.__get__(scheduler)
+    params = inspect.signature(original).parameters
+    if "sigmas" not in params and "timesteps" not in params:
+        raise ValueError(f"{type(scheduler).__name__} takes neither `sigmas` nor `timesteps`; supported: EulerDiscreteScheduler, "
+                         "HeunDiscreteScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DDPMScheduler.")
+    lo, hi = scheduler_sigma_range(scheduler)
+
+    def set_timesteps(num_inference_steps: int | None = None, device=None, **kwargs):
+        n = num_inference_steps or steps
+        check_steps(n)
+        sigmas = _clipped(sched, n, lo, hi)
+        if "sigmas" in params:
+            return original(sigmas=sigmas.tolist(), device=device)
+        return original(timesteps=sigmas_to_timesteps(sigmas, scheduler).tolist(), device=device)
+
+    scheduler.set_timesteps = set_timesteps
+    scheduler.crs_schedule = sched
+    if steps is not None:
+        scheduler.set_timesteps(steps)
+    return scheduler

