@@ -19,14 +19,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, matplotlib, jupyterlab"
 	touch $@
 
-STAGES := 00_base_model 01_rate_estimation 02_schedule_optimization 03_training_schedule_finetune
+STAGES := 00_base_model 01_rate_estimation 02_schedule_optimization 03_training_schedule_finetune 04_sampling 05_evaluation
 
-# The main job on the embedded default: every stage so far (00-03) with its notebook's default
+# The main job on the embedded default: every stage (00-05) with its notebook's default
 # parameters, executed with papermill into $(RUN_DIR) (executed notebooks, artifacts, figures).
 demo: venv
 	mkdir -p $(RUN_DIR)
 	for nb in $(STAGES); do $(PY) -m papermill --cwd $(RUN_DIR) notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb -p run_dir . || exit 1; done
-	@echo "demo: results in $(RUN_DIR)/ (models/, rate.json, schedule.json, finetune.json, *.png, executed notebooks)"
+	@echo "demo: results in $(RUN_DIR)/ (models/, rate.json, schedule.json, finetune.json, samples/, metrics.json, *.png, executed notebooks)"
 
 test: venv
 	$(PY) -m pytest

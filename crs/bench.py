@@ -1,11 +1,15 @@
-"""Measured costs for the README: ``python -m crs.bench [rate|training|online|all]``.
+"""Measured costs and results for the README: ``python -m crs.bench [rate|training|online|sampling|features|ratio|all]``.
 
 * ``rate``: every measure on the 2-D Gaussian mixture (exact denoiser) at 64 grid intervals and
   4096 samples, median wall time of a few repeats;
 * ``training``: optimiser steps per second of each default model (MLP on the mixture, UNets on
   digits and MNIST);
 * ``online``: the overhead of online CRS (re-estimating the velocity while fine-tuning) in percent
-  of the training steps' own time.
+  of the training steps' own time;
+* ``sampling``: milliseconds per network evaluation for a batch of samples, per default model;
+* ``features``: images per second through the FID feature extractor;
+* ``ratio``: CRS against the best baseline on the 2-D mixture with the exact denoiser, per sampler
+  and nfe (paired bootstrap significance), the README's headline comparison.
 
 Each prints a Markdown table measured on this machine.
 """
@@ -15,12 +19,16 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import time
 
 import torch
 
 import crs
 
-__all__ = ["online_overhead_table", "rate_cost_table", "training_speed_table"]
+__all__ = [
+    "crs_ratio_table", "feature_throughput_table", "online_overhead_table", "rate_cost_table", "sampling_cost_table",
+    "training_speed_table",
+]
 
 # (label, dataset, dataset kwargs, batch size): the default models of notebook 00
 TRAINING_CASES = [
@@ -85,9 +93,74 @@ def online_overhead_table(cases=None) -> list[dict]:
     return rows
 
 
+def sampling_cost_table(batch: int = 256, steps: int = 10, cases=TRAINING_CASES) -> list[dict]:
+    """Milliseconds per network evaluation (Euler, ``steps`` steps) for a batch of ``batch`` samples."""
+    from crs.models import build_denoiser
+    from crs.sampling import generate
+
+    rows = []
+    for label, name, kwargs, _ in cases:
+        data = crs.make_dataset(name, **kwargs)
+        den = build_denoiser(data.shape).eval()
+        sigmas = crs.baseline_sigmas("karras", steps)
+        generate(den, data.shape, batch, crs.baseline_sigmas("karras", 2), sampler="euler", batch_size=batch)  # warm-up
+        start = time.perf_counter()
+        generate(den, data.shape, batch, sigmas, sampler="euler", batch_size=batch)
+        ms = 1000 * (time.perf_counter() - start) / steps
+        rows.append(dict(model=label, batch=batch, ms_per_nfe=ms, samples_nfe_per_s=batch * 1000 / ms))
+    return rows
+
+
+def feature_throughput_table(n: int = 512, cases=(("digits", {}), ("mnist", {"resolution": 16}), ("mnist", {}))) -> list[dict]:
+    """Images per second through the offline FID feature extractor (EfficientNet-Lite0 at 64 px)."""
+    from crs.metrics import make_feature_extractor
+
+    fx = make_feature_extractor("efficientnet-lite0")
+    rows = []
+    for name, kwargs in cases:
+        data = crs.make_dataset(name, **kwargs)
+        x = data.sample(n, torch.Generator().manual_seed(0))
+        fx(x[:64])
+        start = time.perf_counter()
+        fx(x)
+        rows.append(dict(data=f"{name} {'x'.join(map(str, data.shape))}", features=fx.name, images_per_s=n / (time.perf_counter() - start)))
+    return rows
+
+
+def crs_ratio_table(n_samples: int = 2000, n_boot: int = 200, measures=("data", "noise"), xi: float = 1.0, seed: int = 0):
+    """CRS against the best baseline on the 2-D mixture with its exact denoiser.
+
+    For each measure a CRS schedule (64-interval rate, 4096 samples, ``xi``), then every sampler at
+    nfe 5, 10, 20 (Heun and EDM: 5, 11, 21, the nearest they can spend), 6 baselines, ``n_samples``
+    paired samples, scored by NLL and FID (identity features) with a paired bootstrap.
+
+    Returns:
+        The comparisons (dicts as in ``metrics.json``), each with the ``measure`` added.
+    """
+    import tempfile
+
+    from crs.metrics import evaluate_grid, make_feature_extractor
+    from crs.sampling import sample_grid
+
+    data = crs.make_dataset("gmm")
+    nfe = {"euler": [5, 10, 20], "dpmpp_2m": [5, 10, 20], "heun": [5, 11, 21], "edm": [5, 11, 21]}
+    baselines = {name: (lambda n, name=name: crs.baseline_sigmas(name, n)) for name in crs.BASELINES}
+    reference = data.sample(n_samples, torch.Generator().manual_seed(seed + 10**6))
+    out = []
+    for measure in measures:
+        rate = crs.estimate_rate(measure, data, denoiser=data.denoiser, seed=seed)
+        schedule = crs.optimize_schedule(rate, xi=xi)
+        with tempfile.TemporaryDirectory() as tmp:
+            index = sample_grid({"analytic": data.denoiser}, {"crs": schedule.discretize, **baselines}, list(nfe), nfe,
+                                data.shape, n_samples, tmp, seed=seed, dtype=torch.float64)
+            metrics = evaluate_grid(index, reference, make_feature_extractor("identity"), data=data, n_boot=n_boot, seed=seed)
+        out += [dict(c, measure=measure) for c in metrics["comparisons"] if c["metric"] in ("nll", "fid_identity")]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["rate", "training", "online", "all"])
+    parser.add_argument("what", nargs="?", default="all", choices=["rate", "training", "online", "sampling", "features", "ratio", "all"])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -106,6 +179,24 @@ def main() -> None:
         for row in online_overhead_table():
             print(f"| {row['model']} | {row['steps']} | {row['online_every']} | {row['grid']} x {row['samples']} | {row['updates']} "
                   f"| {row['online_seconds']:.2f} | {row['train_seconds']:.1f} | {row['overhead']:.1f} % |")
+    if args.what in ("sampling", "all"):
+        print("\n| model | batch | ms per nfe | sample-evaluations / s |\n|---|---:|---:|---:|")
+        for row in sampling_cost_table():
+            print(f"| {row['model']} | {row['batch']} | {row['ms_per_nfe']:.1f} | {row['samples_nfe_per_s']:,.0f} |")
+    if args.what in ("features", "all"):
+        print("\n| data | features | images / s |\n|---|---|---:|")
+        for row in feature_throughput_table():
+            print(f"| {row['data']} | {row['features']} | {row['images_per_s']:.0f} |")
+    if args.what in ("ratio", "all"):
+        print("\n| CRS measure | sampler | nfe | NLL: CRS | best baseline | ratio | verdict | FID: CRS | best baseline | ratio | verdict |")
+        print("|---|---|---:|---:|---|---:|---|---:|---|---:|---|")
+        cells = {}
+        for c in crs_ratio_table():
+            verdict = ("**better**" if c["crs_better"] else "worse") if c["significant"] else "n.s."
+            cells.setdefault((c["measure"], c["sampler"], c["nfe"]), {})[c["metric"]] = (
+                f"{c['crs_value']:.4g} | {c['best_baseline']} {c['baseline_value']:.4g} | {c['ratio']:.2f} | {verdict}")
+        for (measure, sampler, nfe), m in cells.items():
+            print(f"| {measure} | {sampler} | {nfe} | {m['nll']} | {m['fid_identity']} |")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from crs.measures import fid_from_stats
 
 __all__ = [
     "EXTRACTORS",
+    "METRICS",
     "FeatureExtractor",
+    "check_metrics",
     "lower_is_better",
     "bootstrap_indices",
     "compare",
@@ -37,8 +39,19 @@ __all__ = [
     "row",
 ]
 
+METRICS = ("fid", "kid", "precision", "recall", "nll", "sliced_wasserstein", "mode_tv")
 INCEPTION_PATH = "/tmp/inception-2015-12-05.pt"  # where clean-fid looks for (and would download) its weights
 EXTRACTORS = ("auto", "identity", "inception", "efficientnet-lite0")
+
+
+def check_metrics(names) -> tuple[str, ...]:
+    """Validate metric families (``fid``, ``kid``, ``precision``, ``recall``, ``nll``,
+    ``sliced_wasserstein``, ``mode_tv``; the last three need analytic data)."""
+    names = tuple(names)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"Unknown metric(s) {unknown or names!r}; valid choices: {', '.join(METRICS)}.")
+    return names
 
 
 def lower_is_better(metric: str) -> bool:
@@ -214,6 +227,7 @@ def evaluate_samples(
     seed: int = 0,
     ref_features: np.ndarray | None = None,
     kid: bool = True,
+    which=METRICS,
 ) -> dict[str, tuple[float, np.ndarray]]:
     """Every metric for one set of samples: ``{metric: (value, bootstrap replicates)}``.
 
@@ -226,42 +240,60 @@ def evaluate_samples(
         data: an analytic dataset, for the exact figures ``nll``, ``sliced_wasserstein``, ``mode_tv``.
         k: neighbours of precision/recall.
         ref_features: precomputed reference features (saves recomputing them per row).
-        kid: compute KID (images).
+        kid: compute KID (images only: for low-dimensional data FID on raw coordinates suffices).
+        which: metric families to compute (see :func:`check_metrics`).
     """
+    which = check_metrics(which)
     if not torch.all(torch.isfinite(samples)):
         raise ValueError("The samples contain NaN or inf; evaluate finite samples only.")
     out: dict[str, tuple[float, np.ndarray]] = {}
     f_gen = features(samples)
     f_ref = features(reference) if ref_features is None else ref_features
     tag = features.name
-    out[f"fid_{tag}"] = _fid_boot(f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx)
-    if kid and features.images:
+    if "fid" in which:
+        out[f"fid_{tag}"] = _fid_boot(f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx)
+    if kid and features.images and "kid" in which:
         k_rr = (f_ref @ f_ref.T / f_ref.shape[1] + 1) ** 3
         k_rr_sum = float(k_rr.sum() - np.trace(k_rr))
         boot = np.array([_mmd_poly(f_gen[r[:1000]], f_ref, k_rr_sum) for r in idx])
         out[f"kid_{tag}"] = (_kid(f_gen, f_ref, seed), boot)
-    precise = _inside(f_gen, f_ref, _knn_radii(f_ref, k))
-    recalled = _inside(f_ref, f_gen, _knn_radii(f_gen, k))
-    ref_idx = bootstrap_indices(len(f_ref), len(idx), seed + 1) if ref_idx is None else ref_idx
-    out[f"precision_{tag}"] = (float(precise.mean()), precise[idx].mean(1))
-    out[f"recall_{tag}"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
+    if "precision" in which:
+        precise = _inside(f_gen, f_ref, _knn_radii(f_ref, k))
+        out[f"precision_{tag}"] = (float(precise.mean()), precise[idx].mean(1))
+    if "recall" in which:
+        recalled = _inside(f_ref, f_gen, _knn_radii(f_gen, k))
+        ref_idx = bootstrap_indices(len(f_ref), len(idx), seed + 1) if ref_idx is None else ref_idx
+        out[f"recall_{tag}"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
     if data is not None and hasattr(data, "log_prob"):
-        out.update(_analytic_metrics(samples, reference, data, idx, seed))
+        out.update(_analytic_metrics(samples, reference, data, idx, seed, which))
     return out
 
 
-def _analytic_metrics(samples, reference, data, idx, seed: int, projections: int = 32) -> dict:
+def _analytic_metrics(samples, reference, data, idx, seed: int, which=METRICS, projections: int = 32) -> dict:
     x = samples.double()
-    nll = (-data.log_prob(x)).numpy()
-    out = {"nll": (float(nll.mean()), nll[idx].mean(1))}
-    # mode coverage: share of samples per component (most responsible one) against the weights
+    out = {}
+    if "nll" in which:
+        nll = (-data.log_prob(x)).numpy()
+        out["nll"] = (float(nll.mean()), nll[idx].mean(1))
+    if "mode_tv" in which:
+        out["mode_tv"] = _mode_tv(x, data, idx)
+    if "sliced_wasserstein" in which:
+        out["sliced_wasserstein"] = _sliced_wasserstein(x, reference, idx, seed, projections)
+    return out
+
+
+def _mode_tv(x, data, idx):
+    """Mode coverage: share of samples per component (most responsible one) against the weights (TV)."""
     onehot = np.eye(len(data.weights))[data.assign(x).numpy()]
     w = data.weights.numpy()
 
     def tv(rows):
         return 0.5 * np.abs(onehot[rows].mean(0) - w).sum()
 
-    out["mode_tv"] = (float(tv(np.arange(len(x)))), np.array([tv(r) for r in idx]))
+    return float(tv(np.arange(len(x)))), np.array([tv(r) for r in idx])
+
+
+def _sliced_wasserstein(x, reference, idx, seed: int, projections: int):
     # sliced Wasserstein-2 to reference samples: random directions, quantiles matched per direction
     rng = np.random.default_rng(seed)
     dirs = rng.normal(size=(x.shape[1], projections))
@@ -273,8 +305,7 @@ def _analytic_metrics(samples, reference, data, idx, seed: int, projections: int
     def sw(rows):
         return math.sqrt(float(((np.sort(g[rows], axis=0) - r_q) ** 2).mean()))
 
-    out["sliced_wasserstein"] = (sw(np.arange(len(g))), np.array([sw(row) for row in idx]))
-    return out
+    return sw(np.arange(len(g))), np.array([sw(row) for row in idx])
 
 
 def compare(values: dict[str, tuple[float, np.ndarray]], metric: str, crs_name: str = "crs") -> dict | None:
@@ -311,7 +342,7 @@ def row(model: str, schedule: str, sampler: str, nfe: int, metric: str, value: f
 
 
 def evaluate_grid(index: list[dict], reference: torch.Tensor, features: FeatureExtractor, data=None, n_boot: int = 200,
-                  seed: int = 0, k: int = 3, kid: bool = True, progress: bool = False) -> dict:
+                  seed: int = 0, k: int = 3, kid: bool = True, which=METRICS, progress: bool = False) -> dict:
     """Evaluate every entry of a sampling index (see :func:`crs.sampling.sample_grid`).
 
     Entries of one (model, sampler, nfe) share bootstrap indices (their samples share seeds), so
@@ -329,7 +360,7 @@ def evaluate_grid(index: list[dict], reference: torch.Tensor, features: FeatureE
         idx = bootstrap_indices(len(samples), n_boot, seed)
         ref_idx = bootstrap_indices(len(ref_features), n_boot, seed + 1)
         values = evaluate_samples(samples, reference, features, idx, ref_idx, data=data, k=k, seed=seed,
-                                  ref_features=ref_features, kid=kid)
+                                  ref_features=ref_features, kid=kid, which=which)
         key = (entry["model"], entry["sampler"], entry["nfe"])
         for metric, (value, boot) in values.items():
             rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from crs.io import atomic_write_bytes
 from crs.schedules import check_steps
 
-__all__ = ["SAMPLERS", "SampleNoise", "check_nfe_plan", "generate", "sample_grid", "nfe_of", "sample_dpmpp_2m", "sample_edm", "sample_euler", "sample_heun", "steps_for_nfe"]
+__all__ = ["SAMPLERS", "SampleNoise", "check_nfe_plan", "check_schedule_range", "generate", "sample_grid", "nfe_of", "sample_dpmpp_2m", "sample_edm", "sample_euler", "sample_heun", "steps_for_nfe"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -268,3 +268,12 @@ def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, sha
         index.append(dict(model=model, schedule=sched, sampler=sampler, nfe=int(value), steps=int(steps), path=str(path),
                           seconds=seconds))
     return index
+
+
+def check_schedule_range(sigma_min: float, sigma_max: float, models: dict) -> None:
+    """ValueError naming every model whose noise range [model.sigma_min, model.sigma_max] does not
+    contain the schedule's [sigma_min, sigma_max] (models without a range, e.g. exact denoisers, pass)."""
+    bad = [f"{name} [{m.sigma_min:g}, {m.sigma_max:g}]" for name, m in models.items()
+           if hasattr(m, "sigma_min") and (sigma_min < m.sigma_min * (1 - 1e-6) or sigma_max > m.sigma_max * (1 + 1e-6))]
+    if bad:
+        raise ValueError(f"The schedule spans [{sigma_min:g}, {sigma_max:g}], outside the noise range of: {', '.join(bad)}.")

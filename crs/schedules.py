@@ -16,7 +16,6 @@ lists are its discretisation, which is how diffusers and k-diffusion build them 
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Callable, Sequence
 
@@ -25,7 +24,7 @@ import torch
 from scipy.interpolate import PchipInterpolator
 from scipy.stats import beta as beta_dist
 
-from crs.io import atomic_write_json
+from crs.io import atomic_write_json, read_json
 
 __all__ = [
     "BASELINES",
@@ -369,8 +368,11 @@ class Schedule:
 
     @classmethod
     def load(cls, path) -> "Schedule":
-        with open(path) as fh:
-            return cls.from_dict(json.load(fh))
+        """Read a schedule JSON file (ValueError when it is missing keys or malformed)."""
+        data = read_json(path, "schedule file")
+        if not isinstance(data, dict):
+            raise ValueError(f"The schedule file {str(path)!r} must hold a JSON object.")
+        return cls.from_dict(data)
 
     def __repr__(self) -> str:
         return f"Schedule(sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g}, knots={len(self.t)}, meta={self.meta})"

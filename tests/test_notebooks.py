@@ -113,3 +113,57 @@ def test_finetune_refuses_bad_input_before_training(base_run, params, msg):
     with pytest.raises(papermill.PapermillExecutionError, match=msg):
         _run("03_training_schedule_finetune.ipynb", base_run, run_dir="run", finetune_steps=params.pop("finetune_steps", 3), **params)
     assert not (run / "models" / "crs").exists() and not (run / "models" / "control").exists()
+
+
+SMALL_04 = dict(models=["analytic", "base"], baselines=["karras", "vp"], samplers=["euler", "heun"],
+                nfe={"euler": [3], "heun": [3]}, n_samples=64, batch_size=32)
+
+
+def test_sampling_and_evaluation_chain(base_run):
+    _run("04_sampling.ipynb", base_run, run_dir="run", **SMALL_04)
+    index = json.loads((base_run / "run" / "samples" / "index.json").read_text())["entries"]
+    assert len(index) == 2 * 3 * 2 and {e["nfe"] for e in index} == {3}
+    _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
+    metrics = json.loads((base_run / "run" / "metrics.json").read_text())
+    assert set(metrics["rows"][0]) == {"model", "schedule", "sampler", "nfe", "metric", "value", "ci_low", "ci_high"}
+    names = {r["metric"] for r in metrics["rows"]}
+    assert names == {"fid_identity", "precision_identity", "recall_identity", "nll", "sliced_wasserstein", "mode_tv"}
+    assert len(metrics["rows"]) == len(index) * len(names)
+    assert all(r["schedule"] in ("crs", "karras", "vp") for r in metrics["rows"])
+    assert len(metrics["comparisons"]) == 2 * 2 * len(names)  # models x (sampler, nfe) x metrics
+    assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in metrics["rows"])
+
+
+@pytest.mark.parametrize("params,msg", [
+    (dict(samplers=["euler", "ddim"]), "Unknown sampler 'ddim'"),
+    (dict(samplers=["heun"], nfe=[10]), "cannot spend these nfe exactly: heun@10"),
+    (dict(baselines=["karras", "cosin"]), "Unknown baseline 'cosin'"),
+    (dict(schedule="run/broken.json"), "not valid JSON"),
+    (dict(schedule="run/wide.json"), r"outside the noise range of: base \[0.002, 80\]"),
+])
+def test_sampling_refuses_bad_input(base_run, params, msg):
+    import crs
+
+    run = base_run / "run"
+    (run / "broken.json").write_text('{"t": [0, ')
+    crs.Schedule.from_baseline("karras", 0.002, 200.0).save(run / "wide.json")
+    args = {**SMALL_04, **params}
+    with pytest.raises(papermill.PapermillExecutionError, match=msg):
+        _run("04_sampling.ipynb", base_run, run_dir="run", **args)
+
+
+def test_failed_evaluation_keeps_the_complete_metrics(base_run):
+    import torch
+
+    run = base_run / "run"
+    _run("04_sampling.ipynb", base_run, run_dir="run", **SMALL_04)
+    _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
+    before = (run / "metrics.json").read_bytes()
+    for params, msg in [(dict(metrics=["fid", "is"]), r"Unknown metric\(s\) \['is'\]"), (dict(features="clip"), "Unknown feature extractor")]:
+        with pytest.raises(papermill.PapermillExecutionError, match=msg):
+            _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64, **params)
+    entry = json.loads((run / "samples" / "index.json").read_text())["entries"][-1]
+    torch.save(torch.full((64, 2), float("nan")), base_run / entry["path"])  # a broken sample set, found halfway through
+    with pytest.raises(papermill.PapermillExecutionError, match="NaN or inf"):
+        _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
+    assert (run / "metrics.json").read_bytes() == before
