@@ -35,6 +35,7 @@ __all__ = [
     "BASE_MEASURES",
     "MODEL_MEASURES",
     "combine_velocities",
+    "fid_from_features",
     "fid_from_stats",
     "fid_pass",
     "format_measure",
@@ -132,37 +133,27 @@ def fid_from_stats(mu1, cov1, mu2, cov2) -> float:
     return max(value, 0.0)
 
 
-class _GroupStats:
-    """Sums of features and of their outer products in G groups of samples, for a jackknife."""
+def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID between the Gaussian fits of two feature sets (N1, F) and (N2, F).
 
-    def __init__(self, groups: int, dim: int):
-        self.n = np.zeros(groups)
-        self.s1 = np.zeros((groups, dim))
-        self.s2 = np.zeros((groups, dim, dim))
-
-    def add(self, group: int, feats: np.ndarray) -> None:
-        self.n[group] += feats.shape[0]
-        self.s1[group] += feats.sum(0)
-        self.s2[group] += feats.T @ feats
-
-    def stats(self, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and (unbiased) covariance of the samples in the groups where ``keep`` is True."""
-        n, s1, s2 = self.n[keep].sum(), self.s1[keep].sum(0), self.s2[keep].sum(0)
-        mu = s1 / n
-        return mu, (s2 - n * np.outer(mu, mu)) / (n - 1)
+    With at least as many samples as features this is :func:`fid_from_stats`. With fewer (image
+    features), ``tr((C1^1/2 C2 C1^1/2)^1/2)`` is the nuclear norm of the centred cross-Gram matrix
+    ``X1 X2^T / sqrt((N1-1)(N2-1))``: exact, at the cost of an N1 x N2 SVD instead of F x F eigenproblems.
+    """
+    n1, n2 = len(f1) - 1, len(f2) - 1
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    c1, c2 = f1 - mu1, f2 - mu2
+    if f1.shape[1] <= min(n1, n2):
+        return fid_from_stats(mu1, c1.T @ c1 / n1, mu2, c2.T @ c2 / n2)
+    nuclear = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / np.sqrt(n1 * n2)
+    value = ((mu1 - mu2) ** 2).sum() + (c1 * c1).sum() / n1 + (c2 * c2).sum() / n2 - 2.0 * nuclear
+    return max(float(value), 0.0)
 
 
-def _fd_jackknife(a: _GroupStats, b: _GroupStats) -> tuple[float, float]:
-    """Frechet distance between two levels and its grouped-jackknife standard error."""
-    groups = len(a.n)
-    full = np.ones(groups, dtype=bool)
-    value = np.sqrt(fid_from_stats(*a.stats(full), *b.stats(full)))
-    leave_out = []
-    for g in range(groups):
-        keep = full.copy()
-        keep[g] = False
-        leave_out.append(np.sqrt(fid_from_stats(*a.stats(keep), *b.stats(keep))))
-    leave_out = np.asarray(leave_out)
+def _fd_jackknife(a: np.ndarray, b: np.ndarray, group_of: np.ndarray, groups: int) -> tuple[float, float]:
+    """Frechet distance between two levels' features (same samples) and its grouped-jackknife standard error."""
+    value = np.sqrt(fid_from_features(a, b))
+    leave_out = np.array([np.sqrt(fid_from_features(a[group_of != g], b[group_of != g])) for g in range(groups)])
     se = np.sqrt((groups - 1) / groups * ((leave_out - leave_out.mean()) ** 2).sum())
     return float(value), float(se)
 
@@ -237,7 +228,9 @@ def fid_pass(
     Args:
         x0, eps: common random numbers (M, *shape); M >= 4 * groups.
         sigma: the ascending grid (K + 1,).
-        feature_fn: features of VP-scaled data (B, *shape) -> (B, F); identity (flatten) if None.
+        feature_fn: features of VP-scaled data (B, *shape) -> (B, F) tensor or array; identity
+            (flatten) if None. For images, a :class:`crs.metrics.FeatureExtractor` (it clips the
+            noised images to [-1, 1], as saving them as images would).
         groups: jackknife groups (contiguous blocks of samples).
 
     Returns:
@@ -259,21 +252,21 @@ def fid_pass(
     disc, se, floor, prev = np.zeros(k), np.zeros(k), np.zeros(k + 1), None
     evaluations = 0
     for j, s in enumerate(tqdm(sigma, desc="rate (fid)", unit="level", disable=not progress, leave=False)):
-        stats = None
+        parts = []
         for sl in _batches(m, batch_size):
             with torch.no_grad():
                 feats = feature_fn(float(sigma_to_alpha(s)) * (x0[sl] + float(s) * eps[sl]))
-            feats = feats.detach().to(torch.float64).cpu().numpy()
+            feats = np.asarray(feats.detach().to(torch.float64).cpu() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
             if not np.all(np.isfinite(feats)):
                 raise ValueError(f"The feature extractor returned non-finite values at sigma={float(s):.6g}.")
-            stats = stats or _GroupStats(groups, feats.shape[1])
-            for g in np.unique(group_of[sl]):
-                stats.add(int(g), feats[group_of[sl] == g])
-            evaluations += feats.shape[0]
-        floor[j] = np.sqrt(fid_from_stats(*stats.stats(half), *stats.stats(~half)))
+            parts.append(feats.reshape(len(feats), -1))
+            evaluations += len(feats)
+        cur = np.concatenate(parts)
+        in_half = half[group_of]
+        floor[j] = np.sqrt(fid_from_features(cur[in_half], cur[~in_half]))
         if prev is not None:
-            disc[j - 1], se[j - 1] = _fd_jackknife(prev, stats)
-        prev = stats
+            disc[j - 1], se[j - 1] = _fd_jackknife(prev, cur, group_of, groups)
+        prev = cur
     return disc, se, floor, evaluations
 
 

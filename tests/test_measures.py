@@ -78,3 +78,23 @@ def test_combination_is_a_weighted_geometric_mean():
     np.testing.assert_allclose(se, 0)
     with pytest.raises(ValueError, match="zero over the whole grid"):
         combine_velocities({"a": 1.0}, {"a": (zero, zero)})
+
+
+def test_fid_from_features_wide_path_is_exact():
+    from crs.measures import fid_from_features
+
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(30, 50)), rng.normal(0.3, 1.2, size=(40, 50))
+    cov = lambda x: np.cov(x, rowvar=False)  # noqa: E731
+    assert fid_from_features(a, b) == pytest.approx(fid_from_stats(a.mean(0), cov(a), b.mean(0), cov(b)), rel=1e-6)
+    tall_a, tall_b = rng.normal(size=(300, 5)), rng.normal(size=(200, 5))
+    assert fid_from_features(tall_a, tall_b) == pytest.approx(fid_from_stats(tall_a.mean(0), cov(tall_a), tall_b.mean(0), cov(tall_b)))
+
+
+def test_fid_measure_on_images_with_offline_features():
+    from crs.metrics import make_feature_extractor
+
+    data = crs.make_dataset("digits")
+    rate = crs.estimate_rate("fid", data, feature_fn=make_feature_extractor("efficientnet-lite0"), grid_size=4, n_samples=40,
+                             sigma_min=0.01, sigma_max=10.0)
+    assert rate.feature_evaluations == 5 * 40 and np.all(rate.discrepancy > 0) and np.all(np.isfinite(rate.stderr))

@@ -72,8 +72,19 @@ def test_notebook_parameters_are_inspectable(caplog):
 
     expected = {
         "01_rate_estimation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "model", "measure", "compare_measures",
-                                     "sigma_min", "sigma_max", "grid_size", "n_samples", "progress"},
+                                     "sigma_min", "sigma_max", "grid_size", "n_samples", "features", "progress"},
         "02_schedule_optimization.ipynb": {"run_dir", "xi", "steps", "smoothing", "baselines", "diagnostic_steps"},
+        "00_base_model.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "model", "model_kwargs", "sigma_data", "sigma_min",
+                                "sigma_max", "train_steps", "batch_size", "lr", "ema_decay", "noise", "checkpoint_every",
+                                "sample_steps", "n_show", "progress"},
+        "03_training_schedule_finetune.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "base_model", "schedule", "crs_noise",
+                                                "control_noise", "finetune_steps", "batch_size", "lr", "ema_decay", "checkpoint_every",
+                                                "online_every", "online_measure", "online_grid", "online_samples", "xi",
+                                                "eval_levels", "eval_samples", "progress"},
+        "04_sampling.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "models", "schedule", "baselines", "samplers", "nfe",
+                              "n_samples", "batch_size", "show_sampler", "progress"},
+        "05_evaluation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "features", "metrics", "n_boot", "n_reference", "k",
+                                "plot_model", "progress"},
     }
     for name, params in expected.items():
         found = papermill.inspect_notebook(str(ROOT / "notebooks" / name))

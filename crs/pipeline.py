@@ -1,0 +1,238 @@
+"""Experiments as params files, and the batch runner that executes the notebooks with papermill.
+
+A params file (``params/<experiment>.yaml``) describes one experiment::
+
+    experiment: demo            # name; the run folder defaults to runs/<experiment>
+    common:                     # given to every stage whose notebook has the parameter
+      seed: 0
+      dataset: digits
+    stages:                     # one section per stage, by name (the notebook without its number)
+      base_model: {train_steps: 1500}
+      rate_estimation: {measure: data}
+
+Before anything runs, every key is checked against the parameters of the notebook it goes to
+(``papermill.inspect_notebook``): papermill itself only warns about unknown parameters.
+
+:func:`run_experiment` executes the stages in order into the run folder (executed notebooks named
+like their sources), every stage with ``run_dir="."`` and the run folder as working directory, so
+artifacts pass from stage to stage and no machine path enters a notebook. A stage whose notebook,
+parameters and upstream stages are unchanged since its last successful run is skipped; a failed
+stage is rerun (training resumes from its checkpoint) and earlier stages' artifacts stay as they were.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from crs.io import atomic_write_json
+
+__all__ = ["STAGES", "ExperimentError", "load_params", "parse_override", "run_experiment", "sweep", "validate_params"]
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+STAGES = {
+    "base_model": "00_base_model",
+    "rate_estimation": "01_rate_estimation",
+    "schedule_optimization": "02_schedule_optimization",
+    "training_schedule_finetune": "03_training_schedule_finetune",
+    "sampling": "04_sampling",
+    "evaluation": "05_evaluation",
+}
+RECORDS = ".stages"
+
+
+class ExperimentError(ValueError):
+    """A params file or a stage is wrong; the message names the key, the stage and the choices."""
+
+
+def notebook_parameters(stage: str, notebooks: Path = NOTEBOOKS) -> dict[str, Any]:
+    """The parameters a stage's notebook declares (name -> papermill's description)."""
+    import papermill
+
+    return papermill.inspect_notebook(str(notebooks / f"{STAGES[stage]}.ipynb"))
+
+
+def load_params(path) -> dict:
+    """Read a params file (YAML) and validate it; returns ``{experiment, run_dir, common, stages}``."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExperimentError(f"No params file at {str(path)!r}.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ExperimentError(f"The params file {str(path)!r} is not valid YAML: {exc}") from exc
+    return validate_params(raw, default_name=path.stem)
+
+
+def validate_params(raw: dict, default_name: str = "experiment", notebooks: Path = NOTEBOOKS) -> dict:
+    """Check every key of a params mapping against the notebooks; ExperimentError on the first problem."""
+    if not isinstance(raw, dict):
+        raise ExperimentError("A params file must hold a mapping with `experiment`, `common` and `stages`.")
+    unknown_top = sorted(set(raw) - {"experiment", "run_dir", "common", "stages"})
+    if unknown_top:
+        raise ExperimentError(f"Unknown top-level key(s) {unknown_top}; valid: experiment, run_dir, common, stages.")
+    stages = raw.get("stages") or {}
+    common = raw.get("common") or {}
+    if not isinstance(stages, dict) or not isinstance(common, dict):
+        raise ExperimentError("`common` and `stages` must be mappings.")
+    bad_stages = sorted(set(stages) - set(STAGES))
+    if bad_stages:
+        raise ExperimentError(f"Unknown stage(s) {bad_stages}; valid stages: {', '.join(STAGES)}.")
+    declared = {stage: notebook_parameters(stage, notebooks) for stage in STAGES}
+    every = set().union(*declared.values())
+    for key in common:
+        if key == "run_dir" or key not in every:
+            raise ExperimentError(f"Unknown common key {key!r}; valid common keys: {', '.join(sorted(every - {'run_dir'}))}.")
+    for stage, section in stages.items():
+        section = section or {}
+        if not isinstance(section, dict):
+            raise ExperimentError(f"The section of stage {stage!r} must be a mapping of parameters.")
+        for key in section:
+            if key == "run_dir" or key not in declared[stage]:
+                valid = ", ".join(sorted(set(declared[stage]) - {"run_dir"}))
+                raise ExperimentError(f"Unknown key {key!r} in stage {stage!r} ({STAGES[stage]}.ipynb); valid keys: {valid}.")
+    name = str(raw.get("experiment") or default_name)
+    return {
+        "experiment": name,
+        "run_dir": str(raw.get("run_dir") or f"runs/{name}"),
+        "common": dict(common),
+        "stages": {stage: dict(stages.get(stage) or {}) for stage in STAGES if stage in stages},
+    }
+
+
+def parse_override(text: str) -> tuple[str | None, str, Any]:
+    """``stage.key=value`` or ``key=value`` (common) -> (stage or None, key, YAML-parsed value)."""
+    import yaml
+
+    target, sep, value = text.partition("=")
+    if not sep or not target:
+        raise ExperimentError(f"An override is 'key=value' or 'stage.key=value', got {text!r}.")
+    stage, _, key = target.rpartition(".")
+    return (stage or None), key, yaml.safe_load(value)
+
+
+def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
+    """A copy of ``params`` with ``stage.key=value`` / ``key=value`` overrides, validated again."""
+    params = copy.deepcopy(params)
+    for text in overrides:
+        stage, key, value = parse_override(text)
+        if stage is None:
+            params["common"][key] = value
+        else:
+            params["stages"].setdefault(stage, {})[key] = value
+    raw = {"experiment": params["experiment"], "run_dir": params["run_dir"], "common": params["common"], "stages": params["stages"]}
+    return validate_params(raw)
+
+
+def stage_parameters(params: dict, stage: str, declared: dict) -> dict:
+    """The parameters papermill gets for a stage: common keys it declares, its section, run_dir='.'."""
+    values = {k: v for k, v in params["common"].items() if k in declared}
+    values.update(params["stages"].get(stage, {}))
+    values["run_dir"] = "."
+    return values
+
+
+def _fingerprint(stage: str, values: dict, upstream: str) -> str:
+    source = (NOTEBOOKS / f"{STAGES[stage]}.ipynb").read_bytes()
+    blob = json.dumps({"stage": stage, "params": values, "upstream": upstream}, sort_keys=True, default=str).encode()
+    return hashlib.sha256(hashlib.sha256(source).digest() + blob).hexdigest()
+
+
+def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: bool = True, log=print) -> list[dict]:
+    """Execute the stages of an experiment in order; returns one record per stage.
+
+    Args:
+        params: from :func:`load_params` (and :func:`apply_overrides`).
+        stages: a subset of stage names to run (their order is the pipeline's); None runs all of
+            those the params file names, or every stage when it names none.
+
+    Raises:
+        ExperimentError: a stage failed (its record says so; earlier stages are left intact).
+    """
+    import papermill
+
+    run_dir = Path(params["run_dir"])
+    wanted = list(stages) if stages is not None else (list(params["stages"]) or list(STAGES))
+    bad = sorted(set(wanted) - set(STAGES))
+    if bad:
+        raise ExperimentError(f"Unknown stage(s) {bad}; valid stages: {', '.join(STAGES)}.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    records, upstream = [], ""
+    for stage in [s for s in STAGES if s in wanted]:
+        declared = notebook_parameters(stage)
+        values = stage_parameters(params, stage, declared)
+        fingerprint = _fingerprint(stage, values, upstream)
+        upstream = fingerprint
+        record_path = run_dir / RECORDS / f"{stage}.json"
+        previous = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        output = run_dir / f"{STAGES[stage]}.ipynb"
+        if previous.get("status") == "ok" and previous.get("fingerprint") == fingerprint and output.is_file():
+            log(f"[{stage}] up to date, skipped")
+            records.append(dict(previous, skipped=True))
+            continue
+        log(f"[{stage}] running {STAGES[stage]}.ipynb ...")
+        start = time.perf_counter()
+        record = {"stage": stage, "notebook": f"{STAGES[stage]}.ipynb", "parameters": values, "fingerprint": fingerprint}
+        try:
+            papermill.execute_notebook(str(NOTEBOOKS / f"{STAGES[stage]}.ipynb"), str(output), parameters=values,
+                                       cwd=str(run_dir), progress_bar=progress, kernel_name="python3")
+        except papermill.PapermillExecutionError as exc:
+            atomic_write_json(record_path, dict(record, status="failed", seconds=time.perf_counter() - start,
+                                                error=f"{exc.ename}: {exc.evalue}"))
+            raise ExperimentError(f"Stage {stage!r} failed: {exc.ename}: {exc.evalue} (see {output}); "
+                                  "earlier stages' results are intact, rerun to resume.") from exc
+        record.update(status="ok", seconds=time.perf_counter() - start)
+        atomic_write_json(record_path, record)
+        log(f"[{stage}] done in {record['seconds']:.1f} s")
+        records.append(dict(record, skipped=False))
+    return records
+
+
+def sweep(params: dict, key: str, values: list, stages: Iterable[str] | None = None, log=print) -> list[dict]:
+    """Run the experiment once per value of ``stage.key`` (or a common ``key``) in its own folder.
+
+    The base run folder is run first; each value's folder ``<run_dir>/sweep/<key>=<value>`` starts
+    as a copy of it, so the stages upstream of the swept one are up to date there and skipped.
+
+    Returns:
+        One summary row per value (from its ``metrics.json`` when the evaluation ran).
+    """
+    run_experiment(params, stages, log=log)
+    base = Path(params["run_dir"])
+    rows = []
+    for value in values:
+        folder = base / "sweep" / f"{key}={value}"
+        if not folder.exists():
+            shutil.copytree(base, folder, ignore=shutil.ignore_patterns("sweep", "report"))
+        swept = apply_overrides(dict(params, run_dir=str(folder)), [f"{key}={json.dumps(value)}"])
+        log(f"--- sweep {key}={value} -> {folder}")
+        run_experiment(swept, stages, log=log)
+        rows.append(dict(value=value, run_dir=str(folder), **summarise(folder)))
+    atomic_write_json(base / "sweep" / f"summary_{key}.json", rows)
+    return rows
+
+
+def summarise(run_dir) -> dict:
+    """Headline of a run: CRS against the best baseline over every comparison in ``metrics.json``."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        return {"comparisons": 0}
+    comparisons = json.loads(path.read_text())["comparisons"]
+    headline = next((m for m in ("nll",) if any(c["metric"] == m for c in comparisons)), None)
+    headline = headline or next((c["metric"] for c in comparisons if c["metric"].startswith("fid_")), None)
+    sel = [c for c in comparisons if c["metric"] == headline and c["ratio"] is not None]
+    return {
+        "metric": headline,
+        "comparisons": len(sel),
+        "crs_significantly_better": sum(c["significant"] and c["crs_better"] for c in sel),
+        "crs_significantly_worse": sum(c["significant"] and not c["crs_better"] for c in sel),
+        "median_ratio": sorted(c["ratio"] for c in sel)[len(sel) // 2] if sel else None,
+    }

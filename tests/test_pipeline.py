@@ -1,0 +1,122 @@
+"""The batch runner: params validation, the smoke experiment end to end, resume, failure isolation, sweeps, report."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crs.pipeline import ExperimentError, apply_overrides, load_params, run_experiment, sweep, validate_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["smoke", "demo", "mnist-gpu"])
+def test_shipped_params_files_are_valid(name):
+    params = load_params(ROOT / "params" / f"{name}.yaml")
+    assert params["experiment"] == name and params["run_dir"] == f"runs/{name}"
+
+
+@pytest.mark.parametrize("raw,msg", [
+    ({"stages": {"rate_estimation": {"meassure": "data"}}},
+     r"Unknown key 'meassure' in stage 'rate_estimation' \(01_rate_estimation.ipynb\); valid keys: compare_measures, dataset"),
+    ({"stages": {"rate_estimaton": {}}}, r"Unknown stage\(s\) \['rate_estimaton'\]; valid stages: base_model, rate_estimation"),
+    ({"common": {"sede": 1}}, "Unknown common key 'sede'; valid common keys: .*seed"),
+    ({"experimnt": "x"}, r"Unknown top-level key\(s\) \['experimnt'\]"),
+    ({"common": {"run_dir": "elsewhere"}}, "Unknown common key 'run_dir'"),
+])
+def test_typos_are_named_before_anything_runs(raw, msg):
+    with pytest.raises(ExperimentError, match=msg):
+        validate_params(raw)
+
+
+def test_overrides_are_validated():
+    params = load_params(ROOT / "params" / "smoke.yaml")
+    assert apply_overrides(params, ["schedule_optimization.xi=1.5", "seed=3"])["stages"]["schedule_optimization"]["xi"] == 1.5
+    with pytest.raises(ExperimentError, match="Unknown key 'xii' in stage 'schedule_optimization'"):
+        apply_overrides(params, ["schedule_optimization.xii=1.5"])
+    with pytest.raises(ExperimentError, match="is 'key=value'"):
+        apply_overrides(params, ["xi"])
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    params = load_params(ROOT / "params" / "smoke.yaml")
+    params["run_dir"] = str(tmp_path_factory.mktemp("smoke") / "run")
+    records = run_experiment(params, progress=False, log=lambda *_: None)
+    return params, records
+
+
+def test_smoke_chain_writes_every_artifact(smoke):
+    params, records = smoke
+    run = Path(params["run_dir"])
+    assert [r["stage"] for r in records] == ["base_model", "rate_estimation", "schedule_optimization",
+                                             "training_schedule_finetune", "sampling", "evaluation"]
+    for name in ("00_base_model.ipynb", "05_evaluation.ipynb", "rate.json", "schedule.json", "finetune.json",
+                 "metrics.json", "models/base/config.json", "models/crs/config.json", "samples/index.json"):
+        assert (run / name).exists(), name
+    rate = json.loads((run / "rate.json").read_text())
+    assert rate["meta"]["model"] == "models/base" and rate["evaluations"] == 17 * 512  # the trained model was measured
+    assert "/" not in json.dumps(json.loads((run / "01_rate_estimation.ipynb").read_text())["metadata"]["papermill"]["parameters"]["run_dir"])
+
+
+def test_second_run_skips_every_stage(smoke):
+    params, _ = smoke
+    records = run_experiment(params, progress=False, log=lambda *_: None)
+    assert all(r["skipped"] for r in records)
+    # a changed parameter reruns that stage and everything downstream, not upstream
+    changed = apply_overrides(params, ["evaluation.n_boot=21"])
+    records = run_experiment(changed, progress=False, log=lambda *_: None)
+    assert [r["skipped"] for r in records] == [True] * 5 + [False]
+
+
+def test_a_failing_stage_leaves_the_others_intact_and_resumes(smoke, tmp_path):
+    params, _ = smoke
+    run = tmp_path / "run"
+    shutil.copytree(params["run_dir"], run)
+    params = dict(params, run_dir=str(run))
+    before = {p: (run / p).read_bytes() for p in ("rate.json", "schedule.json", "metrics.json", "models/crs/diffusion_pytorch_model.safetensors")}
+    bad = apply_overrides(params, ["sampling.samplers=[euler, ddim]"])
+    with pytest.raises(ExperimentError, match="Stage 'sampling' failed: ValueError: Unknown sampler 'ddim'"):
+        run_experiment(bad, progress=False, log=lambda *_: None)
+    assert {p: (run / p).read_bytes() for p in before} == before
+    assert json.loads((run / ".stages" / "sampling.json").read_text())["status"] == "failed"
+    records = run_experiment(params, progress=False, log=lambda *_: None)
+    assert [r["skipped"] for r in records] == [True] * 4 + [False, False]  # the failed stage and its successor rerun
+
+
+def test_subset_of_stages_and_report(smoke, tmp_path):
+    from crs.report import build_report
+
+    params, _ = smoke
+    records = run_experiment(params, stages=["schedule_optimization"], progress=False, log=lambda *_: None)
+    assert [r["stage"] for r in records] == ["schedule_optimization"]
+    index = build_report(params["run_dir"])
+    page = index.read_text()
+    assert "05_evaluation.html" in page and "CRS against the best baseline" in page and "<table>" in page
+    assert (index.parent / "05_evaluation.html").stat().st_size > 10_000 and (index.parent / "crs_ratio.png").exists()
+
+
+def test_sweep_runs_one_folder_per_value_with_a_summary(smoke, tmp_path):
+    params, _ = smoke
+    base = tmp_path / "run"
+    shutil.copytree(params["run_dir"], base)
+    rows = sweep(dict(params, run_dir=str(base)), "schedule_optimization.xi", [1.0, 1.5], log=lambda *_: None)
+    assert [r["value"] for r in rows] == [1.0, 1.5]
+    assert all(r["comparisons"] > 0 for r in rows)
+    s10 = json.loads((base / "sweep" / "schedule_optimization.xi=1.0" / "schedule.json").read_text())
+    s15 = json.loads((base / "sweep" / "schedule_optimization.xi=1.5" / "schedule.json").read_text())
+    assert s10["xi"] == 1.0 and s15["xi"] == 1.5 and s10["sampling"] != s15["sampling"]
+    assert json.loads((base / "sweep" / "summary_schedule_optimization.xi.json").read_text()) == rows
+
+
+def test_cli(tmp_path, capsys):
+    from crs.__main__ import main
+
+    assert main(["check", str(ROOT / "params" / "smoke.yaml")]) == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"stages": {"sampling": {"sampler": ["euler"]}}}))
+    assert main(["run", str(bad), "--run-dir", str(tmp_path / "x")]) == 2
+    assert "Unknown key 'sampler' in stage 'sampling'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # nothing ran
