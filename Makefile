@@ -19,14 +19,11 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, matplotlib, jupyterlab"
 	touch $@
 
-STAGES := 00_base_model 01_rate_estimation 02_schedule_optimization 03_training_schedule_finetune 04_sampling 05_evaluation
-
-# The main job on the embedded default: every stage (00-05) with its notebook's default
-# parameters, executed with papermill into $(RUN_DIR) (executed notebooks, artifacts, figures).
+# The main job on the embedded default: the demo experiment (params/demo.yaml: real digits, every stage
+# 00-05, the report) through the batch runner into $(RUN_DIR); rerunning skips stages that are up to date.
 demo: venv
-	mkdir -p $(RUN_DIR)
-	for nb in $(STAGES); do $(PY) -m papermill --cwd $(RUN_DIR) notebooks/$$nb.ipynb $(RUN_DIR)/$$nb.ipynb -p run_dir . || exit 1; done
-	@echo "demo: results in $(RUN_DIR)/ (models/, rate.json, schedule.json, finetune.json, samples/, metrics.json, *.png, executed notebooks)"
+	$(PY) -m crs run params/demo.yaml --run-dir $(RUN_DIR)
+	@echo "demo: results in $(RUN_DIR)/, report at $(RUN_DIR)/report/index.html"
 
 test: venv
 	$(PY) -m pytest

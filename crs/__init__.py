@@ -34,8 +34,8 @@ __all__ = sorted(_WHERE)
 
 
 _SUBMODULES = (
-    "analytic", "bench", "data", "export", "io", "measures", "metrics", "models", "optimize", "plotting", "rate", "sampling",
-    "schedules", "training",
+    "analytic", "bench", "data", "export", "io", "measures", "metrics", "models", "optimize", "pipeline", "plotting", "rate",
+    "report", "sampling", "schedules", "training",
 )
 
 

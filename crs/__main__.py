@@ -25,12 +25,23 @@ def main(argv=None) -> int:
     check.add_argument("params")
     report = sub.add_parser("report", help="(re)build run_dir/report/index.html")
     report.add_argument("run_dir")
+    summary = sub.add_parser("summary", help="print the summary table of run_dir/metrics.json as Markdown")
+    summary.add_argument("run_dir")
     args = parser.parse_args(argv)
 
     from crs.pipeline import ExperimentError, apply_overrides, load_params, run_experiment, sweep
-    from crs.report import build_report
+    from crs.report import build_report, summary_markdown
 
     try:
+        if args.command == "summary":
+            import json
+            from pathlib import Path
+
+            path = Path(args.run_dir) / "metrics.json"
+            if not path.is_file():
+                raise ExperimentError(f"No metrics.json in {args.run_dir!r}: run the evaluation stage first.")
+            print(summary_markdown(json.loads(path.read_text())))
+            return 0
         if args.command == "report":
             print(build_report(args.run_dir))
             return 0

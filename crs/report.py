@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crs.io import atomic_write_bytes
 
-__all__ = ["FIGURES", "build_report", "summary_table"]
+__all__ = ["FIGURES", "build_report", "summary_markdown", "summary_table"]
 
 FIGURES = [
     ("rate.png", "Velocity of each measure against logsnr (01)"),
@@ -35,12 +35,27 @@ def summary_table(metrics: dict, metrics_shown: tuple[str, ...] | None = None) -
     return [c for c in comps if c["metric"] in shown]
 
 
+def _verdict(c: dict) -> str:
+    return ("CRS better" if c["crs_better"] else "CRS worse") if c["significant"] else "not significant"
+
+
+def summary_markdown(metrics: dict) -> str:
+    """The summary table as Markdown (for the README): ``python -m crs summary RUN_DIR``."""
+    lines = ["| model | sampler | nfe | metric | CRS | best baseline | ratio | paired 95 % CI of the difference | verdict |",
+             "|---|---|---:|---|---:|---|---:|---|---|"]
+    for c in summary_table(metrics):
+        ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        lines.append(f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs_value']:.4g} | {c['best_baseline']} "
+                     f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} |")
+    return "\n".join(lines)
+
+
 def _table_html(rows: list[dict]) -> str:
     head = ("<tr><th>model</th><th>sampler</th><th>nfe</th><th>metric</th><th>CRS</th><th>best baseline</th>"
             "<th>ratio</th><th>paired 95% CI of the difference</th><th>verdict</th></tr>")
     body = []
     for c in rows:
-        verdict = ("CRS better" if c["crs_better"] else "CRS worse") if c["significant"] else "not significant"
+        verdict = _verdict(c)
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
         body.append(
             f"<tr><td>{html.escape(c['model'])}</td><td>{c['sampler']}</td><td>{c['nfe']}</td><td>{c['metric']}</td>"
