@@ -37,6 +37,25 @@ def _plt():
     return plt
 
 
+def _image_canvas(images: torch.Tensor) -> np.ndarray:
+    """Images (N, C, H, W) in [-1, 1] tiled on a near-square white canvas (rows*(H+1)+1, cols*(W+1)+1, C) in [0, 1]."""
+    imgs = ((images.detach().cpu().float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
+    n, h, w, c = imgs.shape
+    cols = int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), dtype=np.float32)
+    for i, img in enumerate(imgs):
+        r, q = divmod(i, cols)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img
+    return canvas
+
+
+def _show_canvas(ax, canvas: np.ndarray) -> None:
+    gray = canvas.shape[-1] == 1
+    ax.imshow(canvas.squeeze(-1) if gray else canvas, cmap="gray" if gray else None, vmin=0, vmax=1)
+    ax.axis("off")
+
+
 def save_figure(fig, path, dpi: int = 110) -> None:
     """Save a figure as PNG, atomically."""
     buf = io.BytesIO()
@@ -160,18 +179,9 @@ def plot_samples(samples: torch.Tensor, reference: torch.Tensor | None = None, t
         ax.set_aspect("equal")
         ax.legend(fontsize=8, markerscale=4)
     else:
-        imgs = ((samples[:max_images].clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).numpy()
-        n = len(imgs)
-        cols = int(math.ceil(math.sqrt(n)))
-        rows = int(math.ceil(n / cols))
-        c, h, w = samples.shape[1:]
-        canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), dtype=np.float32)
-        for i, img in enumerate(imgs):
-            r, q = divmod(i, cols)
-            canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img
-        fig, ax = plt.subplots(figsize=(4.2, 4.2 * rows / cols))
-        ax.imshow(canvas.squeeze(-1) if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-        ax.axis("off")
+        canvas = _image_canvas(samples[:max_images])
+        fig, ax = plt.subplots(figsize=(4.2, 4.2 * canvas.shape[0] / canvas.shape[1]))
+        _show_canvas(ax, canvas)
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -240,15 +250,7 @@ def plot_sample_grid(samples: Mapping[str, torch.Tensor], reference: torch.Tenso
             ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.5, color="k" if label.startswith("crs") else None)
             ax.set_aspect("equal")
         else:
-            imgs = ((x[:max_images].clamp(-1, 1) + 1) / 2)
-            side = int(math.ceil(math.sqrt(len(imgs))))
-            c, h, w = imgs.shape[1:]
-            canvas = torch.ones(c, side * (h + 1), side * (w + 1))
-            for i, img in enumerate(imgs):
-                r, q = divmod(i, side)
-                canvas[:, r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = img
-            ax.imshow(canvas.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-            ax.axis("off")
+            _show_canvas(ax, _image_canvas(x[:max_images]))
         ax.set_title(label, fontsize=9)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
