@@ -21,7 +21,7 @@ import torch
 
 from crs.schedules import Schedule, check_steps
 
-__all__ = ["apply_schedule", "as_schedule", "scheduler_sigma_range", "sigmas_to_timesteps"]
+__all__ = ["apply_schedule", "as_schedule", "scheduler_sigma_range", "sigmas_to_timesteps", "to_trained_betas"]
 
 
 def _training_sigmas(scheduler) -> np.ndarray:
@@ -113,3 +113,20 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
     if steps is not None:
         scheduler.set_timesteps(steps)
     return scheduler
+
+
+def to_trained_betas(schedule, num_train_timesteps: int = 1000) -> np.ndarray:
+    """A CRS schedule as ``trained_betas`` for diffusers' discrete-time schedulers (``DDPMScheduler``).
+
+    Training timestep ``i`` gets ``sigma_i = sigma(i / (T - 1))`` (uniform t, as in CRS training), so
+    ``alphas_cumprod_i = 1 / (1 + sigma_i^2)`` and ``beta_i = 1 - alphas_cumprod_i / alphas_cumprod_{i-1}``.
+
+    Returns:
+        float64 array (T,) of betas in (0, 1).
+    """
+    sched = as_schedule(schedule)
+    check_steps(num_train_timesteps)
+    sigma = sched(np.linspace(0.0, 1.0, num_train_timesteps)).numpy()
+    ac = 1.0 / (1.0 + sigma**2)
+    betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
+    return np.clip(betas, 1e-12, 1.0 - 1e-12)

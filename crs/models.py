@@ -26,7 +26,7 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
-__all__ = ["EDMDenoiser", "MLPNet", "build_denoiser", "load_denoiser", "resolve_models", "unet"]
+__all__ = ["DiffusersDenoiser", "EDMDenoiser", "MLPNet", "build_denoiser", "load_denoiser", "resolve_models", "unet"]
 
 DENOISER_FILE = "crs_denoiser.json"
 
@@ -155,7 +155,8 @@ class EDMDenoiser(nn.Module):
         if not (folder / "config.json").is_file():
             raise ValueError(f"No diffusers model at {str(folder)!r} (no config.json).")
         if not cfg_path.is_file():
-            raise ValueError(f"{str(folder)!r} holds a diffusers model but no {DENOISER_FILE}: it was not made by crs.")
+            raise ValueError(f"{str(folder)!r} holds a diffusers model but no {DENOISER_FILE}: it was not made by crs "
+                         "(for a diffusers model give the pipeline folder, with model_index.json and its scheduler).")
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("net_class") == "UNet2DModel":
             net = UNet2DModel.from_pretrained(folder)
@@ -205,7 +206,9 @@ def load_denoiser(model: str, data=None):
 
     Args:
         model: ``"analytic"`` (the dataset's exact denoiser), a local folder written by
-            :meth:`EDMDenoiser.save_pretrained`, or a hub id ``"org/name"`` of such a folder.
+            :meth:`EDMDenoiser.save_pretrained`, a saved unconditional diffusers pipeline (a folder
+            with ``model_index.json``: DDPM-style UNet + scheduler, eps/v/sample prediction), or a
+            hub id ``"org/name"`` of either.
         data: the dataset the model is used with; its sample shape must match the model's.
 
     Raises:
@@ -222,7 +225,7 @@ def load_denoiser(model: str, data=None):
         if model.count("/") != 1 or model.startswith((".", "/")) or path.suffix:
             raise ValueError(f"No model at {model!r}: give model='analytic', a folder that exists, or a hub id 'org/name'.")
         path = _resolve_hub(model)
-    denoiser = EDMDenoiser.from_pretrained(path)
+    denoiser = DiffusersDenoiser.from_pipeline_folder(path) if (Path(path) / "model_index.json").is_file() else EDMDenoiser.from_pretrained(path)
     if data is not None and tuple(data.shape) != tuple(denoiser.shape):
         raise ValueError(f"The model at {model!r} takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}.")
     return denoiser.eval()
@@ -236,3 +239,78 @@ def resolve_models(names, run_dir, data) -> dict:
         local = Path(run_dir) / "models" / name
         models[name] = load_denoiser(str(local) if name != "analytic" and local.is_dir() else name, data)
     return models
+
+
+class DiffusersDenoiser(nn.Module):
+    """A discrete-time diffusers model (DDPM-style UNet + scheduler) as a denoiser on continuous sigma.
+
+    The VE input ``x = x0 + sigma * eps`` becomes the VP input ``alpha x`` (``alpha = 1/sqrt(1+sigma^2)``);
+    the timestep is continuous, by interpolating ``log sigma`` in the scheduler's table of training
+    sigmas ``sqrt((1 - alphas_cumprod) / alphas_cumprod)`` (as k-diffusion does for such models); the
+    output is turned into an x0-prediction according to ``prediction_type`` (``epsilon``,
+    ``v_prediction`` or ``sample``). The noise range is the table's.
+
+    Args:
+        unet: a diffusers UNet (called as ``unet(x_vp, t).sample``).
+        alphas_cumprod: the scheduler's cumulative alphas (T,).
+        prediction_type: the scheduler's prediction type.
+    """
+
+    PREDICTIONS = ("epsilon", "v_prediction", "sample")
+
+    def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon"):
+        super().__init__()
+        if prediction_type not in self.PREDICTIONS:
+            raise ValueError(f"Unsupported prediction type {prediction_type!r}; supported: {', '.join(self.PREDICTIONS)}.")
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.unet, self.prediction_type = unet, prediction_type
+        self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
+        self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return (cfg.in_channels, size, size)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Continuous timestep of each sigma: linear interpolation of log sigma in the training table."""
+        log_s = torch.log(sigma.to(torch.float64)).clamp(self.log_sigmas[0], self.log_sigmas[-1])
+        idx = torch.searchsorted(self.log_sigmas, log_s).clamp(1, len(self.log_sigmas) - 1)
+        lo, hi = self.log_sigmas[idx - 1], self.log_sigmas[idx]
+        return (idx - 1) + (log_s - lo) / (hi - lo)
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """x (B, C, H, W) VE, sigma scalar or (B,) -> x0-prediction, same dtype and device as ``x``."""
+        param = next(self.unet.parameters())
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0]).cpu()
+        t = self.sigma_to_t(s)
+        sb = s.reshape(-1, 1, 1, 1).to(param.device, param.dtype)
+        alpha = 1.0 / torch.sqrt(1.0 + sb**2)
+        x_vp = alpha * x.to(param.device, param.dtype)
+        out = self.unet(x_vp, t.to(param.device, param.dtype)).sample.to(param.dtype)
+        if self.prediction_type == "epsilon":
+            x0 = (x_vp - alpha * sb * out) / alpha
+        elif self.prediction_type == "v_prediction":
+            x0 = alpha * x_vp - alpha * sb * out
+        else:
+            x0 = out
+        return x0.to(x.device, x.dtype)
+
+    @classmethod
+    def from_pipeline_folder(cls, folder) -> "DiffusersDenoiser":
+        """Load ``unet`` and ``scheduler`` from a saved diffusers pipeline folder (``model_index.json``)."""
+        import diffusers
+
+        folder = Path(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        if "unet" not in index or "scheduler" not in index:
+            raise ValueError(f"The pipeline at {str(folder)!r} has no unet and scheduler ({sorted(index)}); "
+                             "supported: unconditional DDPM-style pipelines.")
+        if "vae" in index:
+            raise ValueError(f"The pipeline at {str(folder)!r} is a latent model (it has a vae); latent models are not supported yet.")
+        unet_cls = getattr(diffusers, index["unet"][1])
+        sched_cls = getattr(diffusers, index["scheduler"][1])
+        unet = unet_cls.from_pretrained(folder / "unet").eval()
+        scheduler = sched_cls.from_pretrained(folder / "scheduler")
+        return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"))

@@ -83,3 +83,14 @@ def test_apply_schedule_on_a_pipeline_and_errors(crs_schedule, tmp_path):
     (tmp_path / "bad.json").write_text('{"t": [0, 1]}')
     with pytest.raises(ValueError, match="needs the key 'sigma'"):
         apply_schedule(EulerDiscreteScheduler(), str(tmp_path / "bad.json"))
+
+
+def test_trained_betas_for_ddpm(crs_schedule):
+    from diffusers import DDPMScheduler
+
+    from crs.export import to_trained_betas
+
+    betas = to_trained_betas(crs_schedule, 1000)
+    sched = DDPMScheduler(num_train_timesteps=1000, trained_betas=betas.tolist())
+    sigma = np.sqrt((1 - sched.alphas_cumprod.double().numpy()) / sched.alphas_cumprod.double().numpy())
+    np.testing.assert_allclose(sigma, crs_schedule(np.linspace(0, 1, 1000)).numpy(), rtol=1e-4)
