@@ -56,6 +56,15 @@ def _show_canvas(ax, canvas: np.ndarray) -> None:
     ax.axis("off")
 
 
+def _nfe_ticks(ax, values) -> None:
+    """Plain tick labels at the nfe values on a log axis."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(values)
+    ax.set_xticklabels([str(v) for v in values])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def save_figure(fig, path, dpi: int = 110) -> None:
     """Save a figure as PNG, atomically."""
     buf = io.BytesIO()
@@ -275,6 +284,7 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
             ax.errorbar(nfe, val, yerr=[val - lo, hi - val], marker="o", ms=3, capsize=2, label=sched, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _nfe_ticks(ax, sorted({r["nfe"] for r in sel if r["sampler"] == sampler}))
         ax.set_xlabel("nfe")
         ax.set_title(sampler)
     axes.flat[0].set_ylabel(metric)
@@ -318,6 +328,7 @@ def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
         ax.scatter(nfe, ratio, facecolors=[line.get_color() if s else "none" for s in sig], edgecolors=line.get_color(), zorder=5)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
+    _nfe_ticks(ax, sorted({c["nfe"] for c in sel}))
     ax.set_xlabel("nfe")
     ax.set_ylabel(f"{metric}: CRS / best baseline")
     ax.set_title("CRS against the best baseline at each nfe (filled: significant)")
