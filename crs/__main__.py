@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     run.add_argument("--sweep", metavar="[STAGE.]KEY=V1,V2,...", help="one run folder per value, then a summary table")
     run.add_argument("--run-dir", help="run folder (default: the params file's, or runs/<experiment>)")
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    run.add_argument("--dry-run", action="store_true", help="every stage at tiny size on the CPU, into <run_dir>-dry-run")
     check = sub.add_parser("check", help="validate a params file against the notebooks' parameters")
     check.add_argument("params")
     report = sub.add_parser("report", help="(re)build run_dir/report/index.html")
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     summary.add_argument("run_dir")
     args = parser.parse_args(argv)
 
-    from crs.pipeline import ExperimentError, apply_overrides, load_params, run_experiment, sweep
+    from crs.pipeline import ExperimentError, apply_overrides, dry_run, load_params, run_experiment, sweep
     from crs.report import build_report, summary_markdown
 
     try:
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
         if args.run_dir:
             params["run_dir"] = args.run_dir
         params = apply_overrides(params, args.set)
+        if args.dry_run:
+            params = dry_run(params)
         stages = args.stages.split(",") if args.stages else None
         if args.sweep:
             key, _, values = args.sweep.partition("=")

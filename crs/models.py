@@ -26,7 +26,9 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
-__all__ = ["DiffusersDenoiser", "EDMDenoiser", "MLPNet", "build_denoiser", "load_denoiser", "resolve_models", "unet"]
+__all__ = [
+    "DiffusersDenoiser", "EDMDenoiser", "MLPNet", "build_denoiser", "load_denoiser", "resolve_device", "resolve_models", "unet",
+]
 
 DENOISER_FILE = "crs_denoiser.json"
 
@@ -201,7 +203,21 @@ def _resolve_hub(model: str) -> Path:
         raise ValueError(f"Could not load the hub model {model!r} ({why}). Point `model` at a local folder instead.") from exc
 
 
-def load_denoiser(model: str, data=None):
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` pass
+    (ValueError for a GPU that is not there, or an unknown name)."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but no CUDA GPU is visible; use 'cpu' or 'auto'.")
+        return device
+    raise ValueError(f"Unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N.")
+
+
+def load_denoiser(model: str, data=None, device: str = "cpu"):
     """Return ``D(x, sigma)`` for the notebooks' ``model`` parameter.
 
     Args:
@@ -210,6 +226,8 @@ def load_denoiser(model: str, data=None):
             with ``model_index.json``: DDPM-style UNet + scheduler, eps/v/sample prediction), or a
             hub id ``"org/name"`` of either.
         data: the dataset the model is used with; its sample shape must match the model's.
+        device: where a neural model is put (see :func:`resolve_device`); it takes inputs from
+            anywhere and returns outputs on the input's device.
 
     Raises:
         ValueError: unknown or unreachable model, or a shape mismatch (naming both shapes).
@@ -228,16 +246,16 @@ def load_denoiser(model: str, data=None):
     denoiser = DiffusersDenoiser.from_pipeline_folder(path) if (Path(path) / "model_index.json").is_file() else EDMDenoiser.from_pretrained(path)
     if data is not None and tuple(data.shape) != tuple(denoiser.shape):
         raise ValueError(f"The model at {model!r} takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}.")
-    return denoiser.eval()
+    return denoiser.eval().to(resolve_device(device))
 
 
-def resolve_models(names, run_dir, data) -> dict:
+def resolve_models(names, run_dir, data, device: str = "cpu") -> dict:
     """Denoisers for a list of model names: ``"analytic"``, a name under ``run_dir/models/``, or a
     folder / hub id (see :func:`load_denoiser`). Returns ``{name: denoiser}`` in the given order."""
     models = {}
     for name in names:
         local = Path(run_dir) / "models" / name
-        models[name] = load_denoiser(str(local) if name != "analytic" and local.is_dir() else name, data)
+        models[name] = load_denoiser(str(local) if name != "analytic" and local.is_dir() else name, data, device)
     return models
 
 

@@ -32,7 +32,9 @@ from typing import Any, Iterable
 
 from crs.io import atomic_write_json
 
-__all__ = ["STAGES", "ExperimentError", "load_params", "parse_override", "run_experiment", "sweep", "validate_params"]
+__all__ = [
+    "DRY_RUN", "STAGES", "ExperimentError", "dry_run", "load_params", "parse_override", "run_experiment", "sweep", "validate_params",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -45,6 +47,18 @@ STAGES = {
     "evaluation": "05_evaluation",
 }
 RECORDS = ".stages"
+
+
+# Tiny sizes for a dry run: every stage of an experiment executes on the CPU in a minute or two, so a
+# GPU experiment never fails on a typo or a shape after the queue wait. Sizes not listed stay as given.
+DRY_RUN = {
+    "base_model": {"train_steps": 2, "batch_size": 4, "checkpoint_every": 1, "sample_steps": 2, "n_show": 4},
+    "rate_estimation": {"grid_size": 2, "n_samples": 40},
+    "training_schedule_finetune": {"finetune_steps": 2, "batch_size": 4, "checkpoint_every": 1, "online_every": 1,
+                                   "online_grid": 2, "online_samples": 8, "eval_levels": 2, "eval_samples": 8},
+    "sampling": {"n_samples": 8, "batch_size": 8},
+    "evaluation": {"n_boot": 2, "n_reference": 16},
+}
 
 
 class ExperimentError(ValueError):
@@ -130,6 +144,30 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
             params["stages"].setdefault(stage, {})[key] = value
     raw = {"experiment": params["experiment"], "run_dir": params["run_dir"], "common": params["common"], "stages": params["stages"]}
     return validate_params(raw)
+
+
+def dry_run(params: dict) -> dict:
+    """The experiment at tiny size on the CPU, in ``<run_dir>-dry-run``: same stages, same keys, small numbers.
+
+    Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is
+    cut to its smallest budget, sampling compares CRS with one baseline, a UNet keeps its levels at
+    8-16 channels, and ``device`` is ``cpu``. All names are still validated by every stage.
+    """
+    params = copy.deepcopy(params)
+    params["run_dir"] = f"{params['run_dir'].rstrip('/')}-dry-run"
+    params["common"]["device"] = "cpu"
+    for stage in list(params["stages"]) or list(STAGES):
+        section = params["stages"].setdefault(stage, {})
+        section.update(DRY_RUN.get(stage, {}))
+        if stage == "sampling":
+            nfe = section.get("nfe")
+            if nfe is not None:
+                section["nfe"] = {k: [min(v)] for k, v in nfe.items()} if isinstance(nfe, dict) else [min(nfe)]
+            section["baselines"] = list(section.get("baselines") or ["karras"])[:1]
+        if stage == "base_model" and "block_out_channels" in section.get("model_kwargs", {}):
+            levels = len(section["model_kwargs"]["block_out_channels"])
+            section["model_kwargs"] = dict(section["model_kwargs"], block_out_channels=[8 * min(i + 1, 2) for i in range(levels)])
+    return validate_params({k: params[k] for k in ("experiment", "run_dir", "common", "stages")})
 
 
 def stage_parameters(params: dict, stage: str, declared: dict) -> dict:

@@ -239,7 +239,7 @@ def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
 
 
 def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, shape: tuple[int, ...], n: int, out_dir,
-                seed: int = 0, batch_size: int = 1024, dtype=torch.float32, progress: bool = False) -> list[dict]:
+                seed: int = 0, batch_size: int = 1024, dtype=torch.float32, device: str = "cpu", progress: bool = False) -> list[dict]:
     """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
 
     Args:
@@ -259,7 +259,7 @@ def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, sha
         steps = steps_for_nfe(sampler, value)
         start = time.perf_counter()
         x = generate(models[model], shape, n, schedules[sched](steps), seed=seed, sampler=sampler,
-                     batch_size=batch_size, dtype=dtype)
+                     batch_size=batch_size, dtype=dtype, device=device)
         seconds = time.perf_counter() - start
         path = Path(out_dir) / model / sampler / f"{sched}_nfe{value}.pt"
         buf = io.BytesIO()

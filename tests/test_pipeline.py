@@ -120,3 +120,19 @@ def test_cli(tmp_path, capsys):
     assert main(["run", str(bad), "--run-dir", str(tmp_path / "x")]) == 2
     assert "Unknown key 'sampler' in stage 'sampling'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()  # nothing ran
+
+
+def test_gpu_experiment_dry_run_on_cpu(tmp_path):
+    """The GPU-sized experiment executes every stage at tiny size on the CPU (no typo survives to the GPU queue)."""
+    from crs.pipeline import dry_run
+
+    params = load_params(ROOT / "params" / "mnist-gpu.yaml")
+    params["run_dir"] = str(tmp_path / "mnist-gpu")
+    tiny = dry_run(params)
+    assert tiny["run_dir"].endswith("mnist-gpu-dry-run") and tiny["common"]["device"] == "cpu"
+    assert tiny["stages"]["sampling"]["nfe"]["heun"] == [5] and tiny["stages"]["base_model"]["train_steps"] == 2
+    records = run_experiment(tiny, progress=False, log=lambda *_: None)
+    assert [r["status"] for r in records] == ["ok"] * 6
+    metrics = json.loads((Path(tiny["run_dir"]) / "metrics.json").read_text())
+    assert {r["sampler"] for r in metrics["rows"]} == {"euler", "dpmpp_2m", "heun", "edm"}
+    assert any(r["metric"] == "fid_efficientnet-lite0" for r in metrics["rows"])

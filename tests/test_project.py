@@ -72,7 +72,7 @@ def test_notebook_parameters_are_inspectable(caplog):
 
     expected = {
         "01_rate_estimation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "model", "measure", "compare_measures",
-                                     "sigma_min", "sigma_max", "grid_size", "n_samples", "features", "progress"},
+                                     "sigma_min", "sigma_max", "grid_size", "n_samples", "features", "device", "progress"},
         "02_schedule_optimization.ipynb": {"run_dir", "xi", "steps", "smoothing", "baselines", "diagnostic_steps"},
         "00_base_model.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "model", "model_kwargs", "sigma_data", "sigma_min",
                                 "sigma_max", "train_steps", "batch_size", "lr", "ema_decay", "noise", "checkpoint_every",
@@ -82,9 +82,9 @@ def test_notebook_parameters_are_inspectable(caplog):
                                                 "online_every", "online_measure", "online_grid", "online_samples", "xi",
                                                 "eval_levels", "eval_samples", "progress"},
         "04_sampling.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "models", "schedule", "baselines", "samplers", "nfe",
-                              "n_samples", "batch_size", "show_sampler", "progress"},
-        "05_evaluation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "features", "metrics", "n_boot", "n_reference", "k",
-                                "plot_model", "progress"},
+                              "n_samples", "batch_size", "device", "show_sampler", "progress"},
+        "05_evaluation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "features", "device", "metrics", "n_boot",
+                                "n_reference", "k", "plot_model", "progress"},
     }
     for name, params in expected.items():
         found = papermill.inspect_notebook(str(ROOT / "notebooks" / name))
