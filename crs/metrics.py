@@ -23,7 +23,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from crs.measures import fid_from_stats
 
 __all__ = [
     "EXTRACTORS",

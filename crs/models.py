@@ -15,7 +15,6 @@ exact denoiser of an analytic dataset), a local folder, or a Hugging Face hub id
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import tempfile

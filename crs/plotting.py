@@ -12,7 +12,6 @@ import torch
 from crs.io import atomic_write_bytes
 from crs.optimize import step_discrepancy
 from crs.rate import RateEstimate
-from crs.schedules import Schedule
 
 __all__ = [
     "plot_crs_ratio",

@@ -6,7 +6,6 @@ Usage: accelerate launch --multi_gpu --num_processes 2 tests/mp_train.py CHECKPO
 import hashlib
 import sys
 
-import torch
 from accelerate import PartialState
 
 import crs

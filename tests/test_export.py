@@ -1,6 +1,5 @@
 """Schedules into diffusers: sigmas, quantised timesteps, apply_schedule on schedulers and pipelines."""
 
-import warnings
 
 import numpy as np
 import pytest
