@@ -294,21 +294,23 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
 
 
 def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: int):
-    """Precision against recall for every schedule and sampler at one nfe."""
+    """Precision against recall (with 95 % intervals) for every schedule and sampler at one nfe."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.0, 4.2))
     pr = {}
     for r in rows:
         if r["model"] == model and r["nfe"] == nfe and r["metric"] in (f"precision_{features}", f"recall_{features}"):
-            pr.setdefault((r["schedule"], r["sampler"]), {})[r["metric"].split("_")[0]] = r["value"]
+            pr.setdefault((r["schedule"], r["sampler"]), {})[r["metric"].split("_")[0]] = r
     markers = dict(zip(dict.fromkeys(s for _, s in pr), "osD^v<>"))
     for (sched, sampler), v in pr.items():
         if "precision" in v and "recall" in v:
-            ax.scatter(v["recall"], v["precision"], marker=markers[sampler], color="k" if sched.startswith("crs") else None,
-                       label=f"{sched} / {sampler}", s=30)
+            p, q = v["precision"], v["recall"]
+            ax.errorbar(q["value"], p["value"], xerr=[[q["value"] - q["ci_low"]], [q["ci_high"] - q["value"]]],
+                        yerr=[[p["value"] - p["ci_low"]], [p["ci_high"] - p["value"]]], marker=markers[sampler], ms=5,
+                        capsize=2, color="k" if sched.startswith("crs") else None, label=f"{sched} / {sampler}", ls="none")
     ax.set_xlabel(f"recall ({features})")
     ax.set_ylabel(f"precision ({features})")
-    ax.set_title(f"Precision and recall, model '{model}', nfe {nfe}")
+    ax.set_title(f"Precision and recall, model '{model}', nfe {nfe} (95 % intervals)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     return fig
@@ -316,14 +318,18 @@ def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: 
 
 def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
     """CRS value divided by the best baseline's against nfe, one line per model and sampler (< 1: CRS better,
-    for lower-is-better metrics); filled markers where the paired difference is significant."""
+    for lower-is-better metrics), with the paired 95 % interval (baseline value held fixed); filled markers
+    where the paired difference is significant."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     sel = [c for c in comparisons if c["metric"] == metric and c["ratio"] is not None]
     for key in dict.fromkeys((c["model"], c["sampler"]) for c in sel):
-        pts = sorted((c["nfe"], c["ratio"], c["significant"]) for c in sel if (c["model"], c["sampler"]) == key)
-        nfe, ratio, sig = zip(*pts)
+        pts = sorted((c["nfe"], c["ratio"], c["significant"], c["diff_ci_low"] / c["baseline_value"], c["diff_ci_high"] / c["baseline_value"])
+                     for c in sel if (c["model"], c["sampler"]) == key and c["baseline_value"] != 0)
+        nfe, ratio, sig, lo, hi = map(np.asarray, zip(*pts))
         (line,) = ax.plot(nfe, ratio, label=f"{key[0]} / {key[1]}")
+        # interval of the ratio with the baseline's value held fixed: 1 + (paired CI of the difference) / baseline
+        ax.errorbar(nfe, ratio, yerr=[ratio - (1 + lo), (1 + hi) - ratio], ls="none", color=line.get_color(), capsize=2)
         ax.scatter(nfe, ratio, facecolors=[line.get_color() if s else "none" for s in sig], edgecolors=line.get_color(), zorder=5)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
