@@ -140,18 +140,18 @@ def crs_ratio_table(n_samples: int = 2000, n_boot: int = 200, measures=("data", 
     import tempfile
 
     from crs.metrics import evaluate_grid, make_feature_extractor
+    from crs.optimize import schedule_functions
     from crs.sampling import sample_grid
 
     data = crs.make_dataset("gmm")
     nfe = {"euler": [5, 10, 20], "dpmpp_2m": [5, 10, 20], "heun": [5, 11, 21], "edm": [5, 11, 21]}
-    baselines = {name: (lambda n, name=name: crs.baseline_sigmas(name, n)) for name in crs.BASELINES}
     reference = data.sample(n_samples, torch.Generator().manual_seed(seed + 10**6))
     out = []
     for measure in measures:
         rate = crs.estimate_rate(measure, data, denoiser=data.denoiser, seed=seed)
         schedule = crs.optimize_schedule(rate, xi=xi)
         with tempfile.TemporaryDirectory() as tmp:
-            index = sample_grid({"analytic": data.denoiser}, {"crs": schedule.discretize, **baselines}, list(nfe), nfe,
+            index = sample_grid({"analytic": data.denoiser}, schedule_functions(schedule), list(nfe), nfe,
                                 data.shape, n_samples, tmp, seed=seed, dtype=torch.float64)
             metrics = evaluate_grid(index, reference, make_feature_extractor("identity"), data=data, n_boot=n_boot, seed=seed)
         out += [dict(c, measure=measure) for c in metrics["comparisons"] if c["metric"] in ("nll", "fid_identity")]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -25,6 +26,7 @@ __all__ = [
     "check_xi",
     "optimize_schedule",
     "sampling_schedules",
+    "schedule_functions",
     "schedule_from_velocity",
     "step_discrepancy",
 ]
@@ -125,6 +127,18 @@ def step_discrepancy(rate: RateEstimate, sigmas) -> np.ndarray:
     cumulative = np.concatenate([[0.0], np.cumsum(rate.discrepancy)])
     level = PchipInterpolator(np.log(rate.sigma), cumulative)(np.log(np.clip(s, lo, hi)))
     return np.abs(np.diff(level))
+
+
+def schedule_functions(schedule: Schedule, baselines: Iterable[str] = BASELINES, crs_name: str = "crs") -> dict:
+    """``{name: steps -> sigmas}`` for the CRS schedule and each baseline on the CRS schedule's range.
+
+    The form :func:`crs.sampling.sample_grid` takes; every baseline name is checked here.
+    """
+    out = {crs_name: schedule.discretize}
+    for name in baselines:
+        baseline_sigmas(name, 2, schedule.sigma_min, schedule.sigma_max)  # validate the name now
+        out[name] = partial(baseline_sigmas, name, sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)
+    return out
 
 
 def sampling_schedules(

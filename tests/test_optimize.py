@@ -111,3 +111,13 @@ def test_smoothing_reduces_noise():
     # the smoothed schedule's log-density is less jagged than the raw log-velocity
     d = np.log(smooth_sched.density(rate.sigma_mid).numpy() * rate.sigma_mid)
     assert np.abs(np.diff(d, 2)).mean() < np.abs(np.diff(rough, 2)).mean()
+
+
+def test_schedule_functions_for_sampling():
+    sched = crs.optimize_schedule(_exact_rate("data", 0.5, lo=0.01, hi=20.0))
+    fns = crs.optimize.schedule_functions(sched, ["karras", "vp"])
+    assert list(fns) == ["crs", "karras", "vp"]
+    assert torch.equal(fns["crs"](7), sched.discretize(7))
+    assert torch.equal(fns["karras"](7), crs.baseline_sigmas("karras", 7, 0.01, 20.0))
+    with pytest.raises(ValueError, match="Unknown baseline 'karas'"):
+        crs.optimize.schedule_functions(sched, ["karas"])
