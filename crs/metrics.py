@@ -35,6 +35,7 @@ __all__ = [
     "evaluate_grid",
     "evaluate_samples",
     "make_feature_extractor",
+    "reference_statistics",
     "row",
 ]
 
@@ -137,10 +138,11 @@ def make_feature_extractor(name: str = "auto", shape: tuple[int, ...] | None = N
     if name == "identity":
         return FeatureExtractor("identity", lambda x: x.flatten(1), images=False)
     if name == "inception":
-        if not os.path.isfile(INCEPTION_PATH):
-            raise ValueError(f"Inception FID needs clean-fid's weights at {INCEPTION_PATH} (no download here); "
-                             "use features='efficientnet-lite0' offline.")
-        return FeatureExtractor("inception", _inception(device))
+        try:  # clean-fid downloads its weights to INCEPTION_PATH once (network needed), then works offline
+            return FeatureExtractor("inception", _inception(device))
+        except Exception as exc:
+            raise ValueError(f"Inception FID needs clean-fid's weights at {INCEPTION_PATH}, which could not be fetched "
+                             f"({type(exc).__name__}); use features='efficientnet-lite0' offline.") from exc
     return FeatureExtractor("efficientnet-lite0", _efficientnet(device))
 
 
@@ -216,8 +218,8 @@ def _mmd_poly(gen: np.ndarray, ref: np.ndarray, k_rr_sum: float) -> float:
 
 # ----------------------------------------------------------------------------- the evaluation
 def evaluate_samples(
-    samples: torch.Tensor,
-    reference: torch.Tensor,
+    samples: torch.Tensor | None,
+    reference: torch.Tensor | None,
     features: FeatureExtractor,
     idx: np.ndarray,
     ref_idx: np.ndarray | None = None,
@@ -227,12 +229,14 @@ def evaluate_samples(
     ref_features: np.ndarray | None = None,
     kid: bool = True,
     which=METRICS,
+    gen_features: np.ndarray | None = None,
+    ref_stats: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, tuple[float, np.ndarray]]:
     """Every metric for one set of samples: ``{metric: (value, bootstrap replicates)}``.
 
     Args:
-        samples: generated samples (N, *shape); must be finite.
-        reference: real samples (held-out split, or fresh analytic samples).
+        samples: generated samples (N, *shape); must be finite. May be None with ``gen_features``.
+        reference: real samples (held-out split, or fresh analytic samples); None with ``ref_stats``.
         features: the feature extractor (its name goes into the metric names).
         idx: bootstrap indices into the samples (B, N), shared across schedules to pair them.
         ref_idx: bootstrap indices into the reference (for recall); defaults to a seeded draw.
@@ -241,14 +245,23 @@ def evaluate_samples(
         ref_features: precomputed reference features (saves recomputing them per row).
         kid: compute KID (images only: for low-dimensional data FID on raw coordinates suffices).
         which: metric families to compute (see :func:`check_metrics`).
+        gen_features: precomputed features of the samples (N, F) (stored by sampling for large runs).
+        ref_stats: ``(mu, cov)`` of the reference features (e.g. clean-fid's dataset statistics):
+            only FID can be computed from them; the other families are skipped.
     """
     which = check_metrics(which)
-    if not torch.all(torch.isfinite(samples)):
+    if samples is not None and not torch.all(torch.isfinite(samples)):
         raise ValueError("The samples contain NaN or inf; evaluate finite samples only.")
     out: dict[str, tuple[float, np.ndarray]] = {}
-    f_gen = features(samples)
-    f_ref = features(reference) if ref_features is None else ref_features
+    f_gen = features(samples) if gen_features is None else np.asarray(gen_features, dtype=np.float64)
+    if not np.all(np.isfinite(f_gen)):
+        raise ValueError("The features of the samples contain NaN or inf.")
     tag = features.name
+    if ref_stats is not None:
+        if "fid" in which:
+            out[f"fid_{tag}"] = _fid_boot(f_gen, np.asarray(ref_stats[0], np.float64), np.asarray(ref_stats[1], np.float64), idx)
+        return out
+    f_ref = features(reference) if ref_features is None else ref_features
     if "fid" in which:
         out[f"fid_{tag}"] = _fid_boot(f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx)
     if kid and features.images and "kid" in which:
@@ -264,6 +277,8 @@ def evaluate_samples(
         ref_idx = bootstrap_indices(len(f_ref), len(idx), seed + 1) if ref_idx is None else ref_idx
         out[f"recall_{tag}"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
     if data is not None and hasattr(data, "log_prob"):
+        if samples is None:
+            raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
         out.update(_analytic_metrics(samples, reference, data, idx, seed, which))
     return out
 
@@ -340,26 +355,44 @@ def row(model: str, schedule: str, sampler: str, nfe: int, metric: str, value: f
                 ci_low=lo, ci_high=hi)
 
 
-def evaluate_grid(index: list[dict], reference: torch.Tensor, features: FeatureExtractor, data=None, n_boot: int = 200,
+def _entry_samples(entry: dict, features: FeatureExtractor) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    """A sample set's samples, or its stored features (checked to be of ``features``)."""
+    if entry.get("features_path"):
+        if entry.get("features") != features.name:
+            raise ValueError(f"The sample set {entry['path']!r} stores features of {entry.get('features')!r}, not {features.name!r}: "
+                             f"evaluate with features={entry.get('features')!r}.")
+        return None, torch.load(entry["features_path"], weights_only=True).double().numpy()
+    return torch.load(entry["path"], weights_only=True), None
+
+
+def evaluate_grid(index: list[dict], reference, features: FeatureExtractor, data=None, n_boot: int = 200,
                   seed: int = 0, k: int = 3, kid: bool = True, which=METRICS, progress: bool = False) -> dict:
     """Evaluate every entry of a sampling index (see :func:`crs.sampling.sample_grid`).
 
     Entries of one (model, sampler, nfe) share bootstrap indices (their samples share seeds), so
-    each metric's CRS-versus-best-baseline comparison is a paired bootstrap.
+    each metric's CRS-versus-best-baseline comparison is a paired bootstrap. Entries that stored
+    features instead of samples are scored from those.
+
+    Args:
+        reference: real samples (tensor), or ``{"mu", "cov", "name"}`` feature statistics (see
+            :func:`reference_statistics`), from which only FID is computed.
 
     Returns:
-        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot}`` for ``metrics.json``.
+        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot, "reference": ...}`` for ``metrics.json``.
     """
     from tqdm import tqdm
 
-    ref_features = features(reference)
+    stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
+    ref_features = None if stats is not None else features(reference)
     rows, comparisons, groups = [], [], {}
     for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
-        samples = torch.load(entry["path"], weights_only=True)
-        idx = bootstrap_indices(len(samples), n_boot, seed)
-        ref_idx = bootstrap_indices(len(ref_features), n_boot, seed + 1)
-        values = evaluate_samples(samples, reference, features, idx, ref_idx, data=data, k=k, seed=seed,
-                                  ref_features=ref_features, kid=kid, which=which)
+        samples, gen_features = _entry_samples(entry, features)
+        n = len(samples) if samples is not None else len(gen_features)
+        idx = bootstrap_indices(n, n_boot, seed)
+        ref_idx = bootstrap_indices(len(ref_features), n_boot, seed + 1) if ref_features is not None else None
+        values = evaluate_samples(samples, None if stats is not None else reference, features, idx, ref_idx, data=data, k=k,
+                                  seed=seed, ref_features=ref_features, kid=kid, which=which, gen_features=gen_features,
+                                  ref_stats=stats)
         key = (entry["model"], entry["sampler"], entry["nfe"])
         for metric, (value, boot) in values.items():
             rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
@@ -369,4 +402,49 @@ def evaluate_grid(index: list[dict], reference: torch.Tensor, features: FeatureE
             result = compare({s: v for s, v in by_schedule.items() if s == name or not s.startswith("crs")}, metric, name)
             if result:
                 comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
-    return {"rows": rows, "comparisons": comparisons, "features": features.name, "n_boot": int(n_boot)}
+    ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
+    return {"rows": rows, "comparisons": comparisons, "features": features.name, "n_boot": int(n_boot), "reference": ref_name}
+
+
+def reference_statistics(spec: str, features: FeatureExtractor) -> dict:
+    """Feature statistics of a dataset, for FID against what papers use.
+
+    Args:
+        spec: ``cleanfid:NAME/SPLIT/RES`` (clean-fid's precomputed Inception statistics, e.g.
+            ``cleanfid:cifar10/train/32``, ``cleanfid:lsun_church/train/256``; downloaded once into
+            clean-fid's stats folder, then offline), ``cleanfid-custom:NAME`` (statistics made with
+            ``cleanfid.fid.make_custom_stats``), or the path of an ``.npz`` with ``mu`` and ``sigma``
+            (clean-fid's format; ``sigma`` is the covariance).
+        features: the extractor the statistics must belong to (clean-fid's are Inception: ``features="inception"``).
+
+    Returns:
+        ``{"mu": (F,), "cov": (F, F), "name": spec}``.
+
+    Raises:
+        ValueError: a malformed spec, features that are not Inception for clean-fid statistics, or
+            statistics that cannot be fetched (offline and not cached), naming the spec.
+    """
+    if spec.startswith(("cleanfid:", "cleanfid-custom:")):
+        if features.name != "inception":
+            raise ValueError(f"clean-fid's statistics {spec!r} are of Inception features; set features='inception' "
+                             f"(got {features.name!r}).")
+        from cleanfid.features import get_reference_statistics
+
+        kind, _, rest = spec.partition(":")
+        parts = rest.split("/")
+        if kind == "cleanfid" and (len(parts) != 3 or not parts[2].isdigit()):
+            raise ValueError(f"Write clean-fid statistics as 'cleanfid:NAME/SPLIT/RES', e.g. 'cleanfid:cifar10/train/32'; got {spec!r}.")
+        name, split, res = (parts[0], parts[1], int(parts[2])) if kind == "cleanfid" else (rest, "custom", "na")
+        try:
+            mu, cov = get_reference_statistics(name, res, mode="clean", split=split)
+        except Exception as exc:  # offline, unknown name: the same to the user
+            raise ValueError(f"Could not get clean-fid's statistics {spec!r} ({type(exc).__name__}: {exc}); they download "
+                             "once (network needed) into clean-fid's stats folder, or make them with cleanfid.fid.make_custom_stats.") from exc
+    else:
+        if not spec.endswith(".npz") or not os.path.isfile(spec):
+            raise ValueError(f"Unknown reference {spec!r}: give 'test', 'cleanfid:NAME/SPLIT/RES', 'cleanfid-custom:NAME' or an .npz file that exists.")
+        with np.load(spec) as f:
+            if "mu" not in f or "sigma" not in f:
+                raise ValueError(f"The statistics file {spec!r} needs arrays 'mu' and 'sigma' (covariance); found {sorted(f.files)}.")
+            mu, cov = f["mu"], f["sigma"]
+    return {"mu": np.asarray(mu, np.float64), "cov": np.asarray(cov, np.float64), "name": spec}

@@ -26,7 +26,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
 __all__ = [
-    "DiffusersDenoiser", "EDMDenoiser", "MLPNet", "build_denoiser", "load_denoiser", "resolve_device", "resolve_models", "unet",
+    "DiffusersDenoiser", "EDMDenoiser", "LatentData", "MLPNet", "build_denoiser", "build_tiny_pipeline", "fit_sigma_range",
+    "load_denoiser", "model_space", "pixel_features", "resolve_device", "resolve_models", "unet",
 ]
 
 DENOISER_FILE = "crs_denoiser.json"
@@ -242,9 +243,16 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         if model.count("/") != 1 or model.startswith((".", "/")) or path.suffix:
             raise ValueError(f"No model at {model!r}: give model='analytic', a folder that exists, or a hub id 'org/name'.")
         path = _resolve_hub(model)
-    denoiser = DiffusersDenoiser.from_pipeline_folder(path) if (Path(path) / "model_index.json").is_file() else EDMDenoiser.from_pretrained(path)
-    if data is not None and tuple(data.shape) != tuple(denoiser.shape):
-        raise ValueError(f"The model at {model!r} takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}.")
+    if (Path(path) / "model_index.json").is_file():
+        denoiser = DiffusersDenoiser.from_pipeline_folder(path)
+    elif (Path(path) / DENOISER_FILE).is_file() or not (Path(path) / "config.json").is_file():
+        denoiser = EDMDenoiser.from_pretrained(path)
+    else:
+        denoiser = DiffusersDenoiser.from_model_folder(path)
+    pixels = tuple(getattr(denoiser, "pixel_shape", denoiser.shape))
+    if data is not None and tuple(data.shape) != pixels:
+        what = f"decodes to images of shape {pixels}" if pixels != tuple(denoiser.shape) else f"takes samples of shape {pixels}"
+        raise ValueError(f"The model at {model!r} {what}, but the dataset gives {tuple(data.shape)}.")
     return denoiser.eval().to(resolve_device(device))
 
 
@@ -259,7 +267,7 @@ def resolve_models(names, run_dir, data, device: str = "cpu") -> dict:
 
 
 class DiffusersDenoiser(nn.Module):
-    """A discrete-time diffusers model (DDPM-style UNet + scheduler) as a denoiser on continuous sigma.
+    """A discrete-time diffusers model (DDPM-style UNet + scheduler, optionally a VAE) as a denoiser on continuous sigma.
 
     The VE input ``x = x0 + sigma * eps`` becomes the VP input ``alpha x`` (``alpha = 1/sqrt(1+sigma^2)``);
     the timestep is continuous, by interpolating ``log sigma`` in the scheduler's table of training
@@ -267,28 +275,81 @@ class DiffusersDenoiser(nn.Module):
     output is turned into an x0-prediction according to ``prediction_type`` (``epsilon``,
     ``v_prediction`` or ``sample``). The noise range is the table's.
 
+    A latent model (a pipeline with ``vqvae`` or ``vae``, e.g. LDM) denoises in latent space:
+    :attr:`shape` is the latent shape, :attr:`pixel_shape` the image shape, and :meth:`encode` /
+    :meth:`decode` map between them with the VAE's ``scaling_factor`` (as the diffusers pipelines do).
+
     Args:
         unet: a diffusers UNet (called as ``unet(x_vp, t).sample``).
         alphas_cumprod: the scheduler's cumulative alphas (T,).
         prediction_type: the scheduler's prediction type.
+        vae: ``VQModel`` or ``AutoencoderKL`` of a latent model; None for pixel-space models.
     """
 
     PREDICTIONS = ("epsilon", "v_prediction", "sample")
 
-    def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon"):
+    def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon", vae: nn.Module | None = None):
         super().__init__()
         if prediction_type not in self.PREDICTIONS:
             raise ValueError(f"Unsupported prediction type {prediction_type!r}; supported: {', '.join(self.PREDICTIONS)}.")
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-        self.unet, self.prediction_type = unet, prediction_type
+        self.unet, self.prediction_type, self.vae = unet, prediction_type, vae
         self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
         self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """Shape of one sample the UNet denoises (latent shape for latent models)."""
         cfg = self.unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
         return (cfg.in_channels, size, size)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """Shape of one image: :attr:`shape` for pixel models, the VAE's decoded shape for latent ones."""
+        if self.vae is None:
+            return self.shape
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.in_channels, self.shape[1] * factor, self.shape[2] * factor)
+
+    def _vae_scale(self) -> tuple[float, float]:
+        cfg = self.vae.config
+        return float(getattr(cfg, "scaling_factor", None) or 1.0), float(getattr(cfg, "shift_factor", None) or 0.0)
+
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Images (N, *pixel_shape) in [-1, 1] -> latents (N, *shape), float32 on the images' device.
+
+        ``VQModel``: the encoder output before quantisation (what LDM's UNet is trained on);
+        ``AutoencoderKL``: the mean of the latent distribution. Then ``(z - shift) * scaling_factor``.
+        """
+        if self.vae is None:
+            raise ValueError("This model has no VAE: it denoises pixels, there is nothing to encode.")
+        param = next(self.vae.parameters())
+        scale, shift = self._vae_scale()
+        out = []
+        for start in range(0, len(images), batch_size):
+            with torch.no_grad():
+                enc = self.vae.encode(images[start:start + batch_size].to(param.device, param.dtype))
+            z = enc.latents if hasattr(enc, "latents") else enc.latent_dist.mode()
+            out.append(((z.float() - shift) * scale).to(images.device))
+        return torch.cat(out)
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Latents (N, *shape) -> images (N, *pixel_shape) clipped to [-1, 1], float32 on the latents' device."""
+        if self.vae is None:
+            raise ValueError("This model has no VAE: its samples are already images.")
+        param = next(self.vae.parameters())
+        scale, shift = self._vae_scale()
+        out = []
+        for start in range(0, len(latents), batch_size):
+            z = latents[start:start + batch_size].to(param.device, param.dtype) / scale + shift
+            with torch.no_grad():
+                out.append(self.vae.decode(z).sample.float().clamp(-1, 1).to(latents.device))
+        return torch.cat(out)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """Continuous timestep of each sigma: linear interpolation of log sigma in the training table."""
@@ -316,18 +377,164 @@ class DiffusersDenoiser(nn.Module):
 
     @classmethod
     def from_pipeline_folder(cls, folder) -> "DiffusersDenoiser":
-        """Load ``unet`` and ``scheduler`` from a saved diffusers pipeline folder (``model_index.json``)."""
+        """Load ``unet``, ``scheduler`` and, for latent models, ``vqvae`` / ``vae`` from a saved pipeline folder.
+
+        Raises:
+            ValueError: a conditional UNet, a scheduler without a discrete noise table, or a
+                pipeline without unet and scheduler (naming what is supported).
+        """
         import diffusers
 
         folder = Path(folder)
         index = json.loads((folder / "model_index.json").read_text())
+        supported = "unconditional pipelines with a UNet2DModel and a discrete-time scheduler (DDPM, DDIM, LDM)"
         if "unet" not in index or "scheduler" not in index:
-            raise ValueError(f"The pipeline at {str(folder)!r} has no unet and scheduler ({sorted(index)}); "
-                             "supported: unconditional DDPM-style pipelines.")
-        if "vae" in index:
-            raise ValueError(f"The pipeline at {str(folder)!r} is a latent model (it has a vae); latent models are not supported yet.")
-        unet_cls = getattr(diffusers, index["unet"][1])
-        sched_cls = getattr(diffusers, index["scheduler"][1])
-        unet = unet_cls.from_pretrained(folder / "unet").eval()
-        scheduler = sched_cls.from_pretrained(folder / "scheduler")
+            raise ValueError(f"The pipeline at {str(folder)!r} has no unet and scheduler ({sorted(index)}); supported: {supported}.")
+        unet_name, sched_name = index["unet"][1], index["scheduler"][1]
+        if unet_name != "UNet2DModel":
+            raise ValueError(f"The pipeline at {str(folder)!r} has a {unet_name} (conditional models are not supported); "
+                             f"supported: {supported}.")
+        unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+        scheduler = getattr(diffusers, sched_name).from_pretrained(folder / "scheduler")
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise ValueError(f"Unsupported scheduler {sched_name} (no discrete noise table `alphas_cumprod`); supported: {supported}.")
+        vae_key = next((k for k in LATENT_KEYS if index.get(k) and index[k][1]), None)
+        vae = getattr(diffusers, index[vae_key][1]).from_pretrained(folder / vae_key).eval() if vae_key else None
+        return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"), vae)
+
+    @classmethod
+    def from_model_folder(cls, folder) -> "DiffusersDenoiser":
+        """A bare ``UNet2DModel`` folder (``config.json`` and weights, no pipeline around it).
+
+        Its noise table comes from a ``scheduler_config.json`` beside it when there is one; otherwise
+        DDPM's (1000 linear betas from 1e-4 to 0.02, eps-prediction) is assumed, with a warning.
+        """
+        import warnings
+
+        import diffusers
+
+        folder = Path(folder)
+        cls_name = json.loads((folder / "config.json").read_text()).get("_class_name")
+        if cls_name != "UNet2DModel":
+            raise ValueError(f"The model at {str(folder)!r} is a {cls_name}; supported bare models: UNet2DModel "
+                             "(or give a pipeline folder with model_index.json).")
+        unet = diffusers.UNet2DModel.from_pretrained(folder).eval()
+        if (folder / "scheduler_config.json").is_file():
+            sched_name = json.loads((folder / "scheduler_config.json").read_text()).get("_class_name", "DDPMScheduler")
+            scheduler = getattr(diffusers, sched_name).from_pretrained(folder)
+        else:
+            warnings.warn(f"{str(folder)!r} holds a bare UNet2DModel with no scheduler: assuming DDPM's noise table "
+                          "(1000 linear betas 1e-4 .. 0.02) and eps-prediction.", stacklevel=3)
+            scheduler = diffusers.DDPMScheduler()
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"))
+
+
+LATENT_KEYS = ("vqvae", "vae")
+
+
+class LatentData:
+    """A pixel dataset seen through a latent model's VAE: ``sample`` returns encoded latents.
+
+    Args:
+        data: an image dataset (``sample(n, generator)`` in [-1, 1], ``shape`` = the model's pixel shape).
+        denoiser: a latent :class:`DiffusersDenoiser`.
+    """
+
+    def __init__(self, data, denoiser: DiffusersDenoiser, batch_size: int = 64):
+        self.data, self.denoiser, self.batch_size = data, denoiser, batch_size
+        self.name = f"{getattr(data, 'name', 'data')} (latents)"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.denoiser.shape)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images drawn from the dataset with ``generator``, encoded: float32 (n, *shape) on the CPU."""
+        return self.denoiser.encode(self.data.sample(n, generator), self.batch_size).cpu()
+
+
+def model_space(data, denoiser):
+    """The data in the space the denoiser works in: :class:`LatentData` for latent models, else ``data``."""
+    return LatentData(data, denoiser) if getattr(denoiser, "is_latent", False) else data
+
+
+def pixel_features(feature_fn, denoiser):
+    """Features of model-space samples: ``feature_fn(decode(z))`` for latent models, else ``feature_fn``.
+
+    The ``fid`` measure of a latent model compares images: the noised (VP-scaled) latents are decoded first.
+    """
+    if not getattr(denoiser, "is_latent", False) or feature_fn is None:
+        return feature_fn
+    return lambda z: feature_fn(denoiser.decode(z))
+
+
+def fit_sigma_range(denoiser, sigma_min: float | None = None, sigma_max: float | None = None) -> tuple[float, float]:
+    """The noise range to use with a model: None takes the model's own end (EDM's 0.002 / 80 for models
+    without a range, e.g. exact denoisers); a range reaching outside the model's is clipped to it with a warning.
+    """
+    import warnings
+
+    lo, hi = getattr(denoiser, "sigma_min", None), getattr(denoiser, "sigma_max", None)
+    new_min = float(sigma_min) if sigma_min is not None else (lo if lo is not None else 0.002)
+    new_max = float(sigma_max) if sigma_max is not None else (hi if hi is not None else 80.0)
+    clipped_min = max(new_min, lo) if lo is not None else new_min
+    clipped_max = min(new_max, hi) if hi is not None else new_max
+    if (clipped_min, clipped_max) != (new_min, new_max):
+        warnings.warn(f"The noise range [{new_min:.4g}, {new_max:.4g}] reaches outside the model's [{lo:.4g}, {hi:.4g}]: "
+                      f"clipped to [{clipped_min:.4g}, {clipped_max:.4g}].", stacklevel=2)
+    return clipped_min, clipped_max
+
+
+TINY_KINDS = ("ddpm", "ldm")
+
+# Hub pipelines the GPU experiments use: kind and image shape, so that a dry run can stand in for them.
+KNOWN_PIPELINES = {
+    "google/ddpm-cifar10-32": ("ddpm", (3, 32, 32)),
+    "google/ddpm-church-256": ("ddpm", (3, 256, 256)),
+    "google/ddpm-bedroom-256": ("ddpm", (3, 256, 256)),
+    "CompVis/ldm-celebahq-256": ("ldm", (3, 256, 256)),
+}
+
+
+def build_tiny_pipeline(folder, kind: str = "ddpm", shape: tuple[int, int, int] = (3, 32, 32), prediction_type: str = "epsilon",
+                        channels: tuple[int, ...] = (8, 16), seed: int = 0) -> Path:
+    """Save a randomly initialised, tiny diffusers pipeline of a given kind into ``folder``.
+
+    Stand-ins for hub models where there is no network (the tests, and the dry run of a GPU experiment):
+    they load through exactly the path a downloaded pipeline takes.
+
+    Args:
+        kind: ``ddpm`` (``DDPMPipeline``: UNet on pixels, linear betas) or ``ldm`` (``LDMPipeline``:
+            ``VQModel`` halving each side, UNet on its latents, ``DDIMScheduler`` with LDM's betas).
+        shape: image shape (C, H, W).
+        prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
+        channels: UNet (and VAE) widths per level.
+    """
+    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline, UNet2DModel, VQModel
+
+    if kind not in TINY_KINDS:
+        raise ValueError(f"Unknown pipeline kind {kind!r}; valid choices: {', '.join(TINY_KINDS)}.")
+    c, h, _ = shape
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # diffusers initialises with the global generator: seed it, then restore it
+    try:
+        def unet_for(ch: int, size: int) -> UNet2DModel:
+            levels = len(channels)
+            return UNet2DModel(sample_size=size, in_channels=ch, out_channels=ch, block_out_channels=tuple(channels),
+                               norm_num_groups=4, layers_per_block=1, down_block_types=("DownBlock2D",) * levels,
+                               up_block_types=("UpBlock2D",) * levels, add_attention=False)
+
+        if kind == "ddpm":
+            pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
+        else:
+            vq = VQModel(in_channels=c, out_channels=c, down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(channels[0], channels[0]),
+                         latent_channels=3, num_vq_embeddings=64, norm_num_groups=4, sample_size=h, scaling_factor=1.0,
+                         mid_block_add_attention=False)  # no attention over 128 x 128 positions in a stand-in
+            scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
+                                      prediction_type=prediction_type, clip_sample=False)
+            pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // 2), scheduler=scheduler)
+    finally:
+        torch.random.set_rng_state(state)
+    pipe.save_pretrained(folder)
+    return Path(folder)

@@ -146,19 +146,81 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
     return validate_params(raw)
 
 
-def dry_run(params: dict) -> dict:
+def _hub_cached(model: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(model, "model_index.json"), str)
+    except Exception:
+        return False
+
+
+def _stand_in_models(params: dict, run_dir: Path, log) -> dict[str, str]:
+    """Tiny local pipelines for the hub models of an experiment that are not at hand (see KNOWN_PIPELINES)."""
+    from crs.models import KNOWN_PIPELINES, build_tiny_pipeline
+
+    stages = params["stages"]
+    names = [stages.get("rate_estimation", {}).get("model")] + list(stages.get("sampling", {}).get("models") or [])
+    mapping = {}
+    for name in dict.fromkeys(n for n in names if isinstance(n, str)):
+        local = (run_dir / name).exists() or name.split("/")[0] == "models" or name == "analytic"  # models/ is made by the run
+        if local or name.count("/") != 1 or _hub_cached(name):
+            continue
+        if name not in KNOWN_PIPELINES:
+            raise ExperimentError(f"The hub model {name!r} is not in the local cache and has no stand-in for a dry run; "
+                                  f"known: {', '.join(KNOWN_PIPELINES)}. Download it once or point at a local folder.")
+        kind, shape = KNOWN_PIPELINES[name]
+        folder = Path("standins") / name.replace("/", "--")
+        if not (run_dir / folder / "model_index.json").is_file():
+            build_tiny_pipeline(run_dir / folder, kind, shape)
+        log(f"[dry run] {name} is not here: a tiny untrained {kind} pipeline of the same shape stands in ({folder})")
+        mapping[name] = str(folder)
+    return mapping
+
+
+def _stand_in_data(params: dict, run_dir: Path, log) -> None:
+    """A folder dataset that is not here (it lives on the GPU machine) becomes real digits of the same shape."""
+    common = params["common"]
+    kwargs = common.get("dataset_kwargs") or {}
+    if common.get("dataset") != "folder" or (run_dir / str(kwargs.get("path", ""))).is_dir():
+        return
+    side = kwargs.get("resolution") or 32
+    common["dataset"], common["dataset_kwargs"] = "digits", {"resolution": side, "channels": kwargs.get("channels", 3)}
+    log(f"[dry run] the image folder {kwargs.get('path')!r} is not here: scikit-learn's digits at {side} px stand in")
+
+
+def dry_run(params: dict, log=print) -> dict:
     """The experiment at tiny size on the CPU, in ``<run_dir>-dry-run``: same stages, same keys, small numbers.
 
     Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is
-    cut to its smallest budget, sampling compares CRS with one baseline, a UNet keeps its levels at
-    8-16 channels, and ``device`` is ``cpu``. All names are still validated by every stage.
+    cut to its smallest budget, sampling compares CRS with one baseline on one process, a UNet keeps
+    its levels at 8-16 channels, and ``device`` is ``cpu``. What only the GPU machine has stands in:
+    a hub model missing from the local cache becomes a tiny untrained pipeline of the same kind
+    and shape (:data:`crs.models.KNOWN_PIPELINES`), a missing image folder becomes real digits of
+    the same size, clean-fid statistics become the held-out split and Inception features
+    EfficientNet-Lite0 when clean-fid's weights are absent. All names are still validated by every stage.
     """
+    from crs.metrics import INCEPTION_PATH
+
     params = copy.deepcopy(params)
     params["run_dir"] = f"{params['run_dir'].rstrip('/')}-dry-run"
+    run_dir = Path(params["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
     params["common"]["device"] = "cpu"
+    models = _stand_in_models(params, run_dir, log)
+    _stand_in_data(params, run_dir, log)
     for stage in list(params["stages"]) or list(STAGES):
         section = params["stages"].setdefault(stage, {})
         section.update(DRY_RUN.get(stage, {}))
+        for key in ("model", "plot_model"):
+            if section.get(key) in models:
+                section[key] = models[section[key]]
+        if "models" in section:
+            section["models"] = [models.get(m, m) for m in section["models"]]
+        if "num_processes" in section:
+            section["num_processes"] = 1
+        if str(section.get("reference", "test")) != "test":
+            section["reference"] = "test"
         if stage == "sampling":
             nfe = section.get("nfe")
             if nfe is not None:
@@ -167,6 +229,9 @@ def dry_run(params: dict) -> dict:
         if stage == "base_model" and "block_out_channels" in section.get("model_kwargs", {}):
             levels = len(section["model_kwargs"]["block_out_channels"])
             section["model_kwargs"] = dict(section["model_kwargs"], block_out_channels=[8 * min(i + 1, 2) for i in range(levels)])
+    for section in [params["common"], *params["stages"].values()]:
+        if section.get("features") == "inception" and not Path(INCEPTION_PATH).is_file():
+            section["features"] = "efficientnet-lite0"
     return validate_params({k: params[k] for k in ("experiment", "run_dir", "common", "stages")})
 
 

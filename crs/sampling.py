@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from crs.io import atomic_write_bytes
 from crs.schedules import check_steps
 
-__all__ = ["SAMPLERS", "SampleNoise", "check_nfe_plan", "check_schedule_range", "generate", "sample_grid", "nfe_of", "sample_dpmpp_2m", "sample_edm", "sample_euler", "sample_heun", "steps_for_nfe"]
+__all__ = ["SAMPLERS", "SampleNoise", "check_nfe_plan", "fit_schedule", "generate", "sample_grid", "nfe_of", "sample_dpmpp_2m", "sample_edm", "sample_euler", "sample_heun", "steps_for_nfe"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -184,14 +185,18 @@ def generate(
     dtype=torch.float32,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
     **sampler_kwargs,
 ) -> torch.Tensor:
     """Draw ``n`` samples; sample i uses seed ``seed + i`` (its initial noise and any fresh noise).
 
     Results do not depend on ``batch_size``. Sampling runs without gradients.
 
+    Args:
+        decode: applied to each finished batch on ``device`` (a latent model's ``decode``: latents -> images).
+
     Returns:
-        tensor (n, *shape) of ``dtype``, on the CPU.
+        tensor (n, *shape) of ``dtype`` (decoded shape with ``decode``), on the CPU.
 
     Raises:
         ValueError: unknown sampler, bad schedule, or non-finite samples (naming the first batch).
@@ -210,6 +215,8 @@ def generate(
         if not torch.all(torch.isfinite(x)):
             raise ValueError(f"Sampling produced non-finite values (NaN or inf) in samples {seeds.start}..{seeds.stop - 1}: "
                              "check the model and the schedule.")
+        if decode is not None:
+            x = decode(x).to(dtype)
         out.append(x.cpu())
     return torch.cat(out)
 
@@ -238,42 +245,98 @@ def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
     return plan
 
 
+def _folder_name(model: str) -> str:
+    """A model name as one folder name: a hub id or path becomes e.g. ``google--ddpm-cifar10-32``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", model).strip("-.") or "model"
+
+
+def _save_tensor(path: Path, x: torch.Tensor) -> None:
+    buf = io.BytesIO()
+    torch.save(x.contiguous(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, shape: tuple[int, ...], n: int, out_dir,
-                seed: int = 0, batch_size: int = 1024, dtype=torch.float32, device: str = "cpu", progress: bool = False) -> list[dict]:
+                seed: int = 0, batch_size: int = 1024, dtype=torch.float32, device: str = "cpu", progress: bool = False,
+                features=None, keep: int = 64) -> list[dict]:
     """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
 
     Args:
-        models: ``{name: denoiser}``.
+        models: ``{name: denoiser}``; a latent model's samples are decoded to images.
         schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``).
         samplers: sampler names; ``nfe``: see :func:`check_nfe_plan`.
+        shape: shape of one sample for models that do not say (exact denoisers); others use ``model.shape``.
         out_dir: samples go to ``out_dir/<model>/<sampler>/<schedule>_nfe<k>.pt`` (written atomically).
+        features: a :class:`crs.metrics.FeatureExtractor`: store each set's features (n, F) in
+            ``<...>.features.pt`` and only its first ``keep`` samples, for experiments whose samples
+            would not fit on disk (50k images of 256 px are 10 GB per set).
+
+    Under ``accelerate launch`` with several processes (see :mod:`crs.distributed`) every process
+    draws its share of each set (sample i keeps seed ``seed + i``, so the files equal a one-process
+    run to float round-off) and the main process writes the files and returns the index; the others return ``[]``.
 
     Returns:
-        The index: one dict per set with ``model``, ``schedule``, ``sampler``, ``nfe``, ``steps``,
-        ``path`` and ``seconds``.
+        The index: one dict per set with ``model``, ``schedule``, ``sampler``, ``nfe``, ``steps``, ``n``,
+        ``path``, ``seconds`` and, with ``features``, ``features`` (the extractor's name) and ``features_path``.
     """
+    from crs.distributed import gather_rows, process_state
+
     plan = check_nfe_plan(samplers, nfe)
+    state = process_state()
+    if n < state.world:
+        raise ValueError(f"{n} samples per set cannot be shared by {state.world} processes; draw at least one each.")
+    lo, hi = n * state.rank // state.world, n * (state.rank + 1) // state.world
     index = []
     jobs = [(m, s, name, v) for m in models for name in samplers for v in plan[name] for s in schedules]
-    for model, sched, sampler, value in tqdm(jobs, desc="sampling", disable=not progress, leave=False):
+    for model, sched, sampler, value in tqdm(jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False):
         steps = steps_for_nfe(sampler, value)
+        den = models[model]
+        decode = den.decode if getattr(den, "is_latent", False) else None
         start = time.perf_counter()
-        x = generate(models[model], shape, n, schedules[sched](steps), seed=seed, sampler=sampler,
-                     batch_size=batch_size, dtype=dtype, device=device)
+        draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
+        mshape, sigmas = tuple(getattr(den, "shape", shape)), schedules[sched](steps)
+        if features is None:
+            x, feats = generate(den, mshape, hi - lo, sigmas, seed=seed + lo, **draw), None
+        else:  # batch by batch: only features and the first `keep` samples stay in memory
+            kept, parts = [], []
+            for a in range(lo, hi, batch_size):
+                xb = generate(den, mshape, min(a + batch_size, hi) - a, sigmas, seed=seed + a, **draw)
+                parts.append(torch.from_numpy(features(xb)).float())
+                kept.append(xb[: max(0, keep - a)])
+            x, feats = torch.cat(kept), torch.cat(parts)
+        path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
+        x = gather_rows(x, state, path.with_suffix(".part"))
+        feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
         seconds = time.perf_counter() - start
-        path = Path(out_dir) / model / sampler / f"{sched}_nfe{value}.pt"
-        buf = io.BytesIO()
-        torch.save(x, buf)
-        atomic_write_bytes(path, buf.getvalue())
-        index.append(dict(model=model, schedule=sched, sampler=sampler, nfe=int(value), steps=int(steps), path=str(path),
-                          seconds=seconds))
+        if state.rank > 0:
+            continue
+        _save_tensor(path, x)
+        entry = dict(model=model, schedule=sched, sampler=sampler, nfe=int(value), steps=int(steps), n=int(n), path=str(path),
+                     seconds=seconds)
+        if feats is not None:
+            _save_tensor(path.with_suffix(".features.pt"), feats)
+            entry.update(features=features.name, features_path=str(path.with_suffix(".features.pt")))
+        index.append(entry)
     return index
 
 
-def check_schedule_range(sigma_min: float, sigma_max: float, models: dict) -> None:
-    """ValueError naming every model whose noise range [model.sigma_min, model.sigma_max] does not
-    contain the schedule's [sigma_min, sigma_max] (models without a range, e.g. exact denoisers, pass)."""
-    bad = [f"{name} [{m.sigma_min:g}, {m.sigma_max:g}]" for name, m in models.items()
-           if hasattr(m, "sigma_min") and (sigma_min < m.sigma_min * (1 - 1e-6) or sigma_max > m.sigma_max * (1 + 1e-6))]
-    if bad:
-        raise ValueError(f"The schedule spans [{sigma_min:g}, {sigma_max:g}], outside the noise range of: {', '.join(bad)}.")
+def fit_schedule(schedule, models: dict):
+    """The schedule restricted to the noise range every model covers (see :meth:`crs.Schedule.clip`).
+
+    A schedule reaching outside a model's range ``[model.sigma_min, model.sigma_max]`` is clipped, with
+    a warning naming the models; models without a range (exact denoisers) accept any schedule.
+    """
+    import warnings
+
+    ranged = {name: m for name, m in models.items() if getattr(m, "sigma_min", None) is not None}
+    if not ranged:
+        return schedule
+    lo = max(m.sigma_min for m in ranged.values())
+    hi = min(m.sigma_max for m in ranged.values())
+    if schedule.sigma_min >= lo * (1 - 1e-6) and schedule.sigma_max <= hi * (1 + 1e-6):
+        return schedule
+    names = ", ".join(f"{n} [{m.sigma_min:.4g}, {m.sigma_max:.4g}]" for n, m in ranged.items())
+    clipped = schedule.clip(lo, hi)
+    warnings.warn(f"The schedule spans [{schedule.sigma_min:.4g}, {schedule.sigma_max:.4g}], outside the noise range of "
+                  f"the models ({names}): clipped to [{clipped.sigma_min:.4g}, {clipped.sigma_max:.4g}].", stacklevel=2)
+    return clipped

@@ -325,6 +325,22 @@ class Schedule:
         sig[0], sig[-1] = self.sigma_max, self.sigma_min
         return _finish(sig)
 
+    def clip(self, sigma_min: float, sigma_max: float) -> "Schedule":
+        """The part of the schedule inside [sigma_min, sigma_max], re-timed to t in [0, 1].
+
+        Within the kept range the spacing is unchanged (a constant-rate schedule stays constant-rate);
+        a range covering the whole schedule returns it unchanged.
+        """
+        lo, hi = max(float(sigma_min), self.sigma_min), min(float(sigma_max), self.sigma_max)
+        if not lo < hi:
+            raise ValueError(f"The range [{sigma_min:g}, {sigma_max:g}] does not overlap the schedule's [{self.sigma_min:g}, {self.sigma_max:g}].")
+        if lo == self.sigma_min and hi == self.sigma_max:
+            return self
+        t_lo, t_hi = float(self.inverse(lo)), float(self.inverse(hi))
+        sig = self(t_lo + np.linspace(0.0, 1.0, len(self.t)) * (t_hi - t_lo)).numpy()
+        sig[0], sig[-1] = lo, hi
+        return Schedule(np.linspace(0.0, 1.0, len(self.t)), sig, {**self.meta, "clipped_to": [lo, hi]})
+
     def sample_sigmas(self, shape: int | Sequence[int], generator: torch.Generator) -> torch.Tensor:
         """Training noise levels: ``sigma(t)`` with ``t ~ U(0, 1)`` drawn from ``generator`` (float64)."""
         shape = (shape,) if isinstance(shape, int) else tuple(shape)

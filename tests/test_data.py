@@ -56,3 +56,19 @@ def test_dataset_argument_errors():
         crs.make_dataset("mnist", resolutoin=16)
     with pytest.raises(ValueError, match="Unknown split 'val'"):
         crs.make_dataset("digits", split="val")
+
+
+def test_gray_digits_as_rgb_and_a_limited_folder(tmp_path):
+    from PIL import Image
+
+    rgb = crs.make_dataset("digits", channels=3, resolution=16)
+    assert rgb.shape == (3, 16, 16) and torch.equal(rgb.images[:, 0], rgb.images[:, 2])
+    with pytest.raises(ValueError, match="`channels` must be 1 or 3, got 2"):
+        crs.make_dataset("mnist", channels=2)
+    for i in range(12):
+        Image.new("RGB", (10, 10), (20 * i, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    some = crs.data.folder(str(tmp_path), split="all", limit=5)
+    again = crs.data.folder(str(tmp_path), split="all", limit=5)
+    assert len(some) == 5 and torch.equal(some.images, again.images)  # a fixed, seeded choice
+    with pytest.raises(ValueError, match="`limit` must be a positive integer, got 0"):
+        crs.data.folder(str(tmp_path), limit=0)

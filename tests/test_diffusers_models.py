@@ -1,5 +1,6 @@
 """Discrete-time diffusers models as denoisers: exact conversions, and tiny pipelines saved and loaded locally."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -74,12 +75,103 @@ def test_unsupported_pipelines_are_named(tmp_path):
     import json
 
     _tiny_pipeline(tmp_path / "pipe", "epsilon")
-    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
-    json.dump({**index, "vae": ["diffusers", "AutoencoderKL"]}, open(tmp_path / "pipe" / "model_index.json", "w"))
-    with pytest.raises(ValueError, match="latent model"):
+    path = tmp_path / "pipe" / "model_index.json"
+    index = json.loads(path.read_text())
+    json.dump({**index, "unet": ["diffusers", "UNet2DConditionModel"]}, open(path, "w"))
+    with pytest.raises(ValueError, match="UNet2DConditionModel \\(conditional models are not supported\\); supported: unconditional"):
+        load_denoiser(str(tmp_path / "pipe"))
+    json.dump({**index, "scheduler": ["diffusers", "ScoreSdeVeScheduler"]}, open(path, "w"))
+    with pytest.raises(ValueError, match="Unsupported scheduler ScoreSdeVeScheduler \\(no discrete noise table"):
         load_denoiser(str(tmp_path / "pipe"))
     with pytest.raises(ValueError, match="Unsupported prediction type 'flow'"):
         DiffusersDenoiser(nn.Linear(1, 1), torch.linspace(0.99, 0.01, 10), "flow")
+
+
+# ----------------------------------------------------------------------------- latent models
+RGB16 = dict(resolution=16, channels=3)
+
+
+@pytest.fixture(scope="module")
+def ldm(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ldm") / "pipe"
+    crs.models.build_tiny_pipeline(folder, "ldm", (3, 16, 16))
+    return folder
+
+
+def test_latent_pipeline_loads_with_its_vae(ldm):
+    data = crs.make_dataset("digits", **RGB16)
+    den = load_denoiser(str(ldm), data)
+    assert den.is_latent and den.shape == (3, 8, 8) and den.pixel_shape == (3, 16, 16)
+    z = den.encode(data.images[:5])
+    assert z.shape == (5, 3, 8, 8)
+    images = den.decode(z)
+    assert images.shape == (5, 3, 16, 16) and images.abs().max() <= 1.0
+    with pytest.raises(ValueError, match=r"decodes to images of shape \(3, 16, 16\), but the dataset gives \(3, 8, 8\)"):
+        load_denoiser(str(ldm), crs.make_dataset("digits", channels=3))
+
+
+def test_vae_scaling_follows_the_diffusers_pipelines():
+    """z = encoder output * scaling_factor; decode(z) = vae.decode(z / scaling_factor) (LDMPipeline), for VQ and KL VAEs."""
+    from diffusers import AutoencoderKL, UNet2DModel, VQModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
+                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    kw = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+              block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, scaling_factor=0.5)
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    for vae in (VQModel(**kw), AutoencoderKL(**kw)):
+        den = DiffusersDenoiser(unet, torch.linspace(0.999, 0.01, 50), vae=vae.eval())
+        assert den.pixel_shape == (3, 8, 8)
+        with torch.no_grad():
+            enc = vae.encode(x)
+            z = enc.latents if hasattr(enc, "latents") else enc.latent_dist.mode()
+            torch.testing.assert_close(den.encode(x), z * 0.5)
+            torch.testing.assert_close(den.decode(z * 0.5), vae.decode(z).sample.clamp(-1, 1))
+
+
+def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):
+    data = crs.make_dataset("digits", **RGB16)
+    den = load_denoiser(str(ldm), data)
+    latents = crs.models.model_space(data, den)
+    assert latents.shape == (3, 8, 8)
+    rate = crs.estimate_rate("data", latents, denoiser=den, sigma_min=den.sigma_min, sigma_max=80.0, grid_size=4, n_samples=8)
+    assert rate.evaluations == 5 * 8 and (rate.discrepancy > 0).all()
+    seen = []
+    features = crs.metrics.make_feature_extractor("identity")
+
+    def record(x):
+        seen.append(tuple(x.shape[1:]))
+        return features.fn(x)
+
+    fid = crs.estimate_rate("fid", latents, sigma_min=den.sigma_min, sigma_max=80.0, grid_size=2, n_samples=40,
+                            feature_fn=crs.models.pixel_features(record, den))
+    assert set(seen) == {(3, 16, 16)} and fid.feature_evaluations == 3 * 40  # the fid measure sees decoded images
+    schedule = crs.optimize_schedule(rate)
+    index = crs.sampling.sample_grid({"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], data.shape, 6, tmp_path / "s")
+    x = torch.load(index[0]["path"], weights_only=True)
+    assert x.shape == (6, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1.0
+
+
+def test_sigma_range_follows_the_model_and_clips_with_a_warning(ldm):
+    den = load_denoiser(str(ldm))
+    assert crs.models.fit_sigma_range(den, None, None) == (den.sigma_min, den.sigma_max)
+    assert crs.models.fit_sigma_range(den, 0.1, 10.0) == (0.1, 10.0)
+    with pytest.warns(UserWarning, match=r"reaches outside the model's \[0.03876, 83.82\]: clipped to \[0.03876, 80\]"):
+        assert crs.models.fit_sigma_range(den, 0.002, 80.0) == (den.sigma_min, 80.0)
+    assert crs.models.fit_sigma_range(crs.make_dataset("gmm").denoiser, None, None) == (0.002, 80.0)
+
+
+def test_a_schedule_outside_the_models_range_is_clipped_keeping_its_spacing(ldm):
+    den = load_denoiser(str(ldm))
+    wide = crs.Schedule.from_baseline("kl_optimal", 0.002, 200.0)
+    with pytest.warns(UserWarning, match=r"outside the noise range of the models \(ldm \[0.03876, 83.82\]\): clipped"):
+        fitted = crs.sampling.fit_schedule(wide, {"ldm": den})
+    assert fitted.sigma_min == pytest.approx(den.sigma_min) and fitted.sigma_max == pytest.approx(den.sigma_max)
+    # inside the kept range the schedule is the same curve: equal steps in t of the original schedule
+    t = wide.inverse(fitted.discretize(8)[:-1]).numpy()
+    assert np.allclose(np.diff(t), np.diff(t)[0], atol=1e-6)
+    assert crs.sampling.fit_schedule(fitted, {"ldm": den}) is fitted
 
 
 def test_crs_schedule_in_a_loaded_ddpm_pipeline(tmp_path):
@@ -97,3 +189,48 @@ def test_crs_schedule_in_a_loaded_ddpm_pipeline(tmp_path):
     assert out.shape == (2, 8, 8, 1)
     expect = crs.export.sigmas_to_timesteps(crs.Schedule.load(tmp_path / "schedule.json").discretize(6), pipe.scheduler)
     assert pipe.scheduler.timesteps.tolist() == expect.tolist()
+
+
+def _into_hub_cache(cache, repo_id, build):
+    """Lay out a locally built pipeline as the Hugging Face cache holds a download (refs/main -> snapshot)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    build(repo / "snapshots" / commit)
+
+
+@pytest.mark.parametrize("kind,prediction_type", [("ddpm", "epsilon"), ("ddpm", "v_prediction"), ("ldm", "epsilon")])
+def test_tiny_pipelines_load_by_hub_id_from_the_cache_offline(tmp_path, monkeypatch, kind, prediction_type):
+    """The same path as a downloaded hub model: snapshot_download finds the id in the cache (HF_HUB_OFFLINE=1)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    repo_id = f"crs-test/tiny-{kind}-{prediction_type}"
+    _into_hub_cache(tmp_path / "hub", repo_id, lambda f: crs.models.build_tiny_pipeline(f, kind, (3, 16, 16), prediction_type))
+    data = crs.make_dataset("digits", **RGB16)
+    den = load_denoiser(repo_id, data)
+    assert den.prediction_type == prediction_type and den.is_latent == (kind == "ldm")
+    space = crs.models.model_space(data, den)
+    rate = crs.estimate_rate("noise", space, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=3, n_samples=6)
+    assert rate.evaluations == 4 * 6 and np.isfinite(rate.discrepancy).all()
+    index = crs.sampling.sample_grid({repo_id: den}, {"crs": crs.optimize_schedule(rate).discretize}, ["dpmpp_2m"], [3],
+                                     data.shape, 4, tmp_path / "samples")
+    x = torch.load(index[0]["path"], weights_only=True)
+    assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
+    assert index[0]["path"].startswith(str(tmp_path / "samples" / "crs-test--tiny-"))
+
+
+def test_a_bare_unet_folder_assumes_ddpm_betas_with_a_warning(tmp_path):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(0)
+    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
+                down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2).save_pretrained(tmp_path / "unet")
+    with pytest.warns(UserWarning, match="bare UNet2DModel with no scheduler: assuming DDPM's noise table"):
+        den = load_denoiser(str(tmp_path / "unet"), crs.make_dataset("digits"))
+    assert den.shape == (1, 8, 8) and den.sigma_min == pytest.approx(0.01, rel=1e-3)
+    DDPMScheduler(prediction_type="v_prediction", beta_end=0.012).save_pretrained(tmp_path / "unet")  # scheduler_config.json beside it
+    den = load_denoiser(str(tmp_path / "unet"))
+    assert den.prediction_type == "v_prediction" and den.sigma_max < 100

@@ -90,3 +90,40 @@ def test_paired_comparison_and_intervals():
     lo, hi = _interval(values["karras"][1], values["karras"][0])
     assert lo < values["karras"][0] < hi
     assert compare(values, "precision_identity")["best_baseline"] == "vp"  # higher is better there
+
+
+def test_reference_statistics_from_files_and_clean_fid_names(tmp_path):
+    from crs.metrics import FeatureExtractor, reference_statistics
+
+    ident = crs.metrics.make_feature_extractor("identity")
+    feats = np.random.default_rng(0).normal(size=(200, 3))
+    np.savez(tmp_path / "stats.npz", mu=feats.mean(0), sigma=np.cov(feats, rowvar=False))
+    stats = reference_statistics(str(tmp_path / "stats.npz"), ident)
+    assert stats["mu"].shape == (3,) and stats["cov"].shape == (3, 3)
+    np.savez(tmp_path / "bad.npz", mean=feats.mean(0))
+    with pytest.raises(ValueError, match=r"needs arrays 'mu' and 'sigma' \(covariance\); found \['mean'\]"):
+        reference_statistics(str(tmp_path / "bad.npz"), ident)
+    with pytest.raises(ValueError, match="Unknown reference 'tset'"):
+        reference_statistics("tset", ident)
+    with pytest.raises(ValueError, match="are of Inception features; set features='inception'"):
+        reference_statistics("cleanfid:cifar10/train/32", ident)
+    fake_inception = FeatureExtractor("inception", lambda x: x.flatten(1))
+    with pytest.raises(ValueError, match="Write clean-fid statistics as 'cleanfid:NAME/SPLIT/RES'"):
+        reference_statistics("cleanfid:cifar10/train", fake_inception)
+    with pytest.raises(ValueError, match="Could not get clean-fid's statistics 'cleanfid-custom:nothing-here'"):
+        reference_statistics("cleanfid-custom:nothing-here", fake_inception)
+
+
+def test_fid_against_statistics_equals_fid_against_the_samples_they_summarise():
+    """FID from (mu, cov) of the reference features is FID from the reference itself; only FID is computed."""
+    ident = crs.metrics.make_feature_extractor("identity")
+    rng = np.random.default_rng(1)
+    ref = torch.from_numpy(rng.normal(size=(500, 4)))
+    gen = torch.from_numpy(rng.normal(0.3, 1.2, size=(300, 4)))
+    idx = crs.metrics.bootstrap_indices(300, 20)
+    full = crs.metrics.evaluate_samples(gen, ref, ident, idx, which=["fid", "precision"])
+    stats = (ref.numpy().mean(0), np.cov(ref.numpy(), rowvar=False))
+    only = crs.metrics.evaluate_samples(gen, None, ident, idx, which=["fid", "precision"], ref_stats=stats)
+    # (the extractor hands features over in float32, the statistics here are float64: equal to ~1e-8)
+    assert set(only) == {"fid_identity"} and only["fid_identity"][0] == pytest.approx(full["fid_identity"][0], rel=1e-6)
+    np.testing.assert_allclose(only["fid_identity"][1], full["fid_identity"][1], rtol=1e-6)

@@ -139,7 +139,7 @@ def test_sampling_and_evaluation_chain(base_run):
     (dict(samplers=["heun"], nfe=[10]), "cannot spend these nfe exactly: heun@10"),
     (dict(baselines=["karras", "cosin"]), "Unknown baseline 'cosin'"),
     (dict(schedule="run/broken.json"), "not valid JSON"),
-    (dict(schedule="run/wide.json"), r"outside the noise range of: base \[0.002, 80\]"),
+    (dict(store="images"), "Unknown `store` 'images'"),
 ])
 def test_sampling_refuses_bad_input(base_run, params, msg):
     import crs
@@ -150,6 +150,18 @@ def test_sampling_refuses_bad_input(base_run, params, msg):
     args = {**SMALL_04, **params}
     with pytest.raises(papermill.PapermillExecutionError, match=msg):
         _run("04_sampling.ipynb", base_run, run_dir="run", **args)
+
+
+def test_sampling_clips_a_schedule_outside_the_models_range_with_a_warning(base_run):
+    import crs
+
+    run = base_run / "run"
+    crs.Schedule.from_baseline("karras", 0.002, 200.0).save(run / "wide.json")
+    out = _run("04_sampling.ipynb", base_run, run_dir="run", **{**SMALL_04, "schedule": "run/wide.json", "nfe": {"euler": [3], "heun": [3]}})
+    text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
+    assert "outside the noise range of the models (base [0.002, 80]): clipped to [0.002, 80]" in text
+    saved = json.loads((run / "samples" / "index.json").read_text())
+    assert saved["schedule_range"] == pytest.approx([0.002, 80.0])
 
 
 def test_failed_evaluation_keeps_the_complete_metrics(base_run):

@@ -80,11 +80,12 @@ def test_notebook_parameters_are_inspectable(caplog):
         "03_training_schedule_finetune.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "base_model", "schedule", "crs_noise",
                                                 "control_noise", "finetune_steps", "batch_size", "lr", "ema_decay", "checkpoint_every",
                                                 "online_every", "online_measure", "online_grid", "online_samples", "xi",
-                                                "eval_levels", "eval_samples", "progress"},
+                                                "eval_levels", "eval_samples", "num_processes", "progress"},
         "04_sampling.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "models", "schedule", "baselines", "samplers", "nfe",
-                              "n_samples", "batch_size", "device", "show_sampler", "progress"},
+                              "n_samples", "batch_size", "device", "num_processes", "store", "features", "keep", "show_sampler",
+                              "progress"},
         "05_evaluation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "features", "device", "metrics", "n_boot",
-                                "n_reference", "k", "plot_model", "progress"},
+                                "n_reference", "reference", "num_processes", "k", "plot_model", "progress"},
     }
     for name, params in expected.items():
         found = papermill.inspect_notebook(str(ROOT / "notebooks" / name))
