@@ -230,14 +230,22 @@ def run(job: str, spec: dict, num_processes: int = 1, log=print) -> list[dict]:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
            "--module", "crs.distributed", job, spec_path]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines: list[str] = []
+    try:  # the workers' output is passed on as it comes (progress bars of long GPU runs), and kept for errors
+        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+            for line in proc.stdout:
+                lines.append(line)
+                if spec.get("progress"):
+                    print(line, end="", flush=True)
+        returncode = proc.returncode
     finally:
         os.remove(spec_path)
-    if out.returncode != 0:
-        errors = re.findall(r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w+(?:Error|Exception): .*)$", out.stderr, flags=re.M)
+    if returncode != 0:
+        text = "".join(lines)
+        errors = re.findall(r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w+(?:Error|Exception): .*)$", text, flags=re.M)
         errors = [e for e in errors if "ChildFailedError" not in e]  # the launcher's own; the workers' last error is the cause
-        detail = errors[-1] if errors else out.stderr[-3000:]
+        detail = errors[-1] if errors else text[-3000:]
         raise ValueError(f"The {job!r} job failed under accelerate launch with {num_processes} processes: {detail}")
     log(f"{job}: {num_processes} processes under accelerate launch")
     if job == "finetune":
