@@ -31,8 +31,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["JOBS", "ProcessState", "features_job", "finetune_job", "gather_rows", "load_finetune_result", "process_state", "run",
-           "sampling_job"]
+__all__ = [
+    "JOBS", "ProcessState", "check_num_processes", "features_job", "finetune_job", "gather_rows", "load_finetune_result",
+    "process_state", "run", "sampling_job",
+]
 
 
 @dataclass
@@ -210,6 +212,13 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_num_processes(num_processes) -> int:
+    """ValueError unless ``num_processes`` is an integer >= 1."""
+    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
+        raise ValueError(f"`num_processes` must be an integer >= 1, got {num_processes!r}.")
+    return num_processes
+
+
 def run(job: str, spec: dict, num_processes: int = 1, log=print) -> list[dict]:
     """Run a job here (``num_processes=1``) or under ``accelerate launch`` with ``num_processes`` processes.
 
@@ -218,8 +227,7 @@ def run(job: str, spec: dict, num_processes: int = 1, log=print) -> list[dict]:
     """
     if job not in JOBS:
         raise ValueError(f"Unknown job {job!r}; valid choices: {', '.join(JOBS)}.")
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"`num_processes` must be an integer >= 1, got {num_processes!r}.")
+    check_num_processes(num_processes)
     if num_processes == 1:
         return JOBS[job](spec)
     run_dir = Path(spec["run_dir"])
