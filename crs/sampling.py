@@ -256,6 +256,19 @@ def _save_tensor(path: Path, x: torch.Tensor) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _draw_rows(den, shape, sigmas, seed: int, lo: int, hi: int, features, keep: int, draw: dict):
+    """Samples ``lo .. hi - 1`` of one set (seeds ``seed + i``); with ``features``, batch by batch, only the
+    features and the samples below ``keep`` are kept in memory. Returns ``(samples, features or None)``."""
+    if features is None:
+        return generate(den, shape, hi - lo, sigmas, seed=seed + lo, **draw), None
+    kept, parts = [], []
+    for a in range(lo, hi, draw["batch_size"]):
+        xb = generate(den, shape, min(a + draw["batch_size"], hi) - a, sigmas, seed=seed + a, **draw)
+        parts.append(torch.from_numpy(features(xb)).float())
+        kept.append(xb[: max(0, keep - a)])
+    return torch.cat(kept), torch.cat(parts)
+
+
 def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, shape: tuple[int, ...], n: int, out_dir,
                 seed: int = 0, batch_size: int = 1024, dtype=torch.float32, device: str = "cpu", progress: bool = False,
                 features=None, keep: int = 64) -> list[dict]:
@@ -294,16 +307,7 @@ def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, sha
         decode = den.decode if getattr(den, "is_latent", False) else None
         start = time.perf_counter()
         draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
-        mshape, sigmas = tuple(getattr(den, "shape", shape)), schedules[sched](steps)
-        if features is None:
-            x, feats = generate(den, mshape, hi - lo, sigmas, seed=seed + lo, **draw), None
-        else:  # batch by batch: only features and the first `keep` samples stay in memory
-            kept, parts = [], []
-            for a in range(lo, hi, batch_size):
-                xb = generate(den, mshape, min(a + batch_size, hi) - a, sigmas, seed=seed + a, **draw)
-                parts.append(torch.from_numpy(features(xb)).float())
-                kept.append(xb[: max(0, keep - a)])
-            x, feats = torch.cat(kept), torch.cat(parts)
+        x, feats = _draw_rows(den, tuple(getattr(den, "shape", shape)), schedules[sched](steps), seed, lo, hi, features, keep, draw)
         path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
         x = gather_rows(x, state, path.with_suffix(".part"))
         feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
