@@ -95,8 +95,9 @@ class GaussianMixture:
         return logp, var
 
     def _as_batch(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(x, dtype=torch.float64)
-        sigma = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0])
+        """float64 CPU copies (the mixture's parameters live on the CPU): x (B, dim), sigma (B,)."""
+        x = torch.as_tensor(x).to("cpu", torch.float64)
+        sigma = torch.as_tensor(sigma).to("cpu", torch.float64).reshape(-1).expand(x.shape[0])
         return x, sigma
 
     def denoiser(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -107,19 +108,21 @@ class GaussianMixture:
             sigma: scalar or (B,) noise levels (sigma = 0 returns x).
 
         Returns:
-            float64 tensor (B, dim).
+            float64 tensor (B, dim) on the device of ``x`` (computed on the CPU).
         """
+        device = torch.as_tensor(x).device
         x, sigma = self._as_batch(x, sigma)
         logp, var = self._log_joint(x, sigma)
         resp = torch.softmax(logp, dim=1)  # (B, K)
         shrink = self.stds[None, :] ** 2 / var  # (B, K): per-component linear denoiser slope
         # sum_k r_k [m_k + c_k (x - m_k)] = (sum_k r_k c_k) x + sum_k r_k (1 - c_k) m_k
-        return (resp * shrink).sum(1, keepdim=True) * x + (resp * (1.0 - shrink)) @ self.means
+        return ((resp * shrink).sum(1, keepdim=True) * x + (resp * (1.0 - shrink)) @ self.means).to(device)
 
     def eps_prediction(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Exact eps-prediction ``(x - D(x; sigma)) / sigma`` (sigma > 0), float64 (B, dim)."""
+        """Exact eps-prediction ``(x - D(x; sigma)) / sigma`` (sigma > 0), float64 (B, dim) on the device of ``x``."""
+        device = torch.as_tensor(x).device
         x, sigma = self._as_batch(x, sigma)
-        return (x - self.denoiser(x, sigma)) / sigma[:, None]
+        return ((x - self.denoiser(x, sigma)) / sigma[:, None]).to(device)
 
     def assign(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """Index of the most responsible component for each sample (B,), int64."""

@@ -338,35 +338,50 @@ class DiffusersDenoiser(nn.Module):
             out.append(((z.float() - shift) * scale).to(images.device))
         return torch.cat(out)
 
-    def decode(self, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """Latents (N, *shape) -> images (N, *pixel_shape) clipped to [-1, 1], float32 on the latents' device."""
+    def decode(self, latents: torch.Tensor, batch_size: int = 64, quantize: bool = True) -> torch.Tensor:
+        """Latents (N, *shape) -> images (N, *pixel_shape) clipped to [-1, 1], float32 on the latents' device.
+
+        Args:
+            quantize: for a ``VQModel``, snap the latents to the codebook first, as ``LDMPipeline``
+                does with its samples. False decodes the latents as they are: the ``fid`` measure
+                uses that for noised latents, which the quantiser would otherwise snap back onto
+                the codebook (removing the noise it measures). Ignored for ``AutoencoderKL``.
+        """
         if self.vae is None:
             raise ValueError("This model has no VAE: its samples are already images.")
         param = next(self.vae.parameters())
         scale, shift = self._vae_scale()
+        extra = {} if quantize or not hasattr(self.vae, "quantize") else {"force_not_quantize": True}
         out = []
         for start in range(0, len(latents), batch_size):
             z = latents[start:start + batch_size].to(param.device, param.dtype) / scale + shift
             with torch.no_grad():
-                out.append(self.vae.decode(z).sample.float().clamp(-1, 1).to(latents.device))
+                out.append(self.vae.decode(z, **extra).sample.float().clamp(-1, 1).to(latents.device))
         return torch.cat(out)
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Continuous timestep of each sigma: linear interpolation of log sigma in the training table."""
-        log_s = torch.log(sigma.to(torch.float64)).clamp(self.log_sigmas[0], self.log_sigmas[-1])
-        idx = torch.searchsorted(self.log_sigmas, log_s).clamp(1, len(self.log_sigmas) - 1)
-        lo, hi = self.log_sigmas[idx - 1], self.log_sigmas[idx]
+        """Continuous timestep of each sigma: linear interpolation of log sigma in the training table.
+
+        Computed in float64 on the table's device (the model's), wherever ``sigma`` lives.
+        """
+        table = self.log_sigmas.to(torch.float64)
+        log_s = torch.log(sigma.to(table.device, torch.float64)).clamp(table[0], table[-1])
+        idx = torch.searchsorted(table, log_s).clamp(1, len(table) - 1)
+        lo, hi = table[idx - 1], table[idx]
         return (idx - 1) + (log_s - lo) / (hi - lo)
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """x (B, C, H, W) VE, sigma scalar or (B,) -> x0-prediction, same dtype and device as ``x``."""
+        """x (B, C, H, W) VE, sigma scalar or (B,) -> x0-prediction, same dtype and device as ``x``.
+
+        The model runs on its own device: inputs from anywhere are moved there and the result back.
+        """
         param = next(self.unet.parameters())
-        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).expand(x.shape[0]).cpu()
+        s = torch.as_tensor(sigma).to(param.device, torch.float64).reshape(-1).expand(x.shape[0])
         t = self.sigma_to_t(s)
-        sb = s.reshape(-1, 1, 1, 1).to(param.device, param.dtype)
+        sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
         alpha = 1.0 / torch.sqrt(1.0 + sb**2)
         x_vp = alpha * x.to(param.device, param.dtype)
-        out = self.unet(x_vp, t.to(param.device, param.dtype)).sample.to(param.dtype)
+        out = self.unet(x_vp, t.to(param.dtype)).sample.to(param.dtype)
         if self.prediction_type == "epsilon":
             x0 = (x_vp - alpha * sb * out) / alpha
         elif self.prediction_type == "v_prediction":
@@ -461,11 +476,12 @@ def model_space(data, denoiser):
 def pixel_features(feature_fn, denoiser):
     """Features of model-space samples: ``feature_fn(decode(z))`` for latent models, else ``feature_fn``.
 
-    The ``fid`` measure of a latent model compares images: the noised (VP-scaled) latents are decoded first.
+    The ``fid`` measure of a latent model compares images: the noised (VP-scaled) latents are decoded
+    first, without a VQ model's quantiser (which would snap the noise back onto its codebook).
     """
     if not getattr(denoiser, "is_latent", False) or feature_fn is None:
         return feature_fn
-    return lambda z: feature_fn(denoiser.decode(z))
+    return lambda z: feature_fn(denoiser.decode(z, quantize=False))
 
 
 def fit_sigma_range(denoiser, sigma_min: float | None = None, sigma_max: float | None = None) -> tuple[float, float]:

@@ -20,6 +20,7 @@ same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -36,7 +37,8 @@ from tqdm import tqdm
 from crs.schedules import Schedule
 
 __all__ = [
-    "NOISE_DISTRIBUTIONS", "LogNormalNoise", "ScheduleNoise", "TrainConfig", "TrainResult", "loss_by_sigma", "make_noise", "train",
+    "NOISE_DISTRIBUTIONS", "LogNormalNoise", "ScheduleNoise", "TrainConfig", "TrainResult", "draw_batch", "edm_loss", "loss_by_sigma",
+    "loss_weight", "make_noise", "train",
 ]
 
 NOISE_DISTRIBUTIONS = ("edm", "logsnr", "cosine", "crs", "crs-online")
@@ -266,6 +268,37 @@ def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen, rank: int = 0):
     return ckpt["step"], list(ckpt["losses"]), noise
 
 
+def loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
+    """EDM's loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (Karras et al. 2022, eq. 8), same shape as ``sigma``."""
+    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+
+
+def draw_batch(data, noise, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One training batch from ``generator`` (on the CPU, so draws do not depend on the device), moved to ``device``.
+
+    Returns:
+        ``(x0 (n, *shape), sigma (n,), eps (n, *shape))``, float32 on ``device``.
+    """
+    x0 = data.sample(n, generator).float()
+    sigma = noise.sample(n, generator).float()
+    eps = torch.randn(x0.shape, generator=generator)
+    return x0.to(device), sigma.to(device), eps.to(device)
+
+
+def edm_loss(model, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, sigma_data: float, autocast=contextlib.nullcontext):
+    """EDM's loss ``mean(lambda(sigma) |D(x0 + sigma eps; sigma) - x0|^2)``, a float32 scalar on the inputs' device.
+
+    Args:
+        model: the denoiser being trained (on the inputs' device).
+        x0, eps: (B, *shape); sigma: (B,).
+        autocast: a context manager for the forward pass (accelerate's ``autocast``: bf16 on GPUs).
+    """
+    sb = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+    with autocast():
+        pred = model(x0 + sb * eps, sigma)
+    return (loss_weight(sb, sigma_data) * (pred.float() - x0) ** 2).mean()
+
+
 def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = True, stop_after: int | None = None,
           progress: bool = True, desc: str = "train") -> TrainResult:
     """Train (or fine-tune) ``denoiser`` on ``data`` with the EDM loss and ``cfg.noise`` levels.
@@ -311,15 +344,8 @@ def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = 
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, disable=not progress or not acc.is_main_process, leave=False)
     for step in bar:
-        x0 = data.sample(cfg.batch_size, gen).float()
-        sigma = noise.sample(cfg.batch_size, gen).float()
-        eps = torch.randn(x0.shape, generator=gen)
-        x0, sigma, eps = x0.to(acc.device), sigma.to(acc.device), eps.to(acc.device)
-        sb = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-        with acc.autocast():
-            pred = model(x0 + sb * eps, sigma)
-        weight = (sb**2 + sd**2) / (sb * sd) ** 2
-        loss = (weight * (pred.float() - x0) ** 2).mean()
+        x0, sigma, eps = draw_batch(data, noise, cfg.batch_size, gen, acc.device)
+        loss = edm_loss(model, x0, sigma, eps, sd, acc.autocast)
         if not torch.isfinite(loss):
             raise ValueError(f"Non-finite loss ({loss.item()}) at step {step}: lower `lr` or check the data; "
                              "the last checkpoint is left as it was.")
@@ -382,5 +408,5 @@ def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, 
                 xb, eb = x0[start:start + batch_size], eps[start:start + batch_size]
                 pred = denoiser(xb + float(s) * eb, torch.full((len(xb),), float(s)))
                 total += float(((pred.float() - xb) ** 2).sum())
-            out.append(total / x0.numel() * (s**2 + sd**2) / (s * sd) ** 2)
+            out.append(total / x0.numel() * float(loss_weight(torch.tensor(s, dtype=torch.float64), sd)))
     return np.asarray(out)
