@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test notebooks clean
+.PHONY: venv demo test notebooks clean gpu-wheels gpu-check
 
 venv: $(VENV)/.installed
 
@@ -32,6 +32,23 @@ test: venv
 notebooks: venv
 	rm -rf notebooks/runs
 	for nb in notebooks/0*.ipynb; do (cd notebooks && ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done
+
+# The prepared GPU check (README, "GPU check"), for a CUDA machine without network whose python lacks diffusers,
+# papermill and friends: `make gpu-wheels` here fills .whl/ (about 50 MB of cp312 wheels, requirements-gpu.txt);
+# carry .whl/ there and run `make gpu-check`: it installs them (no index, no dependency resolution), then runs
+# crs.gpu_check: GPU-vs-CPU consistency, every shipped experiment's dry run on cuda, per-stage timings.
+GPU_PY ?= python3
+GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
+
+gpu-wheels: venv
+	rm -rf .whl && mkdir -p .whl
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 $(GPU_PLATFORMS) -d .whl -r requirements-gpu.txt 2>&1 | grep -v "is ignored" || true
+	@ls .whl/*.whl | wc -l | xargs echo "wheels:"; du -sh .whl
+
+gpu-check:
+	if [ -d .whl ]; then export PIP_BREAK_SYSTEM_PACKAGES=1; $(GPU_PY) -m pip install --quiet --user --no-index --no-deps .whl/*.whl \
+	  || $(GPU_PY) -m pip install --quiet --no-index --no-deps .whl/*.whl; fi
+	HF_HUB_OFFLINE=1 $(GPU_PY) -m crs.gpu_check --device cuda --out runs/gpu-check
 
 clean:
 	rm -rf runs notebooks/runs

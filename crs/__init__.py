@@ -34,7 +34,7 @@ __all__ = sorted(_WHERE)
 
 
 _SUBMODULES = (
-    "analytic", "bench", "data", "distributed", "export", "io", "measures", "metrics", "models", "optimize", "pipeline", "plotting", "rate",
+    "analytic", "args", "bench", "checks", "data", "distributed", "export", "io", "measures", "metrics", "models", "optimize", "pipeline", "plotting", "rate",
     "report", "sampling", "schedules", "training",
 )
 

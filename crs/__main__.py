@@ -22,15 +22,19 @@ def main(argv=None) -> int:
     run.add_argument("--run-dir", help="run folder (default: the params file's, or runs/<experiment>)")
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
     run.add_argument("--dry-run", action="store_true", help="every stage at tiny size on the CPU, into <run_dir>-dry-run")
-    check = sub.add_parser("check", help="validate a params file against the notebooks' parameters")
+    run.add_argument("--device", default="cpu", help="device of a dry run's stages (default cpu; the GPU check uses cuda)")
+    check = sub.add_parser("check", help="check every value of every stage (and the models they load) without running anything")
     check.add_argument("params")
+    check.add_argument("--stages", help="comma-separated subset")
+    check.add_argument("--set", action="append", default=[], metavar="[STAGE.]KEY=VALUE", help="override a key (YAML value)")
+    check.add_argument("--run-dir", help="run folder (default: the params file's, or runs/<experiment>)")
     report = sub.add_parser("report", help="(re)build run_dir/report/index.html")
     report.add_argument("run_dir")
     summary = sub.add_parser("summary", help="print the summary table of run_dir/metrics.json as Markdown")
     summary.add_argument("run_dir")
     args = parser.parse_args(argv)
 
-    from crs.pipeline import ExperimentError, apply_overrides, dry_run, load_params, run_experiment, sweep
+    from crs.pipeline import ExperimentError, apply_overrides, dry_run, load_params, preflight, run_experiment, sweep
     from crs.report import build_report, summary_markdown
 
     try:
@@ -47,15 +51,16 @@ def main(argv=None) -> int:
             print(build_report(args.run_dir))
             return 0
         params = load_params(args.params)
-        if args.command == "check":
-            print(f"{args.params}: valid ({', '.join(params['stages']) or 'all stages'})")
-            return 0
         if args.run_dir:
             params["run_dir"] = args.run_dir
         params = apply_overrides(params, args.set)
-        if args.dry_run:
-            params = dry_run(params)
         stages = args.stages.split(",") if args.stages else None
+        if args.command == "check":
+            preflight(params, stages)
+            print(f"{args.params}: valid ({', '.join(stages or params['stages']) or 'all stages'})")
+            return 0
+        if args.dry_run:
+            params = dry_run(params, device=args.device)
         if args.sweep:
             key, _, values = args.sweep.partition("=")
             rows = sweep(params, key, [yaml.safe_load(v) for v in values.split(",")], stages)

@@ -13,9 +13,11 @@ from typing import Sequence
 
 import torch
 
+from crs.args import check_int
 from crs.schedules import sigma_to_alpha
 
 __all__ = [
+    "ANALYTIC",
     "GaussianMixture",
     "fid_discrepancy",
     "gaussian",
@@ -23,6 +25,9 @@ __all__ = [
     "gaussian_velocity",
     "gmm",
 ]
+
+
+ANALYTIC = ("gaussian", "gmm")  # the analytic datasets (crs.make_dataset names): exact denoisers and samples
 
 
 class GaussianMixture:
@@ -96,8 +101,8 @@ class GaussianMixture:
 
     def _as_batch(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
         """float64 CPU copies (the mixture's parameters live on the CPU): x (B, dim), sigma (B,)."""
-        x = torch.as_tensor(x).to("cpu", torch.float64)
-        sigma = torch.as_tensor(sigma).to("cpu", torch.float64).reshape(-1).expand(x.shape[0])
+        x = torch.as_tensor(x, dtype=torch.float64).cpu()
+        sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().reshape(-1).expand(x.shape[0])
         return x, sigma
 
     def denoiser(self, x: torch.Tensor, sigma) -> torch.Tensor:
@@ -160,8 +165,7 @@ def gmm(
         stds: one std for all components, or K values.
         n_components, radius: shape of the default ring when ``means`` is not given.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
+    check_int("dim", dim, 1)
     if means is None:
         angle = 2 * math.pi * torch.arange(n_components, dtype=torch.float64) / n_components
         means = torch.zeros(n_components, dim, dtype=torch.float64)
@@ -184,8 +188,7 @@ def gaussian(dim: int = 2, mean: float | Sequence[float] = 0.0, std: float = 1.0
         mean: a scalar (the same in every coordinate) or ``dim`` values.
         std: the standard deviation, positive.
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"`dim` must be a positive integer, got {dim!r}.")
+    check_int("dim", dim, 1)
     mu = torch.as_tensor(mean, dtype=torch.float64).reshape(-1).expand(dim).clone()
     return GaussianMixture(mu[None, :], [std], [1.0], name="gaussian")
 

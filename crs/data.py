@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from crs import analytic
+from crs.args import check_int
 
-__all__ = ["DATASETS", "ImageDataset", "digits", "folder", "make_dataset", "mnist"]
+__all__ = ["DATASETS", "ImageDataset", "check_dataset", "digits", "folder", "make_dataset", "mnist"]
 
 _SPLITS = ("train", "test", "all")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -74,8 +75,7 @@ def _to_model_range(images: np.ndarray, peak: float) -> torch.Tensor:
 def _resize(images: torch.Tensor, resolution: int | None) -> torch.Tensor:
     if resolution is None or images.shape[-1] == resolution and images.shape[-2] == resolution:
         return images
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 4:
-        raise ValueError(f"`resolution` must be an integer >= 4, got {resolution!r}.")
+    check_int("resolution", resolution, 4)
     out = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     return out.clamp(-1.0, 1.0)
 
@@ -133,8 +133,7 @@ def folder(path: str, resolution: int | None = None, channels: int = 3, split: s
     if not files:
         raise ValueError(f"No images ({', '.join(_IMAGE_SUFFIXES)}) under {str(path)!r}.")
     if limit is not None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"`limit` must be a positive integer, got {limit!r}.")
+        check_int("limit", limit, 1)
         keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:limit].sort().values
         files = [files[i] for i in keep.tolist()]
     arrays = []
@@ -175,10 +174,24 @@ def make_dataset(name: str, **kwargs):
     Raises:
         ValueError: unknown name, or a keyword the dataset does not take.
     """
-    if name not in DATASETS:
+    check_dataset(name, kwargs)
+    return DATASETS[name](**kwargs)
+
+
+def check_dataset(name: str, kwargs: dict | None = None) -> None:
+    """What can be checked of a dataset without reading it: the name, the keywords, a folder's ``path``.
+
+    Raises:
+        ValueError: unknown name, a keyword the dataset does not take, or a ``folder`` path that is not a folder.
+    """
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(name, str) or name not in DATASETS:
         raise ValueError(f"Unknown dataset {name!r}; valid choices: {', '.join(DATASETS)}.")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"`dataset_kwargs` must be a mapping, got {kwargs!r}.")
     valid = inspect.signature(DATASETS[name]).parameters
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
         raise ValueError(f"Bad arguments for dataset {name!r}: unknown keyword(s) {unknown}. Valid keywords: {', '.join(valid)}.")
-    return DATASETS[name](**kwargs)
+    if name == "folder" and not Path(str(kwargs.get("path", ""))).is_dir():
+        raise ValueError(f"No image folder at {kwargs.get('path')!r}.")

@@ -59,7 +59,7 @@ def process_state() -> ProcessState:
 
 def process_device(device: str, state: ProcessState) -> str:
     """``device`` for this process: with several processes on GPUs, each takes ``cuda:<local rank>``."""
-    from crs.models import resolve_device
+    from crs.args import resolve_device
 
     device = resolve_device(device)
     if state.world > 1 and device.startswith("cuda"):
@@ -214,9 +214,9 @@ def _free_port() -> int:
 
 def check_num_processes(num_processes) -> int:
     """ValueError unless ``num_processes`` is an integer >= 1."""
-    if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
-        raise ValueError(f"`num_processes` must be an integer >= 1, got {num_processes!r}.")
-    return num_processes
+    from crs.args import check_int
+
+    return check_int("num_processes", num_processes, 1)
 
 
 def run(job: str, spec: dict, num_processes: int = 1, log=print) -> list[dict]:

@@ -64,23 +64,14 @@ def as_schedule(schedule) -> Schedule:
     raise ValueError(f"`schedule` must be a crs.Schedule or the path of a schedule.json, got {type(schedule).__name__}.")
 
 
-def _clipped(sched: Schedule, n: int, lo: float, hi: float) -> torch.Tensor:
-    sigmas = sched.discretize(n)
-    body = sigmas[:-1]
-    if body.min() < lo * (1 - 1e-6) or body.max() > hi * (1 + 1e-6):
-        warnings.warn(f"The schedule spans [{float(body.min()):.4g}, {float(body.max()):.4g}], outside the scheduler's "
-                      f"sigma range [{lo:.4g}, {hi:.4g}]: clipped to it.", stacklevel=3)
-        body = body.clamp(lo, hi)
-    return torch.cat([body, sigmas[-1:]])
-
-
 def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
     """Make a diffusers scheduler sample on a CRS schedule.
 
     After this call, every ``scheduler.set_timesteps(n)`` (as pipelines call it) sets the CRS
     schedule discretised for ``n`` steps: as ``sigmas=`` where the scheduler takes them, otherwise
     as quantised integer ``timesteps=``. ``set_timesteps`` is called once now with ``steps`` if given.
-    Levels outside the scheduler's training range are clipped to it with a warning. Undo with
+    A schedule reaching outside the scheduler's training range is clipped to it with a warning, keeping
+    its spacing inside (:meth:`crs.Schedule.fit`, as notebook 04 does for models). Undo with
     ``del scheduler.set_timesteps``.
 
     Args:
@@ -99,11 +90,12 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
         raise ValueError(f"{type(scheduler).__name__} takes neither `sigmas` nor `timesteps`; supported: EulerDiscreteScheduler, "
                          "HeunDiscreteScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DDPMScheduler.")
     lo, hi = scheduler_sigma_range(scheduler)
+    sched = sched.fit(lo, hi, what=f"the scheduler ({type(scheduler).__name__} [{lo:.4g}, {hi:.4g}])")
 
     def set_timesteps(num_inference_steps: int | None = None, device=None, **kwargs):
         n = num_inference_steps or steps
         check_steps(n)
-        sigmas = _clipped(sched, n, lo, hi)
+        sigmas = sched.discretize(n)
         if "sigmas" in params:
             return original(sigmas=sigmas.tolist(), device=device)
         return original(timesteps=sigmas_to_timesteps(sigmas, scheduler).tolist(), device=device)

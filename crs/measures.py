@@ -18,7 +18,8 @@ discrepancy and its standard error.
   schedule spends in it. For ``kl_optimal`` (alpha = cos(pi t / 2)) this is
   ``v proportional to 1 / sqrt(1 - alpha^2)``.
 * combinations such as ``"data+cosine"`` or ``{"data": 0.7, "cosine": 0.3}``: weighted geometric
-  mean of the velocities, each normalised to unit total discrepancy over the grid.
+  mean of the velocities, each first normalised to unit total discrepancy over the grid (the
+  combination itself does not sum to 1; only its shape matters, as the schedule normalises ``F``).
 """
 
 from __future__ import annotations
@@ -278,7 +279,7 @@ def schedule_pass(name: str, sigma: np.ndarray) -> np.ndarray:
 def combine_velocities(
     weights: Mapping[str, float], parts: Mapping[str, tuple[np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted geometric mean of per-interval discrepancies, each normalised to unit total.
+    """Weighted geometric mean of per-interval discrepancies, each first normalised to unit total.
 
     On one grid the velocity of interval k is ``d_k / |delta alpha_k|`` for every measure, so the
     geometric mean of normalised discrepancies is the discrepancy of the geometric mean of
@@ -289,7 +290,9 @@ def combine_velocities(
         parts: ``{name: (discrepancy (K,), stderr (K,))}``.
 
     Returns:
-        ``(discrepancy (K,), stderr (K,))`` of the combination (normalised to unit total).
+        ``(discrepancy (K,), stderr (K,))`` of the combination. By the inequality of the means its
+        total is at most 1 (1 only when the parts are proportional): it is not normalised, since a
+        schedule depends only on the shape of the discrepancy (``F`` is normalised to ``F(sigma_max) = 1``).
     """
     log_d = 0.0
     rel_var = 0.0

@@ -3,9 +3,13 @@
 Features (:func:`make_feature_extractor`) decide what FID measures, so every metric name carries
 them: ``fid_inception`` (clean-fid's standard Inception, used when its weights file is present, so
 the numbers are comparable with papers), ``fid_efficientnet-lite0`` (an ImageNet-pretrained network
-that ships offline inside a registry package, passed to clean-fid as ``custom_feat_extractor``) or
-``fid_identity`` (raw coordinates of low-dimensional data). An offline number is never labelled
-as Inception FID.
+that ships offline inside a registry package) or ``fid_identity`` (raw coordinates of low-dimensional
+data). An offline number is never labelled as Inception FID. Features are computed here, batch by
+batch, and FID is taken from them (:func:`_fid_boot`, the Frechet distance of their Gaussian fits, as
+clean-fid's ``fid_from_feats``); clean-fid itself computes the Inception features (its
+``build_feature_extractor``) and KID (``kernel_distance``). The EfficientNet extractor also honours
+clean-fid's ``custom_feat_extractor`` contract (float NCHW in [0, 255]), and a test checks that
+``cleanfid.fid.compute_fid`` with it gives our value.
 
 Intervals come from a bootstrap over the generated samples with a fixed matrix of resampled
 indices: 95 % percentile intervals recentred on the estimate (see ``_interval``). Samples drawn with the same per-sample seeds under different schedules are paired, so the
@@ -29,6 +33,7 @@ __all__ = [
     "METRICS",
     "FeatureExtractor",
     "check_metrics",
+    "check_reference",
     "lower_is_better",
     "bootstrap_indices",
     "compare",
@@ -47,6 +52,8 @@ EXTRACTORS = ("auto", "identity", "inception", "efficientnet-lite0")
 def check_metrics(names) -> tuple[str, ...]:
     """Validate metric families (``fid``, ``kid``, ``precision``, ``recall``, ``nll``,
     ``sliced_wasserstein``, ``mode_tv``; the last three need analytic data)."""
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"`metrics` must be a list of metric families, got {names!r}; valid choices: {', '.join(METRICS)}.")
     names = tuple(names)
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
@@ -406,6 +413,34 @@ def evaluate_grid(index: list[dict], reference, features: FeatureExtractor, data
     return {"rows": rows, "comparisons": comparisons, "features": features.name, "n_boot": int(n_boot), "reference": ref_name}
 
 
+def check_reference(spec: str, features: str = "inception") -> str:
+    """What can be checked of a reference without fetching it: its form, and Inception features for clean-fid's.
+
+    Args:
+        spec: ``test`` (the held-out split), ``cleanfid:NAME/SPLIT/RES``, ``cleanfid-custom:NAME`` or an
+            ``.npz`` file that exists (see :func:`reference_statistics`).
+        features: the extractor's name (``auto`` is not checked against clean-fid's statistics).
+
+    Raises:
+        ValueError: naming the spec and the accepted forms.
+    """
+    if not isinstance(spec, str):
+        raise ValueError(f"`reference` must be a string, got {spec!r}.")
+    if spec == "test":
+        return spec
+    if spec.startswith(("cleanfid:", "cleanfid-custom:")):
+        if features not in ("inception", "auto"):
+            raise ValueError(f"clean-fid's statistics {spec!r} are of Inception features; set features='inception' (got {features!r}).")
+        kind, _, rest = spec.partition(":")
+        parts = rest.split("/")
+        if kind == "cleanfid" and (len(parts) != 3 or not parts[2].isdigit()):
+            raise ValueError(f"Write clean-fid statistics as 'cleanfid:NAME/SPLIT/RES', e.g. 'cleanfid:cifar10/train/32'; got {spec!r}.")
+        return spec
+    if not spec.endswith(".npz") or not os.path.isfile(spec):
+        raise ValueError(f"Unknown reference {spec!r}: give 'test', 'cleanfid:NAME/SPLIT/RES', 'cleanfid-custom:NAME' or an .npz file that exists.")
+    return spec
+
+
 def reference_statistics(spec: str, features: FeatureExtractor) -> dict:
     """Feature statistics of a dataset, for FID against what papers use.
 
@@ -424,16 +459,12 @@ def reference_statistics(spec: str, features: FeatureExtractor) -> dict:
         ValueError: a malformed spec, features that are not Inception for clean-fid statistics, or
             statistics that cannot be fetched (offline and not cached), naming the spec.
     """
+    check_reference(spec, features.name)
     if spec.startswith(("cleanfid:", "cleanfid-custom:")):
-        if features.name != "inception":
-            raise ValueError(f"clean-fid's statistics {spec!r} are of Inception features; set features='inception' "
-                             f"(got {features.name!r}).")
         from cleanfid.features import get_reference_statistics
 
         kind, _, rest = spec.partition(":")
         parts = rest.split("/")
-        if kind == "cleanfid" and (len(parts) != 3 or not parts[2].isdigit()):
-            raise ValueError(f"Write clean-fid statistics as 'cleanfid:NAME/SPLIT/RES', e.g. 'cleanfid:cifar10/train/32'; got {spec!r}.")
         name, split, res = (parts[0], parts[1], int(parts[2])) if kind == "cleanfid" else (rest, "custom", "na")
         try:
             mu, cov = get_reference_statistics(name, res, mode="clean", split=split)
@@ -441,8 +472,6 @@ def reference_statistics(spec: str, features: FeatureExtractor) -> dict:
             raise ValueError(f"Could not get clean-fid's statistics {spec!r} ({type(exc).__name__}: {exc}); they download "
                              "once (network needed) into clean-fid's stats folder, or make them with cleanfid.fid.make_custom_stats.") from exc
     else:
-        if not spec.endswith(".npz") or not os.path.isfile(spec):
-            raise ValueError(f"Unknown reference {spec!r}: give 'test', 'cleanfid:NAME/SPLIT/RES', 'cleanfid-custom:NAME' or an .npz file that exists.")
         with np.load(spec) as f:
             if "mu" not in f or "sigma" not in f:
                 raise ValueError(f"The statistics file {spec!r} needs arrays 'mu' and 'sigma' (covariance); found {sorted(f.files)}.")

@@ -25,9 +25,11 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from crs.args import resolve_device
+
 __all__ = [
     "DiffusersDenoiser", "EDMDenoiser", "LatentData", "MLPNet", "build_denoiser", "build_tiny_pipeline", "fit_sigma_range",
-    "load_denoiser", "model_space", "pixel_features", "resolve_device", "resolve_models", "unet",
+    "load_denoiser", "locate_model", "model_space", "pixel_features", "resolve_device", "resolve_models", "unet",
 ]
 
 DENOISER_FILE = "crs_denoiser.json"
@@ -191,6 +193,23 @@ def build_denoiser(shape: tuple[int, ...], sigma_data: float = 0.5, sigma_min: f
     return EDMDenoiser(net, sigma_data, sigma_min, sigma_max)
 
 
+def locate_model(model: str, root=".") -> Path:
+    """Where a model named by a folder or a hub id is: ``root / model`` or ``model`` if either exists, else
+    the hub snapshot (from the local cache, or downloaded when there is a network).
+
+    Raises:
+        ValueError: not a folder that exists and not of the form ``org/name``, or an unreachable hub id.
+    """
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"A model must be a folder or a hub id 'org/name', got {model!r}.")
+    for candidate in (Path(root) / model, Path(model)):
+        if candidate.exists():
+            return candidate
+    if model.count("/") != 1 or model.startswith((".", "/", "models/")) or Path(model).suffix:  # models/: a run's own
+        raise ValueError(f"No model at {model!r}: give model='analytic', a folder that exists, or a hub id 'org/name'.")
+    return _resolve_hub(model)
+
+
 def _resolve_hub(model: str) -> Path:
     """Download (or find in the cache) a hub repository; a clear error when offline or misspelt."""
     from huggingface_hub import snapshot_download
@@ -201,20 +220,6 @@ def _resolve_hub(model: str) -> Path:
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(exc).__name__}: {exc}"
         raise ValueError(f"Could not load the hub model {model!r} ({why}). Point `model` at a local folder instead.") from exc
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` pass
-    (ValueError for a GPU that is not there, or an unknown name)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return device
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but no CUDA GPU is visible; use 'cpu' or 'auto'.")
-        return device
-    raise ValueError(f"Unknown device {device!r}; valid choices: auto, cpu, cuda, cuda:N.")
 
 
 def load_denoiser(model: str, data=None, device: str = "cpu"):
@@ -236,13 +241,7 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         if data is None or not hasattr(data, "denoiser"):
             raise ValueError(f"model='analytic' needs an analytic dataset (gaussian, gmm); {data!r} has no exact denoiser.")
         return data.denoiser
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"`model` must be 'analytic', a folder or a hub id, got {model!r}.")
-    path = Path(model)
-    if not path.exists():
-        if model.count("/") != 1 or model.startswith((".", "/")) or path.suffix:
-            raise ValueError(f"No model at {model!r}: give model='analytic', a folder that exists, or a hub id 'org/name'.")
-        path = _resolve_hub(model)
+    path = locate_model(model)
     if (Path(path) / "model_index.json").is_file():
         denoiser = DiffusersDenoiser.from_pipeline_folder(path)
     elif (Path(path) / DENOISER_FILE).is_file() or not (Path(path) / "config.json").is_file():
@@ -376,7 +375,7 @@ class DiffusersDenoiser(nn.Module):
         The model runs on its own device: inputs from anywhere are moved there and the result back.
         """
         param = next(self.unet.parameters())
-        s = torch.as_tensor(sigma).to(param.device, torch.float64).reshape(-1).expand(x.shape[0])
+        s = torch.as_tensor(sigma, dtype=torch.float64).to(param.device).reshape(-1).expand(x.shape[0])
         t = self.sigma_to_t(s)
         sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
         alpha = 1.0 / torch.sqrt(1.0 + sb**2)

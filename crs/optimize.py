@@ -19,6 +19,7 @@ import torch
 from scipy.interpolate import PchipInterpolator
 from scipy.ndimage import gaussian_filter1d
 
+from crs.args import check_number
 from crs.rate import RateEstimate
 from crs.schedules import BASELINES, Schedule, baseline_sigmas, check_steps, sigma_to_alpha
 
@@ -34,9 +35,7 @@ __all__ = [
 
 def check_xi(xi) -> float:
     """Raise ``ValueError`` unless ``xi`` is a finite positive number; return it as float."""
-    if isinstance(xi, bool) or not isinstance(xi, (int, float)) or not math.isfinite(xi) or xi <= 0:
-        raise ValueError(f"`xi` must be a positive finite number, got {xi!r}.")
-    return float(xi)
+    return check_number("xi", xi, positive=True)
 
 
 def schedule_from_velocity(
@@ -62,8 +61,7 @@ def schedule_from_velocity(
         A :class:`~crs.schedules.Schedule` on [sigma[0], sigma[-1]].
     """
     xi = check_xi(xi)
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not math.isfinite(smoothing) or smoothing < 0:
-        raise ValueError(f"`smoothing` must be a finite number >= 0, got {smoothing!r}.")
+    check_number("smoothing", smoothing, minimum=0)
     sigma, v = np.asarray(sigma, dtype=np.float64), np.asarray(velocity, dtype=np.float64)
     if v.shape != (len(sigma) - 1,):
         raise ValueError(f"`velocity` needs one value per interval ({len(sigma) - 1}), got shape {v.shape}.")

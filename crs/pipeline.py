@@ -33,7 +33,8 @@ from typing import Any, Iterable
 from crs.io import atomic_write_json
 
 __all__ = [
-    "DRY_RUN", "STAGES", "ExperimentError", "dry_run", "load_params", "parse_override", "run_experiment", "sweep", "validate_params",
+    "DRY_RUN", "STAGES", "ExperimentError", "dry_run", "load_params", "notebook_defaults", "parse_override", "preflight", "run_experiment",
+    "sweep", "validate_params",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,84 @@ def notebook_parameters(stage: str, notebooks: Path = NOTEBOOKS) -> dict[str, An
     import papermill
 
     return papermill.inspect_notebook(str(notebooks / f"{STAGES[stage]}.ipynb"))
+
+
+def notebook_defaults(stage: str, notebooks: Path = NOTEBOOKS) -> dict[str, Any]:
+    """The default values of a stage's parameters (its notebook's ``parameters`` cell, read as Python literals)."""
+    import ast
+
+    return {name: ast.literal_eval(p["default"]) for name, p in notebook_parameters(stage, notebooks).items()}
+
+
+# Models the stages of a run write under run_dir/models/, by stage.
+PRODUCES = {"base_model": ("base",), "training_schedule_finetune": ("crs", "control")}
+
+
+def _model_references(params: dict, wanted: list[str], run_dir: Path) -> list[tuple[str, str, str]]:
+    """``(stage, key, model)`` for every model the stages load that no stage of this run writes."""
+    made = {name for stage in wanted for name in PRODUCES.get(stage, ())}
+    made |= {p.name for p in (run_dir / "models").iterdir()} if (run_dir / "models").is_dir() else set()
+    stages = params["stages"]
+    refs = []
+    if "base_model" in wanted and stages.get("base_model", {}).get("model", "train") != "train":
+        refs.append(("base_model", "model", stages["base_model"]["model"]))
+    if "rate_estimation" in wanted:
+        refs.append(("rate_estimation", "model", stages.get("rate_estimation", {}).get("model", "analytic")))
+    if "training_schedule_finetune" in wanted:
+        refs.append(("training_schedule_finetune", "base_model", stages.get("training_schedule_finetune", {}).get("base_model") or "models/base"))
+    if "sampling" in wanted:
+        defaults = notebook_defaults("sampling")["models"]
+        refs += [("sampling", "models", m) for m in stages.get("sampling", {}).get("models", defaults)]
+    out = []
+    for stage, key, model in refs:
+        name = model[len("models/"):] if isinstance(model, str) and model.startswith("models/") else model
+        if model != "analytic" and name not in made:
+            out.append((stage, key, model))
+    return out
+
+
+def preflight(params: dict, stages: Iterable[str] | None = None) -> None:
+    """Check every value of every stage to run before the first one starts (what ``python -m crs check`` does).
+
+    Each stage's values (its notebook's defaults, the common keys, its section) go through the validator its
+    notebook calls (:func:`crs.checks.check_stage`); then every model the stages load that this run does not
+    write must be there: a folder (relative to the run folder) or a hub id in the cache or reachable.
+
+    Raises:
+        ExperimentError: naming the stage and the problem; nothing has been written.
+    """
+    from crs.checks import check_model_reference, check_stage
+
+    run_dir = Path(params["run_dir"])
+    wanted = _wanted(params, stages)
+    values = {}
+    for stage in wanted:
+        declared = notebook_parameters(stage)
+        values[stage] = {**notebook_defaults(stage), **stage_parameters(params, stage, declared)}
+        kwargs = values[stage].get("dataset_kwargs") or {}
+        if values[stage].get("dataset") == "folder" and "path" in kwargs and not Path(str(kwargs["path"])).is_absolute():
+            values[stage]["dataset_kwargs"] = dict(kwargs, path=str(run_dir / kwargs["path"]))  # stages run in the run folder
+        try:
+            check_stage(stage, values[stage])
+        except ValueError as exc:
+            raise ExperimentError(f"Stage {stage!r} ({STAGES[stage]}.ipynb): {exc}") from exc
+    if "sampling" in values and "evaluation" in values and values["evaluation"]["plot_model"] not in values["sampling"]["models"]:
+        raise ExperimentError(f"Stage 'evaluation': `plot_model` {values['evaluation']['plot_model']!r} is not among the sampled "
+                              f"models {values['sampling']['models']}.")
+    for stage, key, model in _model_references(params, wanted, run_dir):
+        try:
+            check_model_reference(model, run_dir)
+        except ValueError as exc:
+            raise ExperimentError(f"Stage {stage!r}, `{key}`: {exc}") from exc
+
+
+def _wanted(params: dict, stages: Iterable[str] | None) -> list[str]:
+    """The stages to run, in pipeline order (ExperimentError for an unknown name)."""
+    wanted = list(stages) if stages is not None else (list(params["stages"]) or list(STAGES))
+    bad = sorted(set(wanted) - set(STAGES))
+    if bad:
+        raise ExperimentError(f"Unknown stage(s) {bad}; valid stages: {', '.join(STAGES)}.")
+    return [s for s in STAGES if s in wanted]
 
 
 def load_params(path) -> dict:
@@ -189,12 +268,13 @@ def _stand_in_data(params: dict, run_dir: Path, log) -> None:
     log(f"[dry run] the image folder {kwargs.get('path')!r} is not here: scikit-learn's digits at {side} px stand in")
 
 
-def dry_run(params: dict, log=print) -> dict:
-    """The experiment at tiny size on the CPU, in ``<run_dir>-dry-run``: same stages, same keys, small numbers.
+def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
+    """The experiment at tiny size, in ``<run_dir>-dry-run``: same stages, same keys, small numbers.
 
     Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is
     cut to its smallest budget, sampling compares CRS with one baseline on one process, a UNet keeps
-    its levels at 8-16 channels, and ``device`` is ``cpu``. What only the GPU machine has stands in:
+    its levels at 8-16 channels, and ``device`` is ``device`` (``cpu`` by default; the GPU check runs it
+    with ``cuda``, where training takes the GPU with bf16 through accelerate). What only the GPU machine has stands in:
     a hub model missing from the local cache becomes a tiny untrained pipeline of the same kind
     and shape (:data:`crs.models.KNOWN_PIPELINES`), a missing image folder becomes real digits of
     the same size, clean-fid statistics become the held-out split and Inception features
@@ -206,7 +286,7 @@ def dry_run(params: dict, log=print) -> dict:
     params["run_dir"] = f"{params['run_dir'].rstrip('/')}-dry-run"
     run_dir = Path(params["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    params["common"]["device"] = "cpu"
+    params["common"]["device"] = device
     models = _stand_in_models(params, run_dir, log)
     _stand_in_data(params, run_dir, log)
     for stage in list(params["stages"]) or list(STAGES):
@@ -263,13 +343,11 @@ def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: 
     import papermill
 
     run_dir = Path(params["run_dir"])
-    wanted = list(stages) if stages is not None else (list(params["stages"]) or list(STAGES))
-    bad = sorted(set(wanted) - set(STAGES))
-    if bad:
-        raise ExperimentError(f"Unknown stage(s) {bad}; valid stages: {', '.join(STAGES)}.")
+    wanted = _wanted(params, stages)
+    preflight(params, wanted)
     run_dir.mkdir(parents=True, exist_ok=True)
     records, upstream = [], ""
-    for stage in [s for s in STAGES if s in wanted]:
+    for stage in wanted:
         declared = notebook_parameters(stage)
         values = stage_parameters(params, stage, declared)
         fingerprint = _fingerprint(stage, values, upstream)
@@ -308,14 +386,17 @@ def sweep(params: dict, key: str, values: list, stages: Iterable[str] | None = N
     Returns:
         One summary row per value (from its ``metrics.json`` when the evaluation ran).
     """
-    run_experiment(params, stages, log=log)
     base = Path(params["run_dir"])
+    variants = [apply_overrides(dict(params, run_dir=str(base / "sweep" / f"{key}={value}")), [f"{key}={json.dumps(value)}"])
+                for value in values]
+    for variant in variants:  # every value checked before the base run starts
+        preflight(dict(variant, run_dir=str(base)), stages)
+    run_experiment(params, stages, log=log)
     rows = []
-    for value in values:
+    for value, swept in zip(values, variants):
         folder = base / "sweep" / f"{key}={value}"
         if not folder.exists():
             shutil.copytree(base, folder, ignore=shutil.ignore_patterns("sweep", "report"))
-        swept = apply_overrides(dict(params, run_dir=str(folder)), [f"{key}={json.dumps(value)}"])
         log(f"--- sweep {key}={value} -> {folder}")
         run_experiment(swept, stages, log=log)
         rows.append(dict(value=value, run_dir=str(folder), **summarise(folder)))

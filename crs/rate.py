@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from crs.args import check_int, check_number
 from crs.io import atomic_write_json, read_json
 from crs.measures import (
     MODEL_MEASURES,
@@ -35,8 +36,7 @@ __all__ = ["RateEstimate", "check_rate_inputs", "estimate_rate", "logsnr_grid"]
 def logsnr_grid(sigma_min: float, sigma_max: float, grid_size: int) -> np.ndarray:
     """Ascending grid of ``grid_size + 1`` noise levels, uniform in logsnr (= uniform in log sigma)."""
     check_sigma_range(sigma_min, sigma_max)
-    if isinstance(grid_size, bool) or not isinstance(grid_size, (int, np.integer)) or grid_size < 2:
-        raise ValueError(f"`grid_size` must be an integer >= 2, got {grid_size!r}.")
+    check_int("grid_size", grid_size, 2)
     grid = np.exp(np.linspace(math.log(sigma_min), math.log(sigma_max), grid_size + 1))
     grid[0], grid[-1] = sigma_min, sigma_max
     return grid
@@ -161,11 +161,6 @@ class RateEstimate:
         return cls.from_dict(read_json(path, "rate file"))
 
 
-def _check_count(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-
-
 def estimate_rate(
     measure: str | Mapping[str, float],
     data,
@@ -206,9 +201,9 @@ def estimate_rate(
     """
     parsed = parse_measure(measure)
     sigma = logsnr_grid(sigma_min, sigma_max, grid_size)
-    _check_count("jackknife_groups", jackknife_groups, 2)
+    check_int("jackknife_groups", jackknife_groups, 2)
     check_rate_inputs(measure, sigma_min, sigma_max, grid_size, n_samples, jackknife_groups)
-    _check_count("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     if any(name in MODEL_MEASURES for name in parsed) and denoiser is None:
         raise ValueError(f"The measure {format_measure(parsed)!r} needs a model (`denoiser`); only 'fid' and baselines do not.")
     needs_data = any(name in MODEL_MEASURES or name == "fid" for name in parsed)
@@ -252,14 +247,23 @@ def estimate_rate(
 
 
 
-def check_rate_inputs(measures, sigma_min: float, sigma_max: float, grid_size: int, n_samples: int, jackknife_groups: int = 10) -> None:
+def check_rate_inputs(measures, sigma_min: float | None, sigma_max: float | None, grid_size: int, n_samples: int,
+                      jackknife_groups: int = 10) -> None:
     """Validate everything a rate-estimation run takes, before any work (ValueError naming the problem).
 
     Args:
         measures: one measure spec or a list of them.
+        sigma_min, sigma_max: the range; None stands for a model's own end (not known yet), then only
+            the other end is checked (positive, finite).
         n_samples: at least 2; at least ``4 * jackknife_groups`` when a spec uses ``fid``.
     """
     specs = [measures] if isinstance(measures, (str, Mapping)) else list(measures)
     uses_fid = any("fid" in parse_measure(spec) for spec in specs)
-    logsnr_grid(sigma_min, sigma_max, grid_size)
-    _check_count("n_samples", n_samples, 4 * jackknife_groups if uses_fid else 2)
+    if sigma_min is not None and sigma_max is not None:
+        logsnr_grid(sigma_min, sigma_max, grid_size)
+    else:
+        for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):
+            if value is not None:
+                check_number(name, value, positive=True)
+        check_int("grid_size", grid_size, 2)
+    check_int("n_samples", n_samples, 4 * jackknife_groups if uses_fid else 2)

@@ -17,13 +17,16 @@ lists are its discretisation, which is how diffusers and k-diffusion build them 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
+
 from scipy.interpolate import PchipInterpolator
 from scipy.stats import beta as beta_dist
 
+from crs.args import check_int
 from crs.io import atomic_write_json, read_json
 
 __all__ = [
@@ -85,8 +88,7 @@ def check_sigma_range(sigma_min: float, sigma_max: float) -> None:
 
 def check_steps(n: int) -> None:
     """Raise ``ValueError`` unless ``n`` is an integer step count of at least 2."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 2:
-        raise ValueError(f"A step count must be an integer >= 2, got {n!r}.")
+    check_int("steps", n, 2, what="A step count")
 
 
 def _finish(sigmas_desc: np.ndarray) -> torch.Tensor:
@@ -340,6 +342,24 @@ class Schedule:
         sig = self(t_lo + np.linspace(0.0, 1.0, len(self.t)) * (t_hi - t_lo)).numpy()
         sig[0], sig[-1] = lo, hi
         return Schedule(np.linspace(0.0, 1.0, len(self.t)), sig, {**self.meta, "clipped_to": [lo, hi]})
+
+    def fit(self, sigma_min: float, sigma_max: float, what: str | None = None) -> "Schedule":
+        """The schedule restricted to a model's noise range (:meth:`clip`), with a warning when that cuts it.
+
+        The one rule for fitting a schedule to a range (sampling, ``apply_schedule``): a schedule inside
+        ``[sigma_min, sigma_max]`` (to a relative 1e-6) is returned as it is; one reaching outside is clipped
+        and re-timed, keeping its spacing inside, so no two levels fall on the same clipped value.
+
+        Args:
+            what: names the range and its owner in the warning (default: the range itself).
+        """
+        if self.sigma_min >= sigma_min * (1 - 1e-6) and self.sigma_max <= sigma_max * (1 + 1e-6):
+            return self
+        clipped = self.clip(sigma_min, sigma_max)
+        what = what or f"[{sigma_min:.4g}, {sigma_max:.4g}]"
+        warnings.warn(f"The schedule spans [{self.sigma_min:.4g}, {self.sigma_max:.4g}], outside the noise range of {what}: "
+                      f"clipped to [{clipped.sigma_min:.4g}, {clipped.sigma_max:.4g}].", stacklevel=3)
+        return clipped
 
     def sample_sigmas(self, shape: int | Sequence[int], generator: torch.Generator) -> torch.Tensor:
         """Training noise levels: ``sigma(t)`` with ``t ~ U(0, 1)`` drawn from ``generator`` (float64)."""

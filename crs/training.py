@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crs.args import check_choice, check_int, check_number
 from crs.schedules import Schedule
 
 __all__ = [
@@ -96,8 +97,7 @@ def make_noise(name: str, sigma_min: float = 0.002, sigma_max: float = 80.0, sch
         schedule: for ``crs`` / ``crs-online``: a :class:`~crs.schedules.Schedule` or the path of a
             ``schedule.json``.
     """
-    if name not in NOISE_DISTRIBUTIONS:
-        raise ValueError(f"Unknown noise distribution {name!r}; valid choices: {', '.join(NOISE_DISTRIBUTIONS)}.")
+    check_choice("noise", name, NOISE_DISTRIBUTIONS, what="noise distribution")
     if name == "edm":
         return LogNormalNoise()
     if name == "logsnr":
@@ -166,21 +166,15 @@ class TrainConfig:
         from crs.optimize import check_xi
 
         for name in ("steps", "batch_size", "online_every", "online_grid", "online_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-        for name in ("warmup_steps", "checkpoint_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"`{name}` must be an integer >= 0, got {value!r}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"`lr` must be a positive number, got {self.lr!r}.")
-        if not 0.0 <= self.ema_decay < 1.0:
+            check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "checkpoint_every", "seed"):
+            check_int(name, getattr(self, name), 0)
+        check_number("lr", self.lr, positive=True)
+        check_number("grad_clip", self.grad_clip, minimum=0)
+        if not (check_number("ema_decay", self.ema_decay) >= 0 and self.ema_decay < 1):
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}.")
-        if self.noise not in NOISE_DISTRIBUTIONS:
-            raise ValueError(f"Unknown noise distribution {self.noise!r}; valid choices: {', '.join(NOISE_DISTRIBUTIONS)}.")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"`mixed_precision` must be auto, no, bf16 or fp16, got {self.mixed_precision!r}.")
+        check_choice("noise", self.noise, NOISE_DISTRIBUTIONS, what="noise distribution")
+        check_choice("mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
         if self.noise == "crs-online":
             check_xi(self.online_xi)
             if set(parse_measure(self.online_measure)) - set(MODEL_MEASURES):

@@ -70,5 +70,5 @@ def test_gray_digits_as_rgb_and_a_limited_folder(tmp_path):
     some = crs.data.folder(str(tmp_path), split="all", limit=5)
     again = crs.data.folder(str(tmp_path), split="all", limit=5)
     assert len(some) == 5 and torch.equal(some.images, again.images)  # a fixed, seeded choice
-    with pytest.raises(ValueError, match="`limit` must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="`limit` must be an integer >= 1, got 0"):
         crs.data.folder(str(tmp_path), limit=0)

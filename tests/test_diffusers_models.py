@@ -128,6 +128,16 @@ def test_vae_scaling_follows_the_diffusers_pipelines():
             z = enc.latents if hasattr(enc, "latents") else enc.latent_dist.mode()
             torch.testing.assert_close(den.encode(x), z * 0.5)
             torch.testing.assert_close(den.decode(z * 0.5), vae.decode(z).sample.clamp(-1, 1))
+            noised = z + 0.5 * torch.randn(z.shape, generator=torch.Generator().manual_seed(1))  # off the codebook
+            raw = den.decode(noised * 0.5, quantize=False)
+            if isinstance(vae, VQModel):  # the fid measure decodes noised latents without snapping them to the codebook
+                torch.testing.assert_close(raw, vae.decode(noised, force_not_quantize=True).sample.clamp(-1, 1))
+                assert not torch.allclose(raw, den.decode(noised * 0.5))
+                seen = []
+                crs.models.pixel_features(lambda images: seen.append(images) or images.flatten(1), den)(noised * 0.5)
+                torch.testing.assert_close(seen[0], raw)
+            else:  # a KL decoder has no quantiser
+                torch.testing.assert_close(raw, den.decode(noised * 0.5))
 
 
 def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):

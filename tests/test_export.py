@@ -61,9 +61,13 @@ def test_quantisation_and_clipping_warn(crs_schedule):
         sigmas_to_timesteps(crs_schedule.discretize(30), sched)
     wide = crs.Schedule.from_baseline("karras", 0.002, 500.0)
     lo, hi = scheduler_sigma_range(EulerDiscreteScheduler())
-    with pytest.warns(UserWarning, match="outside the scheduler's sigma range"):
+    with pytest.warns(UserWarning, match=r"outside the noise range of the scheduler \(EulerDiscreteScheduler \[0.01, 157.4\]\)"):
         s = apply_schedule(EulerDiscreteScheduler(), wide, steps=10)
     assert float(s.sigmas[0]) == pytest.approx(hi, rel=1e-5) and float(s.sigmas[-2]) == pytest.approx(lo, rel=1e-4)
+    # clipped as a schedule (re-timed), not level by level: no two levels merge at the clipped ends
+    levels = s.sigmas[:-1].double()
+    assert bool(torch.all(levels[:-1] > levels[1:])) and len(set(levels.tolist())) == 10
+    torch.testing.assert_close(levels, wide.clip(lo, hi).discretize(10)[:-1], rtol=1e-5, atol=0)
 
 
 def test_apply_schedule_on_a_pipeline_and_errors(crs_schedule, tmp_path):

@@ -98,12 +98,12 @@ def base_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("params,msg", [
-    (dict(control_noise="uniform"), "Unknown noise distribution 'uniform'"),
-    (dict(crs_noise="edm"), "`crs_noise` must be 'crs' or 'crs-online'"),
+    (dict(control_noise="uniform"), "Unknown `control_noise` 'uniform'; valid choices: edm, logsnr, cosine"),
+    (dict(crs_noise="edm"), "Unknown `crs_noise` 'edm'; valid choices: crs, crs-online"),
     (dict(base_model="run/models/nothing"), "No model at 'run/models/nothing'"),
     (dict(dataset="digits"), r"takes samples of shape \(2,\), but the dataset gives \(1, 8, 8\)"),
     (dict(schedule="run/narrow.json"), "does not cover the model's range"),
-    (dict(finetune_steps=0), "`steps` must be a positive integer"),
+    (dict(finetune_steps=0), "`steps` must be an integer >= 1, got 0"),
 ])
 def test_finetune_refuses_bad_input_before_training(base_run, params, msg):
     import crs

@@ -20,6 +20,16 @@ def test_environment_yml_agrees_with_requirements():
     assert "python=3.11" in env["dependencies"]
 
 
+def test_gpu_wheels_agree_with_requirements():
+    """The GPU check's wheels carry the same versions of what both lists name."""
+    req = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    gpu = _pins((ROOT / "requirements-gpu.txt").read_text().splitlines())
+    shared = set(req) & set(gpu)
+    assert {"diffusers", "papermill", "ipykernel", "scikit-learn", "mlxtend", "clean-fid"} <= shared
+    assert {name: gpu[name] for name in shared} == {name: req[name] for name in shared}
+    assert not {"torch", "torchvision", "numpy", "scipy"} & set(gpu)  # the GPU machine has its own
+
+
 def test_every_named_package_is_pinned():
     req = _pins((ROOT / "requirements.txt").read_text().splitlines())
     for name in ("jupyterlab", "papermill", "torch", "diffusers", "clean-fid", "matplotlib", "nbval", "torchvision"):

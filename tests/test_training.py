@@ -130,8 +130,8 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs,msg", [
-    (dict(steps=0), "`steps` must be a positive integer"),
-    (dict(lr=-1.0), "`lr` must be a positive number"),
+    (dict(steps=0), "`steps` must be an integer >= 1, got 0"),
+    (dict(lr=-1.0), "`lr` must be a positive finite number, got -1.0"),
     (dict(noise="uniform"), "Unknown noise distribution 'uniform'"),
     (dict(ema_decay=1.0), "`ema_decay` must be in"),
     (dict(noise="crs-online", online_measure="fid"), "`online_measure` must use the model"),

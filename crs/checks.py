@@ -1,0 +1,212 @@
+"""Every value a stage takes, checked before any work: one validator per stage.
+
+The notebooks call ``crs.checks.check_stage("<stage>", globals())`` in their first cell, and the batch
+runner calls the same function for every stage of an experiment before the first stage starts
+(``python -m crs check`` too), so one rule has one definition. A validator reads no data and loads no
+model: names, types, ranges, nfe plans, step counts, counts, noise ranges, the format of references.
+Each calls the engine's own checks (:mod:`crs.args`, :func:`crs.schedules.check_sigma_range`,
+:func:`crs.sampling.check_nfe_plan`, ...), which the engine also applies when it is called directly.
+
+Model references (folders that must exist, hub ids that must be reachable) need the file system or
+the hub: :func:`check_model_reference` checks one; the batch runner applies it to every model an
+experiment names that no stage of the run produces.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+from crs.args import check_choice, check_int, check_number
+
+__all__ = ["STAGE_CHECKS", "check_model_reference", "check_stage"]
+
+
+def _common(seed, dataset, dataset_kwargs, progress=False) -> None:
+    from crs.data import check_dataset
+
+    check_int("seed", seed, 0)
+    check_dataset(dataset, dataset_kwargs)
+    if not isinstance(progress, bool):
+        raise ValueError(f"`progress` must be true or false, got {progress!r}.")
+
+
+def _str_list(name: str, value, allow_empty: bool = False) -> list:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"`{name}` must be a list of names, got {value!r}.")
+    if not value and not allow_empty:
+        raise ValueError(f"`{name}` must name at least one entry.")
+    return list(value)
+
+
+def _model_name(name: str, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"`{name}` must be a non-empty string (a name, folder or hub id), got {value!r}.")
+    return value
+
+
+def _device(device) -> str:
+    from crs.args import resolve_device
+
+    return resolve_device(device)
+
+
+def _features(features) -> str:
+    from crs.metrics import EXTRACTORS
+
+    return check_choice("features", features, EXTRACTORS, what="feature extractor")
+
+
+def _baselines(baselines) -> None:
+    from crs.schedules import baseline_sigmas
+
+    for name in _str_list("baselines", baselines, allow_empty=True):
+        baseline_sigmas(name, 2)
+
+
+def base_model(seed, dataset, dataset_kwargs, model, model_kwargs, sigma_data, sigma_min, sigma_max, train_steps, batch_size, lr,
+               ema_decay, noise, checkpoint_every, sample_steps, n_show, progress=False) -> None:
+    """Notebook 00."""
+    from crs.schedules import check_sigma_range, check_steps
+    from crs.training import TrainConfig, make_noise
+
+    _common(seed, dataset, dataset_kwargs, progress)
+    _model_name("model", model)
+    if not isinstance(model_kwargs, Mapping):
+        raise ValueError(f"`model_kwargs` must be a mapping, got {model_kwargs!r}.")
+    check_number("sigma_data", sigma_data, positive=True)
+    check_sigma_range(sigma_min, sigma_max)
+    TrainConfig(steps=train_steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, noise=noise, checkpoint_every=checkpoint_every,
+                seed=seed).validate()
+    make_noise(noise, sigma_min, sigma_max)  # e.g. 'crs' needs a schedule, which a base model has not
+    check_steps(sample_steps)
+    check_int("n_show", n_show, 1)
+
+
+def rate_estimation(seed, dataset, dataset_kwargs, model, measure, compare_measures, sigma_min, sigma_max, grid_size, n_samples,
+                    features, device, progress=False) -> None:
+    """Notebook 01 (``sigma_min`` / ``sigma_max`` may be None: the model's own)."""
+    from crs.analytic import ANALYTIC
+    from crs.rate import check_rate_inputs
+
+    _common(seed, dataset, dataset_kwargs, progress)
+    if _model_name("model", model) == "analytic" and dataset not in ANALYTIC:
+        raise ValueError(f"model='analytic' needs an analytic dataset ({', '.join(ANALYTIC)}), got dataset={dataset!r}.")
+    measures = [measure, *_str_list("compare_measures", compare_measures, allow_empty=True)]
+    check_rate_inputs(measures, sigma_min, sigma_max, grid_size, n_samples)
+    _features(features)
+    _device(device)
+
+
+def schedule_optimization(xi, steps, smoothing, baselines, diagnostic_steps) -> None:
+    """Notebook 02."""
+    from crs.optimize import check_xi
+    from crs.schedules import check_steps
+
+    check_xi(xi)
+    if isinstance(steps, (str, bytes)) or not isinstance(steps, (list, tuple)) or not steps:
+        raise ValueError(f"`steps` must be a non-empty list of step counts, got {steps!r}.")
+    for n in [*steps, diagnostic_steps]:
+        check_steps(n)
+    check_number("smoothing", smoothing, minimum=0)
+    _baselines(baselines)
+
+
+def training_schedule_finetune(seed, dataset, dataset_kwargs, base_model, schedule, crs_noise, control_noise, finetune_steps, batch_size,
+                               lr, ema_decay, checkpoint_every, online_every, online_measure, online_grid, online_samples, xi,
+                               eval_levels, eval_samples, num_processes, progress=False) -> None:
+    """Notebook 03 (``base_model`` / ``schedule`` "" mean the run folder's own)."""
+    from crs.training import TrainConfig
+
+    _common(seed, dataset, dataset_kwargs, progress)
+    for name, value in (("base_model", base_model), ("schedule", schedule)):
+        if not isinstance(value, str):
+            raise ValueError(f"`{name}` must be a string (a folder, or '' for the run folder's), got {value!r}.")
+    check_choice("crs_noise", crs_noise, ("crs", "crs-online"))
+    check_choice("control_noise", control_noise, ("edm", "logsnr", "cosine"))
+    common = dict(steps=finetune_steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, checkpoint_every=checkpoint_every, seed=seed)
+    TrainConfig(noise=crs_noise, online_every=online_every, online_measure=online_measure, online_grid=online_grid,
+                online_samples=online_samples, online_xi=xi, **common).validate()
+    TrainConfig(noise=control_noise, **common).validate()
+    check_int("eval_levels", eval_levels, 2)
+    check_int("eval_samples", eval_samples, 1)
+    check_int("num_processes", num_processes, 1)
+
+
+def sampling(seed, dataset, dataset_kwargs, models, schedule, baselines, samplers, nfe, n_samples, batch_size, device, num_processes,
+             store, features, keep, show_sampler, progress=False) -> None:
+    """Notebook 04."""
+    from crs.sampling import check_nfe_plan
+
+    _common(seed, dataset, dataset_kwargs, progress)
+    for name in _str_list("models", models):
+        _model_name("models", name)
+    if not isinstance(schedule, str):
+        raise ValueError(f"`schedule` must be a path, or '' for the run folder's schedule.json, got {schedule!r}.")
+    _baselines(baselines)
+    check_nfe_plan(_str_list("samplers", samplers), nfe)
+    if show_sampler not in samplers:
+        raise ValueError(f"`show_sampler` {show_sampler!r} is not among the samplers {samplers}.")
+    processes = check_int("num_processes", num_processes, 1)
+    if check_int("n_samples", n_samples, 1) < processes:
+        raise ValueError(f"`n_samples` ({n_samples}) must be at least `num_processes` ({processes}): every process draws a share.")
+    check_int("batch_size", batch_size, 1)
+    check_int("keep", keep, 0)
+    check_choice("store", store, ("samples", "features"))
+    _features(features)
+    _device(device)
+
+
+def evaluation(seed, dataset, dataset_kwargs, features, device, metrics, n_boot, n_reference, reference, num_processes, k, plot_model,
+               progress=False) -> None:
+    """Notebook 05 (whether ``plot_model`` was sampled is checked against the samples' index)."""
+    from crs.metrics import check_metrics, check_reference
+
+    _common(seed, dataset, dataset_kwargs, progress)
+    check_metrics(metrics)
+    for name, value in (("n_boot", n_boot), ("n_reference", n_reference), ("k", k)):
+        check_int(name, value, 2)
+    check_reference(reference, _features(features))
+    check_int("num_processes", num_processes, 1)
+    _model_name("plot_model", plot_model)
+    _device(device)
+
+
+STAGE_CHECKS = {
+    "base_model": base_model,
+    "rate_estimation": rate_estimation,
+    "schedule_optimization": schedule_optimization,
+    "training_schedule_finetune": training_schedule_finetune,
+    "sampling": sampling,
+    "evaluation": evaluation,
+}
+
+
+def check_stage(stage: str, values: Mapping[str, Any]) -> None:
+    """Check a stage's values (e.g. a notebook's ``globals()``); ValueError naming the first bad one.
+
+    Args:
+        stage: a key of :data:`STAGE_CHECKS` (the notebook's name without its number).
+        values: at least every parameter the stage's validator names; other entries are ignored.
+    """
+    check = STAGE_CHECKS[check_choice("stage", stage, STAGE_CHECKS, what="stage")]
+    names = [p for p in inspect.signature(check).parameters]
+    missing = [n for n in names if n not in values and inspect.signature(check).parameters[n].default is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"The values of stage {stage!r} lack {missing}.")
+    check(**{n: values[n] for n in names if n in values})
+
+
+def check_model_reference(model: str, root=".") -> str:
+    """A model the notebooks load by name must be there before any stage runs.
+
+    ``"analytic"`` passes; a folder (relative to ``root``, the run folder the stages run in) must exist;
+    anything else of the form ``org/name`` must be a hub id in the local cache or reachable (this
+    downloads it when there is a network; offline it fails in seconds). Returns where it was found.
+
+    Raises:
+        ValueError: no such folder and not a reachable hub id (the message says what to do).
+    """
+    from crs.models import locate_model
+
+    return model if _model_name("model", model) == "analytic" else str(locate_model(model, root))

@@ -1,0 +1,136 @@
+"""Every value checked before any stage runs: the stage validators (crs.checks) and the runner's preflight."""
+
+import ast
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import crs
+from crs.checks import STAGE_CHECKS, check_model_reference, check_stage
+from crs.pipeline import STAGES, ExperimentError, apply_overrides, load_params, notebook_defaults, notebook_parameters, preflight
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# One bad value at a time on the smoke experiment: (override, stage named, message). Each is found before
+# any stage runs, by the validator the stage's notebook calls, with nothing written.
+BAD = [
+    ("rate_estimation.measure=dat", "rate_estimation", "Unknown measure 'dat'"),
+    ("sampling.samplers=[euler,ddim]", "sampling", "Unknown sampler 'ddim'"),
+    ("evaluation.metrics=[fid,fidd]", "evaluation", r"Unknown metric\(s\) \['fidd'\]"),
+    ("schedule_optimization.baselines=[karas]", "schedule_optimization", "Unknown baseline 'karas'"),
+    ("sampling.baselines=[karras,cosin]", "sampling", "Unknown baseline 'cosin'"),
+    ("dataset=gmmm", "base_model", "Unknown dataset 'gmmm'"),
+    ("base_model.noise=uniform", "base_model", "Unknown noise distribution 'uniform'"),
+    ("training_schedule_finetune.control_noise=uniform", "training_schedule_finetune", "Unknown `control_noise` 'uniform'"),
+    ("schedule_optimization.xi=-1", "schedule_optimization", "`xi` must be a positive finite number, got -1"),
+    ("schedule_optimization.steps=[1,5]", "schedule_optimization", "A step count must be an integer >= 2, got 1"),
+    ("base_model.sigma_min=100", "base_model", r"`sigma_min` \(100\) must be smaller than `sigma_max`"),
+    ("rate_estimation.grid_size=1", "rate_estimation", "`grid_size` must be an integer >= 2, got 1"),
+    ("rate_estimation.grid_size=many", "rate_estimation", "`grid_size` must be an integer >= 2, got 'many'"),
+    ("sampling.nfe=[10]", None, None),  # euler spends any nfe >= 2: valid
+    ("sampling.n_samples=-5", "sampling", "`n_samples` must be an integer >= 1, got -5"),
+    ("evaluation.k=1", "evaluation", "`k` must be an integer >= 2, got 1"),
+    ("evaluation.reference=tset", "evaluation", "Unknown reference 'tset'"),
+    ("evaluation.plot_model=base", "evaluation", "`plot_model` 'base' is not among the sampled models"),
+    ("training_schedule_finetune.finetune_steps=0", "training_schedule_finetune", "`steps` must be an integer >= 1, got 0"),
+    ("sampling.device=tpu", "sampling", "Unknown device 'tpu'"),
+]
+
+
+@pytest.fixture
+def smoke(tmp_path):
+    params = load_params(ROOT / "params" / "smoke.yaml")
+    params["run_dir"] = str(tmp_path / "run")
+    return params
+
+
+@pytest.mark.parametrize("override,stage,msg", BAD, ids=[b[0] for b in BAD])
+def test_every_bad_value_stops_before_any_stage(smoke, override, stage, msg):
+    params = apply_overrides(smoke, [override])
+    start = time.perf_counter()
+    if stage is None:
+        preflight(params)
+        return
+    with pytest.raises(ExperimentError, match=msg) as err:
+        preflight(params)
+    assert f"Stage '{stage}'" in str(err.value)
+    assert time.perf_counter() - start < 5.0  # no data read, no model loaded (measured: under 0.1 s after the imports)
+    assert not Path(params["run_dir"]).exists()  # nothing written
+
+
+def test_heun_at_an_even_nfe_is_refused_before_any_stage(smoke):
+    params = apply_overrides(smoke, ["sampling.samplers=[heun]", "sampling.nfe={heun: [5, 10]}", "sampling.show_sampler=heun"])
+    with pytest.raises(ExperimentError, match=r"Stage 'sampling'.*heun@10"):
+        preflight(params)
+    with pytest.raises(ExperimentError, match=r"no budgets for \['heun'\]"):
+        preflight(apply_overrides(smoke, ["sampling.samplers=[heun]", "sampling.show_sampler=heun"]))
+
+
+def test_models_that_are_not_there_are_named_before_any_stage(smoke, tmp_path):
+    with pytest.raises(ExperimentError, match=r"Stage 'sampling', `models`: .*'nowhere/model'"):
+        preflight(apply_overrides(smoke, ["sampling.models=[crs,nowhere/model]"]))
+    with pytest.raises(ExperimentError, match=r"Stage 'rate_estimation', `model`: No model at 'models/other'"):
+        preflight(apply_overrides(smoke, ["rate_estimation.model=models/other"]))
+    # a model the run does not make must exist when those stages run alone
+    with pytest.raises(ExperimentError, match=r"`base_model`: No model at 'models/base'"):
+        preflight(smoke, ["training_schedule_finetune"])
+    crs.models.build_denoiser((2,)).save_pretrained(Path(smoke["run_dir"]) / "models" / "base")
+    preflight(smoke, ["training_schedule_finetune"])  # now it is there
+    assert check_model_reference("analytic") == "analytic"
+
+
+def test_the_runner_stops_before_the_first_stage(smoke):
+    from crs.pipeline import run_experiment
+
+    with pytest.raises(ExperimentError, match="Unknown metric"):
+        run_experiment(apply_overrides(smoke, ["evaluation.metrics=[fid,fidd]"]), log=lambda *_: None)
+    assert not Path(smoke["run_dir"]).exists()
+
+
+def test_a_sweep_checks_every_value_before_the_base_run(smoke):
+    from crs.pipeline import sweep
+
+    with pytest.raises(ExperimentError, match="`xi` must be a positive finite number, got -1"):
+        sweep(smoke, "schedule_optimization.xi", [1.0, -1], log=lambda *_: None)
+    assert not Path(smoke["run_dir"]).exists()
+
+
+def test_the_command_line_check(tmp_path):
+    run = [sys.executable, "-m", "crs", "check", str(ROOT / "params" / "smoke.yaml"), "--run-dir", str(tmp_path / "r")]
+    ok = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    bad = subprocess.run(run + ["--set", "sampling.n_samples=-5"], capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "`n_samples` must be an integer >= 1, got -5" in bad.stderr
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_validators_cover_every_notebook_parameter_and_pass_the_defaults(stage):
+    declared = set(notebook_parameters(stage)) - {"run_dir"}
+    import inspect
+
+    assert set(inspect.signature(STAGE_CHECKS[stage]).parameters) == declared
+    check_stage(stage, notebook_defaults(stage))
+    source = (ROOT / "notebooks" / f"{STAGES[stage]}.ipynb").read_text()
+    assert f'crs.checks.check_stage(\\"{stage}\\", globals())' in source  # the notebook runs the same validator
+
+
+def test_shipped_experiments_pass_the_checks_that_need_no_model():
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        params = load_params(path)
+        for stage in params["stages"]:
+            values = {**notebook_defaults(stage), **{k: v for k, v in params["common"].items() if k in notebook_parameters(stage)},
+                      **params["stages"][stage]}
+            if values.get("dataset") == "folder":
+                values["dataset"], values["dataset_kwargs"] = "digits", {}  # their images live on the GPU machine
+            if "device" in values:
+                values["device"] = "cpu"  # 'cuda' is refused where no GPU is visible
+            check_stage(stage, values)
+
+
+def test_defaults_parse_as_literals():
+    for stage in STAGES:
+        for name, p in notebook_parameters(stage).items():
+            ast.literal_eval(p["default"])
