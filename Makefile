@@ -28,10 +28,11 @@ demo: venv
 test: venv
 	$(PY) -m pytest
 
-# Re-execute the committed notebooks in place with their default parameters (their stored outputs).
+# Re-execute the committed notebooks in place with their default parameters (their stored outputs). MPLBACKEND is
+# unset for them: with Agg in the environment the kernel's inline backend is replaced and no figure is stored.
 notebooks: venv
 	rm -rf notebooks/runs
-	for nb in notebooks/0*.ipynb; do (cd notebooks && ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done
+	for nb in notebooks/0*.ipynb; do (cd notebooks && env -u MPLBACKEND ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done
 
 # The prepared GPU check (README, "GPU check"), for a CUDA machine without network whose python lacks diffusers,
 # papermill and friends: `make gpu-wheels` here fills .whl/ (about 50 MB of cp312 wheels, requirements-gpu.txt);
