@@ -249,7 +249,7 @@ def gaussian_discrepancy(measure: str, sigma_a, sigma_b, mean=0.0, std: float = 
 def gaussian_velocity(measure: str, sigma, mean=0.0, std: float = 1.0, dim: int = 2, wrt: str = "alpha") -> torch.Tensor:
     """Exact velocity of a measure for Gaussian data, with respect to ``alpha`` or ``sigma``.
 
-    With respect to sigma (crs-method.md section 5 and its derivation for ``fid``):
+    With respect to sigma (docs/method.md section 5 and its derivation for ``fid``):
 
     * ``data``: ``s^2 / (s^2 + sigma^2)``; ``noise``: ``s / (s^2 + sigma^2)``;
     * ``fid``: ``sqrt(|mu|^2 sigma^2/(1+sigma^2)^3 + dim sigma^2 (1-s^2)^2 / ((s^2+sigma^2)(1+sigma^2)^3))``,

@@ -1,4 +1,4 @@
-"""Discrepancy measures between noised marginals at neighbouring noise levels (crs-method.md section 4).
+"""Discrepancy measures between noised marginals at neighbouring noise levels (docs/method.md section 4).
 
 Every measure is metric-like (a distance, not a squared distance) and is estimated with common
 random numbers: one batch of data ``x0`` and one batch of noise ``eps`` are used at every level of

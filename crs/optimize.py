@@ -1,4 +1,4 @@
-"""From an estimated rate to a constant-rate schedule (crs-method.md section 3, steps 4 to 7).
+"""From an estimated rate to a constant-rate schedule (docs/method.md section 3, steps 4 to 7).
 
 With the velocity ``v`` with respect to alpha (piecewise constant on the grid) and the exponent
 ``xi``, the schedule's time is ``t = F(sigma) = int_{sigma_min}^{sigma} v^xi |d alpha| / Z`` and the

@@ -1,6 +1,6 @@
 """Noise schedules in the ``sigmas`` convention, and the continuous-schedule object.
 
-Conventions (``shared/crs-method.md`` section 1):
+Conventions (``docs/method.md`` section 1):
 
 * ``sigma`` is the VE noise level, ``x_sigma = x0 + sigma * eps``.
 * ``alpha = 1 / sqrt(1 + sigma^2)`` is the VP signal coefficient, ``logsnr = -2 log sigma``.
@@ -44,7 +44,7 @@ __all__ = [
     "sigma_to_logsnr",
 ]
 
-# Baselines of crs-method.md section 6 that are defined on any [sigma_min, sigma_max].
+# Baselines of docs/method.md section 6 that are defined on any [sigma_min, sigma_max].
 # Align Your Steps (`ays`) is separate: its published lists fix their own range.
 BASELINES = ("karras", "exponential", "vp", "cosine", "kl_optimal", "beta")
 

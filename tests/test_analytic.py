@@ -64,7 +64,7 @@ def test_gaussian_velocity_is_the_derivative_of_the_discrepancy(measure, mean, s
 
 
 def test_method_note_closed_forms():
-    """crs-method.md section 5: data v = s^2/(s^2+sigma^2), noise v = s/(s^2+sigma^2) w.r.t. sigma."""
+    """docs/method.md section 5: data v = s^2/(s^2+sigma^2), noise v = s/(s^2+sigma^2) w.r.t. sigma."""
     s, sigma = 0.8, torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
     torch.testing.assert_close(gaussian_velocity("data", sigma, std=s, wrt="sigma"), s**2 / (s**2 + sigma**2))
     torch.testing.assert_close(gaussian_velocity("noise", sigma, std=s, wrt="sigma"), s / (s**2 + sigma**2))

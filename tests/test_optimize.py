@@ -1,4 +1,4 @@
-"""Schedule optimisation: the tan schedule of crs-method.md section 5, xi, per-step discrepancy, density."""
+"""Schedule optimisation: the tan schedule of docs/method.md section 5, xi, per-step discrepancy, density."""
 
 import numpy as np
 import pytest

@@ -110,3 +110,15 @@ def test_training_benchmarks_run():
     assert [r["model"] for r in rows] == ["MLP", "UNet"] and all(r["steps_per_second"] > 0 for r in rows)
     (row,) = online_overhead_table([("MLP", "gmm", {}, 32, 20, 10, 4, 32)])
     assert row["updates"] == 2 and row["overhead"] > 0
+
+
+def test_references_to_the_method_note_point_inside_the_repository():
+    """Docstrings, tests and the README cite docs/method.md by section; every cited section exists."""
+    note = (ROOT / "docs" / "method.md").read_text()
+    sections = set(re.findall(r"^## (\d+)\. ", note, re.M))
+    cited = []
+    for path in [*ROOT.glob("crs/*.py"), *ROOT.glob("tests/*.py"), ROOT / "README.md", *ROOT.glob("notebooks/*.ipynb")]:
+        text = path.read_text()
+        assert "crs-" + "method.md" not in text, f"{path.name} cites a file outside the repository"
+        cited += re.findall(r"docs/method\.md`{0,2} section (\d+)", text)
+    assert cited and set(cited) <= sections
