@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test notebooks clean gpu-wheels gpu-check
+.PHONY: venv demo test test-fast lint notebooks clean gpu-wheels gpu-check
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,15 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest
+
+# Unit tests only (a few minutes): no notebook chains, no batch-runner runs, no multi-process launches, nothing slow.
+test-fast: venv
+	$(PY) -m pytest tests -m "not slow" --ignore=tests/test_notebooks.py --ignore=tests/test_pipeline.py --ignore=tests/test_distributed.py
+
+# Formatter and linter (ruff, configured in pyproject.toml; tests/test_project.py keeps the tree clean).
+lint: venv
+	$(PY) -m ruff format crs tests
+	$(PY) -m ruff check --fix crs tests
 
 # Re-execute the committed notebooks in place with their default parameters (their stored outputs). MPLBACKEND is
 # unset for them: with Agg in the environment the kernel's inline backend is replaced and no figure is stored.

@@ -18,8 +18,15 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "crs.schedules": [
-        "BASELINES", "Schedule", "alpha_to_sigma", "ays_sigmas", "baseline_sigma_fn", "baseline_sigmas",
-        "logsnr_to_sigma", "sigma_to_alpha", "sigma_to_logsnr",
+        "BASELINES",
+        "Schedule",
+        "alpha_to_sigma",
+        "ays_sigmas",
+        "baseline_sigma_fn",
+        "baseline_sigmas",
+        "logsnr_to_sigma",
+        "sigma_to_alpha",
+        "sigma_to_logsnr",
     ],
     "crs.analytic": ["GaussianMixture", "gaussian_discrepancy", "gaussian_velocity"],
     "crs.data": ["DATASETS", "make_dataset"],
@@ -27,15 +34,38 @@ _EXPORTS = {
     "crs.rate": ["RateEstimate", "check_rate_inputs", "estimate_rate", "logsnr_grid"],
     "crs.models": ["load_denoiser"],
     "crs.export": ["apply_schedule"],
-    "crs.optimize": ["check_xi", "optimize_schedule", "sampling_schedules", "schedule_from_velocity", "step_discrepancy"],
+    "crs.optimize": [
+        "check_xi",
+        "optimize_schedule",
+        "sampling_schedules",
+        "schedule_from_velocity",
+        "step_discrepancy",
+    ],
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
 _SUBMODULES = (
-    "analytic", "args", "bench", "checks", "data", "distributed", "export", "io", "measures", "metrics", "models", "optimize", "pipeline", "plotting", "rate",
-    "report", "sampling", "schedules", "training",
+    "analytic",
+    "args",
+    "bench",
+    "checks",
+    "data",
+    "distributed",
+    "export",
+    "io",
+    "measures",
+    "metrics",
+    "models",
+    "optimize",
+    "pipeline",
+    "plotting",
+    "rate",
+    "report",
+    "sampling",
+    "schedules",
+    "training",
 )
 
 

@@ -9,7 +9,7 @@ against an exact answer before any neural network is involved.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -96,7 +96,11 @@ class GaussianMixture:
         """Per-component log w_k N(x; m_k, (s_k^2 + sigma^2) I) and the variances, each (B, K)."""
         var = self.stds[None, :] ** 2 + sigma[:, None] ** 2
         sq = (x * x).sum(1, keepdim=True) - 2.0 * x @ self.means.T + (self.means * self.means).sum(1)[None, :]
-        logp = torch.log(self.weights)[None, :] - 0.5 * sq.clamp_min(0.0) / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
+        logp = (
+            torch.log(self.weights)[None, :]
+            - 0.5 * sq.clamp_min(0.0) / var
+            - 0.5 * self.dim * torch.log(2 * math.pi * var)
+        )
         return logp, var
 
     def _as_batch(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +208,9 @@ def fid_discrepancy(data: GaussianMixture, sigma_a, sigma_b) -> torch.Tensor:
     """
     from crs.measures import fid_from_stats
 
-    sa, sb = torch.broadcast_tensors(torch.as_tensor(sigma_a, dtype=torch.float64), torch.as_tensor(sigma_b, dtype=torch.float64))
+    sa, sb = torch.broadcast_tensors(
+        torch.as_tensor(sigma_a, dtype=torch.float64), torch.as_tensor(sigma_b, dtype=torch.float64)
+    )
     mu, cov, eye = data.mean.numpy(), data.cov.numpy(), torch.eye(data.dim, dtype=torch.float64).numpy()
     out = []
     for a, b in zip(sa.reshape(-1).tolist(), sb.reshape(-1).tolist()):
@@ -246,7 +252,9 @@ def gaussian_discrepancy(measure: str, sigma_a, sigma_b, mean=0.0, std: float = 
     return torch.sqrt((a1 - a2) ** 2 * std**2 + (b1 - b2) ** 2)
 
 
-def gaussian_velocity(measure: str, sigma, mean=0.0, std: float = 1.0, dim: int = 2, wrt: str = "alpha") -> torch.Tensor:
+def gaussian_velocity(
+    measure: str, sigma, mean=0.0, std: float = 1.0, dim: int = 2, wrt: str = "alpha"
+) -> torch.Tensor:
     """Exact velocity of a measure for Gaussian data, with respect to ``alpha`` or ``sigma``.
 
     With respect to sigma (docs/method.md section 5 and its derivation for ``fid``):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -34,7 +34,13 @@ def check_number(name: str, value, minimum: float | None = None, positive: bool 
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (not positive or value > 0) and (minimum is None or value >= minimum)
     if not ok:
-        kind = "a positive finite number" if positive else f"a finite number >= {minimum}" if minimum is not None else "a finite number"
+        kind = (
+            "a positive finite number"
+            if positive
+            else f"a finite number >= {minimum}"
+            if minimum is not None
+            else "a finite number"
+        )
         raise ValueError(f"`{name}` must be {kind}, got {value!r}.")
     return float(value)
 

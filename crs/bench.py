@@ -1,4 +1,6 @@
-"""Measured costs and results for the README: ``python -m crs.bench [rate|training|online|sampling|features|ratio|all]``.
+"""Measured costs and results for the README.
+
+``python -m crs.bench [rate|training|online|sampling|features|ratio|all]``.
 
 * ``rate``: every measure on the 2-D Gaussian mixture (exact denoiser) at 64 grid intervals and
   4096 samples, median wall time of a few repeats;
@@ -26,7 +28,11 @@ import torch
 import crs
 
 __all__ = [
-    "crs_ratio_table", "feature_throughput_table", "online_overhead_table", "rate_cost_table", "sampling_cost_table",
+    "crs_ratio_table",
+    "feature_throughput_table",
+    "online_overhead_table",
+    "rate_cost_table",
+    "sampling_cost_table",
     "training_speed_table",
 ]
 
@@ -39,7 +45,9 @@ TRAINING_CASES = [
 ]
 
 
-def rate_cost_table(measures=("fid", "data", "noise", "data+cosine"), grid_size: int = 64, n_samples: int = 4096, repeats: int = 5) -> list[dict]:
+def rate_cost_table(
+    measures=("fid", "data", "noise", "data+cosine"), grid_size: int = 64, n_samples: int = 4096, repeats: int = 5
+) -> list[dict]:
     """Time :func:`crs.estimate_rate` per measure; one dict per measure with evaluations and seconds."""
     data = crs.make_dataset("gmm")
     rows = []
@@ -48,8 +56,15 @@ def rate_cost_table(measures=("fid", "data", "noise", "data+cosine"), grid_size:
         for _ in range(repeats):
             rate = crs.estimate_rate(measure, data, denoiser=data.denoiser, grid_size=grid_size, n_samples=n_samples)
             times.append(rate.seconds)
-        rows.append(dict(measure=measure, evaluations=rate.evaluations, feature_evaluations=rate.feature_evaluations,
-                         seconds=statistics.median(times), worst=max(times)))
+        rows.append(
+            dict(
+                measure=measure,
+                evaluations=rate.evaluations,
+                feature_evaluations=rate.feature_evaluations,
+                seconds=statistics.median(times),
+                worst=max(times),
+            )
+        )
     return rows
 
 
@@ -64,8 +79,14 @@ def training_speed_table(steps: int = 30, warmup: int = 5, cases=TRAINING_CASES)
         den = build_denoiser(data.shape)
         train(den, data, TrainConfig(steps=warmup, batch_size=batch), progress=False)
         result = train(den, data, TrainConfig(steps=steps, batch_size=batch), progress=False)
-        rows.append(dict(model=label, params=sum(p.numel() for p in den.parameters()), batch=batch,
-                         steps_per_second=result.steps_per_second))
+        rows.append(
+            dict(
+                model=label,
+                params=sum(p.numel() for p in den.parameters()),
+                batch=batch,
+                steps_per_second=result.steps_per_second,
+            )
+        )
     return rows
 
 
@@ -84,12 +105,29 @@ def online_overhead_table(cases=None) -> list[dict]:
     rows = []
     for label, name, kwargs, batch, steps, every, grid, samples in cases:
         data = crs.make_dataset(name, **kwargs)
-        cfg = TrainConfig(steps=steps, batch_size=batch, noise="crs-online", online_every=every, online_grid=grid,
-                          online_samples=samples, schedule=None)
+        cfg = TrainConfig(
+            steps=steps,
+            batch_size=batch,
+            noise="crs-online",
+            online_every=every,
+            online_grid=grid,
+            online_samples=samples,
+            schedule=None,
+        )
         result = train(build_denoiser(data.shape), data, cfg, progress=False)
-        rows.append(dict(model=label, steps=steps, online_every=every, grid=grid, samples=samples,
-                         updates=result.online_updates, online_seconds=result.online_seconds,
-                         train_seconds=result.seconds - result.online_seconds, overhead=100 * result.online_overhead))
+        rows.append(
+            dict(
+                model=label,
+                steps=steps,
+                online_every=every,
+                grid=grid,
+                samples=samples,
+                updates=result.online_updates,
+                online_seconds=result.online_seconds,
+                train_seconds=result.seconds - result.online_seconds,
+                overhead=100 * result.online_overhead,
+            )
+        )
     return rows
 
 
@@ -111,7 +149,9 @@ def sampling_cost_table(batch: int = 256, steps: int = 10, cases=TRAINING_CASES)
     return rows
 
 
-def feature_throughput_table(n: int = 512, cases=(("digits", {}), ("mnist", {"resolution": 16}), ("mnist", {}))) -> list[dict]:
+def feature_throughput_table(
+    n: int = 512, cases=(("digits", {}), ("mnist", {"resolution": 16}), ("mnist", {}))
+) -> list[dict]:
     """Images per second through the offline FID feature extractor (EfficientNet-Lite0 at 64 px)."""
     from crs.metrics import make_feature_extractor
 
@@ -123,11 +163,19 @@ def feature_throughput_table(n: int = 512, cases=(("digits", {}), ("mnist", {"re
         fx(x[:64])
         start = time.perf_counter()
         fx(x)
-        rows.append(dict(data=f"{name} {'x'.join(map(str, data.shape))}", features=fx.name, images_per_s=n / (time.perf_counter() - start)))
+        rows.append(
+            dict(
+                data=f"{name} {'x'.join(map(str, data.shape))}",
+                features=fx.name,
+                images_per_s=n / (time.perf_counter() - start),
+            )
+        )
     return rows
 
 
-def crs_ratio_table(n_samples: int = 2000, n_boot: int = 200, measures=("data", "noise"), xi: float = 1.0, seed: int = 0):
+def crs_ratio_table(
+    n_samples: int = 2000, n_boot: int = 200, measures=("data", "noise"), xi: float = 1.0, seed: int = 0
+):
     """CRS against the best baseline on the 2-D mixture with its exact denoiser.
 
     For each measure a CRS schedule (64-interval rate, 4096 samples, ``xi``), then every sampler at
@@ -151,34 +199,58 @@ def crs_ratio_table(n_samples: int = 2000, n_boot: int = 200, measures=("data", 
         rate = crs.estimate_rate(measure, data, denoiser=data.denoiser, seed=seed)
         schedule = crs.optimize_schedule(rate, xi=xi)
         with tempfile.TemporaryDirectory() as tmp:
-            index = sample_grid({"analytic": data.denoiser}, schedule_functions(schedule), list(nfe), nfe,
-                                data.shape, n_samples, tmp, seed=seed, dtype=torch.float64)
-            metrics = evaluate_grid(index, reference, make_feature_extractor("identity"), data=data, n_boot=n_boot, seed=seed)
+            index = sample_grid(
+                {"analytic": data.denoiser},
+                schedule_functions(schedule),
+                list(nfe),
+                nfe,
+                data.shape,
+                n_samples,
+                tmp,
+                seed=seed,
+                dtype=torch.float64,
+            )
+            metrics = evaluate_grid(
+                index, reference, make_feature_extractor("identity"), data=data, n_boot=n_boot, seed=seed
+            )
         out += [dict(c, measure=measure) for c in metrics["comparisons"] if c["metric"] in ("nll", "fid_identity")]
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=["rate", "training", "online", "sampling", "features", "ratio", "all"])
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=["rate", "training", "online", "sampling", "features", "ratio", "all"]
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     if args.what in ("rate", "all"):
         print("| measure | network evaluations | feature evaluations | seconds (median) | seconds (worst) |")
         print("|---|---:|---:|---:|---:|")
         for row in rate_cost_table(repeats=args.repeats):
-            print(f"| `{row['measure']}` | {row['evaluations']:,} | {row['feature_evaluations']:,} | {row['seconds']:.3f} | {row['worst']:.3f} |")
+            print(
+                f"| `{row['measure']}` | {row['evaluations']:,} | {row['feature_evaluations']:,} | "
+                f"{row['seconds']:.3f} | {row['worst']:.3f} |"
+            )
     if args.what in ("training", "all"):
         print("\n| model | parameters | batch | steps / s |\n|---|---:|---:|---:|")
         for row in training_speed_table():
             print(f"| {row['model']} | {row['params']:,} | {row['batch']} | {row['steps_per_second']:.1f} |")
     if args.what in ("online", "all"):
-        print("\n| model | steps | re-estimate every | grid x samples | re-estimations | their time (s) | step time (s) | overhead |")
+        print(
+            "\n| model | steps | re-estimate every | grid x samples | re-estimations | their time (s) | step time "
+            "(s) | overhead |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for row in online_overhead_table():
-            print(f"| {row['model']} | {row['steps']} | {row['online_every']} | {row['grid']} x {row['samples']} | {row['updates']} "
-                  f"| {row['online_seconds']:.2f} | {row['train_seconds']:.1f} | {row['overhead']:.1f} % |")
+            print(
+                f"| {row['model']} | {row['steps']} | {row['online_every']} | {row['grid']} x {row['samples']} | "
+                f"{row['updates']} "
+                f"| {row['online_seconds']:.2f} | {row['train_seconds']:.1f} | {row['overhead']:.1f} % |"
+            )
     if args.what in ("sampling", "all"):
         print("\n| model | batch | ms per nfe | sample-evaluations / s |\n|---|---:|---:|---:|")
         for row in sampling_cost_table():
@@ -188,13 +260,17 @@ def main() -> None:
         for row in feature_throughput_table():
             print(f"| {row['data']} | {row['features']} | {row['images_per_s']:.0f} |")
     if args.what in ("ratio", "all"):
-        print("\n| CRS measure | sampler | nfe | NLL: CRS | best baseline | ratio | verdict | FID: CRS | best baseline | ratio | verdict |")
+        print(
+            "\n| CRS measure | sampler | nfe | NLL: CRS | best baseline | ratio | verdict | FID: CRS | best baseline "
+            "| ratio | verdict |"
+        )
         print("|---|---|---:|---:|---|---:|---|---:|---|---:|---|")
         cells = {}
         for c in crs_ratio_table():
             verdict = ("**better**" if c["crs_better"] else "worse") if c["significant"] else "n.s."
             cells.setdefault((c["measure"], c["sampler"], c["nfe"]), {})[c["metric"]] = (
-                f"{c['crs_value']:.4g} | {c['best_baseline']} {c['baseline_value']:.4g} | {c['ratio']:.2f} | {verdict}")
+                f"{c['crs_value']:.4g} | {c['best_baseline']} {c['baseline_value']:.4g} | {c['ratio']:.2f} | {verdict}"
+            )
         for (measure, sampler, nfe), m in cells.items():
             print(f"| {measure} | {sampler} | {nfe} | {m['nll']} | {m['fid_identity']} |")
 

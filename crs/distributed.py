@@ -25,15 +25,23 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 __all__ = [
-    "JOBS", "ProcessState", "check_num_processes", "features_job", "finetune_job", "gather_rows", "load_finetune_result",
-    "process_state", "run", "sampling_job",
+    "JOBS",
+    "ProcessState",
+    "check_num_processes",
+    "features_job",
+    "finetune_job",
+    "gather_rows",
+    "load_finetune_result",
+    "process_state",
+    "run",
+    "sampling_job",
 ]
 
 
@@ -110,13 +118,33 @@ def sampling_job(spec: dict) -> list[dict]:
     schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
     schedules = schedule_functions(schedule, spec["baselines"])
     extractor = make_feature_extractor(spec["features"], data.shape, device) if spec["store"] == "features" else None
-    index = sample_grid(denoisers, schedules, spec["samplers"], spec["nfe"], data.shape, spec["n_samples"], run_dir / "samples",
-                        seed=spec["seed"], batch_size=spec["batch_size"], device=device, progress=spec.get("progress", False),
-                        features=extractor, keep=spec["keep"])
+    index = sample_grid(
+        denoisers,
+        schedules,
+        spec["samplers"],
+        spec["nfe"],
+        data.shape,
+        spec["n_samples"],
+        run_dir / "samples",
+        seed=spec["seed"],
+        batch_size=spec["batch_size"],
+        device=device,
+        progress=spec.get("progress", False),
+        features=extractor,
+        keep=spec["keep"],
+    )
     if state.rank == 0:
-        atomic_write_json(run_dir / "samples" / "index.json", {
-            "seed": spec["seed"], "n_samples": spec["n_samples"], "store": spec["store"], "processes": state.world,
-            "schedule_range": [schedule.sigma_min, schedule.sigma_max], "entries": index})
+        atomic_write_json(
+            run_dir / "samples" / "index.json",
+            {
+                "seed": spec["seed"],
+                "n_samples": spec["n_samples"],
+                "store": spec["store"],
+                "processes": state.world,
+                "schedule_range": [schedule.sigma_min, schedule.sigma_max],
+                "entries": index,
+            },
+        )
     return index
 
 
@@ -142,11 +170,16 @@ def features_job(spec: dict) -> list[dict]:
         if entry.get("features") == extractor.name:
             continue
         if "features" in entry:
-            raise ValueError(f"The sample set {entry['path']!r} kept only features of {entry['features']!r}, not {extractor.name!r}: "
-                             f"evaluate with features={entry['features']!r} or sample again with store='samples'.")
+            raise ValueError(
+                f"The sample set {entry['path']!r} kept only features of {entry['features']!r}, not "
+                f"{extractor.name!r}: "
+                f"evaluate with features={entry['features']!r} or sample again with store='samples'."
+            )
         x = torch.load(entry["path"], weights_only=True)
         lo, hi = len(x) * state.rank // state.world, len(x) * (state.rank + 1) // state.world
-        feats = gather_rows(torch.from_numpy(extractor(x[lo:hi])).float(), state, Path(entry["path"]).with_suffix(".fpart"))
+        feats = gather_rows(
+            torch.from_numpy(extractor(x[lo:hi])).float(), state, Path(entry["path"]).with_suffix(".fpart")
+        )
         if state.rank == 0:
             path = Path(entry["path"]).with_suffix(".features.pt")
             _save_tensor(path, feats)
@@ -178,14 +211,29 @@ def finetune_job(spec: dict) -> dict:
     data = crs.make_dataset(spec["dataset"], **spec["dataset_kwargs"])
     results = {}
     for name, fields in spec["configs"].items():
-        result = train(load_denoiser(spec["base_model"], data), data, TrainConfig(**fields), checkpoint_dir=run_dir / "checkpoints" / name,
-                       progress=spec.get("progress", False) and state.rank == 0, desc=name)
+        result = train(
+            load_denoiser(spec["base_model"], data),
+            data,
+            TrainConfig(**fields),
+            checkpoint_dir=run_dir / "checkpoints" / name,
+            progress=spec.get("progress", False) and state.rank == 0,
+            desc=name,
+        )
         if state.rank == 0:
             result.ema.save_pretrained(run_dir / "models" / name)
-            atomic_write_json(run_dir / "checkpoints" / name / "result.json", {
-                "losses": result.losses, "steps_done": result.steps_done, "seconds": result.seconds,
-                "online_seconds": result.online_seconds, "online_updates": result.online_updates,
-                "resumed_from": result.resumed_from, "noise": result.noise.state(), "processes": state.world})
+            atomic_write_json(
+                run_dir / "checkpoints" / name / "result.json",
+                {
+                    "losses": result.losses,
+                    "steps_done": result.steps_done,
+                    "seconds": result.seconds,
+                    "online_seconds": result.online_seconds,
+                    "online_updates": result.online_updates,
+                    "resumed_from": result.resumed_from,
+                    "noise": result.noise.state(),
+                    "processes": state.world,
+                },
+            )
         results[name] = result
         state.barrier()
     return results
@@ -198,9 +246,17 @@ def load_finetune_result(run_dir, name: str, data=None):
     from crs.training import TrainResult, _noise_from_state
 
     rec = read_json(Path(run_dir) / "checkpoints" / name / "result.json", "fine-tuning record")
-    return TrainResult(ema=load_denoiser(str(Path(run_dir) / "models" / name), data), losses=rec["losses"], steps_done=rec["steps_done"],
-                       seconds=rec["seconds"], online_seconds=rec["online_seconds"], online_updates=rec["online_updates"],
-                       noise=_noise_from_state(rec["noise"]), resumed_from=rec["resumed_from"], extra={"processes": rec["processes"]})
+    return TrainResult(
+        ema=load_denoiser(str(Path(run_dir) / "models" / name), data),
+        losses=rec["losses"],
+        steps_done=rec["steps_done"],
+        seconds=rec["seconds"],
+        online_seconds=rec["online_seconds"],
+        online_updates=rec["online_updates"],
+        noise=_noise_from_state(rec["noise"]),
+        resumed_from=rec["resumed_from"],
+        extra={"processes": rec["processes"]},
+    )
 
 
 JOBS = {"sample": sampling_job, "features": features_job, "finetune": finetune_job}
@@ -235,13 +291,35 @@ def run(job: str, spec: dict, num_processes: int = 1, log=print) -> list[dict]:
     fd, spec_path = tempfile.mkstemp(dir=run_dir, prefix=f".{job}-", suffix=".json")
     with os.fdopen(fd, "w") as fh:
         json.dump(spec, fh)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-           "--module", "crs.distributed", job, spec_path]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(num_processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        "--module",
+        "crs.distributed",
+        job,
+        spec_path,
+    ]
     lines: list[str] = []
     try:  # the workers' output is passed on as it comes (progress bars of long GPU runs), and kept for errors
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+        with subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        ) as proc:
             for line in proc.stdout:
                 lines.append(line)
                 if spec.get("progress"):
@@ -252,7 +330,9 @@ def run(job: str, spec: dict, num_processes: int = 1, log=print) -> list[dict]:
     if returncode != 0:
         text = "".join(lines)
         errors = re.findall(r"^(?:\[rank\d+\]:\s*)?((?:\w+\.)*\w+(?:Error|Exception): .*)$", text, flags=re.M)
-        errors = [e for e in errors if "ChildFailedError" not in e]  # the launcher's own; the workers' last error is the cause
+        errors = [
+            e for e in errors if "ChildFailedError" not in e
+        ]  # the launcher's own; the workers' last error is the cause
         detail = errors[-1] if errors else text[-3000:]
         raise ValueError(f"The {job!r} job failed under accelerate launch with {num_processes} processes: {detail}")
     log(f"{job}: {num_processes} processes under accelerate launch")

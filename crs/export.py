@@ -27,7 +27,9 @@ __all__ = ["apply_schedule", "as_schedule", "scheduler_sigma_range", "sigmas_to_
 def _training_sigmas(scheduler) -> np.ndarray:
     """VE sigma of each training timestep t = 0..T-1 (ascending), from ``alphas_cumprod``."""
     if not hasattr(scheduler, "alphas_cumprod"):
-        raise ValueError(f"{type(scheduler).__name__} has no `alphas_cumprod`: not a discrete-time diffusers scheduler.")
+        raise ValueError(
+            f"{type(scheduler).__name__} has no `alphas_cumprod`: not a discrete-time diffusers scheduler."
+        )
     ac = np.asarray(torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64))
     return np.sqrt((1.0 - ac) / ac)
 
@@ -50,7 +52,10 @@ def sigmas_to_timesteps(sigmas, scheduler) -> np.ndarray:
     t = np.interp(np.log(s), np.log(table), np.arange(len(table), dtype=np.float64))
     steps = np.unique(np.rint(t).astype(np.int64))[::-1]
     if len(steps) < len(s):
-        warnings.warn(f"Integer timesteps quantise the schedule: {len(s)} levels became {len(steps)} distinct timesteps.", stacklevel=2)
+        warnings.warn(
+            f"Integer timesteps quantise the schedule: {len(s)} levels became {len(steps)} distinct timesteps.",
+            stacklevel=2,
+        )
     return steps.copy()
 
 
@@ -61,7 +66,9 @@ def as_schedule(schedule) -> Schedule:
         if not Path(schedule).is_file():
             raise ValueError(f"No schedule file at {str(schedule)!r}.")
         return Schedule.load(schedule)
-    raise ValueError(f"`schedule` must be a crs.Schedule or the path of a schedule.json, got {type(schedule).__name__}.")
+    raise ValueError(
+        f"`schedule` must be a crs.Schedule or the path of a schedule.json, got {type(schedule).__name__}."
+    )
 
 
 def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
@@ -87,8 +94,10 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
     original = type(scheduler).set_timesteps.__get__(scheduler)
     params = inspect.signature(original).parameters
     if "sigmas" not in params and "timesteps" not in params:
-        raise ValueError(f"{type(scheduler).__name__} takes neither `sigmas` nor `timesteps`; supported: EulerDiscreteScheduler, "
-                         "HeunDiscreteScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DDPMScheduler.")
+        raise ValueError(
+            f"{type(scheduler).__name__} takes neither `sigmas` nor `timesteps`; supported: EulerDiscreteScheduler, "
+            "HeunDiscreteScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DDPMScheduler."
+        )
     lo, hi = scheduler_sigma_range(scheduler)
     sched = sched.fit(lo, hi, what=f"the scheduler ({type(scheduler).__name__} [{lo:.4g}, {hi:.4g}])")
 

@@ -60,20 +60,31 @@ def consistency(device: str) -> list[dict]:
     data = crs.make_dataset("gmm")
     mlp = build_denoiser((2,), seed=0).eval()
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = load_denoiser(str(build_tiny_pipeline(Path(tmp) / "ldm", "ldm", (3, 16, 16), prediction_type="sample"))).eval()
-    models = {"exact": data.denoiser, "mlp": mlp, "ldm": pipe}
+        pipe = load_denoiser(
+            str(build_tiny_pipeline(Path(tmp) / "ldm", "ldm", (3, 16, 16), prediction_type="sample"))
+        ).eval()
     x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     z = torch.randn(8, *pipe.shape, generator=torch.Generator().manual_seed(0))
     sigma = torch.exp(torch.linspace(-4, 4, 256))
     with torch.no_grad():
         cpu = {"exact": data.denoiser(x, sigma), "mlp": mlp(x, sigma), "ldm": pipe(z, sigma[::32])}
         mlp.to(device), pipe.to(device)
-        dev = {"exact": data.denoiser(x.to(device), sigma.to(device)), "mlp": mlp(x.to(device), sigma.to(device)),
-               "ldm": pipe(z.to(device), sigma[::32].to(device))}
+        dev = {
+            "exact": data.denoiser(x.to(device), sigma.to(device)),
+            "mlp": mlp(x.to(device), sigma.to(device)),
+            "ldm": pipe(z.to(device), sigma[::32].to(device)),
+        }
     for name in cpu:
         tol = 1e-12 if name == "exact" else 1e-4
-        case(f"denoiser {name}", cpu[name], dev[name], tol, "float64 on the CPU either way" if name == "exact" else
-             "float32 round-off through a few layers (measured ~1e-6)")
+        case(
+            f"denoiser {name}",
+            cpu[name],
+            dev[name],
+            tol,
+            "float64 on the CPU either way"
+            if name == "exact"
+            else "float32 round-off through a few layers (measured ~1e-6)",
+        )
     images = crs.models.model_space(crs.make_dataset("digits", resolution=16, channels=3), pipe)
     feats = crs.metrics.make_feature_extractor("efficientnet-lite0", device="cpu")
     for measure in ("data", "noise", "fid"):
@@ -82,10 +93,20 @@ def consistency(device: str) -> list[dict]:
         fn = crs.models.pixel_features(feats, pipe) if measure == "fid" else None
         a = crs.estimate_rate(measure, images, denoiser=pipe, feature_fn=fn, **kwargs).discrepancy
         pipe.to(device)
-        fn = crs.models.pixel_features(crs.metrics.make_feature_extractor("efficientnet-lite0", device=device), pipe) if measure == "fid" else None
+        fn = (
+            crs.models.pixel_features(crs.metrics.make_feature_extractor("efficientnet-lite0", device=device), pipe)
+            if measure == "fid"
+            else None
+        )
         b = crs.estimate_rate(measure, images, denoiser=pipe, feature_fn=fn, **kwargs).discrepancy
-        case(f"rate {measure} (ldm)", a, b, 1e-3, "differences of float32 predictions at neighbouring levels: round-off "
-             "relative to the difference, not to the values")
+        case(
+            f"rate {measure} (ldm)",
+            a,
+            b,
+            1e-3,
+            "differences of float32 predictions at neighbouring levels: round-off "
+            "relative to the difference, not to the values",
+        )
     sigmas = crs.baseline_sigmas("karras", 4, 0.01, 50.0)
     for sampler in sorted(SAMPLERS):
         mlp.cpu()
@@ -99,11 +120,20 @@ def consistency(device: str) -> list[dict]:
         for where in ("cpu", device):
             model = build_denoiser((2,), seed=1).to(where)
             x0, s, eps = draw_batch(data, noise, 512, torch.Generator().manual_seed(0), where)
-            autocast = (lambda: torch.autocast(torch.device(where).type, dtype=torch.bfloat16)) if precision == "bf16" else None
-            losses.append(float(edm_loss(model, x0, s, eps, model.sigma_data, *([autocast] if autocast else [])).detach()))
-        case(f"training loss {precision}", losses[0], losses[1], 1e-4 if precision == "fp32" else 3e-2,
-             "bf16 keeps 8 bits of mantissa (2^-8 = 4e-3 per value; the mean over 1024 values errs less)"
-             if precision == "bf16" else "float32 round-off of a mean over 1024 values")
+            kind = torch.device(where).type
+            autocast = (lambda kind=kind: torch.autocast(kind, dtype=torch.bfloat16)) if precision == "bf16" else None
+            losses.append(
+                float(edm_loss(model, x0, s, eps, model.sigma_data, *([autocast] if autocast else [])).detach())
+            )
+        case(
+            f"training loss {precision}",
+            losses[0],
+            losses[1],
+            1e-4 if precision == "fp32" else 3e-2,
+            "bf16 keeps 8 bits of mantissa (2^-8 = 4e-3 per value; the mean over 1024 values errs less)"
+            if precision == "bf16"
+            else "float32 round-off of a mean over 1024 values",
+        )
     return rows
 
 
@@ -112,15 +142,31 @@ def dry_runs(device: str, experiments: list[str], out: Path, jobs: int) -> list[
 
     def one(name: str) -> dict:
         start = time.perf_counter()
-        cmd = [sys.executable, "-m", "crs", "run", str(ROOT / "params" / f"{name}.yaml"), "--dry-run", "--device", device,
-               "--run-dir", str(out / name), "--no-report"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "crs",
+            "run",
+            str(ROOT / "params" / f"{name}.yaml"),
+            "--dry-run",
+            "--device",
+            device,
+            "--run-dir",
+            str(out / name),
+            "--no-report",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
         stages = {}
         for record in sorted((out / f"{name}-dry-run" / ".stages").glob("*.json")):
             rec = json.loads(record.read_text())
             stages[rec["stage"]] = dict(status=rec["status"], seconds=round(rec.get("seconds", 0.0), 1))
-        return dict(experiment=name, ok=proc.returncode == 0, seconds=round(time.perf_counter() - start, 1), stages=stages,
-                    error=None if proc.returncode == 0 else (proc.stderr or proc.stdout)[-2000:])
+        return dict(
+            experiment=name,
+            ok=proc.returncode == 0,
+            seconds=round(time.perf_counter() - start, 1),
+            stages=stages,
+            error=None if proc.returncode == 0 else (proc.stderr or proc.stdout)[-2000:],
+        )
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         return list(pool.map(one, experiments))
@@ -129,7 +175,9 @@ def dry_runs(device: str, experiments: list[str], out: Path, jobs: int) -> list[
 def environment(device: str) -> dict:
     import torch
 
-    info = dict(python=platform.python_version(), torch=torch.__version__, device=device, cuda=torch.cuda.is_available())
+    info = dict(
+        python=platform.python_version(), torch=torch.__version__, device=device, cuda=torch.cuda.is_available()
+    )
     if device.startswith("cuda") and torch.cuda.is_available():
         info.update(gpu=torch.cuda.get_device_name(0), bf16=torch.cuda.is_bf16_supported())
     return info
@@ -137,8 +185,12 @@ def environment(device: str) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m crs.gpu_check", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda", help="device to check (default cuda; cpu runs the same code as a self-test)")
-    parser.add_argument("--experiments", default="all", help="comma-separated params files without .yaml (default: every shipped one)")
+    parser.add_argument(
+        "--device", default="cuda", help="device to check (default cuda; cpu runs the same code as a self-test)"
+    )
+    parser.add_argument(
+        "--experiments", default="all", help="comma-separated params files without .yaml (default: every shipped one)"
+    )
     parser.add_argument("--out", default="runs/gpu-check", help="folder for the dry runs and gpu_check.json")
     parser.add_argument("--jobs", type=int, default=4, help="dry runs at a time (default 4)")
     args = parser.parse_args(argv)
@@ -146,9 +198,16 @@ def main(argv=None) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("error: no CUDA device is visible; run the GPU check on a GPU machine (or --device cpu as a self-test)", file=sys.stderr)
+            print(
+                "error: no CUDA device is visible; run the GPU check on a GPU machine (or --device cpu as a self-test)",
+                file=sys.stderr,
+            )
             return 2
-    names = sorted(p.stem for p in (ROOT / "params").glob("*.yaml")) if args.experiments == "all" else args.experiments.split(",")
+    names = (
+        sorted(p.stem for p in (ROOT / "params").glob("*.yaml"))
+        if args.experiments == "all"
+        else args.experiments.split(",")
+    )
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -160,17 +219,34 @@ def main(argv=None) -> int:
     report["seconds"] = round(time.perf_counter() - start, 1)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["environment"]))
-    print(f"\n| case | difference (relative) | tolerance | ok |\n|---|---:|---:|---|")
+    print("\n| case | difference (relative) | tolerance | ok |\n|---|---:|---:|---|")
     for row in report["consistency"]:
         print(f"| {row['case']} | {row['difference']:.2e} | {row['tolerance']:.0e} | {'yes' if row['ok'] else 'NO'} |")
-    stages = ["base_model", "rate_estimation", "schedule_optimization", "training_schedule_finetune", "sampling", "evaluation"]
-    print(f"\n| experiment (dry run, {args.device}) | ok | " + " | ".join(stages) + " | total s |\n|---|---|" + "---:|" * (len(stages) + 1))
+    stages = [
+        "base_model",
+        "rate_estimation",
+        "schedule_optimization",
+        "training_schedule_finetune",
+        "sampling",
+        "evaluation",
+    ]
+    print(
+        f"\n| experiment (dry run, {args.device}) | ok | "
+        + " | ".join(stages)
+        + " | total s |\n|---|---|"
+        + "---:|" * (len(stages) + 1)
+    )
     for run in report["dry_runs"]:
         cells = [str(run["stages"].get(s, {}).get("seconds", "")) for s in stages]
-        print(f"| {run['experiment']} | {'yes' if run['ok'] else 'NO'} | " + " | ".join(cells) + f" | {run['seconds']} |")
+        print(
+            f"| {run['experiment']} | {'yes' if run['ok'] else 'NO'} | " + " | ".join(cells) + f" | {run['seconds']} |"
+        )
         if run["error"]:
             print(f"  {run['experiment']} failed: ...{run['error'][-600:]}")
-    print(f"\nconsistency {report['consistency_seconds']} s; everything {report['seconds']} s; written {out / 'gpu_check.json'}")
+    print(
+        f"\nconsistency {report['consistency_seconds']} s; everything {report['seconds']} s; written "
+        f"{out / 'gpu_check.json'}"
+    )
     ok = all(r["ok"] for r in report["consistency"]) and all(r["ok"] for r in report["dry_runs"])
     return 0 if ok else 1
 

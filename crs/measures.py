@@ -24,7 +24,7 @@ discrepancy and its standard error.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -74,7 +74,9 @@ def parse_measure(spec: str | Mapping[str, float]) -> dict[str, float]:
             try:
                 items.append((name.strip(), float(weight) if weight else 1.0))
             except ValueError:
-                raise ValueError(f"Bad weight {weight!r} in measure {spec!r}; write e.g. 'data:0.7+cosine:0.3'.") from None
+                raise ValueError(
+                    f"Bad weight {weight!r} in measure {spec!r}; write e.g. 'data:0.7+cosine:0.3'."
+                ) from None
     else:
         raise ValueError(f"A measure must be a non-empty string or a mapping, got {spec!r}.")
     valid = valid_measure_names()
@@ -257,7 +259,9 @@ def fid_pass(
         for sl in _batches(m, batch_size):
             with torch.no_grad():
                 feats = feature_fn(float(sigma_to_alpha(s)) * (x0[sl] + float(s) * eps[sl]))
-            feats = np.asarray(feats.detach().to(torch.float64).cpu() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64)
+            feats = np.asarray(
+                feats.detach().to(torch.float64).cpu() if isinstance(feats, torch.Tensor) else feats, dtype=np.float64
+            )
             if not np.all(np.isfinite(feats)):
                 raise ValueError(f"The feature extractor returned non-finite values at sigma={float(s):.6g}.")
             parts.append(feats.reshape(len(feats), -1))

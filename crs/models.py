@@ -28,8 +28,20 @@ from torch import nn
 from crs.args import resolve_device
 
 __all__ = [
-    "DiffusersDenoiser", "EDMDenoiser", "LatentData", "MLPNet", "build_denoiser", "build_tiny_pipeline", "fit_sigma_range",
-    "load_denoiser", "locate_model", "model_space", "pixel_features", "resolve_device", "resolve_models", "unet",
+    "DiffusersDenoiser",
+    "EDMDenoiser",
+    "LatentData",
+    "MLPNet",
+    "build_denoiser",
+    "build_tiny_pipeline",
+    "fit_sigma_range",
+    "load_denoiser",
+    "locate_model",
+    "model_space",
+    "pixel_features",
+    "resolve_device",
+    "resolve_models",
+    "unet",
 ]
 
 DENOISER_FILE = "crs_denoiser.json"
@@ -61,7 +73,13 @@ class MLPNet(ModelMixin, ConfigMixin):
         return self.body(torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1))
 
 
-def unet(shape: tuple[int, int, int], block_out_channels=(32, 64), layers_per_block: int = 1, attention: bool = True, norm_num_groups: int = 8):
+def unet(
+    shape: tuple[int, int, int],
+    block_out_channels=(32, 64),
+    layers_per_block: int = 1,
+    attention: bool = True,
+    norm_num_groups: int = 8,
+):
     """A small diffusers ``UNet2DModel`` for images of ``shape`` (C, H, W) with H = W.
 
     Args:
@@ -78,9 +96,15 @@ def unet(shape: tuple[int, int, int], block_out_channels=(32, 64), layers_per_bl
     if attention:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
-        sample_size=h, in_channels=c, out_channels=c, block_out_channels=tuple(block_out_channels),
-        layers_per_block=layers_per_block, down_block_types=tuple(down), up_block_types=tuple(up),
-        norm_num_groups=norm_num_groups, attention_head_dim=block_out_channels[-1] // 2,
+        sample_size=h,
+        in_channels=c,
+        out_channels=c,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=norm_num_groups,
+        attention_head_dim=block_out_channels[-1] // 2,
     )
 
 
@@ -123,8 +147,12 @@ class EDMDenoiser(nn.Module):
 
     def config(self) -> dict:
         return {
-            "format": "crs.EDMDenoiser", "sigma_data": self.sigma_data, "sigma_min": self.sigma_min,
-            "sigma_max": self.sigma_max, "net_class": type(self.net).__name__, "shape": list(self.shape),
+            "format": "crs.EDMDenoiser",
+            "sigma_data": self.sigma_data,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "net_class": type(self.net).__name__,
+            "shape": list(self.shape),
         }
 
     def save_pretrained(self, folder) -> Path:
@@ -152,26 +180,38 @@ class EDMDenoiser(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder) -> "EDMDenoiser":
+    def from_pretrained(cls, folder) -> EDMDenoiser:
         """Load a folder written by :meth:`save_pretrained` (ValueError when it is not one)."""
         folder = Path(folder)
         cfg_path = folder / DENOISER_FILE
         if not (folder / "config.json").is_file():
             raise ValueError(f"No diffusers model at {str(folder)!r} (no config.json).")
         if not cfg_path.is_file():
-            raise ValueError(f"{str(folder)!r} holds a diffusers model but no {DENOISER_FILE}: it was not made by crs "
-                         "(for a diffusers model give the pipeline folder, with model_index.json and its scheduler).")
+            raise ValueError(
+                f"{str(folder)!r} holds a diffusers model but no {DENOISER_FILE}: it was not made by crs "
+                "(for a diffusers model give the pipeline folder, with model_index.json and its scheduler)."
+            )
         cfg = json.loads(cfg_path.read_text())
         if cfg.get("net_class") == "UNet2DModel":
             net = UNet2DModel.from_pretrained(folder)
         elif cfg.get("net_class") == "MLPNet":
             net = MLPNet.from_pretrained(folder)
         else:
-            raise ValueError(f"Unsupported network class {cfg.get('net_class')!r} in {str(cfg_path)!r}; supported: UNet2DModel, MLPNet.")
+            raise ValueError(
+                f"Unsupported network class {cfg.get('net_class')!r} in {str(cfg_path)!r}; supported: UNet2DModel, "
+                "MLPNet."
+            )
         return cls(net, cfg["sigma_data"], cfg["sigma_min"], cfg["sigma_max"])
 
 
-def build_denoiser(shape: tuple[int, ...], sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0, seed: int = 0, **net_kwargs) -> EDMDenoiser:
+def build_denoiser(
+    shape: tuple[int, ...],
+    sigma_data: float = 0.5,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    seed: int = 0,
+    **net_kwargs,
+) -> EDMDenoiser:
     """A freshly initialised denoiser for samples of ``shape``: MLP for (dim,), UNet for (C, H, W).
 
     Initialisation is seeded (``seed``) so that two builds are identical.
@@ -219,7 +259,9 @@ def _resolve_hub(model: str) -> Path:
     except Exception as exc:  # offline, unknown repository, no network: all the same to the user
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else f"{type(exc).__name__}: {exc}"
-        raise ValueError(f"Could not load the hub model {model!r} ({why}). Point `model` at a local folder instead.") from exc
+        raise ValueError(
+            f"Could not load the hub model {model!r} ({why}). Point `model` at a local folder instead."
+        ) from exc
 
 
 def load_denoiser(model: str, data=None, device: str = "cpu"):
@@ -239,7 +281,9 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
     """
     if model == "analytic":
         if data is None or not hasattr(data, "denoiser"):
-            raise ValueError(f"model='analytic' needs an analytic dataset (gaussian, gmm); {data!r} has no exact denoiser.")
+            raise ValueError(
+                f"model='analytic' needs an analytic dataset (gaussian, gmm); {data!r} has no exact denoiser."
+            )
         return data.denoiser
     path = locate_model(model)
     if (Path(path) / "model_index.json").is_file():
@@ -250,7 +294,11 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         denoiser = DiffusersDenoiser.from_model_folder(path)
     pixels = tuple(getattr(denoiser, "pixel_shape", denoiser.shape))
     if data is not None and tuple(data.shape) != pixels:
-        what = f"decodes to images of shape {pixels}" if pixels != tuple(denoiser.shape) else f"takes samples of shape {pixels}"
+        what = (
+            f"decodes to images of shape {pixels}"
+            if pixels != tuple(denoiser.shape)
+            else f"takes samples of shape {pixels}"
+        )
         raise ValueError(f"The model at {model!r} {what}, but the dataset gives {tuple(data.shape)}.")
     return denoiser.eval().to(resolve_device(device))
 
@@ -266,7 +314,7 @@ def resolve_models(names, run_dir, data, device: str = "cpu") -> dict:
 
 
 class DiffusersDenoiser(nn.Module):
-    """A discrete-time diffusers model (DDPM-style UNet + scheduler, optionally a VAE) as a denoiser on continuous sigma.
+    """A discrete-time diffusers model (DDPM-style UNet + scheduler, optionally a VAE) as a denoiser on sigma.
 
     The VE input ``x = x0 + sigma * eps`` becomes the VP input ``alpha x`` (``alpha = 1/sqrt(1+sigma^2)``);
     the timestep is continuous, by interpolating ``log sigma`` in the scheduler's table of training
@@ -290,7 +338,9 @@ class DiffusersDenoiser(nn.Module):
     def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon", vae: nn.Module | None = None):
         super().__init__()
         if prediction_type not in self.PREDICTIONS:
-            raise ValueError(f"Unsupported prediction type {prediction_type!r}; supported: {', '.join(self.PREDICTIONS)}.")
+            raise ValueError(
+                f"Unsupported prediction type {prediction_type!r}; supported: {', '.join(self.PREDICTIONS)}."
+            )
         ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.unet, self.prediction_type, self.vae = unet, prediction_type, vae
         self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
@@ -332,7 +382,7 @@ class DiffusersDenoiser(nn.Module):
         out = []
         for start in range(0, len(images), batch_size):
             with torch.no_grad():
-                enc = self.vae.encode(images[start:start + batch_size].to(param.device, param.dtype))
+                enc = self.vae.encode(images[start : start + batch_size].to(param.device, param.dtype))
             z = enc.latents if hasattr(enc, "latents") else enc.latent_dist.mode()
             out.append(((z.float() - shift) * scale).to(images.device))
         return torch.cat(out)
@@ -353,7 +403,7 @@ class DiffusersDenoiser(nn.Module):
         extra = {} if quantize or not hasattr(self.vae, "quantize") else {"force_not_quantize": True}
         out = []
         for start in range(0, len(latents), batch_size):
-            z = latents[start:start + batch_size].to(param.device, param.dtype) / scale + shift
+            z = latents[start : start + batch_size].to(param.device, param.dtype) / scale + shift
             with torch.no_grad():
                 out.append(self.vae.decode(z, **extra).sample.float().clamp(-1, 1).to(latents.device))
         return torch.cat(out)
@@ -390,7 +440,7 @@ class DiffusersDenoiser(nn.Module):
         return x0.to(x.device, x.dtype)
 
     @classmethod
-    def from_pipeline_folder(cls, folder) -> "DiffusersDenoiser":
+    def from_pipeline_folder(cls, folder) -> DiffusersDenoiser:
         """Load ``unet``, ``scheduler`` and, for latent models, ``vqvae`` / ``vae`` from a saved pipeline folder.
 
         Raises:
@@ -403,21 +453,28 @@ class DiffusersDenoiser(nn.Module):
         index = json.loads((folder / "model_index.json").read_text())
         supported = "unconditional pipelines with a UNet2DModel and a discrete-time scheduler (DDPM, DDIM, LDM)"
         if "unet" not in index or "scheduler" not in index:
-            raise ValueError(f"The pipeline at {str(folder)!r} has no unet and scheduler ({sorted(index)}); supported: {supported}.")
+            raise ValueError(
+                f"The pipeline at {str(folder)!r} has no unet and scheduler ({sorted(index)}); supported: {supported}."
+            )
         unet_name, sched_name = index["unet"][1], index["scheduler"][1]
         if unet_name != "UNet2DModel":
-            raise ValueError(f"The pipeline at {str(folder)!r} has a {unet_name} (conditional models are not supported); "
-                             f"supported: {supported}.")
+            raise ValueError(
+                f"The pipeline at {str(folder)!r} has a {unet_name} (conditional models are not supported); "
+                f"supported: {supported}."
+            )
         unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
         scheduler = getattr(diffusers, sched_name).from_pretrained(folder / "scheduler")
         if not hasattr(scheduler, "alphas_cumprod"):
-            raise ValueError(f"Unsupported scheduler {sched_name} (no discrete noise table `alphas_cumprod`); supported: {supported}.")
+            raise ValueError(
+                f"Unsupported scheduler {sched_name} (no discrete noise table `alphas_cumprod`); supported: "
+                f"{supported}."
+            )
         vae_key = next((k for k in LATENT_KEYS if index.get(k) and index[k][1]), None)
         vae = getattr(diffusers, index[vae_key][1]).from_pretrained(folder / vae_key).eval() if vae_key else None
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"), vae)
 
     @classmethod
-    def from_model_folder(cls, folder) -> "DiffusersDenoiser":
+    def from_model_folder(cls, folder) -> DiffusersDenoiser:
         """A bare ``UNet2DModel`` folder (``config.json`` and weights, no pipeline around it).
 
         Its noise table comes from a ``scheduler_config.json`` beside it when there is one; otherwise
@@ -430,15 +487,20 @@ class DiffusersDenoiser(nn.Module):
         folder = Path(folder)
         cls_name = json.loads((folder / "config.json").read_text()).get("_class_name")
         if cls_name != "UNet2DModel":
-            raise ValueError(f"The model at {str(folder)!r} is a {cls_name}; supported bare models: UNet2DModel "
-                             "(or give a pipeline folder with model_index.json).")
+            raise ValueError(
+                f"The model at {str(folder)!r} is a {cls_name}; supported bare models: UNet2DModel "
+                "(or give a pipeline folder with model_index.json)."
+            )
         unet = diffusers.UNet2DModel.from_pretrained(folder).eval()
         if (folder / "scheduler_config.json").is_file():
             sched_name = json.loads((folder / "scheduler_config.json").read_text()).get("_class_name", "DDPMScheduler")
             scheduler = getattr(diffusers, sched_name).from_pretrained(folder)
         else:
-            warnings.warn(f"{str(folder)!r} holds a bare UNet2DModel with no scheduler: assuming DDPM's noise table "
-                          "(1000 linear betas 1e-4 .. 0.02) and eps-prediction.", stacklevel=3)
+            warnings.warn(
+                f"{str(folder)!r} holds a bare UNet2DModel with no scheduler: assuming DDPM's noise table "
+                "(1000 linear betas 1e-4 .. 0.02) and eps-prediction.",
+                stacklevel=3,
+            )
             scheduler = diffusers.DDPMScheduler()
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"))
 
@@ -495,8 +557,11 @@ def fit_sigma_range(denoiser, sigma_min: float | None = None, sigma_max: float |
     clipped_min = max(new_min, lo) if lo is not None else new_min
     clipped_max = min(new_max, hi) if hi is not None else new_max
     if (clipped_min, clipped_max) != (new_min, new_max):
-        warnings.warn(f"The noise range [{new_min:.4g}, {new_max:.4g}] reaches outside the model's [{lo:.4g}, {hi:.4g}]: "
-                      f"clipped to [{clipped_min:.4g}, {clipped_max:.4g}].", stacklevel=2)
+        warnings.warn(
+            f"The noise range [{new_min:.4g}, {new_max:.4g}] reaches outside the model's [{lo:.4g}, {hi:.4g}]: "
+            f"clipped to [{clipped_min:.4g}, {clipped_max:.4g}].",
+            stacklevel=2,
+        )
     return clipped_min, clipped_max
 
 
@@ -511,8 +576,14 @@ KNOWN_PIPELINES = {
 }
 
 
-def build_tiny_pipeline(folder, kind: str = "ddpm", shape: tuple[int, int, int] = (3, 32, 32), prediction_type: str = "epsilon",
-                        channels: tuple[int, ...] = (8, 16), seed: int = 0) -> Path:
+def build_tiny_pipeline(
+    folder,
+    kind: str = "ddpm",
+    shape: tuple[int, int, int] = (3, 32, 32),
+    prediction_type: str = "epsilon",
+    channels: tuple[int, ...] = (8, 16),
+    seed: int = 0,
+) -> Path:
     """Save a randomly initialised, tiny diffusers pipeline of a given kind into ``folder``.
 
     Stand-ins for hub models where there is no network (the tests, and the dry run of a GPU experiment):
@@ -533,21 +604,44 @@ def build_tiny_pipeline(folder, kind: str = "ddpm", shape: tuple[int, int, int] 
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # diffusers initialises with the global generator: seed it, then restore it
     try:
+
         def unet_for(ch: int, size: int) -> UNet2DModel:
             levels = len(channels)
-            return UNet2DModel(sample_size=size, in_channels=ch, out_channels=ch, block_out_channels=tuple(channels),
-                               norm_num_groups=4, layers_per_block=1, down_block_types=("DownBlock2D",) * levels,
-                               up_block_types=("UpBlock2D",) * levels, add_attention=False)
+            return UNet2DModel(
+                sample_size=size,
+                in_channels=ch,
+                out_channels=ch,
+                block_out_channels=tuple(channels),
+                norm_num_groups=4,
+                layers_per_block=1,
+                down_block_types=("DownBlock2D",) * levels,
+                up_block_types=("UpBlock2D",) * levels,
+                add_attention=False,
+            )
 
         if kind == "ddpm":
             pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
         else:
-            vq = VQModel(in_channels=c, out_channels=c, down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(channels[0], channels[0]),
-                         latent_channels=3, num_vq_embeddings=64, norm_num_groups=4, sample_size=h, scaling_factor=1.0,
-                         mid_block_add_attention=False)  # no attention over 128 x 128 positions in a stand-in
-            scheduler = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195,
-                                      prediction_type=prediction_type, clip_sample=False)
+            vq = VQModel(
+                in_channels=c,
+                out_channels=c,
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2,
+                block_out_channels=(channels[0], channels[0]),
+                latent_channels=3,
+                num_vq_embeddings=64,
+                norm_num_groups=4,
+                sample_size=h,
+                scaling_factor=1.0,
+                mid_block_add_attention=False,
+            )  # no attention over 128 x 128 positions in a stand-in
+            scheduler = DDIMScheduler(
+                beta_schedule="scaled_linear",
+                beta_start=0.0015,
+                beta_end=0.0195,
+                prediction_type=prediction_type,
+                clip_sample=False,
+            )
             pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // 2), scheduler=scheduler)
     finally:
         torch.random.set_rng_state(state)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -70,7 +70,9 @@ def schedule_from_velocity(
     if not v.max() > 0:
         raise ValueError("The velocity is zero everywhere: it defines no schedule.")
     if np.any(v <= 0):
-        warnings.warn(f"{int(np.sum(v <= 0))} interval(s) have zero velocity; floored at 1e-9 of the maximum.", stacklevel=2)
+        warnings.warn(
+            f"{int(np.sum(v <= 0))} interval(s) have zero velocity; floored at 1e-9 of the maximum.", stacklevel=2
+        )
         v = np.maximum(v, 1e-9 * v.max())
     log_v = np.log(v)
     if smoothing > 0:

@@ -27,14 +27,24 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from crs.io import atomic_write_json
 
 __all__ = [
-    "DRY_RUN", "STAGES", "ExperimentError", "dry_run", "load_params", "notebook_defaults", "parse_override", "preflight", "run_experiment",
-    "sweep", "validate_params",
+    "DRY_RUN",
+    "STAGES",
+    "ExperimentError",
+    "dry_run",
+    "load_params",
+    "notebook_defaults",
+    "parse_override",
+    "preflight",
+    "run_experiment",
+    "sweep",
+    "validate_params",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +65,16 @@ RECORDS = ".stages"
 DRY_RUN = {
     "base_model": {"train_steps": 2, "batch_size": 4, "checkpoint_every": 1, "sample_steps": 2, "n_show": 4},
     "rate_estimation": {"grid_size": 2, "n_samples": 40},
-    "training_schedule_finetune": {"finetune_steps": 2, "batch_size": 4, "checkpoint_every": 1, "online_every": 1,
-                                   "online_grid": 2, "online_samples": 8, "eval_levels": 2, "eval_samples": 8},
+    "training_schedule_finetune": {
+        "finetune_steps": 2,
+        "batch_size": 4,
+        "checkpoint_every": 1,
+        "online_every": 1,
+        "online_grid": 2,
+        "online_samples": 8,
+        "eval_levels": 2,
+        "eval_samples": 8,
+    },
     "sampling": {"n_samples": 8, "batch_size": 8},
     "evaluation": {"n_boot": 2, "n_reference": 16},
 }
@@ -95,13 +113,19 @@ def _model_references(params: dict, wanted: list[str], run_dir: Path) -> list[tu
     if "rate_estimation" in wanted:
         refs.append(("rate_estimation", "model", stages.get("rate_estimation", {}).get("model", "analytic")))
     if "training_schedule_finetune" in wanted:
-        refs.append(("training_schedule_finetune", "base_model", stages.get("training_schedule_finetune", {}).get("base_model") or "models/base"))
+        refs.append(
+            (
+                "training_schedule_finetune",
+                "base_model",
+                stages.get("training_schedule_finetune", {}).get("base_model") or "models/base",
+            )
+        )
     if "sampling" in wanted:
         defaults = notebook_defaults("sampling")["models"]
         refs += [("sampling", "models", m) for m in stages.get("sampling", {}).get("models", defaults)]
     out = []
     for stage, key, model in refs:
-        name = model[len("models/"):] if isinstance(model, str) and model.startswith("models/") else model
+        name = model[len("models/") :] if isinstance(model, str) and model.startswith("models/") else model
         if model != "analytic" and name not in made:
             out.append((stage, key, model))
     return out
@@ -126,15 +150,27 @@ def preflight(params: dict, stages: Iterable[str] | None = None) -> None:
         declared = notebook_parameters(stage)
         values[stage] = {**notebook_defaults(stage), **stage_parameters(params, stage, declared)}
         kwargs = values[stage].get("dataset_kwargs") or {}
-        if values[stage].get("dataset") == "folder" and "path" in kwargs and not Path(str(kwargs["path"])).is_absolute():
-            values[stage]["dataset_kwargs"] = dict(kwargs, path=str(run_dir / kwargs["path"]))  # stages run in the run folder
+        if (
+            values[stage].get("dataset") == "folder"
+            and "path" in kwargs
+            and not Path(str(kwargs["path"])).is_absolute()
+        ):
+            values[stage]["dataset_kwargs"] = dict(
+                kwargs, path=str(run_dir / kwargs["path"])
+            )  # stages run in the run folder
         try:
             check_stage(stage, values[stage])
         except ValueError as exc:
             raise ExperimentError(f"Stage {stage!r} ({STAGES[stage]}.ipynb): {exc}") from exc
-    if "sampling" in values and "evaluation" in values and values["evaluation"]["plot_model"] not in values["sampling"]["models"]:
-        raise ExperimentError(f"Stage 'evaluation': `plot_model` {values['evaluation']['plot_model']!r} is not among the sampled "
-                              f"models {values['sampling']['models']}.")
+    if (
+        "sampling" in values
+        and "evaluation" in values
+        and values["evaluation"]["plot_model"] not in values["sampling"]["models"]
+    ):
+        raise ExperimentError(
+            f"Stage 'evaluation': `plot_model` {values['evaluation']['plot_model']!r} is not among the sampled "
+            f"models {values['sampling']['models']}."
+        )
     for stage, key, model in _model_references(params, wanted, run_dir):
         try:
             check_model_reference(model, run_dir)
@@ -183,7 +219,9 @@ def validate_params(raw: dict, default_name: str = "experiment", notebooks: Path
     every = set().union(*declared.values())
     for key in common:
         if key == "run_dir" or key not in every:
-            raise ExperimentError(f"Unknown common key {key!r}; valid common keys: {', '.join(sorted(every - {'run_dir'}))}.")
+            raise ExperimentError(
+                f"Unknown common key {key!r}; valid common keys: {', '.join(sorted(every - {'run_dir'}))}."
+            )
     for stage, section in stages.items():
         section = section or {}
         if not isinstance(section, dict):
@@ -191,7 +229,9 @@ def validate_params(raw: dict, default_name: str = "experiment", notebooks: Path
         for key in section:
             if key == "run_dir" or key not in declared[stage]:
                 valid = ", ".join(sorted(set(declared[stage]) - {"run_dir"}))
-                raise ExperimentError(f"Unknown key {key!r} in stage {stage!r} ({STAGES[stage]}.ipynb); valid keys: {valid}.")
+                raise ExperimentError(
+                    f"Unknown key {key!r} in stage {stage!r} ({STAGES[stage]}.ipynb); valid keys: {valid}."
+                )
     name = str(raw.get("experiment") or default_name)
     return {
         "experiment": name,
@@ -221,7 +261,12 @@ def apply_overrides(params: dict, overrides: Iterable[str]) -> dict:
             params["common"][key] = value
         else:
             params["stages"].setdefault(stage, {})[key] = value
-    raw = {"experiment": params["experiment"], "run_dir": params["run_dir"], "common": params["common"], "stages": params["stages"]}
+    raw = {
+        "experiment": params["experiment"],
+        "run_dir": params["run_dir"],
+        "common": params["common"],
+        "stages": params["stages"],
+    }
     return validate_params(raw)
 
 
@@ -242,12 +287,16 @@ def _stand_in_models(params: dict, run_dir: Path, log) -> dict[str, str]:
     names = [stages.get("rate_estimation", {}).get("model")] + list(stages.get("sampling", {}).get("models") or [])
     mapping = {}
     for name in dict.fromkeys(n for n in names if isinstance(n, str)):
-        local = (run_dir / name).exists() or name.split("/")[0] == "models" or name == "analytic"  # models/ is made by the run
+        local = (
+            (run_dir / name).exists() or name.split("/")[0] == "models" or name == "analytic"
+        )  # models/ is made by the run
         if local or name.count("/") != 1 or _hub_cached(name):
             continue
         if name not in KNOWN_PIPELINES:
-            raise ExperimentError(f"The hub model {name!r} is not in the local cache and has no stand-in for a dry run; "
-                                  f"known: {', '.join(KNOWN_PIPELINES)}. Download it once or point at a local folder.")
+            raise ExperimentError(
+                f"The hub model {name!r} is not in the local cache and has no stand-in for a dry run; "
+                f"known: {', '.join(KNOWN_PIPELINES)}. Download it once or point at a local folder."
+            )
         kind, shape = KNOWN_PIPELINES[name]
         folder = Path("standins") / name.replace("/", "--")
         if not (run_dir / folder / "model_index.json").is_file():
@@ -308,7 +357,9 @@ def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
             section["baselines"] = list(section.get("baselines") or ["karras"])[:1]
         if stage == "base_model" and "block_out_channels" in section.get("model_kwargs", {}):
             levels = len(section["model_kwargs"]["block_out_channels"])
-            section["model_kwargs"] = dict(section["model_kwargs"], block_out_channels=[8 * min(i + 1, 2) for i in range(levels)])
+            section["model_kwargs"] = dict(
+                section["model_kwargs"], block_out_channels=[8 * min(i + 1, 2) for i in range(levels)]
+            )
     for section in [params["common"], *params["stages"].values()]:
         if section.get("features") == "inception" and not Path(INCEPTION_PATH).is_file():
             section["features"] = "efficientnet-lite0"
@@ -361,15 +412,30 @@ def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: 
             continue
         log(f"[{stage}] running {STAGES[stage]}.ipynb ...")
         start = time.perf_counter()
-        record = {"stage": stage, "notebook": f"{STAGES[stage]}.ipynb", "parameters": values, "fingerprint": fingerprint}
+        record = {
+            "stage": stage,
+            "notebook": f"{STAGES[stage]}.ipynb",
+            "parameters": values,
+            "fingerprint": fingerprint,
+        }
         try:
-            papermill.execute_notebook(str(NOTEBOOKS / f"{STAGES[stage]}.ipynb"), str(output), parameters=values,
-                                       cwd=str(run_dir), progress_bar=progress, kernel_name="python3")
+            papermill.execute_notebook(
+                str(NOTEBOOKS / f"{STAGES[stage]}.ipynb"),
+                str(output),
+                parameters=values,
+                cwd=str(run_dir),
+                progress_bar=progress,
+                kernel_name="python3",
+            )
         except papermill.PapermillExecutionError as exc:
-            atomic_write_json(record_path, dict(record, status="failed", seconds=time.perf_counter() - start,
-                                                error=f"{exc.ename}: {exc.evalue}"))
-            raise ExperimentError(f"Stage {stage!r} failed: {exc.ename}: {exc.evalue} (see {output}); "
-                                  "earlier stages' results are intact, rerun to resume.") from exc
+            atomic_write_json(
+                record_path,
+                dict(record, status="failed", seconds=time.perf_counter() - start, error=f"{exc.ename}: {exc.evalue}"),
+            )
+            raise ExperimentError(
+                f"Stage {stage!r} failed: {exc.ename}: {exc.evalue} (see {output}); "
+                "earlier stages' results are intact, rerun to resume."
+            ) from exc
         record.update(status="ok", seconds=time.perf_counter() - start)
         atomic_write_json(record_path, record)
         log(f"[{stage}] done in {record['seconds']:.1f} s")
@@ -387,8 +453,10 @@ def sweep(params: dict, key: str, values: list, stages: Iterable[str] | None = N
         One summary row per value (from its ``metrics.json`` when the evaluation ran).
     """
     base = Path(params["run_dir"])
-    variants = [apply_overrides(dict(params, run_dir=str(base / "sweep" / f"{key}={value}")), [f"{key}={json.dumps(value)}"])
-                for value in values]
+    variants = [
+        apply_overrides(dict(params, run_dir=str(base / "sweep" / f"{key}={value}")), [f"{key}={json.dumps(value)}"])
+        for value in values
+    ]
     for variant in variants:  # every value checked before the base run starts
         preflight(dict(variant, run_dir=str(base)), stages)
     run_experiment(params, stages, log=log)

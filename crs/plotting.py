@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ def _image_canvas(images: torch.Tensor) -> np.ndarray:
     canvas = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), dtype=np.float32)
     for i, img in enumerate(imgs):
         r, q = divmod(i, cols)
-        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = img
+        canvas[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = img
     return canvas
 
 
@@ -90,7 +90,9 @@ def plot_noised_data(data, sigmas=(0.0, 0.1, 0.5, 2.0), n: int = 2000, seed: int
     return fig
 
 
-def plot_velocity(rates: Mapping[str, RateEstimate], exact: Mapping[str, np.ndarray] | None = None, normalise: bool = True):
+def plot_velocity(
+    rates: Mapping[str, RateEstimate], exact: Mapping[str, np.ndarray] | None = None, normalise: bool = True
+):
     """Velocity with respect to alpha against logsnr, one line (with a 2-stderr band) per measure.
 
     Args:
@@ -104,9 +106,17 @@ def plot_velocity(rates: Mapping[str, RateEstimate], exact: Mapping[str, np.ndar
         scale = rate.discrepancy.sum() if normalise else 1.0
         v, se = rate.velocity() / scale, rate.velocity_stderr() / scale
         (line,) = ax.plot(rate.logsnr_mid, v, label=label)
-        ax.fill_between(rate.logsnr_mid, np.clip(v - 2 * se, v * 1e-3, None), v + 2 * se, color=line.get_color(), alpha=0.25)
+        ax.fill_between(
+            rate.logsnr_mid, np.clip(v - 2 * se, v * 1e-3, None), v + 2 * se, color=line.get_color(), alpha=0.25
+        )
         if exact and label in exact:
-            ax.plot(rate.logsnr_mid, np.asarray(exact[label]) / scale, "--", color=line.get_color(), label=f"{label} (exact)")
+            ax.plot(
+                rate.logsnr_mid,
+                np.asarray(exact[label]) / scale,
+                "--",
+                color=line.get_color(),
+                label=f"{label} (exact)",
+            )
     ax.set_yscale("log")
     ax.set_xlabel("logsnr = -2 log sigma")
     ax.set_ylabel("velocity w.r.t. alpha" + (" (normalised)" if normalise else ""))
@@ -164,7 +174,9 @@ def plot_losses(losses: Mapping[str, Sequence[float]], window: int = 25):
             continue
         (line,) = ax.plot(v, alpha=0.25, lw=0.8)
         k = min(window, v.size)
-        ax.plot(np.arange(k - 1, v.size), np.convolve(v, np.ones(k) / k, mode="valid"), color=line.get_color(), label=label)
+        ax.plot(
+            np.arange(k - 1, v.size), np.convolve(v, np.ones(k) / k, mode="valid"), color=line.get_color(), label=label
+        )
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("EDM-weighted loss")
@@ -174,7 +186,9 @@ def plot_losses(losses: Mapping[str, Sequence[float]], window: int = 25):
     return fig
 
 
-def plot_samples(samples: torch.Tensor, reference: torch.Tensor | None = None, title: str = "Samples", max_images: int = 64):
+def plot_samples(
+    samples: torch.Tensor, reference: torch.Tensor | None = None, title: str = "Samples", max_images: int = 64
+):
     """2-D samples as a scatter (beside reference data), images as a grid."""
     plt = _plt()
     samples = samples.detach().cpu().float()
@@ -243,7 +257,9 @@ def plot_loss_by_sigma(sigmas, losses: Mapping[str, np.ndarray], reference: str 
     return fig
 
 
-def plot_sample_grid(samples: Mapping[str, torch.Tensor], reference: torch.Tensor | None = None, title: str = "", max_images: int = 16):
+def plot_sample_grid(
+    samples: Mapping[str, torch.Tensor], reference: torch.Tensor | None = None, title: str = "", max_images: int = 16
+):
     """One panel per label: 2-D samples as scatter (grey: reference), images as a small grid."""
     plt = _plt()
     n = len(samples)
@@ -275,7 +291,11 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
     fig, axes = plt.subplots(1, len(samplers), figsize=(3.6 * len(samplers), 3.4), squeeze=False, sharey=True)
     for ax, sampler in zip(axes.flat, samplers):
         for sched in dict.fromkeys(r["schedule"] for r in sel):
-            pts = sorted((r["nfe"], r["value"], r["ci_low"], r["ci_high"]) for r in sel if r["sampler"] == sampler and r["schedule"] == sched)
+            pts = sorted(
+                (r["nfe"], r["value"], r["ci_low"], r["ci_high"])
+                for r in sel
+                if r["sampler"] == sampler and r["schedule"] == sched
+            )
             if not pts:
                 continue
             nfe, val, lo, hi = map(np.asarray, zip(*pts))
@@ -305,9 +325,18 @@ def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: 
     for (sched, sampler), v in pr.items():
         if "precision" in v and "recall" in v:
             p, q = v["precision"], v["recall"]
-            ax.errorbar(q["value"], p["value"], xerr=[[q["value"] - q["ci_low"]], [q["ci_high"] - q["value"]]],
-                        yerr=[[p["value"] - p["ci_low"]], [p["ci_high"] - p["value"]]], marker=markers[sampler], ms=5,
-                        capsize=2, color="k" if sched.startswith("crs") else None, label=f"{sched} / {sampler}", ls="none")
+            ax.errorbar(
+                q["value"],
+                p["value"],
+                xerr=[[q["value"] - q["ci_low"]], [q["ci_high"] - q["value"]]],
+                yerr=[[p["value"] - p["ci_low"]], [p["ci_high"] - p["value"]]],
+                marker=markers[sampler],
+                ms=5,
+                capsize=2,
+                color="k" if sched.startswith("crs") else None,
+                label=f"{sched} / {sampler}",
+                ls="none",
+            )
     ax.set_xlabel(f"recall ({features})")
     ax.set_ylabel(f"precision ({features})")
     ax.set_title(f"Precision and recall, model '{model}', nfe {nfe} (95 % intervals)")
@@ -324,13 +353,28 @@ def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     sel = [c for c in comparisons if c["metric"] == metric and c["ratio"] is not None]
     for key in dict.fromkeys((c["model"], c["sampler"]) for c in sel):
-        pts = sorted((c["nfe"], c["ratio"], c["significant"], c["diff_ci_low"] / c["baseline_value"], c["diff_ci_high"] / c["baseline_value"])
-                     for c in sel if (c["model"], c["sampler"]) == key and c["baseline_value"] != 0)
+        pts = sorted(
+            (
+                c["nfe"],
+                c["ratio"],
+                c["significant"],
+                c["diff_ci_low"] / c["baseline_value"],
+                c["diff_ci_high"] / c["baseline_value"],
+            )
+            for c in sel
+            if (c["model"], c["sampler"]) == key and c["baseline_value"] != 0
+        )
         nfe, ratio, sig, lo, hi = map(np.asarray, zip(*pts))
         (line,) = ax.plot(nfe, ratio, label=f"{key[0]} / {key[1]}")
         # interval of the ratio with the baseline's value held fixed: 1 + (paired CI of the difference) / baseline
         ax.errorbar(nfe, ratio, yerr=[ratio - (1 + lo), (1 + hi) - ratio], ls="none", color=line.get_color(), capsize=2)
-        ax.scatter(nfe, ratio, facecolors=[line.get_color() if s else "none" for s in sig], edgecolors=line.get_color(), zorder=5)
+        ax.scatter(
+            nfe,
+            ratio,
+            facecolors=[line.get_color() if s else "none" for s in sig],
+            edgecolors=line.get_color(),
+            zorder=5,
+        )
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     _nfe_ticks(ax, sorted({c["nfe"] for c in sel}))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,7 +86,9 @@ class RateEstimate:
         for name in ("sigma", "discrepancy", "stderr"):
             values = getattr(self, name)
             if not np.all(np.isfinite(values)):
-                raise ValueError(f"The rate's `{name}` holds non-finite values (at index {int(np.argmin(np.isfinite(values)))}).")
+                raise ValueError(
+                    f"The rate's `{name}` holds non-finite values (at index {int(np.argmin(np.isfinite(values)))})."
+                )
             if np.any(values < 0):
                 raise ValueError(f"The rate's `{name}` holds negative values (at index {int(np.argmax(values < 0))}).")
         if self.sigma[0] <= 0 or np.any(np.diff(self.sigma) <= 0):
@@ -135,20 +138,32 @@ class RateEstimate:
             "feature_evaluations": int(self.feature_evaluations),
             "seconds": float(self.seconds),
             "floor": self.floor,
-            "components": {k: {kk: np.asarray(vv).tolist() for kk, vv in v.items()} for k, v in self.components.items()},
+            "components": {
+                k: {kk: np.asarray(vv).tolist() for kk, vv in v.items()} for k, v in self.components.items()
+            },
             "meta": self.meta,
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "RateEstimate":
+    def from_dict(cls, data: Mapping) -> RateEstimate:
         missing = [k for k in ("measure", "sigma", "discrepancy", "stderr") if k not in data]
         if missing:
             raise ValueError(f"A rate file needs the keys {missing}; found {sorted(data)}.")
-        comps = {k: {kk: np.asarray(vv, dtype=np.float64) for kk, vv in v.items()} for k, v in data.get("components", {}).items()}
+        comps = {
+            k: {kk: np.asarray(vv, dtype=np.float64) for kk, vv in v.items()}
+            for k, v in data.get("components", {}).items()
+        }
         return cls(
-            measure=data["measure"], sigma=data["sigma"], discrepancy=data["discrepancy"], stderr=data["stderr"],
-            evaluations=data.get("evaluations", 0), feature_evaluations=data.get("feature_evaluations", 0),
-            seconds=data.get("seconds", 0.0), floor=data.get("floor"), components=comps, meta=data.get("meta", {}),
+            measure=data["measure"],
+            sigma=data["sigma"],
+            discrepancy=data["discrepancy"],
+            stderr=data["stderr"],
+            evaluations=data.get("evaluations", 0),
+            feature_evaluations=data.get("feature_evaluations", 0),
+            seconds=data.get("seconds", 0.0),
+            floor=data.get("floor"),
+            components=comps,
+            meta=data.get("meta", {}),
         )
 
     def save(self, path) -> None:
@@ -156,7 +171,7 @@ class RateEstimate:
         atomic_write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path) -> "RateEstimate":
+    def load(cls, path) -> RateEstimate:
         """Read and validate a rate file (ValueError on non-finite or negative values)."""
         return cls.from_dict(read_json(path, "rate file"))
 
@@ -205,7 +220,9 @@ def estimate_rate(
     check_rate_inputs(measure, sigma_min, sigma_max, grid_size, n_samples, jackknife_groups)
     check_int("batch_size", batch_size, 1)
     if any(name in MODEL_MEASURES for name in parsed) and denoiser is None:
-        raise ValueError(f"The measure {format_measure(parsed)!r} needs a model (`denoiser`); only 'fid' and baselines do not.")
+        raise ValueError(
+            f"The measure {format_measure(parsed)!r} needs a model (`denoiser`); only 'fid' and baselines do not."
+        )
     needs_data = any(name in MODEL_MEASURES or name == "fid" for name in parsed)
     if needs_data and data is None:
         raise ValueError(f"The measure {format_measure(parsed)!r} needs data; only baseline-implied measures do not.")
@@ -223,7 +240,9 @@ def estimate_rate(
             if name in parsed:
                 parts[name] = rms_with_stderr(ms[name])
     if "fid" in parsed:
-        disc, se, floors, feature_evaluations = fid_pass(x0, eps, sigma, feature_fn, batch_size, jackknife_groups, progress)
+        disc, se, floors, feature_evaluations = fid_pass(
+            x0, eps, sigma, feature_fn, batch_size, jackknife_groups, progress
+        )
         parts["fid"] = (disc, se)
         floor = float(np.median(floors))
     for name in parsed:
@@ -239,16 +258,27 @@ def estimate_rate(
             "under it (e.g. `fid` on N(0, I) data), so it defines no schedule."
         )
     return RateEstimate(
-        measure=format_measure(parsed), sigma=sigma, discrepancy=disc, stderr=se,
-        evaluations=evaluations, feature_evaluations=feature_evaluations, seconds=time.perf_counter() - start,
-        floor=floor, components={k: {"discrepancy": v[0], "stderr": v[1]} for k, v in parts.items()} if len(parsed) > 1 else {},
+        measure=format_measure(parsed),
+        sigma=sigma,
+        discrepancy=disc,
+        stderr=se,
+        evaluations=evaluations,
+        feature_evaluations=feature_evaluations,
+        seconds=time.perf_counter() - start,
+        floor=floor,
+        components={k: {"discrepancy": v[0], "stderr": v[1]} for k, v in parts.items()} if len(parsed) > 1 else {},
         meta={"n_samples": int(n_samples), "seed": int(seed), "dataset": getattr(data, "name", None)},
     )
 
 
-
-def check_rate_inputs(measures, sigma_min: float | None, sigma_max: float | None, grid_size: int, n_samples: int,
-                      jackknife_groups: int = 10) -> None:
+def check_rate_inputs(
+    measures,
+    sigma_min: float | None,
+    sigma_max: float | None,
+    grid_size: int,
+    n_samples: int,
+    jackknife_groups: int = 10,
+) -> None:
     """Validate everything a rate-estimation run takes, before any work (ValueError naming the problem).
 
     Args:

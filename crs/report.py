@@ -41,26 +41,35 @@ def _verdict(c: dict) -> str:
 
 def summary_markdown(metrics: dict) -> str:
     """The summary table as Markdown (for the README): ``python -m crs summary RUN_DIR``."""
-    lines = ["| model | sampler | nfe | metric | CRS | best baseline | ratio | paired 95 % CI of the difference | verdict |",
-             "|---|---|---:|---|---:|---|---:|---|---|"]
+    lines = [
+        "| model | sampler | nfe | metric | CRS | best baseline | ratio | paired 95 % CI of the difference | verdict |",
+        "|---|---|---:|---|---:|---|---:|---|---|",
+    ]
     for c in summary_table(metrics):
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
-        lines.append(f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs_value']:.4g} | {c['best_baseline']} "
-                     f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} |")
+        lines.append(
+            f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs_value']:.4g} | "
+            f"{c['best_baseline']} "
+            f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} |"
+        )
     return "\n".join(lines)
 
 
 def _table_html(rows: list[dict]) -> str:
-    head = ("<tr><th>model</th><th>sampler</th><th>nfe</th><th>metric</th><th>CRS</th><th>best baseline</th>"
-            "<th>ratio</th><th>paired 95% CI of the difference</th><th>verdict</th></tr>")
+    head = (
+        "<tr><th>model</th><th>sampler</th><th>nfe</th><th>metric</th><th>CRS</th><th>best baseline</th>"
+        "<th>ratio</th><th>paired 95% CI of the difference</th><th>verdict</th></tr>"
+    )
     body = []
     for c in rows:
         verdict = _verdict(c)
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
         body.append(
             f"<tr><td>{html.escape(c['model'])}</td><td>{c['sampler']}</td><td>{c['nfe']}</td><td>{c['metric']}</td>"
-            f"<td>{c['crs_value']:.4g}</td><td>{html.escape(c['best_baseline'])} {c['baseline_value']:.4g}</td><td>{ratio}</td>"
-            f"<td>[{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}]</td><td>{verdict}</td></tr>")
+            f"<td>{c['crs_value']:.4g}</td><td>{html.escape(c['best_baseline'])} "
+            f"{c['baseline_value']:.4g}</td><td>{ratio}</td>"
+            f"<td>[{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}]</td><td>{verdict}</td></tr>"
+        )
     return f"<table>{head}{''.join(body)}</table>"
 
 
@@ -86,28 +95,38 @@ def build_report(run_dir) -> Path:
     for name, caption in FIGURES:
         if (run_dir / name).is_file():
             shutil.copyfile(run_dir / name, report / name)
-            figures.append(f'<figure><img src="{name}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+            figures.append(
+                f'<figure><img src="{name}" '
+                f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+            )
     for extra in sorted(run_dir.glob("metric_*.png")):
         shutil.copyfile(extra, report / extra.name)
-        figures.append(f'<figure><img src="{extra.name}"><figcaption>{html.escape(extra.stem)} against nfe (05)</figcaption></figure>')
+        figures.append(
+            f'<figure><img src="{extra.name}"><figcaption>{html.escape(extra.stem)} against nfe '
+            "(05)</figcaption></figure>"
+        )
     metrics_path = run_dir / "metrics.json"
     table = "<p>No evaluation in this run (metrics.json is missing).</p>"
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
-        table = (f"<p>Features: <code>{html.escape(str(metrics.get('features')))}</code>; {metrics.get('n_boot')} bootstrap "
-                 "replicates; the best baseline is chosen per row after the fact; the verdict needs the paired 95% interval "
-                 "of the difference to exclude 0.</p>" + _table_html(summary_table(metrics)))
+        table = (
+            f"<p>Features: <code>{html.escape(str(metrics.get('features')))}</code>; {metrics.get('n_boot')} bootstrap "
+            "replicates; the best baseline is chosen per row after the fact; the verdict needs the paired 95% interval "
+            "of the difference to exclude 0.</p>" + _table_html(summary_table(metrics))
+        )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CRS report: {html.escape(run_dir.resolve().name)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse;font-size:90%}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;font-size:90%}} td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}
+figure{{display:inline-block;margin:1em}} img{{max-width:520px}}</style>
 </head><body>
 <h1>Constant Rate Scheduling: report of run <code>{html.escape(run_dir.resolve().name)}</code></h1>
 <p>Constant Rate Scheduling (Okada et al., arXiv 2411.12188) picks the noise schedule so that the noised data
-distribution changes at a constant rate under a chosen discrepancy. This run executed the notebooks below with papermill.</p>
-<h2>Executed notebooks</h2><ul>{''.join(links) or '<li>none</li>'}</ul>
+distribution changes at a constant rate under a chosen discrepancy. This run executed the notebooks below with
+papermill.</p>
+<h2>Executed notebooks</h2><ul>{"".join(links) or "<li>none</li>"}</ul>
 <h2>Summary: CRS against the best baseline</h2>{table}
-<h2>Main figures</h2>{''.join(figures) or '<p>none</p>'}
+<h2>Main figures</h2>{"".join(figures) or "<p>none</p>"}
 </body></html>
 """
     atomic_write_bytes(report / "index.html", page.encode())

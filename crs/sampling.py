@@ -23,8 +23,8 @@ import io
 import math
 import re
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -33,14 +33,33 @@ from crs.args import check_choice, check_int
 from crs.io import atomic_write_bytes
 from crs.schedules import check_steps
 
-__all__ = ["SAMPLERS", "SampleNoise", "check_nfe_plan", "fit_schedule", "generate", "sample_grid", "nfe_of", "sample_dpmpp_2m", "sample_edm", "sample_euler", "sample_heun", "steps_for_nfe"]
+__all__ = [
+    "SAMPLERS",
+    "SampleNoise",
+    "check_nfe_plan",
+    "fit_schedule",
+    "generate",
+    "sample_grid",
+    "nfe_of",
+    "sample_dpmpp_2m",
+    "sample_edm",
+    "sample_euler",
+    "sample_heun",
+    "steps_for_nfe",
+]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _check_sigmas(sigmas) -> torch.Tensor:
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
-    if sigmas.ndim != 1 or len(sigmas) < 2 or sigmas[-1] != 0 or torch.any(sigmas[:-2] <= sigmas[1:-1]) or sigmas[-2] <= 0:
+    if (
+        sigmas.ndim != 1
+        or len(sigmas) < 2
+        or sigmas[-1] != 0
+        or torch.any(sigmas[:-2] <= sigmas[1:-1])
+        or sigmas[-2] <= 0
+    ):
         raise ValueError("`sigmas` must be 1-D, strictly descending and positive, then a final 0.")
     return sigmas
 
@@ -181,7 +200,9 @@ def steps_for_nfe(sampler: str, nfe: int) -> int:
     steps = (nfe + 1) // 2 if sampler in _SECOND_ORDER else nfe
     if steps < 2 or nfe_of(sampler, steps) != nfe:
         spendable = "odd numbers >= 3" if sampler in _SECOND_ORDER else "integers >= 2"
-        raise ValueError(f"The sampler {sampler!r} cannot spend exactly nfe={nfe}; it spends 2n - 1 or n: use {spendable}.")
+        raise ValueError(
+            f"The sampler {sampler!r} cannot spend exactly nfe={nfe}; it spends 2n - 1 or n: use {spendable}."
+        )
     return steps
 
 
@@ -224,8 +245,10 @@ def generate(
         with torch.no_grad():
             x = SAMPLERS[sampler](denoiser, x, sigmas, **kwargs)
         if not torch.all(torch.isfinite(x)):
-            raise ValueError(f"Sampling produced non-finite values (NaN or inf) in samples {seeds.start}..{seeds.stop - 1}: "
-                             "check the model and the schedule.")
+            raise ValueError(
+                f"Sampling produced non-finite values (NaN or inf) in samples {seeds.start}..{seeds.stop - 1}: "
+                "check the model and the schedule."
+            )
         if decode is not None:
             x = decode(x).to(dtype)
         out.append(x.cpu())
@@ -242,8 +265,13 @@ def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
         _check_sampler(name)
     if isinstance(nfe, dict) and set(nfe) ^ set(samplers):
         extra, missing = sorted(set(nfe) - set(samplers)), sorted(set(samplers) - set(nfe))
-        raise ValueError(f"`nfe` must give budgets for exactly the samplers run ({', '.join(samplers)}): "
-                         + "; ".join(([f"no budgets for {missing}"] if missing else []) + ([f"samplers not run: {extra}"] if extra else [])) + ".")
+        raise ValueError(
+            f"`nfe` must give budgets for exactly the samplers run ({', '.join(samplers)}): "
+            + "; ".join(
+                ([f"no budgets for {missing}"] if missing else []) + ([f"samplers not run: {extra}"] if extra else [])
+            )
+            + "."
+        )
     values = [nfe[name] for name in samplers] if isinstance(nfe, dict) else [nfe]
     if any(isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or not v for v in values):
         raise ValueError(f"`nfe` must be a non-empty list of budgets, or one per sampler, got {nfe!r}.")
@@ -256,8 +284,10 @@ def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
             except ValueError:
                 bad.append(f"{name}@{v}")
     if bad:
-        raise ValueError(f"These samplers cannot spend these nfe exactly: {', '.join(bad)} "
-                         "(heun and edm spend 2n - 1: odd numbers >= 3; euler and dpmpp_2m spend n >= 2).")
+        raise ValueError(
+            f"These samplers cannot spend these nfe exactly: {', '.join(bad)} "
+            "(heun and edm spend 2n - 1: odd numbers >= 3; euler and dpmpp_2m spend n >= 2)."
+        )
     return plan
 
 
@@ -285,9 +315,22 @@ def _draw_rows(den, shape, sigmas, seed: int, lo: int, hi: int, features, keep: 
     return torch.cat(kept), torch.cat(parts)
 
 
-def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, shape: tuple[int, ...], n: int, out_dir,
-                seed: int = 0, batch_size: int = 1024, dtype=torch.float32, device: str = "cpu", progress: bool = False,
-                features=None, keep: int = 64) -> list[dict]:
+def sample_grid(
+    models: dict,
+    schedules: dict,
+    samplers: Sequence[str],
+    nfe,
+    shape: tuple[int, ...],
+    n: int,
+    out_dir,
+    seed: int = 0,
+    batch_size: int = 1024,
+    dtype=torch.float32,
+    device: str = "cpu",
+    progress: bool = False,
+    features=None,
+    keep: int = 64,
+) -> list[dict]:
     """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
 
     Args:
@@ -317,13 +360,17 @@ def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, sha
     lo, hi = n * state.rank // state.world, n * (state.rank + 1) // state.world
     index = []
     jobs = [(m, s, name, v) for m in models for name in samplers for v in plan[name] for s in schedules]
-    for model, sched, sampler, value in tqdm(jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False):
+    for model, sched, sampler, value in tqdm(
+        jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False
+    ):
         steps = steps_for_nfe(sampler, value)
         den = models[model]
         decode = den.decode if getattr(den, "is_latent", False) else None
         start = time.perf_counter()
         draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
-        x, feats = _draw_rows(den, tuple(getattr(den, "shape", shape)), schedules[sched](steps), seed, lo, hi, features, keep, draw)
+        x, feats = _draw_rows(
+            den, tuple(getattr(den, "shape", shape)), schedules[sched](steps), seed, lo, hi, features, keep, draw
+        )
         path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
         x = gather_rows(x, state, path.with_suffix(".part"))
         feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
@@ -331,8 +378,16 @@ def sample_grid(models: dict, schedules: dict, samplers: Sequence[str], nfe, sha
         if state.rank > 0:
             continue
         _save_tensor(path, x)
-        entry = dict(model=model, schedule=sched, sampler=sampler, nfe=int(value), steps=int(steps), n=int(n), path=str(path),
-                     seconds=seconds)
+        entry = dict(
+            model=model,
+            schedule=sched,
+            sampler=sampler,
+            nfe=int(value),
+            steps=int(steps),
+            n=int(n),
+            path=str(path),
+            seconds=seconds,
+        )
         if feats is not None:
             _save_tensor(path.with_suffix(".features.pt"), feats)
             entry.update(features=features.name, features_path=str(path.with_suffix(".features.pt")))

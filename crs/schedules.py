@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-
 from scipy.interpolate import PchipInterpolator
 from scipy.stats import beta as beta_dist
 
@@ -99,7 +98,9 @@ def _finish(sigmas_desc: np.ndarray) -> torch.Tensor:
 # ----------------------------------------------------------------------------- baselines
 def _vp_t(sigma, beta_d: float = 19.9, beta_min: float = 0.1):
     """Time of the VP SDE with linear betas (DDPM): inverse of sigma(t)^2 = exp(beta_d t^2/2 + beta_min t) - 1."""
-    return (np.sqrt(beta_min**2 + 2.0 * beta_d * np.log1p(np.asarray(sigma, dtype=np.float64) ** 2)) - beta_min) / beta_d
+    return (
+        np.sqrt(beta_min**2 + 2.0 * beta_d * np.log1p(np.asarray(sigma, dtype=np.float64) ** 2)) - beta_min
+    ) / beta_d
 
 
 def _cosine_t(sigma, s: float = 0.008):
@@ -142,7 +143,9 @@ def _baseline_pair(name: str, lo: float, hi: float, kwargs: dict):
         return (lambda t: np.tan(a + t * (b - a))), (lambda s: (np.arctan(s) - a) / (b - a))
     if name == "beta":
         a, b = float(kwargs.pop("a", 0.6)), float(kwargs.pop("b", 0.6))
-        return (lambda t: lo + beta_dist.ppf(t, a, b) * (hi - lo)), (lambda s: beta_dist.cdf((s - lo) / (hi - lo), a, b))
+        return (lambda t: lo + beta_dist.ppf(t, a, b) * (hi - lo)), (
+            lambda s: beta_dist.cdf((s - lo) / (hi - lo), a, b)
+        )
     raise ValueError(f"Unknown baseline {name!r}; valid choices: {', '.join(BASELINES + ('ays',))}.")
 
 
@@ -288,13 +291,17 @@ class Schedule:
         return float(self.sigma[-1])
 
     @classmethod
-    def from_function(cls, sigma_fn: Callable[[np.ndarray], np.ndarray], knots: int = 1025, meta: dict | None = None) -> "Schedule":
+    def from_function(
+        cls, sigma_fn: Callable[[np.ndarray], np.ndarray], knots: int = 1025, meta: dict | None = None
+    ) -> Schedule:
         """Tabulate a continuous map ``t -> sigma`` on ``knots`` uniform times."""
         t = np.linspace(0.0, 1.0, knots)
         return cls(t, sigma_fn(t), meta)
 
     @classmethod
-    def from_baseline(cls, name: str, sigma_min: float = 0.002, sigma_max: float = 80.0, knots: int = 1025, **kwargs) -> "Schedule":
+    def from_baseline(
+        cls, name: str, sigma_min: float = 0.002, sigma_max: float = 80.0, knots: int = 1025, **kwargs
+    ) -> Schedule:
         """The continuous form of a baseline (see :func:`baseline_sigma_fn`), tabulated."""
         fn = baseline_sigma_fn(name, sigma_min, sigma_max, **kwargs)
         return cls.from_function(fn, knots, meta={"baseline": name, **kwargs})
@@ -327,7 +334,7 @@ class Schedule:
         sig[0], sig[-1] = self.sigma_max, self.sigma_min
         return _finish(sig)
 
-    def clip(self, sigma_min: float, sigma_max: float) -> "Schedule":
+    def clip(self, sigma_min: float, sigma_max: float) -> Schedule:
         """The part of the schedule inside [sigma_min, sigma_max], re-timed to t in [0, 1].
 
         Within the kept range the spacing is unchanged (a constant-rate schedule stays constant-rate);
@@ -335,7 +342,10 @@ class Schedule:
         """
         lo, hi = max(float(sigma_min), self.sigma_min), min(float(sigma_max), self.sigma_max)
         if not lo < hi:
-            raise ValueError(f"The range [{sigma_min:g}, {sigma_max:g}] does not overlap the schedule's [{self.sigma_min:g}, {self.sigma_max:g}].")
+            raise ValueError(
+                f"The range [{sigma_min:g}, {sigma_max:g}] does not overlap the schedule's [{self.sigma_min:g}, "
+                f"{self.sigma_max:g}]."
+            )
         if lo == self.sigma_min and hi == self.sigma_max:
             return self
         t_lo, t_hi = float(self.inverse(lo)), float(self.inverse(hi))
@@ -343,7 +353,7 @@ class Schedule:
         sig[0], sig[-1] = lo, hi
         return Schedule(np.linspace(0.0, 1.0, len(self.t)), sig, {**self.meta, "clipped_to": [lo, hi]})
 
-    def fit(self, sigma_min: float, sigma_max: float, what: str | None = None) -> "Schedule":
+    def fit(self, sigma_min: float, sigma_max: float, what: str | None = None) -> Schedule:
         """The schedule restricted to a model's noise range (:meth:`clip`), with a warning when that cuts it.
 
         The one rule for fitting a schedule to a range (sampling, ``apply_schedule``): a schedule inside
@@ -357,8 +367,11 @@ class Schedule:
             return self
         clipped = self.clip(sigma_min, sigma_max)
         what = what or f"[{sigma_min:.4g}, {sigma_max:.4g}]"
-        warnings.warn(f"The schedule spans [{self.sigma_min:.4g}, {self.sigma_max:.4g}], outside the noise range of {what}: "
-                      f"clipped to [{clipped.sigma_min:.4g}, {clipped.sigma_max:.4g}].", stacklevel=3)
+        warnings.warn(
+            f"The schedule spans [{self.sigma_min:.4g}, {self.sigma_max:.4g}], outside the noise range of {what}: "
+            f"clipped to [{clipped.sigma_min:.4g}, {clipped.sigma_max:.4g}].",
+            stacklevel=3,
+        )
         return clipped
 
     def sample_sigmas(self, shape: int | Sequence[int], generator: torch.Generator) -> torch.Tensor:
@@ -392,7 +405,7 @@ class Schedule:
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Schedule":
+    def from_dict(cls, data: dict) -> Schedule:
         for key in ("t", "sigma"):
             if key not in data:
                 raise ValueError(f"A schedule needs the key {key!r}; found {sorted(data)}.")
@@ -403,7 +416,7 @@ class Schedule:
         atomic_write_json(path, {**self.to_dict(), **extra})
 
     @classmethod
-    def load(cls, path) -> "Schedule":
+    def load(cls, path) -> Schedule:
         """Read a schedule JSON file (ValueError when it is missing keys or malformed)."""
         data = read_json(path, "schedule file")
         if not isinstance(data, dict):
@@ -411,4 +424,7 @@ class Schedule:
         return cls.from_dict(data)
 
     def __repr__(self) -> str:
-        return f"Schedule(sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g}, knots={len(self.t)}, meta={self.meta})"
+        return (
+            f"Schedule(sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g}, knots={len(self.t)}, "
+            f"meta={self.meta})"
+        )

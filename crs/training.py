@@ -38,8 +38,17 @@ from crs.args import check_choice, check_int, check_number
 from crs.schedules import Schedule
 
 __all__ = [
-    "NOISE_DISTRIBUTIONS", "LogNormalNoise", "ScheduleNoise", "TrainConfig", "TrainResult", "draw_batch", "edm_loss", "loss_by_sigma",
-    "loss_weight", "make_noise", "train",
+    "NOISE_DISTRIBUTIONS",
+    "LogNormalNoise",
+    "ScheduleNoise",
+    "TrainConfig",
+    "TrainResult",
+    "draw_batch",
+    "edm_loss",
+    "loss_by_sigma",
+    "loss_weight",
+    "make_noise",
+    "train",
 ]
 
 NOISE_DISTRIBUTIONS = ("edm", "logsnr", "cosine", "crs", "crs-online")
@@ -59,7 +68,9 @@ class LogNormalNoise:
     def density(self, sigma, wrt: str = "log_sigma") -> torch.Tensor:
         """Density over ``log sigma`` (``wrt="log_sigma"``) or over ``sigma``."""
         s = torch.as_tensor(sigma, dtype=torch.float64)
-        dens = torch.exp(-0.5 * ((torch.log(s) - self.p_mean) / self.p_std) ** 2) / (self.p_std * math.sqrt(2 * math.pi))
+        dens = torch.exp(-0.5 * ((torch.log(s) - self.p_mean) / self.p_std) ** 2) / (
+            self.p_std * math.sqrt(2 * math.pi)
+        )
         return dens if wrt == "log_sigma" else dens / s
 
     def state(self) -> dict:
@@ -234,9 +245,17 @@ def _online_schedule(ema, data, cfg: TrainConfig, sigma_min: float, sigma_max: f
     from crs.optimize import optimize_schedule
     from crs.rate import estimate_rate
 
-    rate = estimate_rate(cfg.online_measure, data, denoiser=ema, sigma_min=sigma_min, sigma_max=sigma_max,
-                         grid_size=cfg.online_grid, n_samples=cfg.online_samples, seed=cfg.seed + 12345,
-                         batch_size=cfg.online_samples)
+    rate = estimate_rate(
+        cfg.online_measure,
+        data,
+        denoiser=ema,
+        sigma_min=sigma_min,
+        sigma_max=sigma_max,
+        grid_size=cfg.online_grid,
+        n_samples=cfg.online_samples,
+        seed=cfg.seed + 12345,
+        batch_size=cfg.online_samples,
+    )
     return ScheduleNoise(optimize_schedule(rate, xi=cfg.online_xi))
 
 
@@ -246,8 +265,10 @@ def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen, rank: int = 0):
     mine = asdict(cfg)
     differ = sorted(k for k in mine if k not in ("steps", "checkpoint_every") and saved.get(k) != mine[k])
     if differ:
-        raise ValueError(f"The checkpoint {str(path)!r} was made with other settings ({', '.join(differ)}); "
-                         "use another checkpoint folder or resume=False.")
+        raise ValueError(
+            f"The checkpoint {str(path)!r} was made with other settings ({', '.join(differ)}); "
+            "use another checkpoint folder or resume=False."
+        )
     model.load_state_dict(ckpt["model"])
     ema.load_state_dict(ckpt["ema"])
     opt.load_state_dict(ckpt["optimizer"])
@@ -263,11 +284,16 @@ def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen, rank: int = 0):
 
 
 def loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
-    """EDM's loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (Karras et al. 2022, eq. 8), same shape as ``sigma``."""
+    """EDM's loss weight ``lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2`` (Karras et al. 2022, eq. 8).
+
+    Same shape as ``sigma``.
+    """
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def draw_batch(data, noise, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_batch(
+    data, noise, n: int, generator: torch.Generator, device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One training batch from ``generator`` (on the CPU, so draws do not depend on the device), moved to ``device``.
 
     Returns:
@@ -279,7 +305,9 @@ def draw_batch(data, noise, n: int, generator: torch.Generator, device) -> tuple
     return x0.to(device), sigma.to(device), eps.to(device)
 
 
-def edm_loss(model, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, sigma_data: float, autocast=contextlib.nullcontext):
+def edm_loss(
+    model, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, sigma_data: float, autocast=contextlib.nullcontext
+):
     """EDM's loss ``mean(lambda(sigma) |D(x0 + sigma eps; sigma) - x0|^2)``, a float32 scalar on the inputs' device.
 
     Args:
@@ -293,8 +321,16 @@ def edm_loss(model, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, si
     return (loss_weight(sb, sigma_data) * (pred.float() - x0) ** 2).mean()
 
 
-def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = True, stop_after: int | None = None,
-          progress: bool = True, desc: str = "train") -> TrainResult:
+def train(
+    denoiser,
+    data,
+    cfg: TrainConfig,
+    checkpoint_dir=None,
+    resume: bool = True,
+    stop_after: int | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
     """Train (or fine-tune) ``denoiser`` on ``data`` with the EDM loss and ``cfg.noise`` levels.
 
     Args:
@@ -314,7 +350,9 @@ def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = 
 
     cfg.validate()
     if tuple(data.shape) != tuple(denoiser.shape):
-        raise ValueError(f"The model takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}.")
+        raise ValueError(
+            f"The model takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}."
+        )
     lo, hi = denoiser.sigma_min, denoiser.sigma_max
     noise = make_noise(cfg.noise, lo, hi, cfg.schedule)
     mp = ("bf16" if torch.cuda.is_available() else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
@@ -341,8 +379,10 @@ def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = 
         x0, sigma, eps = draw_batch(data, noise, cfg.batch_size, gen, acc.device)
         loss = edm_loss(model, x0, sigma, eps, sd, acc.autocast)
         if not torch.isfinite(loss):
-            raise ValueError(f"Non-finite loss ({loss.item()}) at step {step}: lower `lr` or check the data; "
-                             "the last checkpoint is left as it was.")
+            raise ValueError(
+                f"Non-finite loss ({loss.item()}) at step {step}: lower `lr` or check the data; "
+                "the last checkpoint is left as it was."
+            )
         opt.zero_grad(set_to_none=True)
         acc.backward(loss)
         if cfg.grad_clip > 0:
@@ -364,17 +404,35 @@ def train(denoiser, data, cfg: TrainConfig, checkpoint_dir=None, resume: bool = 
         last = step + 1 == end
         if ckpt_path is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last):
             if not acc.is_main_process:  # every other process keeps its own generator state
-                _atomic_torch_save({"step": step + 1, "generator": gen.get_state()}, ckpt_path.parent / f"rng-{acc.process_index}.pt")
+                _atomic_torch_save(
+                    {"step": step + 1, "generator": gen.get_state()}, ckpt_path.parent / f"rng-{acc.process_index}.pt"
+                )
             acc.wait_for_everyone()
             if acc.is_main_process:
-                _atomic_torch_save({
-                    "step": step + 1, "config": asdict(cfg), "model": acc.unwrap_model(model).state_dict(),
-                    "ema": ema.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                    "losses": losses, "noise": noise.state(),
-                }, ckpt_path)
+                _atomic_torch_save(
+                    {
+                        "step": step + 1,
+                        "config": asdict(cfg),
+                        "model": acc.unwrap_model(model).state_dict(),
+                        "ema": ema.state_dict(),
+                        "optimizer": opt.state_dict(),
+                        "generator": gen.get_state(),
+                        "losses": losses,
+                        "noise": noise.state(),
+                    },
+                    ckpt_path,
+                )
     bar.close()
-    return TrainResult(ema=ema.cpu().eval(), losses=losses, steps_done=end, seconds=time.perf_counter() - t0,
-                       online_seconds=online_seconds, online_updates=online_updates, noise=noise, resumed_from=start)
+    return TrainResult(
+        ema=ema.cpu().eval(),
+        losses=losses,
+        steps_done=end,
+        seconds=time.perf_counter() - t0,
+        online_seconds=online_seconds,
+        online_updates=online_updates,
+        noise=noise,
+        resumed_from=start,
+    )
 
 
 def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, batch_size: int = 1024) -> np.ndarray:
@@ -399,7 +457,7 @@ def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, 
         for s in np.asarray(sigmas, dtype=np.float64):
             total = 0.0
             for start in range(0, n_samples, batch_size):
-                xb, eb = x0[start:start + batch_size], eps[start:start + batch_size]
+                xb, eb = x0[start : start + batch_size], eps[start : start + batch_size]
                 pred = denoiser(xb + float(s) * eb, torch.full((len(xb),), float(s)))
                 total += float(((pred.float() - xb) ** 2).sum())
             out.append(total / x0.numel() * float(loss_weight(torch.tensor(s, dtype=torch.float64), sd)))

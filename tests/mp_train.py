@@ -13,9 +13,18 @@ from crs.models import build_denoiser
 from crs.training import TrainConfig, train
 
 stop_after = int(sys.argv[2]) if len(sys.argv) > 2 else None
-result = train(build_denoiser((2,)), crs.make_dataset("gmm"), TrainConfig(steps=6, batch_size=16, checkpoint_every=3),
-               checkpoint_dir=sys.argv[1], stop_after=stop_after, progress=False)
+result = train(
+    build_denoiser((2,)),
+    crs.make_dataset("gmm"),
+    TrainConfig(steps=6, batch_size=16, checkpoint_every=3),
+    checkpoint_dir=sys.argv[1],
+    stop_after=stop_after,
+    progress=False,
+)
 state = PartialState()
 digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in result.ema.parameters())).hexdigest()[:16]
-print(f"RESULT rank={state.process_index} world={state.num_processes} step={result.steps_done} "
-      f"first_loss={result.losses[0]:.6f} ema={digest}", flush=True)
+print(
+    f"RESULT rank={state.process_index} world={state.num_processes} step={result.steps_done} "
+    f"first_loss={result.losses[0]:.6f} ema={digest}",
+    flush=True,
+)

@@ -29,9 +29,16 @@ class OnStandin(torch.Tensor):
 
     @staticmethod
     def __new__(cls, elem: torch.Tensor):
-        out = torch.Tensor._make_wrapper_subclass(cls, elem.size(), strides=elem.stride(), storage_offset=elem.storage_offset(),
-                                                  dtype=elem.dtype, layout=elem.layout, device=DEVICE,
-                                                  requires_grad=elem.requires_grad)
+        out = torch.Tensor._make_wrapper_subclass(
+            cls,
+            elem.size(),
+            strides=elem.stride(),
+            storage_offset=elem.storage_offset(),
+            dtype=elem.dtype,
+            layout=elem.layout,
+            device=DEVICE,
+            requires_grad=elem.requires_grad,
+        )
         out.elem = elem.detach() if elem.requires_grad else elem
         return out
 
@@ -93,8 +100,10 @@ class StandinDevice(TorchDispatchMode):
         if to_standin:
             plain_kwargs["device"] = torch.device("cpu")
         if len(devices) > 1 and func not in _MOVES:
-            raise RuntimeError(f"Expected all tensors to be on the same device, but found at least two devices, "
-                               f"{DEVICE.type} (stand-in) and cpu! ({func})")
+            raise RuntimeError(
+                f"Expected all tensors to be on the same device, but found at least two devices, "
+                f"{DEVICE.type} (stand-in) and cpu! ({func})"
+            )
         out = func(*plain_args, **plain_kwargs)
         if func is torch.ops.aten._to_copy.default and "device" in kwargs and not to_standin:
             return out  # moved off the stand-in: a plain tensor
@@ -110,4 +119,3 @@ class StandinDevice(TorchDispatchMode):
             return t
 
         return tree_map(rewrap, out)
-

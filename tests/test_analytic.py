@@ -60,7 +60,9 @@ def test_gaussian_velocity_is_the_derivative_of_the_discrepancy(measure, mean, s
     torch.testing.assert_close(gaussian_velocity(measure, sigma, mean, std, dim, wrt="sigma"), fd, rtol=1e-5, atol=0)
     dalpha = crs.sigma_to_alpha(sigma - h) - crs.sigma_to_alpha(sigma + h)
     fd_alpha = gaussian_discrepancy(measure, sigma - h, sigma + h, mean, std, dim) / dalpha
-    torch.testing.assert_close(gaussian_velocity(measure, sigma, mean, std, dim, wrt="alpha"), fd_alpha, rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        gaussian_velocity(measure, sigma, mean, std, dim, wrt="alpha"), fd_alpha, rtol=1e-5, atol=0
+    )
 
 
 def test_method_note_closed_forms():
@@ -73,7 +75,9 @@ def test_method_note_closed_forms():
 def test_mixture_fid_discrepancy_reduces_to_gaussian_and_matches_moments():
     g = crs.make_dataset("gaussian", dim=3, mean=0.5, std=0.7)
     a, b = torch.tensor([0.1, 1.0, 8.0]), torch.tensor([0.12, 1.3, 9.0])
-    torch.testing.assert_close(fid_discrepancy(g, a, b), gaussian_discrepancy("fid", a, b, 0.5, 0.7, 3), rtol=1e-7, atol=0)
+    torch.testing.assert_close(
+        fid_discrepancy(g, a, b), gaussian_discrepancy("fid", a, b, 0.5, 0.7, 3), rtol=1e-7, atol=0
+    )
     mix = crs.make_dataset("gmm", weights=[2, 1, 1, 1, 1, 1, 1, 1])
     # Monte Carlo fit of the VP-scaled noised mixture at two levels, with many samples
     gen = torch.Generator().manual_seed(5)
@@ -92,7 +96,9 @@ def test_mixture_data_velocity_in_the_separated_limit():
     v_data(sigma)^2 = sum_k w_k s_k^4 / (s_k^2 + sigma^2)^2 (derived; the responsibilities are 0/1)."""
     w, stds = np.array([0.2, 0.5, 0.3]), np.array([0.3, 0.6, 1.0])
     mix = crs.analytic.GaussianMixture([[-40.0], [0.0], [40.0]], stds, w)
-    rate = crs.estimate_rate("data", mix, denoiser=mix.denoiser, sigma_min=0.01, sigma_max=2.0, grid_size=32, n_samples=20000)
+    rate = crs.estimate_rate(
+        "data", mix, denoiser=mix.denoiser, sigma_min=0.01, sigma_max=2.0, grid_size=32, n_samples=20000
+    )
     expect = np.sqrt((w * stds**4 / (stds**2 + rate.sigma_mid[:, None] ** 2) ** 2).sum(1))
     z = (rate.velocity("sigma") - expect) / rate.velocity_stderr("sigma")
     assert np.all(np.abs(z) < 4.5), np.abs(z).max()

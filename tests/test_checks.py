@@ -10,7 +10,15 @@ import pytest
 
 import crs
 from crs.checks import STAGE_CHECKS, check_model_reference, check_stage
-from crs.pipeline import STAGES, ExperimentError, apply_overrides, load_params, notebook_defaults, notebook_parameters, preflight
+from crs.pipeline import (
+    STAGES,
+    ExperimentError,
+    apply_overrides,
+    load_params,
+    notebook_defaults,
+    notebook_parameters,
+    preflight,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +32,11 @@ BAD = [
     ("sampling.baselines=[karras,cosin]", "sampling", "Unknown baseline 'cosin'"),
     ("dataset=gmmm", "base_model", "Unknown dataset 'gmmm'"),
     ("base_model.noise=uniform", "base_model", "Unknown noise distribution 'uniform'"),
-    ("training_schedule_finetune.control_noise=uniform", "training_schedule_finetune", "Unknown `control_noise` 'uniform'"),
+    (
+        "training_schedule_finetune.control_noise=uniform",
+        "training_schedule_finetune",
+        "Unknown `control_noise` 'uniform'",
+    ),
     ("schedule_optimization.xi=-1", "schedule_optimization", "`xi` must be a positive finite number, got -1"),
     ("schedule_optimization.steps=[1,5]", "schedule_optimization", "A step count must be an integer >= 2, got 1"),
     ("base_model.sigma_min=100", "base_model", r"`sigma_min` \(100\) must be smaller than `sigma_max`"),
@@ -35,7 +47,11 @@ BAD = [
     ("evaluation.k=1", "evaluation", "`k` must be an integer >= 2, got 1"),
     ("evaluation.reference=tset", "evaluation", "Unknown reference 'tset'"),
     ("evaluation.plot_model=base", "evaluation", "`plot_model` 'base' is not among the sampled models"),
-    ("training_schedule_finetune.finetune_steps=0", "training_schedule_finetune", "`steps` must be an integer >= 1, got 0"),
+    (
+        "training_schedule_finetune.finetune_steps=0",
+        "training_schedule_finetune",
+        "`steps` must be an integer >= 1, got 0",
+    ),
     ("sampling.device=tpu", "sampling", "Unknown device 'tpu'"),
 ]
 
@@ -62,7 +78,9 @@ def test_every_bad_value_stops_before_any_stage(smoke, override, stage, msg):
 
 
 def test_heun_at_an_even_nfe_is_refused_before_any_stage(smoke):
-    params = apply_overrides(smoke, ["sampling.samplers=[heun]", "sampling.nfe={heun: [5, 10]}", "sampling.show_sampler=heun"])
+    params = apply_overrides(
+        smoke, ["sampling.samplers=[heun]", "sampling.nfe={heun: [5, 10]}", "sampling.show_sampler=heun"]
+    )
     with pytest.raises(ExperimentError, match=r"Stage 'sampling'.*heun@10"):
         preflight(params)
     with pytest.raises(ExperimentError, match=r"no budgets for \['heun'\]"):
@@ -121,8 +139,11 @@ def test_shipped_experiments_pass_the_checks_that_need_no_model():
     for path in sorted((ROOT / "params").glob("*.yaml")):
         params = load_params(path)
         for stage in params["stages"]:
-            values = {**notebook_defaults(stage), **{k: v for k, v in params["common"].items() if k in notebook_parameters(stage)},
-                      **params["stages"][stage]}
+            values = {
+                **notebook_defaults(stage),
+                **{k: v for k, v in params["common"].items() if k in notebook_parameters(stage)},
+                **params["stages"][stage],
+            }
             if values.get("dataset") == "folder":
                 values["dataset"], values["dataset_kwargs"] = "digits", {}  # their images live on the GPU machine
             if "device" in values:
@@ -132,5 +153,5 @@ def test_shipped_experiments_pass_the_checks_that_need_no_model():
 
 def test_defaults_parse_as_literals():
     for stage in STAGES:
-        for name, p in notebook_parameters(stage).items():
+        for p in notebook_parameters(stage).values():
             ast.literal_eval(p["default"])

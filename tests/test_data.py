@@ -52,7 +52,9 @@ def test_folder_dataset(tmp_path):
 
 
 def test_dataset_argument_errors():
-    with pytest.raises(ValueError, match=r"unknown keyword\(s\) \['resolutoin'\].*Valid keywords: resolution, split, test_fraction"):
+    with pytest.raises(
+        ValueError, match=r"unknown keyword\(s\) \['resolutoin'\].*Valid keywords: resolution, split, test_fraction"
+    ):
         crs.make_dataset("mnist", resolutoin=16)
     with pytest.raises(ValueError, match="Unknown split 'val'"):
         crs.make_dataset("digits", split="val")

@@ -10,11 +10,11 @@ float32 round-off (rtol 1e-5) and not bit for bit.
 
 import pytest
 import torch
+from standin_device import OnStandin, StandinDevice
 
 import crs
 from crs.models import build_denoiser, build_tiny_pipeline, load_denoiser
 from crs.sampling import SAMPLERS, generate
-from standin_device import OnStandin, StandinDevice
 
 CLOSE = dict(rtol=1e-5, atol=1e-5)
 
@@ -22,7 +22,10 @@ CLOSE = dict(rtol=1e-5, atol=1e-5)
 @pytest.fixture(scope="module")
 def pipelines(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipes")
-    return {kind: build_tiny_pipeline(root / kind, kind, (3, 8, 8) if kind == "ddpm" else (3, 16, 16)) for kind in ("ddpm", "ldm")}
+    return {
+        kind: build_tiny_pipeline(root / kind, kind, (3, 8, 8) if kind == "ddpm" else (3, 16, 16))
+        for kind in ("ddpm", "ldm")
+    }
 
 
 def _models(pipelines):
@@ -69,7 +72,11 @@ def test_model_wrappers_run_on_a_device_with_inputs_from_anywhere(pipelines, nam
         with StandinDevice() as dev:
             den.to(dev)
             z = den.encode(images.to(dev))
-            assert z.device == dev and den.decode(z).device == dev and den.decode(z.cpu(), quantize=False).device.type == "cpu"
+            assert (
+                z.device == dev
+                and den.decode(z).device == dev
+                and den.decode(z.cpu(), quantize=False).device.type == "cpu"
+            )
 
 
 def test_sigma_to_t_works_on_the_model_device(pipelines):
@@ -111,15 +118,23 @@ def test_analytic_denoiser_samples_on_a_device():
 def test_rate_estimation_with_a_model_on_a_device(pipelines, measure):
     den = load_denoiser(str(pipelines["ldm"]))
     data = crs.models.model_space(crs.make_dataset("digits", resolution=16, channels=3), den)
-    features = crs.models.pixel_features(crs.metrics.make_feature_extractor("efficientnet-lite0"), den) if measure == "fid" else None
+    features = (
+        crs.models.pixel_features(crs.metrics.make_feature_extractor("efficientnet-lite0"), den)
+        if measure == "fid"
+        else None
+    )
     kwargs = dict(denoiser=den, sigma_min=0.05, sigma_max=20.0, grid_size=2, n_samples=40, seed=0, feature_fn=features)
     expect = crs.estimate_rate(measure, data, **kwargs)
     with StandinDevice() as dev:
         den.to(dev)
         if features is not None:
-            kwargs["feature_fn"] = crs.models.pixel_features(crs.metrics.make_feature_extractor("efficientnet-lite0", device=dev), den)
+            kwargs["feature_fn"] = crs.models.pixel_features(
+                crs.metrics.make_feature_extractor("efficientnet-lite0", device=dev), den
+            )
         got = crs.estimate_rate(measure, data, **kwargs)
-    torch.testing.assert_close(torch.from_numpy(got.discrepancy), torch.from_numpy(expect.discrepancy), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.from_numpy(got.discrepancy), torch.from_numpy(expect.discrepancy), rtol=1e-4, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
@@ -130,8 +145,16 @@ def test_a_training_step_on_a_device(shape):
     noise = make_noise("cosine", 0.002, 80.0)
     losses = {}
     for where in ("cpu", "standin"):
-        model = build_denoiser(shape, block_out_channels=(8, 16), norm_num_groups=4) if len(shape) == 3 else build_denoiser(shape)
-        ema = build_denoiser(shape, block_out_channels=(8, 16), norm_num_groups=4) if len(shape) == 3 else build_denoiser(shape)
+        model = (
+            build_denoiser(shape, block_out_channels=(8, 16), norm_num_groups=4)
+            if len(shape) == 3
+            else build_denoiser(shape)
+        )
+        ema = (
+            build_denoiser(shape, block_out_channels=(8, 16), norm_num_groups=4)
+            if len(shape) == 3
+            else build_denoiser(shape)
+        )
         with StandinDevice() as dev:
             device = dev if where == "standin" else torch.device("cpu")
             model.to(device), ema.to(device)
@@ -153,6 +176,7 @@ def test_a_training_step_on_a_device(shape):
     for a, b in zip(losses["cpu"][1], losses["standin"][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # gradients: float32 round-off of the backward pass
     # Adam's first step moves a weight by lr * g / (|g| + eps): up to lr = 1e-3 wherever g is round-off sized, and the
-    # EMA takes a tenth of that, so the averaged weights agree to 1e-4 at most (the optimiser may pick another kernel there).
+    # EMA takes a tenth of that, so the averaged weights agree to 1e-4 at most (the optimiser may pick another
+    # kernel there).
     for a, b in zip(losses["cpu"][2], losses["standin"][2]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)

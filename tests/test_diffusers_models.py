@@ -46,7 +46,12 @@ def test_conversion_reproduces_the_exact_denoiser(prediction_type):
     data = crs.make_dataset("gaussian", dim=16, std=0.7)
     x = torch.randn(8, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for sigma in (0.05, 0.8, 20.0):  # between the table's levels: exercises the continuous timestep
-        torch.testing.assert_close(den(x * (1 + sigma), sigma).flatten(1), data.denoiser((x * (1 + sigma)).flatten(1), sigma), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(
+            den(x * (1 + sigma), sigma).flatten(1),
+            data.denoiser((x * (1 + sigma)).flatten(1), sigma),
+            rtol=1e-9,
+            atol=1e-9,
+        )
     assert den.sigma_min == pytest.approx(float(((1 - ac[0]) / ac[0]) ** 0.5), rel=1e-6)
 
 
@@ -54,8 +59,15 @@ def _tiny_pipeline(folder, prediction_type):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler(prediction_type=prediction_type)).save_pretrained(folder)
 
 
@@ -65,9 +77,13 @@ def test_saved_pipelines_load_as_denoisers_and_run(tmp_path, prediction_type):
     data = crs.make_dataset("digits")
     den = load_denoiser(str(tmp_path / "pipe"), data)
     assert isinstance(den, DiffusersDenoiser) and den.shape == (1, 8, 8) and den.prediction_type == prediction_type
-    rate = crs.estimate_rate("noise", data, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=4, n_samples=8)
+    rate = crs.estimate_rate(
+        "noise", data, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=4, n_samples=8
+    )
     assert rate.evaluations == 5 * 8
-    x = crs.sampling.generate(den, den.shape, 4, crs.baseline_sigmas("karras", 3, den.sigma_min, den.sigma_max), sampler="euler")
+    x = crs.sampling.generate(
+        den, den.shape, 4, crs.baseline_sigmas("karras", 3, den.sigma_min, den.sigma_max), sampler="euler"
+    )
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
 
 
@@ -78,7 +94,9 @@ def test_unsupported_pipelines_are_named(tmp_path):
     path = tmp_path / "pipe" / "model_index.json"
     index = json.loads(path.read_text())
     json.dump({**index, "unet": ["diffusers", "UNet2DConditionModel"]}, open(path, "w"))
-    with pytest.raises(ValueError, match="UNet2DConditionModel \\(conditional models are not supported\\); supported: unconditional"):
+    with pytest.raises(
+        ValueError, match="UNet2DConditionModel \\(conditional models are not supported\\); supported: unconditional"
+    ):
         load_denoiser(str(tmp_path / "pipe"))
     json.dump({**index, "scheduler": ["diffusers", "ScoreSdeVeScheduler"]}, open(path, "w"))
     with pytest.raises(ValueError, match="Unsupported scheduler ScoreSdeVeScheduler \\(no discrete noise table"):
@@ -106,19 +124,36 @@ def test_latent_pipeline_loads_with_its_vae(ldm):
     assert z.shape == (5, 3, 8, 8)
     images = den.decode(z)
     assert images.shape == (5, 3, 16, 16) and images.abs().max() <= 1.0
-    with pytest.raises(ValueError, match=r"decodes to images of shape \(3, 16, 16\), but the dataset gives \(3, 8, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"decodes to images of shape \(3, 16, 16\), but the dataset gives \(3, 8, 8\)"
+    ):
         load_denoiser(str(ldm), crs.make_dataset("digits", channels=3))
 
 
 def test_vae_scaling_follows_the_diffusers_pipelines():
-    """z = encoder output * scaling_factor; decode(z) = vae.decode(z / scaling_factor) (LDMPipeline), for VQ and KL VAEs."""
+    """z = encoder output * scaling_factor; decode(z) = vae.decode(z / scaling_factor) (LDMPipeline), VQ and KL."""
     from diffusers import AutoencoderKL, UNet2DModel, VQModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(8, 8), norm_num_groups=4,
-                       down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
-    kw = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-              block_out_channels=(8, 8), latent_channels=4, norm_num_groups=4, scaling_factor=0.5)
+    unet = UNet2DModel(
+        sample_size=4,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(8, 8),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    )
+    kw = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 8),
+        latent_channels=4,
+        norm_num_groups=4,
+        scaling_factor=0.5,
+    )
     x = torch.rand(2, 3, 8, 8) * 2 - 1
     for vae in (VQModel(**kw), AutoencoderKL(**kw)):
         den = DiffusersDenoiser(unet, torch.linspace(0.999, 0.01, 50), vae=vae.eval())
@@ -134,7 +169,9 @@ def test_vae_scaling_follows_the_diffusers_pipelines():
                 torch.testing.assert_close(raw, vae.decode(noised, force_not_quantize=True).sample.clamp(-1, 1))
                 assert not torch.allclose(raw, den.decode(noised * 0.5))
                 seen = []
-                crs.models.pixel_features(lambda images: seen.append(images) or images.flatten(1), den)(noised * 0.5)
+                crs.models.pixel_features(lambda images, seen=seen: seen.append(images) or images.flatten(1), den)(
+                    noised * 0.5
+                )
                 torch.testing.assert_close(seen[0], raw)
             else:  # a KL decoder has no quantiser
                 torch.testing.assert_close(raw, den.decode(noised * 0.5))
@@ -145,7 +182,9 @@ def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):
     den = load_denoiser(str(ldm), data)
     latents = crs.models.model_space(data, den)
     assert latents.shape == (3, 8, 8)
-    rate = crs.estimate_rate("data", latents, denoiser=den, sigma_min=den.sigma_min, sigma_max=80.0, grid_size=4, n_samples=8)
+    rate = crs.estimate_rate(
+        "data", latents, denoiser=den, sigma_min=den.sigma_min, sigma_max=80.0, grid_size=4, n_samples=8
+    )
     assert rate.evaluations == 5 * 8 and (rate.discrepancy > 0).all()
     seen = []
     features = crs.metrics.make_feature_extractor("identity")
@@ -154,11 +193,20 @@ def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):
         seen.append(tuple(x.shape[1:]))
         return features.fn(x)
 
-    fid = crs.estimate_rate("fid", latents, sigma_min=den.sigma_min, sigma_max=80.0, grid_size=2, n_samples=40,
-                            feature_fn=crs.models.pixel_features(record, den))
+    fid = crs.estimate_rate(
+        "fid",
+        latents,
+        sigma_min=den.sigma_min,
+        sigma_max=80.0,
+        grid_size=2,
+        n_samples=40,
+        feature_fn=crs.models.pixel_features(record, den),
+    )
     assert set(seen) == {(3, 16, 16)} and fid.feature_evaluations == 3 * 40  # the fid measure sees decoded images
     schedule = crs.optimize_schedule(rate)
-    index = crs.sampling.sample_grid({"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], data.shape, 6, tmp_path / "s")
+    index = crs.sampling.sample_grid(
+        {"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], data.shape, 6, tmp_path / "s"
+    )
     x = torch.load(index[0]["path"], weights_only=True)
     assert x.shape == (6, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1.0
 
@@ -191,7 +239,9 @@ def test_crs_schedule_in_a_loaded_ddpm_pipeline(tmp_path):
     _tiny_pipeline(tmp_path / "pipe", "epsilon")
     den = load_denoiser(str(tmp_path / "pipe"))
     data = crs.make_dataset("digits")
-    rate = crs.estimate_rate("noise", data, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=8, n_samples=16)
+    rate = crs.estimate_rate(
+        "noise", data, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=8, n_samples=16
+    )
     crs.optimize_schedule(rate).save(tmp_path / "schedule.json")
     pipe = DDPMPipeline.from_pretrained(tmp_path / "pipe")
     crs.apply_schedule(pipe, str(tmp_path / "schedule.json"))
@@ -218,15 +268,26 @@ def test_tiny_pipelines_load_by_hub_id_from_the_cache_offline(tmp_path, monkeypa
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     repo_id = f"crs-test/tiny-{kind}-{prediction_type}"
-    _into_hub_cache(tmp_path / "hub", repo_id, lambda f: crs.models.build_tiny_pipeline(f, kind, (3, 16, 16), prediction_type))
+    _into_hub_cache(
+        tmp_path / "hub", repo_id, lambda f: crs.models.build_tiny_pipeline(f, kind, (3, 16, 16), prediction_type)
+    )
     data = crs.make_dataset("digits", **RGB16)
     den = load_denoiser(repo_id, data)
     assert den.prediction_type == prediction_type and den.is_latent == (kind == "ldm")
     space = crs.models.model_space(data, den)
-    rate = crs.estimate_rate("noise", space, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=3, n_samples=6)
+    rate = crs.estimate_rate(
+        "noise", space, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=3, n_samples=6
+    )
     assert rate.evaluations == 4 * 6 and np.isfinite(rate.discrepancy).all()
-    index = crs.sampling.sample_grid({repo_id: den}, {"crs": crs.optimize_schedule(rate).discretize}, ["dpmpp_2m"], [3],
-                                     data.shape, 4, tmp_path / "samples")
+    index = crs.sampling.sample_grid(
+        {repo_id: den},
+        {"crs": crs.optimize_schedule(rate).discretize},
+        ["dpmpp_2m"],
+        [3],
+        data.shape,
+        4,
+        tmp_path / "samples",
+    )
     x = torch.load(index[0]["path"], weights_only=True)
     assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()
     assert index[0]["path"].startswith(str(tmp_path / "samples" / "crs-test--tiny-"))
@@ -236,11 +297,20 @@ def test_a_bare_unet_folder_assumes_ddpm_betas_with_a_warning(tmp_path):
     from diffusers import DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-                down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2).save_pretrained(tmp_path / "unet")
+    UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D",) * 2,
+        up_block_types=("UpBlock2D",) * 2,
+    ).save_pretrained(tmp_path / "unet")
     with pytest.warns(UserWarning, match="bare UNet2DModel with no scheduler: assuming DDPM's noise table"):
         den = load_denoiser(str(tmp_path / "unet"), crs.make_dataset("digits"))
     assert den.shape == (1, 8, 8) and den.sigma_min == pytest.approx(0.01, rel=1e-3)
-    DDPMScheduler(prediction_type="v_prediction", beta_end=0.012).save_pretrained(tmp_path / "unet")  # scheduler_config.json beside it
+    DDPMScheduler(prediction_type="v_prediction", beta_end=0.012).save_pretrained(
+        tmp_path / "unet"
+    )  # scheduler_config.json beside it
     den = load_denoiser(str(tmp_path / "unet"))
     assert den.prediction_type == "v_prediction" and den.sigma_max < 100

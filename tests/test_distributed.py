@@ -16,9 +16,22 @@ def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
     crs.models.build_tiny_pipeline(root / "ldm", "ldm", (3, 16, 16))
     crs.Schedule.from_baseline("kl_optimal", 0.05, 80.0).save(root / "schedule.json")
-    spec = dict(run_dir=str(root / "one"), models=[str(root / "ldm")], schedule=str(root / "schedule.json"), baselines=["karras"],
-                samplers=["euler", "edm"], nfe=[3], n_samples=10, batch_size=5, seed=3, device="cpu", store="samples",
-                features="efficientnet-lite0", keep=4, **DATA)
+    spec = dict(
+        run_dir=str(root / "one"),
+        models=[str(root / "ldm")],
+        schedule=str(root / "schedule.json"),
+        baselines=["karras"],
+        samplers=["euler", "edm"],
+        nfe=[3],
+        n_samples=10,
+        batch_size=5,
+        seed=3,
+        device="cpu",
+        store="samples",
+        features="efficientnet-lite0",
+        keep=4,
+        **DATA,
+    )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # launched processes run one thread each: the same reduction order, so equal bits
     try:
@@ -31,10 +44,14 @@ def job(tmp_path_factory):
 def test_two_processes_sample_the_same_sets_as_one(job):
     root, spec, one = job
     two = run("sample", dict(spec, run_dir=str(root / "two")), 2)
-    assert [(e["model"], e["schedule"], e["sampler"], e["nfe"]) for e in two] == [(e["model"], e["schedule"], e["sampler"], e["nfe"]) for e in one]
+    assert [(e["model"], e["schedule"], e["sampler"], e["nfe"]) for e in two] == [
+        (e["model"], e["schedule"], e["sampler"], e["nfe"]) for e in one
+    ]
     for a, b in zip(one, two):
         x, y = torch.load(a["path"], weights_only=True), torch.load(b["path"], weights_only=True)
-        assert x.shape == (10, 3, 16, 16) and torch.equal(x, y)  # each process drew its share with the samples' own seeds
+        assert x.shape == (10, 3, 16, 16) and torch.equal(
+            x, y
+        )  # each process drew its share with the samples' own seeds
     assert not list((root / "two").rglob("*.part*"))  # the shares were gathered and removed
     saved = json.loads((root / "two" / "samples" / "index.json").read_text())
     assert saved["entries"] == two and saved["processes"] == 2  # really two shares, not two copies
@@ -54,7 +71,7 @@ def test_other_batches_agree_to_round_off(job, tmp_path):
     6.3e-5 of the scale for the pixel samples (edm), 5.3e-6 for the latents; asserted at 1e-3 of the scale.
     """
     root, spec, _ = job
-    # x0-prediction keeps an untrained UNet's samples O(1); with eps-prediction its error is multiplied by sigma up to 80
+    # x0-prediction keeps an untrained UNet's samples O(1); eps-prediction multiplies its error by sigma up to 80
     pixels = crs.models.build_tiny_pipeline(tmp_path / "ddpm", "ddpm", (3, 16, 16), prediction_type="sample")
     pix = dict(spec, models=[str(pixels)], run_dir=str(tmp_path / "one"))
     one = run("sample", pix, 1)
@@ -65,7 +82,9 @@ def test_other_batches_agree_to_round_off(job, tmp_path):
     ldm = crs.load_denoiser(spec["models"][0])
     sigmas = crs.baseline_sigmas("karras", 3, ldm.sigma_min, 80.0)
     for sampler in spec["samplers"]:
-        latents = [crs.sampling.generate(ldm, ldm.shape, 10, sigmas, seed=3, sampler=sampler, batch_size=b) for b in (5, 4, 3)]
+        latents = [
+            crs.sampling.generate(ldm, ldm.shape, 10, sigmas, seed=3, sampler=sampler, batch_size=b) for b in (5, 4, 3)
+        ]
         for other in latents[1:]:
             torch.testing.assert_close(other, latents[0], rtol=0, atol=1e-3 * float(latents[0].abs().max()))
 
@@ -102,7 +121,11 @@ def test_bad_launches_are_named(job):
 @pytest.mark.slow
 def test_a_failing_launched_job_reports_its_error(job):
     root, spec, _ = job
-    with pytest.raises(ValueError, match="failed under accelerate launch with 2 processes: ValueError: Could not load the hub model 'nowhere/model'"):
+    with pytest.raises(
+        ValueError,
+        match="failed under accelerate launch with 2 processes: ValueError: Could not load the hub model "
+        "'nowhere/model'",
+    ):
         run("sample", dict(spec, run_dir=str(root / "bad"), models=["nowhere/model"]), 2)
 
 
@@ -116,9 +139,17 @@ def test_finetuning_over_two_processes_saves_models_and_records(tmp_path):
     build_denoiser((2,)).save_pretrained(tmp_path / "models" / "base")
     crs.Schedule.from_baseline("kl_optimal", 0.002, 80.0).save(tmp_path / "schedule.json")
     common = dict(steps=4, batch_size=16, checkpoint_every=2, seed=0)
-    configs = {"crs": asdict(TrainConfig(noise="crs", schedule=str(tmp_path / "schedule.json"), **common)),
-               "control": asdict(TrainConfig(noise="edm", **common))}
-    spec = dict(run_dir=str(tmp_path), dataset="gmm", dataset_kwargs={}, base_model=str(tmp_path / "models" / "base"), configs=configs)
+    configs = {
+        "crs": asdict(TrainConfig(noise="crs", schedule=str(tmp_path / "schedule.json"), **common)),
+        "control": asdict(TrainConfig(noise="edm", **common)),
+    }
+    spec = dict(
+        run_dir=str(tmp_path),
+        dataset="gmm",
+        dataset_kwargs={},
+        base_model=str(tmp_path / "models" / "base"),
+        configs=configs,
+    )
     results = run("finetune", spec, 2)
     assert set(results) == {"crs", "control"}
     for name, r in results.items():
@@ -126,4 +157,7 @@ def test_finetuning_over_two_processes_saves_models_and_records(tmp_path):
         assert (tmp_path / "models" / name / "crs_denoiser.json").is_file()
         x = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
         assert torch.isfinite(r.ema(x, torch.full((8,), 1.0))).all()
-    assert type(results["crs"].noise).__name__ == "ScheduleNoise" and type(results["control"].noise).__name__ == "LogNormalNoise"
+    assert (
+        type(results["crs"].noise).__name__ == "ScheduleNoise"
+        and type(results["control"].noise).__name__ == "LogNormalNoise"
+    )

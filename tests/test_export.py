@@ -1,6 +1,5 @@
 """Schedules into diffusers: sigmas, quantised timesteps, apply_schedule on schedulers and pipelines."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -61,7 +60,9 @@ def test_quantisation_and_clipping_warn(crs_schedule):
         sigmas_to_timesteps(crs_schedule.discretize(30), sched)
     wide = crs.Schedule.from_baseline("karras", 0.002, 500.0)
     lo, hi = scheduler_sigma_range(EulerDiscreteScheduler())
-    with pytest.warns(UserWarning, match=r"outside the noise range of the scheduler \(EulerDiscreteScheduler \[0.01, 157.4\]\)"):
+    with pytest.warns(
+        UserWarning, match=r"outside the noise range of the scheduler \(EulerDiscreteScheduler \[0.01, 157.4\]\)"
+    ):
         s = apply_schedule(EulerDiscreteScheduler(), wide, steps=10)
     assert float(s.sigmas[0]) == pytest.approx(hi, rel=1e-5) and float(s.sigmas[-2]) == pytest.approx(lo, rel=1e-4)
     # clipped as a schedule (re-timed), not level by level: no two levels merge at the clipped ends
@@ -73,8 +74,15 @@ def test_quantisation_and_clipping_warn(crs_schedule):
 def test_apply_schedule_on_a_pipeline_and_errors(crs_schedule, tmp_path):
     from diffusers import DDIMScheduler, DDPMPipeline, EulerDiscreteScheduler, UNet2DModel
 
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), norm_num_groups=4,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        norm_num_groups=4,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
     pipe = DDPMPipeline(unet=unet, scheduler=EulerDiscreteScheduler())
     apply_schedule(pipe, crs_schedule)
     pipe.scheduler.set_timesteps(5)

@@ -11,8 +11,16 @@ from crs import gpu_check
 def test_consistency_cases_cover_models_measures_samplers_and_training():
     rows = gpu_check.consistency("cpu")  # CPU against CPU: the same kernels, so every case agrees exactly
     cases = {r["case"] for r in rows}
-    assert {"denoiser exact", "denoiser mlp", "denoiser ldm", "rate data (ldm)", "rate noise (ldm)", "rate fid (ldm)",
-            "training loss fp32", "training loss bf16"} <= cases
+    assert {
+        "denoiser exact",
+        "denoiser mlp",
+        "denoiser ldm",
+        "rate data (ldm)",
+        "rate noise (ldm)",
+        "rate fid (ldm)",
+        "training loss fp32",
+        "training loss bf16",
+    } <= cases
     assert {f"sampler {s} (mlp)" for s in ("euler", "heun", "dpmpp_2m", "edm")} <= cases
     assert all(r["ok"] and r["difference"] == 0.0 and r["tolerance"] > 0 and r["why"] for r in rows)
 

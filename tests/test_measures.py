@@ -5,7 +5,14 @@ import pytest
 import torch
 
 import crs
-from crs.measures import combine_velocities, fid_from_stats, format_measure, parse_measure, rms_with_stderr, schedule_pass
+from crs.measures import (
+    combine_velocities,
+    fid_from_stats,
+    format_measure,
+    parse_measure,
+    rms_with_stderr,
+    schedule_pass,
+)
 
 
 def test_parse_measure_forms():
@@ -88,13 +95,22 @@ def test_fid_from_features_wide_path_is_exact():
     cov = lambda x: np.cov(x, rowvar=False)  # noqa: E731
     assert fid_from_features(a, b) == pytest.approx(fid_from_stats(a.mean(0), cov(a), b.mean(0), cov(b)), rel=1e-6)
     tall_a, tall_b = rng.normal(size=(300, 5)), rng.normal(size=(200, 5))
-    assert fid_from_features(tall_a, tall_b) == pytest.approx(fid_from_stats(tall_a.mean(0), cov(tall_a), tall_b.mean(0), cov(tall_b)))
+    assert fid_from_features(tall_a, tall_b) == pytest.approx(
+        fid_from_stats(tall_a.mean(0), cov(tall_a), tall_b.mean(0), cov(tall_b))
+    )
 
 
 def test_fid_measure_on_images_with_offline_features():
     from crs.metrics import make_feature_extractor
 
     data = crs.make_dataset("digits")
-    rate = crs.estimate_rate("fid", data, feature_fn=make_feature_extractor("efficientnet-lite0"), grid_size=4, n_samples=40,
-                             sigma_min=0.01, sigma_max=10.0)
+    rate = crs.estimate_rate(
+        "fid",
+        data,
+        feature_fn=make_feature_extractor("efficientnet-lite0"),
+        grid_size=4,
+        n_samples=40,
+        sigma_min=0.01,
+        sigma_max=10.0,
+    )
     assert rate.feature_evaluations == 5 * 40 and np.all(rate.discrepancy > 0) and np.all(np.isfinite(rate.stderr))

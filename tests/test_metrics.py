@@ -5,7 +5,15 @@ import pytest
 import torch
 
 import crs
-from crs.metrics import _fid_boot, _interval, _mmd_poly, bootstrap_indices, compare, evaluate_samples, make_feature_extractor
+from crs.metrics import (
+    _fid_boot,
+    _interval,
+    _mmd_poly,
+    bootstrap_indices,
+    compare,
+    evaluate_samples,
+    make_feature_extractor,
+)
 
 
 def test_fid_and_kid_agree_with_clean_fid():
@@ -19,10 +27,13 @@ def test_fid_and_kid_agree_with_clean_fid():
     # the Gram-matrix path for fewer samples than features gives the same FID
     wide_gen, wide_ref = rng.normal(size=(40, 64)), rng.normal(size=(200, 64))
     assert _fid_boot(wide_gen, wide_ref.mean(0), np.cov(wide_ref, rowvar=False), idx[:, :40] % 40)[0] == pytest.approx(
-        fid_from_feats(wide_gen, wide_ref), rel=1e-6)
+        fid_from_feats(wide_gen, wide_ref), rel=1e-6
+    )
     # KID: clean-fid's estimate with subsets as large as the sets is the unbiased MMD^2 our bootstrap uses
     k_rr = (ref @ ref.T / 16 + 1) ** 3
-    assert _mmd_poly(gen, ref, float(k_rr.sum() - np.trace(k_rr))) == pytest.approx(kernel_distance(gen, ref, num_subsets=3), rel=1e-9)
+    assert _mmd_poly(gen, ref, float(k_rr.sum() - np.trace(k_rr))) == pytest.approx(
+        kernel_distance(gen, ref, num_subsets=3), rel=1e-9
+    )
 
 
 def test_offline_features_through_clean_fid(tmp_path):
@@ -37,8 +48,17 @@ def test_offline_features_through_clean_fid(tmp_path):
         for i, im in enumerate(((part + 1) * 127.5).round().to(torch.uint8)):
             Image.fromarray(im[0].numpy()).convert("RGB").save(tmp_path / name / f"{i}.png")
     fx = make_feature_extractor("efficientnet-lite0")
-    theirs = fid.compute_fid(str(tmp_path / "a"), str(tmp_path / "b"), custom_feat_extractor=fx.fn, mode="clean",
-                             custom_fn_resize=lambda x: x, num_workers=0, batch_size=16, device=torch.device("cpu"), verbose=False)
+    theirs = fid.compute_fid(
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        custom_feat_extractor=fx.fn,
+        mode="clean",
+        custom_fn_resize=lambda x: x,
+        num_workers=0,
+        batch_size=16,
+        device=torch.device("cpu"),
+        verbose=False,
+    )
     a = ((imgs[:32] + 1) * 127.5).round() / 127.5 - 1
     b = ((imgs[32:] + 1) * 127.5).round() / 127.5 - 1
     ours = evaluate_samples(a, b, fx, bootstrap_indices(32, 5), kid=False)["fid_efficientnet-lite0"][0]
@@ -79,9 +99,11 @@ def test_paired_comparison_and_intervals():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(500,))
     idx = bootstrap_indices(500, 200)
-    values = {"crs": (float((base - 0.1).mean()), (base - 0.1)[idx].mean(1)),
-              "karras": (float(base.mean()), base[idx].mean(1)),
-              "vp": (float((base + 0.5).mean()), (base + 0.5)[idx].mean(1))}
+    values = {
+        "crs": (float((base - 0.1).mean()), (base - 0.1)[idx].mean(1)),
+        "karras": (float(base.mean()), base[idx].mean(1)),
+        "vp": (float((base + 0.5).mean()), (base + 0.5)[idx].mean(1)),
+    }
     result = compare(values, "nll")
     # paired: the common noise cancels, so a 0.1 shift is significant although the intervals overlap
     assert result["best_baseline"] == "karras" and result["significant"] and result["crs_better"]

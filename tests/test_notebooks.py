@@ -16,13 +16,27 @@ NB = Path(__file__).resolve().parents[1] / "notebooks"
 
 def _run(name, out_dir, **params):
     return papermill.execute_notebook(
-        str(NB / name), str(out_dir / name), parameters=params, cwd=str(out_dir), progress_bar=False, kernel_name="python3"
+        str(NB / name),
+        str(out_dir / name),
+        parameters=params,
+        cwd=str(out_dir),
+        progress_bar=False,
+        kernel_name="python3",
     )
 
 
 def test_chain_with_other_parameters(tmp_path):
-    _run("01_rate_estimation.ipynb", tmp_path, run_dir="run", measure="noise+cosine", grid_size=16, n_samples=512,
-         compare_measures=["noise", "fid"], dataset="gaussian", dataset_kwargs={"dim": 3, "std": 0.5})
+    _run(
+        "01_rate_estimation.ipynb",
+        tmp_path,
+        run_dir="run",
+        measure="noise+cosine",
+        grid_size=16,
+        n_samples=512,
+        compare_measures=["noise", "fid"],
+        dataset="gaussian",
+        dataset_kwargs={"dim": 3, "std": 0.5},
+    )
     rate = json.loads((tmp_path / "run" / "rate.json").read_text())
     assert rate["measure"] == "noise:0.5+cosine:0.5"
     assert len(rate["sigma"]) == 17 and len(rate["discrepancy"]) == len(rate["stderr"]) == 16
@@ -32,7 +46,14 @@ def test_chain_with_other_parameters(tmp_path):
     assert sched["xi"] == 1.2 and sorted(sched["sampling"]) == ["3", "7"]
     assert len(sched["sampling"]["7"]) == 8 and sched["sampling"]["7"][-1] == 0
     assert sched["sigma"] == sorted(sched["sigma"]) and len(sched["t"]) == len(sched["sigma"]) >= 1025
-    for fig in ("data.png", "rate.png", "rate_check.png", "schedules.png", "step_discrepancy.png", "training_density.png"):
+    for fig in (
+        "data.png",
+        "rate.png",
+        "rate_check.png",
+        "schedules.png",
+        "step_discrepancy.png",
+        "training_density.png",
+    ):
         assert (tmp_path / "run" / fig).stat().st_size > 1000
 
 
@@ -60,8 +81,11 @@ def test_schedule_stage_refuses_bad_input(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError, match="No rate file"):
         _run("02_schedule_optimization.ipynb", tmp_path, run_dir="empty")
     _run("01_rate_estimation.ipynb", tmp_path, run_dir="run", grid_size=8, n_samples=256, compare_measures=["data"])
-    for params, msg in [(dict(xi=0.0), "`xi` must be a positive"), (dict(steps=[1]), "step count must be an integer >= 2"),
-                        (dict(baselines=["karas"]), "Unknown baseline 'karas'")]:
+    for params, msg in [
+        (dict(xi=0.0), "`xi` must be a positive"),
+        (dict(steps=[1]), "step count must be an integer >= 2"),
+        (dict(baselines=["karas"]), "Unknown baseline 'karas'"),
+    ]:
         with pytest.raises(papermill.PapermillExecutionError, match=msg):
             _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", **params)
     assert not (tmp_path / "run" / "schedule.json").exists()
@@ -70,16 +94,48 @@ def test_schedule_stage_refuses_bad_input(tmp_path):
 def test_full_chain_on_real_digits_with_a_unet(tmp_path):
     """00 -> 01 -> 02 -> 03 on scikit-learn's digits with a tiny UNet and the online CRS schedule."""
     digits = dict(dataset="digits", dataset_kwargs={})
-    _run("00_base_model.ipynb", tmp_path, run_dir="run", train_steps=4, batch_size=8, checkpoint_every=2,
-         sample_steps=3, n_show=16, model_kwargs={"block_out_channels": [16, 32]}, **digits)
+    _run(
+        "00_base_model.ipynb",
+        tmp_path,
+        run_dir="run",
+        train_steps=4,
+        batch_size=8,
+        checkpoint_every=2,
+        sample_steps=3,
+        n_show=16,
+        model_kwargs={"block_out_channels": [16, 32]},
+        **digits,
+    )
     base = tmp_path / "run" / "models" / "base"
     assert json.loads((base / "config.json").read_text())["_class_name"] == "UNet2DModel"
-    _run("01_rate_estimation.ipynb", tmp_path, run_dir="run", model="run/models/base", measure="noise", grid_size=8,
-         n_samples=48, compare_measures=["noise", "fid"], **digits)
+    _run(
+        "01_rate_estimation.ipynb",
+        tmp_path,
+        run_dir="run",
+        model="run/models/base",
+        measure="noise",
+        grid_size=8,
+        n_samples=48,
+        compare_measures=["noise", "fid"],
+        **digits,
+    )
     assert json.loads((tmp_path / "run" / "rate.json").read_text())["evaluations"] == 9 * 48
     _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", steps=[4])
-    _run("03_training_schedule_finetune.ipynb", tmp_path, run_dir="run", finetune_steps=4, batch_size=8, checkpoint_every=2,
-         crs_noise="crs-online", online_every=2, online_grid=4, online_samples=16, eval_levels=4, eval_samples=16, **digits)
+    _run(
+        "03_training_schedule_finetune.ipynb",
+        tmp_path,
+        run_dir="run",
+        finetune_steps=4,
+        batch_size=8,
+        checkpoint_every=2,
+        crs_noise="crs-online",
+        online_every=2,
+        online_grid=4,
+        online_samples=16,
+        eval_levels=4,
+        eval_samples=16,
+        **digits,
+    )
     result = json.loads((tmp_path / "run" / "finetune.json").read_text())
     assert result["runs"]["crs"]["noise"] == "crs-online" and result["runs"]["crs"]["online_updates"] == 1
     assert len(result["runs"]["crs"]["losses"]) == len(result["runs"]["control"]["losses"]) == 4
@@ -97,26 +153,41 @@ def base_run(tmp_path_factory):
     return tmp
 
 
-@pytest.mark.parametrize("params,msg", [
-    (dict(control_noise="uniform"), "Unknown `control_noise` 'uniform'; valid choices: edm, logsnr, cosine"),
-    (dict(crs_noise="edm"), "Unknown `crs_noise` 'edm'; valid choices: crs, crs-online"),
-    (dict(base_model="run/models/nothing"), "No model at 'run/models/nothing'"),
-    (dict(dataset="digits"), r"takes samples of shape \(2,\), but the dataset gives \(1, 8, 8\)"),
-    (dict(schedule="run/narrow.json"), "does not cover the model's range"),
-    (dict(finetune_steps=0), "`steps` must be an integer >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "params,msg",
+    [
+        (dict(control_noise="uniform"), "Unknown `control_noise` 'uniform'; valid choices: edm, logsnr, cosine"),
+        (dict(crs_noise="edm"), "Unknown `crs_noise` 'edm'; valid choices: crs, crs-online"),
+        (dict(base_model="run/models/nothing"), "No model at 'run/models/nothing'"),
+        (dict(dataset="digits"), r"takes samples of shape \(2,\), but the dataset gives \(1, 8, 8\)"),
+        (dict(schedule="run/narrow.json"), "does not cover the model's range"),
+        (dict(finetune_steps=0), "`steps` must be an integer >= 1, got 0"),
+    ],
+)
 def test_finetune_refuses_bad_input_before_training(base_run, params, msg):
     import crs
 
     run = base_run / "run"
     crs.Schedule.from_baseline("karras", 0.01, 10.0).save(run / "narrow.json")
     with pytest.raises(papermill.PapermillExecutionError, match=msg):
-        _run("03_training_schedule_finetune.ipynb", base_run, run_dir="run", finetune_steps=params.pop("finetune_steps", 3), **params)
+        _run(
+            "03_training_schedule_finetune.ipynb",
+            base_run,
+            run_dir="run",
+            finetune_steps=params.pop("finetune_steps", 3),
+            **params,
+        )
     assert not (run / "models" / "crs").exists() and not (run / "models" / "control").exists()
 
 
-SMALL_04 = dict(models=["analytic", "base"], baselines=["karras", "vp"], samplers=["euler", "heun"],
-                nfe={"euler": [3], "heun": [3]}, n_samples=64, batch_size=32)
+SMALL_04 = dict(
+    models=["analytic", "base"],
+    baselines=["karras", "vp"],
+    samplers=["euler", "heun"],
+    nfe={"euler": [3], "heun": [3]},
+    n_samples=64,
+    batch_size=32,
+)
 
 
 def test_sampling_and_evaluation_chain(base_run):
@@ -134,13 +205,16 @@ def test_sampling_and_evaluation_chain(base_run):
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in metrics["rows"])
 
 
-@pytest.mark.parametrize("params,msg", [
-    (dict(samplers=["euler", "ddim"]), "Unknown sampler 'ddim'"),
-    (dict(samplers=["heun"], nfe=[10]), "cannot spend these nfe exactly: heun@10"),
-    (dict(baselines=["karras", "cosin"]), "Unknown baseline 'cosin'"),
-    (dict(schedule="run/broken.json"), "not valid JSON"),
-    (dict(store="images"), "Unknown `store` 'images'"),
-])
+@pytest.mark.parametrize(
+    "params,msg",
+    [
+        (dict(samplers=["euler", "ddim"]), "Unknown sampler 'ddim'"),
+        (dict(samplers=["heun"], nfe=[10]), "cannot spend these nfe exactly: heun@10"),
+        (dict(baselines=["karras", "cosin"]), "Unknown baseline 'cosin'"),
+        (dict(schedule="run/broken.json"), "not valid JSON"),
+        (dict(store="images"), "Unknown `store` 'images'"),
+    ],
+)
 def test_sampling_refuses_bad_input(base_run, params, msg):
     import crs
 
@@ -157,7 +231,12 @@ def test_sampling_clips_a_schedule_outside_the_models_range_with_a_warning(base_
 
     run = base_run / "run"
     crs.Schedule.from_baseline("karras", 0.002, 200.0).save(run / "wide.json")
-    out = _run("04_sampling.ipynb", base_run, run_dir="run", **{**SMALL_04, "schedule": "run/wide.json", "nfe": {"euler": [3], "heun": [3]}})
+    out = _run(
+        "04_sampling.ipynb",
+        base_run,
+        run_dir="run",
+        **{**SMALL_04, "schedule": "run/wide.json", "nfe": {"euler": [3], "heun": [3]}},
+    )
     text = "".join(o.get("text", "") for c in out.cells for o in c.get("outputs", []))
     assert "outside the noise range of the models (base [0.002, 80]): clipped to [0.002, 80]" in text
     saved = json.loads((run / "samples" / "index.json").read_text())
@@ -171,11 +250,16 @@ def test_failed_evaluation_keeps_the_complete_metrics(base_run):
     _run("04_sampling.ipynb", base_run, run_dir="run", **SMALL_04)
     _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
     before = (run / "metrics.json").read_bytes()
-    for params, msg in [(dict(metrics=["fid", "is"]), r"Unknown metric\(s\) \['is'\]"), (dict(features="clip"), "Unknown feature extractor")]:
+    for params, msg in [
+        (dict(metrics=["fid", "is"]), r"Unknown metric\(s\) \['is'\]"),
+        (dict(features="clip"), "Unknown feature extractor"),
+    ]:
         with pytest.raises(papermill.PapermillExecutionError, match=msg):
             _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64, **params)
     entry = json.loads((run / "samples" / "index.json").read_text())["entries"][-1]
-    torch.save(torch.full((64, 2), float("nan")), base_run / entry["path"])  # a broken sample set, found halfway through
+    torch.save(
+        torch.full((64, 2), float("nan")), base_run / entry["path"]
+    )  # a broken sample set, found halfway through
     with pytest.raises(papermill.PapermillExecutionError, match="NaN or inf"):
         _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
     assert (run / "metrics.json").read_bytes() == before

@@ -18,14 +18,23 @@ def test_shipped_params_files_are_valid(name):
     assert params["experiment"] == name and params["run_dir"] == f"runs/{name}"
 
 
-@pytest.mark.parametrize("raw,msg", [
-    ({"stages": {"rate_estimation": {"meassure": "data"}}},
-     r"Unknown key 'meassure' in stage 'rate_estimation' \(01_rate_estimation.ipynb\); valid keys: compare_measures, dataset"),
-    ({"stages": {"rate_estimaton": {}}}, r"Unknown stage\(s\) \['rate_estimaton'\]; valid stages: base_model, rate_estimation"),
-    ({"common": {"sede": 1}}, "Unknown common key 'sede'; valid common keys: .*seed"),
-    ({"experimnt": "x"}, r"Unknown top-level key\(s\) \['experimnt'\]"),
-    ({"common": {"run_dir": "elsewhere"}}, "Unknown common key 'run_dir'"),
-])
+@pytest.mark.parametrize(
+    "raw,msg",
+    [
+        (
+            {"stages": {"rate_estimation": {"meassure": "data"}}},
+            r"Unknown key 'meassure' in stage 'rate_estimation' \(01_rate_estimation.ipynb\); valid keys: "
+            r"compare_measures, dataset",
+        ),
+        (
+            {"stages": {"rate_estimaton": {}}},
+            r"Unknown stage\(s\) \['rate_estimaton'\]; valid stages: base_model, rate_estimation",
+        ),
+        ({"common": {"sede": 1}}, "Unknown common key 'sede'; valid common keys: .*seed"),
+        ({"experimnt": "x"}, r"Unknown top-level key\(s\) \['experimnt'\]"),
+        ({"common": {"run_dir": "elsewhere"}}, "Unknown common key 'run_dir'"),
+    ],
+)
 def test_typos_are_named_before_anything_runs(raw, msg):
     with pytest.raises(ExperimentError, match=msg):
         validate_params(raw)
@@ -33,7 +42,10 @@ def test_typos_are_named_before_anything_runs(raw, msg):
 
 def test_overrides_are_validated():
     params = load_params(ROOT / "params" / "smoke.yaml")
-    assert apply_overrides(params, ["schedule_optimization.xi=1.5", "seed=3"])["stages"]["schedule_optimization"]["xi"] == 1.5
+    assert (
+        apply_overrides(params, ["schedule_optimization.xi=1.5", "seed=3"])["stages"]["schedule_optimization"]["xi"]
+        == 1.5
+    )
     with pytest.raises(ExperimentError, match="Unknown key 'xii' in stage 'schedule_optimization'"):
         apply_overrides(params, ["schedule_optimization.xii=1.5"])
     with pytest.raises(ExperimentError, match="is 'key=value'"):
@@ -51,14 +63,31 @@ def smoke(tmp_path_factory):
 def test_smoke_chain_writes_every_artifact(smoke):
     params, records = smoke
     run = Path(params["run_dir"])
-    assert [r["stage"] for r in records] == ["base_model", "rate_estimation", "schedule_optimization",
-                                             "training_schedule_finetune", "sampling", "evaluation"]
-    for name in ("00_base_model.ipynb", "05_evaluation.ipynb", "rate.json", "schedule.json", "finetune.json",
-                 "metrics.json", "models/base/config.json", "models/crs/config.json", "samples/index.json"):
+    assert [r["stage"] for r in records] == [
+        "base_model",
+        "rate_estimation",
+        "schedule_optimization",
+        "training_schedule_finetune",
+        "sampling",
+        "evaluation",
+    ]
+    for name in (
+        "00_base_model.ipynb",
+        "05_evaluation.ipynb",
+        "rate.json",
+        "schedule.json",
+        "finetune.json",
+        "metrics.json",
+        "models/base/config.json",
+        "models/crs/config.json",
+        "samples/index.json",
+    ):
         assert (run / name).exists(), name
     rate = json.loads((run / "rate.json").read_text())
     assert rate["meta"]["model"] == "models/base" and rate["evaluations"] == 17 * 512  # the trained model was measured
-    assert "/" not in json.dumps(json.loads((run / "01_rate_estimation.ipynb").read_text())["metadata"]["papermill"]["parameters"]["run_dir"])
+    assert "/" not in json.dumps(
+        json.loads((run / "01_rate_estimation.ipynb").read_text())["metadata"]["papermill"]["parameters"]["run_dir"]
+    )
 
 
 def test_second_run_skips_every_stage(smoke):
@@ -76,13 +105,18 @@ def test_a_failing_stage_leaves_the_others_intact_and_resumes(smoke, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(params["run_dir"], run)
     params = dict(params, run_dir=str(run))
-    before = {p: (run / p).read_bytes() for p in ("rate.json", "schedule.json", "metrics.json", "models/crs/diffusion_pytorch_model.safetensors")}
+    before = {
+        p: (run / p).read_bytes()
+        for p in ("rate.json", "schedule.json", "metrics.json", "models/crs/diffusion_pytorch_model.safetensors")
+    }
     typo = apply_overrides(params, ["sampling.samplers=[euler, ddim]"])  # a bad value: refused before any stage runs
     with pytest.raises(ExperimentError, match=r"Stage 'sampling' \(04_sampling.ipynb\): Unknown sampler 'ddim'"):
         run_experiment(typo, progress=False, log=lambda *_: None)
     assert json.loads((run / ".stages" / "sampling.json").read_text())["status"] == "ok"  # not even recorded as run
     bad = apply_overrides(params, ["sampling.schedule=missing.json"])  # found only when the stage runs
-    with pytest.raises(ExperimentError, match="Stage 'sampling' failed: ValueError: No schedule file at 'missing.json'"):
+    with pytest.raises(
+        ExperimentError, match="Stage 'sampling' failed: ValueError: No schedule file at 'missing.json'"
+    ):
         run_experiment(bad, progress=False, log=lambda *_: None)
     assert {p: (run / p).read_bytes() for p in before} == before
     assert json.loads((run / ".stages" / "sampling.json").read_text())["status"] == "failed"
@@ -156,7 +190,11 @@ def test_pretrained_model_experiments_dry_run_on_cpu(tmp_path, name, kind, store
     model = params["stages"]["rate_estimation"]["model"]
     assert any(f"{model} is not here: a tiny untrained {kind} pipeline" in line for line in said)
     assert any("is not here: scikit-learn's digits" in line for line in said)
-    assert tiny["stages"]["sampling"]["models"] == [tiny["stages"]["rate_estimation"]["model"]] == [tiny["stages"]["evaluation"]["plot_model"]]
+    assert (
+        tiny["stages"]["sampling"]["models"]
+        == [tiny["stages"]["rate_estimation"]["model"]]
+        == [tiny["stages"]["evaluation"]["plot_model"]]
+    )
     assert tiny["stages"]["evaluation"]["reference"] == "test" and tiny["stages"]["sampling"]["num_processes"] == 1
     records = run_experiment(tiny, progress=False, log=lambda *_: None)
     assert [r["status"] for r in records] == ["ok"] * 4

@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pins(lines):
-    return {m.group(1).lower(): m.group(2) for line in lines if (m := re.match(r"^\s*([A-Za-z0-9_.-]+)==([^\s#]+)", line))}
+    return {
+        m.group(1).lower(): m.group(2) for line in lines if (m := re.match(r"^\s*([A-Za-z0-9_.-]+)==([^\s#]+)", line))
+    }
 
 
 def test_environment_yml_agrees_with_requirements():
@@ -28,6 +30,18 @@ def test_gpu_wheels_agree_with_requirements():
     assert {"diffusers", "papermill", "ipykernel", "scikit-learn", "mlxtend", "clean-fid"} <= shared
     assert {name: gpu[name] for name in shared} == {name: req[name] for name in shared}
     assert not {"torch", "torchvision", "numpy", "scipy"} & set(gpu)  # the GPU machine has its own
+
+
+def test_the_tree_is_formatted_and_lint_clean():
+    """ruff (configured in pyproject.toml, line length 120): `make lint` fixes what this finds."""
+    import subprocess
+    import sys
+
+    for args in (["format", "--check"], ["check"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, "crs", "tests"], capture_output=True, text=True, cwd=ROOT
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_every_named_package_is_pinned():
@@ -81,21 +95,103 @@ def test_notebook_parameters_are_inspectable(caplog):
     import papermill
 
     expected = {
-        "01_rate_estimation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "model", "measure", "compare_measures",
-                                     "sigma_min", "sigma_max", "grid_size", "n_samples", "features", "device", "progress"},
+        "01_rate_estimation.ipynb": {
+            "run_dir",
+            "seed",
+            "dataset",
+            "dataset_kwargs",
+            "model",
+            "measure",
+            "compare_measures",
+            "sigma_min",
+            "sigma_max",
+            "grid_size",
+            "n_samples",
+            "features",
+            "device",
+            "progress",
+        },
         "02_schedule_optimization.ipynb": {"run_dir", "xi", "steps", "smoothing", "baselines", "diagnostic_steps"},
-        "00_base_model.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "model", "model_kwargs", "sigma_data", "sigma_min",
-                                "sigma_max", "train_steps", "batch_size", "lr", "ema_decay", "noise", "checkpoint_every",
-                                "sample_steps", "n_show", "progress"},
-        "03_training_schedule_finetune.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "base_model", "schedule", "crs_noise",
-                                                "control_noise", "finetune_steps", "batch_size", "lr", "ema_decay", "checkpoint_every",
-                                                "online_every", "online_measure", "online_grid", "online_samples", "xi",
-                                                "eval_levels", "eval_samples", "num_processes", "progress"},
-        "04_sampling.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "models", "schedule", "baselines", "samplers", "nfe",
-                              "n_samples", "batch_size", "device", "num_processes", "store", "features", "keep", "show_sampler",
-                              "progress"},
-        "05_evaluation.ipynb": {"run_dir", "seed", "dataset", "dataset_kwargs", "features", "device", "metrics", "n_boot",
-                                "n_reference", "reference", "num_processes", "k", "plot_model", "progress"},
+        "00_base_model.ipynb": {
+            "run_dir",
+            "seed",
+            "dataset",
+            "dataset_kwargs",
+            "model",
+            "model_kwargs",
+            "sigma_data",
+            "sigma_min",
+            "sigma_max",
+            "train_steps",
+            "batch_size",
+            "lr",
+            "ema_decay",
+            "noise",
+            "checkpoint_every",
+            "sample_steps",
+            "n_show",
+            "progress",
+        },
+        "03_training_schedule_finetune.ipynb": {
+            "run_dir",
+            "seed",
+            "dataset",
+            "dataset_kwargs",
+            "base_model",
+            "schedule",
+            "crs_noise",
+            "control_noise",
+            "finetune_steps",
+            "batch_size",
+            "lr",
+            "ema_decay",
+            "checkpoint_every",
+            "online_every",
+            "online_measure",
+            "online_grid",
+            "online_samples",
+            "xi",
+            "eval_levels",
+            "eval_samples",
+            "num_processes",
+            "progress",
+        },
+        "04_sampling.ipynb": {
+            "run_dir",
+            "seed",
+            "dataset",
+            "dataset_kwargs",
+            "models",
+            "schedule",
+            "baselines",
+            "samplers",
+            "nfe",
+            "n_samples",
+            "batch_size",
+            "device",
+            "num_processes",
+            "store",
+            "features",
+            "keep",
+            "show_sampler",
+            "progress",
+        },
+        "05_evaluation.ipynb": {
+            "run_dir",
+            "seed",
+            "dataset",
+            "dataset_kwargs",
+            "features",
+            "device",
+            "metrics",
+            "n_boot",
+            "n_reference",
+            "reference",
+            "num_processes",
+            "k",
+            "plot_model",
+            "progress",
+        },
     }
     for name, params in expected.items():
         found = papermill.inspect_notebook(str(ROOT / "notebooks" / name))

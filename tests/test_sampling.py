@@ -26,7 +26,9 @@ def test_nfe_and_accuracy_on_gaussian_data(sampler, nfe):
     out = sampler(den, x, sigmas)
     assert len(calls) == nfe(32)
     assert torch.allclose(out.mean(0), torch.full((2,), 1.0, dtype=torch.float64), atol=0.03)
-    assert torch.allclose(out.std(0), torch.full((2,), 0.5, dtype=torch.float64), atol=0.03 if sampler is sample_heun else 0.06)
+    assert torch.allclose(
+        out.std(0), torch.full((2,), 0.5, dtype=torch.float64), atol=0.03 if sampler is sample_heun else 0.06
+    )
 
 
 def test_generate_is_seeded_and_checks_its_input():
@@ -58,8 +60,12 @@ def test_euler_equals_diffusers_euler_discrete_with_sigmas():
 
     data = crs.make_dataset("gmm")
     noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    for sigmas in (crs.baseline_sigmas("karras", 10, 0.03, 14.6), crs.optimize_schedule(
-            crs.estimate_rate("data", data, denoiser=data.denoiser, sigma_min=0.03, sigma_max=14.6, n_samples=512)).discretize(7)):
+    for sigmas in (
+        crs.baseline_sigmas("karras", 10, 0.03, 14.6),
+        crs.optimize_schedule(
+            crs.estimate_rate("data", data, denoiser=data.denoiser, sigma_min=0.03, sigma_max=14.6, n_samples=512)
+        ).discretize(7),
+    ):
         sched = EulerDiscreteScheduler()
         sched.set_timesteps(sigmas=sigmas.tolist())
         ref = _drive_euler(sched, data.denoiser, noise)
@@ -74,7 +80,9 @@ def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(steps):
     from crs.sampling import sample_dpmpp_2m
 
     data = crs.make_dataset("gmm")
-    sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, prediction_type="sample", final_sigmas_type="zero")
+    sched = DPMSolverMultistepScheduler(
+        algorithm_type="dpmsolver++", solver_order=2, prediction_type="sample", final_sigmas_type="zero"
+    )
     sched.set_timesteps(steps)
     sigmas = sched.sigmas.double()  # the VE sigmas of diffusers' own timesteps: where the two coincide
     noise = torch.randn(256, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -129,14 +137,14 @@ def test_nfe_accounting():
 
 
 def test_edm_churn_keeps_edms_per_step_gamma_at_any_step_count():
-    """Default churn: EDM's ImageNet-64 gamma = 40 / 256 on every level in [s_min, s_max], not saturated at sqrt(2) - 1."""
+    """Default churn: EDM's ImageNet-64 gamma = 40 / 256 on every level in [s_min, s_max], not sqrt(2) - 1."""
     from crs.sampling import EDM_CHURN_PER_STEP, SampleNoise, sample_edm
 
     data = crs.make_dataset("gmm")
     for n in (3, 6, 11):
         seen = []
 
-        def den(x, sigma):
+        def den(x, sigma, seen=seen):
             seen.append(float(sigma[0]))
             return data.denoiser(x, sigma)
 

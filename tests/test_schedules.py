@@ -20,7 +20,10 @@ def _diffusers_euler(n, **flags):
 
 
 @pytest.mark.parametrize("n", [2, 5, 10, 37])
-@pytest.mark.parametrize("flag,name", [("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"), ("use_beta_sigmas", "beta")])
+@pytest.mark.parametrize(
+    "flag,name",
+    [("use_karras_sigmas", "karras"), ("use_exponential_sigmas", "exponential"), ("use_beta_sigmas", "beta")],
+)
 def test_baselines_equal_diffusers_euler(n, flag, name):
     sched = _diffusers_euler(n, **{flag: True})
     ref = sched.sigmas.double()
@@ -31,7 +34,9 @@ def test_baselines_equal_diffusers_euler(n, flag, name):
 
 def test_karras_equals_diffusers_for_an_explicit_range():
     sched = _diffusers_euler(12, use_karras_sigmas=True, sigma_min=0.002, sigma_max=80.0)
-    torch.testing.assert_close(baseline_sigmas("karras", 12, 0.002, 80.0).float(), sched.sigmas.float(), rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(
+        baseline_sigmas("karras", 12, 0.002, 80.0).float(), sched.sigmas.float(), rtol=2e-6, atol=1e-7
+    )
 
 
 @pytest.mark.parametrize("model", ["StableDiffusion", "StableDiffusionXL", "StableDiffusionVideo"])
@@ -65,11 +70,15 @@ def test_baseline_convention(name, n):
 def test_closed_forms_of_baselines():
     n, lo, hi = 9, 0.01, 50.0
     i = np.arange(n) / (n - 1)
-    np.testing.assert_allclose(baseline_sigmas("exponential", n, lo, hi)[:-1], np.exp(np.log(hi) + i * (np.log(lo) - np.log(hi))))
+    np.testing.assert_allclose(
+        baseline_sigmas("exponential", n, lo, hi)[:-1], np.exp(np.log(hi) + i * (np.log(lo) - np.log(hi)))
+    )
     a, b = math.atan(lo), math.atan(hi)
     np.testing.assert_allclose(baseline_sigmas("kl_optimal", n, lo, hi)[:-1], np.tan(b + i * (a - b)))
     # cosine with s = 0 is alpha = cos(pi t / 2), i.e. exactly the KL-optimal (tan) schedule
-    np.testing.assert_allclose(baseline_sigmas("cosine", n, lo, hi, s=0.0), baseline_sigmas("kl_optimal", n, lo, hi), rtol=1e-10)
+    np.testing.assert_allclose(
+        baseline_sigmas("cosine", n, lo, hi, s=0.0), baseline_sigmas("kl_optimal", n, lo, hi), rtol=1e-10
+    )
     # VP with DDPM's linear betas: time-uniform, sigma(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1
     vp = baseline_sigmas("vp", n, lo, hi)[:-1].numpy()
     t = (np.sqrt(0.1**2 + 2 * 19.9 * np.log1p(vp**2)) - 0.1) / 19.9

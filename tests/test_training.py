@@ -30,7 +30,9 @@ def test_schedule_distributions(tmp_path):
     a = torch.atan(crs_noise.sample(50_000, g))
     lo, hi = math.atan(0.002), math.atan(80.0)
     assert float(a.mean()) == pytest.approx(0.5 * (lo + hi), abs=0.01)
-    with pytest.raises(ValueError, match=r"covers sigma in \[0.002, 80\], which does not cover the model's range \[0.001, 80\]"):
+    with pytest.raises(
+        ValueError, match=r"covers sigma in \[0.002, 80\], which does not cover the model's range \[0.001, 80\]"
+    ):
         make_noise("crs", 0.001, 80.0, str(tmp_path / "schedule.json"))
     with pytest.raises(ValueError, match="Unknown noise distribution 'uniform'; valid choices: edm, logsnr"):
         make_noise("uniform")
@@ -42,7 +44,9 @@ def test_schedule_distributions(tmp_path):
 
 def test_training_learns_the_mixture():
     data = crs.make_dataset("gmm")
-    result = train(build_denoiser((2,)), data, TrainConfig(steps=600, batch_size=256, lr=2e-3, ema_decay=0.99), progress=False)
+    result = train(
+        build_denoiser((2,)), data, TrainConfig(steps=600, batch_size=256, lr=2e-3, ema_decay=0.99), progress=False
+    )
     assert np.mean(result.losses[-50:]) < 0.8 * np.mean(result.losses[:50])
     levels = np.array([0.05, 0.5, 5.0])
     learned = loss_by_sigma(result.ema, data, levels, 2048)
@@ -73,22 +77,47 @@ class _Crashing:
         return self.data.sample(n, generator)
 
 
-@pytest.mark.parametrize("name,cfg", [
-    ("gmm", TrainConfig(steps=12, batch_size=32, checkpoint_every=4, noise="crs-online", online_every=3, online_grid=6, online_samples=48)),
-    ("digits", TrainConfig(steps=6, batch_size=8, checkpoint_every=2, noise="cosine", lr=1e-3, warmup_steps=3)),
-])
+@pytest.mark.parametrize(
+    "name,cfg",
+    [
+        (
+            "gmm",
+            TrainConfig(
+                steps=12,
+                batch_size=32,
+                checkpoint_every=4,
+                noise="crs-online",
+                online_every=3,
+                online_grid=6,
+                online_samples=48,
+            ),
+        ),
+        ("digits", TrainConfig(steps=6, batch_size=8, checkpoint_every=2, noise="cosine", lr=1e-3, warmup_steps=3)),
+    ],
+)
 def test_interrupted_run_resumes_to_identical_weights(tmp_path, name, cfg):
     data = crs.make_dataset(name)
     full = train(build_denoiser(data.shape), data, cfg, checkpoint_dir=tmp_path / "full", progress=False)
     crash_at = cfg.checkpoint_every + 2  # dies one step after a checkpoint: that step is lost
     with pytest.raises(KeyboardInterrupt):
-        train(build_denoiser(data.shape), _Crashing(data, crash_at, cfg.batch_size), cfg, checkpoint_dir=tmp_path / "cut", progress=False)
+        train(
+            build_denoiser(data.shape),
+            _Crashing(data, crash_at, cfg.batch_size),
+            cfg,
+            checkpoint_dir=tmp_path / "cut",
+            progress=False,
+        )
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == cfg.checkpoint_every
     resumed = train(build_denoiser(data.shape), data, cfg, checkpoint_dir=tmp_path / "cut", progress=False)
     assert resumed.resumed_from == cfg.checkpoint_every and resumed.losses == full.losses
     for a, b in zip(full.ema.state_dict().values(), resumed.ema.state_dict().values()):
         assert torch.equal(a, b)
-    for a, b in zip(full.ema.state_dict().values(), train(build_denoiser(data.shape), data, cfg, checkpoint_dir=tmp_path / "cut", progress=False).ema.state_dict().values()):
+    for a, b in zip(
+        full.ema.state_dict().values(),
+        train(build_denoiser(data.shape), data, cfg, checkpoint_dir=tmp_path / "cut", progress=False)
+        .ema.state_dict()
+        .values(),
+    ):
         assert torch.equal(a, b)  # a finished run resumes as a no-op
 
 
@@ -97,7 +126,13 @@ def test_resume_refuses_other_settings(tmp_path):
     cfg = TrainConfig(steps=3, batch_size=8)
     train(build_denoiser((2,)), data, cfg, checkpoint_dir=tmp_path, progress=False)
     with pytest.raises(ValueError, match=r"other settings \(lr\)"):
-        train(build_denoiser((2,)), data, TrainConfig(steps=3, batch_size=8, lr=0.1), checkpoint_dir=tmp_path, progress=False)
+        train(
+            build_denoiser((2,)),
+            data,
+            TrainConfig(steps=3, batch_size=8, lr=0.1),
+            checkpoint_dir=tmp_path,
+            progress=False,
+        )
 
 
 def test_online_crs_updates_and_measures_its_overhead():
@@ -124,18 +159,27 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoint(tmp_path):
     train(build_denoiser((2,)), data, cfg, checkpoint_dir=tmp_path, progress=False)
     before = (tmp_path / "checkpoint.pt").read_bytes()
     with pytest.raises(ValueError, match="Non-finite loss .* at step 0"):
-        train(build_denoiser((2,)), _NaNData(), TrainConfig(steps=4, batch_size=8), checkpoint_dir=tmp_path / "other", progress=False)
+        train(
+            build_denoiser((2,)),
+            _NaNData(),
+            TrainConfig(steps=4, batch_size=8),
+            checkpoint_dir=tmp_path / "other",
+            progress=False,
+        )
     assert not (tmp_path / "other" / "checkpoint.pt").exists()
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
 
 
-@pytest.mark.parametrize("kwargs,msg", [
-    (dict(steps=0), "`steps` must be an integer >= 1, got 0"),
-    (dict(lr=-1.0), "`lr` must be a positive finite number, got -1.0"),
-    (dict(noise="uniform"), "Unknown noise distribution 'uniform'"),
-    (dict(ema_decay=1.0), "`ema_decay` must be in"),
-    (dict(noise="crs-online", online_measure="fid"), "`online_measure` must use the model"),
-])
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        (dict(steps=0), "`steps` must be an integer >= 1, got 0"),
+        (dict(lr=-1.0), "`lr` must be a positive finite number, got -1.0"),
+        (dict(noise="uniform"), "Unknown noise distribution 'uniform'"),
+        (dict(ema_decay=1.0), "`ema_decay` must be in"),
+        (dict(noise="crs-online", online_measure="fid"), "`online_measure` must use the model"),
+    ],
+)
 def test_bad_settings(kwargs, msg):
     with pytest.raises(ValueError, match=msg):
         TrainConfig(**kwargs).validate()
@@ -156,12 +200,31 @@ def _launch(tmp_path, *args):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
-           str(Path(__file__).parent / "mp_train.py"), *map(str, args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(port),
+        str(Path(__file__).parent / "mp_train.py"),
+        *map(str, args),
+    ]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [dict(kv.split("=") for kv in line.split()[1:]) for line in out.stdout.splitlines() if line.startswith("RESULT")]
+    rows = [
+        dict(kv.split("=") for kv in line.split()[1:]) for line in out.stdout.splitlines() if line.startswith("RESULT")
+    ]
     return sorted(rows, key=lambda r: r["rank"])
 
 
