@@ -206,7 +206,7 @@ def fid_discrepancy(data: GaussianMixture, sigma_a, sigma_b) -> torch.Tensor:
     Frechet distance between two levels is exact for mixtures too. Returns float64 of the
     broadcast shape of ``sigma_a`` and ``sigma_b``.
     """
-    from crs.measures import fid_from_stats
+    from crs.distances import fid_from_stats
 
     sa, sb = torch.broadcast_tensors(
         torch.as_tensor(sigma_a, dtype=torch.float64), torch.as_tensor(sigma_b, dtype=torch.float64)

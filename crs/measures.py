@@ -30,14 +30,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crs.distances import fid_from_features
 from crs.schedules import BASELINES, baseline_t_fn, sigma_to_alpha
 
 __all__ = [
     "BASE_MEASURES",
     "MODEL_MEASURES",
     "combine_velocities",
-    "fid_from_features",
-    "fid_from_stats",
     "fid_pass",
     "format_measure",
     "model_pass",
@@ -117,40 +116,6 @@ def rms_with_stderr(per_sample_ms: torch.Tensor) -> tuple[np.ndarray, np.ndarray
     rms = torch.sqrt(mean)
     se = torch.where(rms > 0, se_mean / (2 * rms.clamp_min(1e-300)), torch.sqrt(se_mean))
     return rms.numpy(), se.numpy()
-
-
-def fid_from_stats(mu1, cov1, mu2, cov2) -> float:
-    """FID (the squared Frechet distance) between N(mu1, cov1) and N(mu2, cov2).
-
-    ``|mu1 - mu2|^2 + tr(cov1) + tr(cov2) - 2 tr((cov1^1/2 cov2 cov1^1/2)^1/2)``, with symmetric
-    eigendecompositions (stable for singular covariances). Same value as
-    ``cleanfid.fid.frechet_distance``; clipped at 0 against round-off.
-    """
-    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
-    cov1, cov2 = np.atleast_2d(cov1).astype(np.float64), np.atleast_2d(cov2).astype(np.float64)
-    w, v = np.linalg.eigh(cov1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    inner = root1 @ cov2 @ root1
-    tr_root = np.sqrt(np.clip(np.linalg.eigvalsh(0.5 * (inner + inner.T)), 0, None)).sum()
-    value = float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_root)
-    return max(value, 0.0)
-
-
-def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FID between the Gaussian fits of two feature sets (N1, F) and (N2, F).
-
-    With at least as many samples as features this is :func:`fid_from_stats`. With fewer (image
-    features), ``tr((C1^1/2 C2 C1^1/2)^1/2)`` is the nuclear norm of the centred cross-Gram matrix
-    ``X1 X2^T / sqrt((N1-1)(N2-1))``: exact, at the cost of an N1 x N2 SVD instead of F x F eigenproblems.
-    """
-    n1, n2 = len(f1) - 1, len(f2) - 1
-    mu1, mu2 = f1.mean(0), f2.mean(0)
-    c1, c2 = f1 - mu1, f2 - mu2
-    if f1.shape[1] <= min(n1, n2):
-        return fid_from_stats(mu1, c1.T @ c1 / n1, mu2, c2.T @ c2 / n2)
-    nuclear = np.linalg.svd(c1 @ c2.T, compute_uv=False).sum() / np.sqrt(n1 * n2)
-    value = ((mu1 - mu2) ** 2).sum() + (c1 * c1).sum() / n1 + (c2 * c2).sum() / n2 - 2.0 * nuclear
-    return max(float(value), 0.0)
 
 
 def _fd_jackknife(a: np.ndarray, b: np.ndarray, group_of: np.ndarray, groups: int) -> tuple[float, float]:

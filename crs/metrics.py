@@ -5,7 +5,7 @@ them: ``fid_inception`` (clean-fid's standard Inception, used when its weights f
 the numbers are comparable with papers), ``fid_efficientnet-lite0`` (an ImageNet-pretrained network
 that ships offline inside a registry package) or ``fid_identity`` (raw coordinates of low-dimensional
 data). An offline number is never labelled as Inception FID. Features are computed here, batch by
-batch, and FID is taken from them (:func:`_fid_boot`, the Frechet distance of their Gaussian fits, as
+batch, and FID is taken from them (:func:`crs.distances.fid_bootstrap`, the Frechet distance of their Gaussian fits, as
 clean-fid's ``fid_from_feats``); clean-fid itself computes the Inception features (its
 ``build_feature_extractor``) and KID (``kernel_distance``). The EfficientNet extractor also honours
 clean-fid's ``custom_feat_extractor`` contract (float NCHW in [0, 255]), and a test checks that
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from crs.distances import fid_bootstrap
 
 __all__ = [
     "EXTRACTORS",
@@ -179,30 +181,6 @@ def _interval(boot: np.ndarray, estimate: float) -> tuple[float, float]:
     return float(estimate - (med - lo)), float(estimate + (hi - med))
 
 
-def _fid_boot(gen: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
-    """FID of generated features against reference statistics, and its bootstrap replicates.
-
-    Replicates use tr sqrt(R C R) with R = ref_cov^(1/2) through the n x n Gram matrix, which is
-    exact and cheap when there are fewer samples than features.
-    """
-    w, v = np.linalg.eigh(ref_cov)
-    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    proj = gen @ root  # (n, F): rows R x_i
-    tr_ref = float(np.trace(ref_cov))
-
-    def fid(rows: np.ndarray) -> float:
-        x, p = gen[rows], proj[rows]
-        mu = x.mean(0)
-        xc, pc = x - mu, p - p.mean(0)
-        n = len(rows) - 1
-        tr_cov = float((xc * xc).sum()) / n
-        gram = (pc @ pc.T) / n if len(rows) < gen.shape[1] else (pc.T @ pc) / n
-        tr_root = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
-        return max(float(((mu - ref_mu) ** 2).sum()) + tr_cov + tr_ref - 2.0 * float(tr_root), 0.0)
-
-    return fid(np.arange(len(gen))), np.array([fid(r) for r in idx])
-
-
 def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
     d = torch.cdist(torch.from_numpy(x), torch.from_numpy(x))
     return d.kthvalue(k + 1, dim=1).values.numpy()  # k + 1: the point itself is at distance 0
@@ -276,13 +254,13 @@ def evaluate_samples(
     tag = features.name
     if ref_stats is not None:
         if "fid" in which:
-            out[f"fid_{tag}"] = _fid_boot(
+            out[f"fid_{tag}"] = fid_bootstrap(
                 f_gen, np.asarray(ref_stats[0], np.float64), np.asarray(ref_stats[1], np.float64), idx
             )
         return out
     f_ref = features(reference) if ref_features is None else ref_features
     if "fid" in which:
-        out[f"fid_{tag}"] = _fid_boot(
+        out[f"fid_{tag}"] = fid_bootstrap(
             f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx
         )
     if kid and features.images and "kid" in which:

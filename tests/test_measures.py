@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import crs
+from crs.distances import fid_from_stats
 from crs.measures import (
     combine_velocities,
-    fid_from_stats,
     format_measure,
     parse_measure,
     rms_with_stderr,
@@ -88,7 +88,7 @@ def test_combination_is_a_weighted_geometric_mean():
 
 
 def test_fid_from_features_wide_path_is_exact():
-    from crs.measures import fid_from_features
+    from crs.distances import fid_from_features
 
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(30, 50)), rng.normal(0.3, 1.2, size=(40, 50))
