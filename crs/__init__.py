@@ -67,6 +67,7 @@ _SUBMODULES = (
     "report",
     "sampling",
     "schedules",
+    "seeds",
     "training",
 )
 

@@ -26,6 +26,7 @@ import time
 import torch
 
 import crs
+from crs.seeds import reference_seed
 
 __all__ = [
     "crs_ratio_table",
@@ -193,7 +194,7 @@ def crs_ratio_table(
 
     data = crs.make_dataset("gmm")
     nfe = {"euler": [5, 10, 20], "dpmpp_2m": [5, 10, 20], "heun": [5, 11, 21], "edm": [5, 11, 21]}
-    reference = data.sample(n_samples, torch.Generator().manual_seed(seed + 10**6))
+    reference = data.sample(n_samples, torch.Generator().manual_seed(reference_seed(seed)))
     out = []
     for measure in measures:
         rate = crs.estimate_rate(measure, data, denoiser=data.denoiser, seed=seed)

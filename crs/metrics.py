@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from crs.distances import fid_bootstrap
+from crs.seeds import bootstrap_reference_seed
 
 __all__ = [
     "EXTRACTORS",
@@ -273,7 +274,9 @@ def evaluate_samples(
         out[f"precision_{tag}"] = (float(precise.mean()), precise[idx].mean(1))
     if "recall" in which:
         recalled = _inside(f_ref, f_gen, _knn_radii(f_gen, k))
-        ref_idx = bootstrap_indices(len(f_ref), len(idx), seed + 1) if ref_idx is None else ref_idx
+        ref_idx = (
+            bootstrap_indices(len(f_ref), len(idx), bootstrap_reference_seed(seed)) if ref_idx is None else ref_idx
+        )
         out[f"recall_{tag}"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
     if data is not None and hasattr(data, "log_prob"):
         if samples is None:
@@ -419,7 +422,11 @@ def evaluate_grid(
         samples, gen_features = _entry_samples(entry, features)
         n = len(samples) if samples is not None else len(gen_features)
         idx = bootstrap_indices(n, n_boot, seed)
-        ref_idx = bootstrap_indices(len(ref_features), n_boot, seed + 1) if ref_features is not None else None
+        ref_idx = (
+            bootstrap_indices(len(ref_features), n_boot, bootstrap_reference_seed(seed))
+            if ref_features is not None
+            else None
+        )
         values = evaluate_samples(
             samples,
             None if stats is not None else reference,

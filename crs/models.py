@@ -219,17 +219,14 @@ def build_denoiser(
     from crs.schedules import check_sigma_range
 
     check_sigma_range(sigma_min, sigma_max)
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # diffusers initialises with the global generator: seed it, then restore it
-    try:
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises with the global generator: seed a fork of it
+        torch.manual_seed(seed)
         if len(shape) == 1:
             net = MLPNet(dim=shape[0], **net_kwargs)
         elif len(shape) == 3:
             net = unet(tuple(shape), **net_kwargs)
         else:
             raise ValueError(f"No default network for samples of shape {tuple(shape)}; expected (dim,) or (C, H, W).")
-    finally:
-        torch.random.set_rng_state(state)
     return EDMDenoiser(net, sigma_data, sigma_min, sigma_max)
 
 
@@ -601,9 +598,8 @@ def build_tiny_pipeline(
     if kind not in TINY_KINDS:
         raise ValueError(f"Unknown pipeline kind {kind!r}; valid choices: {', '.join(TINY_KINDS)}.")
     c, h, _ = shape
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # diffusers initialises with the global generator: seed it, then restore it
-    try:
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises with the global generator: seed a fork of it
+        torch.manual_seed(seed)
 
         def unet_for(ch: int, size: int) -> UNet2DModel:
             levels = len(channels)
@@ -643,7 +639,5 @@ def build_tiny_pipeline(
                 clip_sample=False,
             )
             pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // 2), scheduler=scheduler)
-    finally:
-        torch.random.set_rng_state(state)
     pipe.save_pretrained(folder)
     return Path(folder)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from crs.args import check_choice, check_int
 from crs.io import atomic_write_bytes
 from crs.schedules import check_steps
+from crs.seeds import sample_seed
 
 __all__ = [
     "SAMPLERS",
@@ -238,7 +239,7 @@ def generate(
     sigmas = _check_sigmas(sigmas)
     out = []
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sampling ({sampler})", leave=False):
-        seeds = range(seed + start, seed + min(start + batch_size, n))
+        seeds = range(sample_seed(seed, start), sample_seed(seed, min(start + batch_size, n)))
         noise = SampleNoise(seeds, shape, dtype)
         x = (noise() * float(sigmas[0])).to(device)
         kwargs = dict(sampler_kwargs, noise=noise) if sampler == "edm" else sampler_kwargs
@@ -306,10 +307,10 @@ def _draw_rows(den, shape, sigmas, seed: int, lo: int, hi: int, features, keep: 
     """Samples ``lo .. hi - 1`` of one set (seeds ``seed + i``); with ``features``, batch by batch, only the
     features and the samples below ``keep`` are kept in memory. Returns ``(samples, features or None)``."""
     if features is None:
-        return generate(den, shape, hi - lo, sigmas, seed=seed + lo, **draw), None
+        return generate(den, shape, hi - lo, sigmas, seed=sample_seed(seed, lo), **draw), None
     kept, parts = [], []
     for a in range(lo, hi, draw["batch_size"]):
-        xb = generate(den, shape, min(a + draw["batch_size"], hi) - a, sigmas, seed=seed + a, **draw)
+        xb = generate(den, shape, min(a + draw["batch_size"], hi) - a, sigmas, seed=sample_seed(seed, a), **draw)
         parts.append(torch.from_numpy(features(xb)).float())
         kept.append(xb[: max(0, keep - a)])
     return torch.cat(kept), torch.cat(parts)

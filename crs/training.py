@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from crs.args import check_choice, check_int, check_number
 from crs.schedules import Schedule
+from crs.seeds import online_seed, process_seed
 
 __all__ = [
     "NOISE_DISTRIBUTIONS",
@@ -253,7 +254,7 @@ def _online_schedule(ema, data, cfg: TrainConfig, sigma_min: float, sigma_max: f
         sigma_max=sigma_max,
         grid_size=cfg.online_grid,
         n_samples=cfg.online_samples,
-        seed=cfg.seed + 12345,
+        seed=online_seed(cfg.seed),
         batch_size=cfg.online_samples,
     )
     return ScheduleNoise(optimize_schedule(rate, xi=cfg.online_xi))
@@ -357,7 +358,7 @@ def train(
     noise = make_noise(cfg.noise, lo, hi, cfg.schedule)
     mp = ("bf16" if torch.cuda.is_available() else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
     acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * acc.process_index)
+    gen = torch.Generator().manual_seed(process_seed(cfg.seed, acc.process_index))
     denoiser.train()
     ema = copy.deepcopy(denoiser).eval().requires_grad_(False)
     opt = torch.optim.Adam(denoiser.parameters(), lr=cfg.lr)

@@ -1,0 +1,51 @@
+"""Seed derivations: every seed ``crs`` derives from a run's ``seed``, defined once.
+
+A run takes one integer ``seed``; each stream of random numbers gets its own ``torch.Generator`` seeded
+by one of these functions, so streams never overlap by accident and a rerun gives the same artifacts.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "REFERENCE_OFFSET",
+    "bootstrap_reference_seed",
+    "heldout_seed",
+    "online_seed",
+    "process_seed",
+    "reference_seed",
+    "sample_seed",
+]
+
+# Generated sample i uses seed + i; fresh reference samples start this far away, so the two never share a
+# seed while a set has fewer than a million samples.
+REFERENCE_OFFSET = 10**6
+
+
+def sample_seed(seed: int, i: int) -> int:
+    """Seed of generated sample ``i`` (its initial and fresh noise): ``seed + i``; independent of the batch."""
+    return seed + i
+
+
+def reference_seed(seed: int) -> int:
+    """Seed of fresh reference samples of analytic data (notebooks 04 and 05, the ratio benchmark)."""
+    return seed + REFERENCE_OFFSET
+
+
+def bootstrap_reference_seed(seed: int) -> int:
+    """Seed of the bootstrap's resampling of the reference set (recall), next to the generated set's ``seed``."""
+    return seed + 1
+
+
+def heldout_seed(seed: int) -> int:
+    """Seed of the held-out batch on which notebook 03 compares the fine-tuned models' losses."""
+    return seed + 1
+
+
+def process_seed(seed: int, rank: int) -> int:
+    """Seed of the training batches of process ``rank`` under ``accelerate launch`` (every process draws its own)."""
+    return seed + 1000 * rank
+
+
+def online_seed(seed: int) -> int:
+    """Seed of the fixed batch on which ``crs-online`` training re-estimates the rate."""
+    return seed + 12345
