@@ -55,6 +55,7 @@ _SUBMODULES = (
     "data",
     "distances",
     "distributed",
+    "protocols",
     "export",
     "io",
     "measures",

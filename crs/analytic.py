@@ -18,6 +18,7 @@ from crs.schedules import sigma_to_alpha
 
 __all__ = [
     "ANALYTIC",
+    "ExactDenoiser",
     "GaussianMixture",
     "fid_discrepancy",
     "gaussian",
@@ -28,6 +29,45 @@ __all__ = [
 
 
 ANALYTIC = ("gaussian", "gmm")  # the analytic datasets (crs.make_dataset names): exact denoisers and samples
+
+
+class ExactDenoiser:
+    """The exact denoiser of an analytic dataset, as a :class:`crs.protocols.Denoiser`.
+
+    It has no noise range of its own (any schedule goes), denoises the data space itself, computes in
+    float64 on the CPU and returns on the input's device; ``.to`` and ``.eval`` return it unchanged.
+    """
+
+    sigma_min = sigma_max = None
+    sigma_data = 0.5  # EDM's weighting constant, used only to weight losses measured against this denoiser
+    is_latent = False
+
+    def __init__(self, data: GaussianMixture):
+        self.data = data
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """x (B, dim), sigma scalar or (B,) -> exact D(x; sigma), float64 on the device of ``x``."""
+        return self.data.posterior_mean(x, sigma)
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 64, quantize: bool = True) -> torch.Tensor:
+        raise ValueError("The exact denoiser works on the data itself: there is nothing to decode.")
+
+    def to(self, *args, **kwargs) -> ExactDenoiser:
+        return self
+
+    def eval(self) -> ExactDenoiser:
+        return self
+
+    def __repr__(self) -> str:
+        return f"ExactDenoiser({self.data!r})"
 
 
 class GaussianMixture:
@@ -59,6 +99,7 @@ class GaussianMixture:
         if not bool(torch.all(torch.isfinite(means))):
             raise ValueError("`means` must be finite.")
         self.means, self.stds, self.weights, self.name = means, stds, weights / weights.sum(), name
+        self.denoiser = ExactDenoiser(self)
 
     @property
     def dim(self) -> int:
@@ -109,8 +150,8 @@ class GaussianMixture:
         sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().reshape(-1).expand(x.shape[0])
         return x, sigma
 
-    def denoiser(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """Exact x0-prediction D(x; sigma).
+    def posterior_mean(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """Exact x0-prediction ``D(x; sigma) = E[x0 | x0 + sigma eps = x]`` (what :attr:`denoiser` calls).
 
         Args:
             x: noised samples (B, dim).
@@ -131,7 +172,7 @@ class GaussianMixture:
         """Exact eps-prediction ``(x - D(x; sigma)) / sigma`` (sigma > 0), float64 (B, dim) on the device of ``x``."""
         device = torch.as_tensor(x).device
         x, sigma = self._as_batch(x, sigma)
-        return ((x - self.denoiser(x, sigma)) / sigma[:, None]).to(device)
+        return ((x - self.posterior_mean(x, sigma)) / sigma[:, None]).to(device)
 
     def assign(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """Index of the most responsible component for each sample (B,), int64."""

@@ -205,7 +205,6 @@ def crs_ratio_table(
                 schedule_functions(schedule),
                 list(nfe),
                 nfe,
-                data.shape,
                 n_samples,
                 tmp,
                 seed=seed,

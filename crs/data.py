@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from crs import analytic
 from crs.args import check_int
 
-__all__ = ["DATASETS", "ImageDataset", "check_dataset", "digits", "folder", "make_dataset", "mnist"]
+__all__ = ["DATASETS", "ImageDataset", "check_dataset", "digits", "folder", "held_out", "make_dataset", "mnist"]
 
 _SPLITS = ("train", "test", "all")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -194,6 +194,15 @@ def make_dataset(name: str, **kwargs):
     """
     check_dataset(name, kwargs)
     return DATASETS[name](**kwargs)
+
+
+def held_out(name: str, kwargs: dict | None = None):
+    """The data a model is judged on: an image dataset's ``test`` split (never trained on); analytic data
+    itself (fresh draws from the exact distribution are held out by construction)."""
+    kwargs = dict(kwargs or {})
+    if name in analytic.ANALYTIC:
+        return make_dataset(name, **kwargs)
+    return make_dataset(name, **{**kwargs, "split": "test"})
 
 
 def check_dataset(name: str, kwargs: dict | None = None) -> None:

@@ -123,7 +123,6 @@ def sampling_job(spec: dict) -> list[dict]:
         schedules,
         spec["samplers"],
         spec["nfe"],
-        data.shape,
         spec["n_samples"],
         run_dir / "samples",
         seed=spec["seed"],

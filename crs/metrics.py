@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from crs.distances import fid_bootstrap
+from crs.protocols import AnalyticDataset
 from crs.seeds import bootstrap_reference_seed
 
 __all__ = [
@@ -236,7 +237,8 @@ def evaluate_samples(
         features: the feature extractor (its name goes into the metric names).
         idx: bootstrap indices into the samples (B, N), shared across schedules to pair them.
         ref_idx: bootstrap indices into the reference (for recall); defaults to a seeded draw.
-        data: an analytic dataset, for the exact figures ``nll``, ``sliced_wasserstein``, ``mode_tv``.
+        data: the dataset; when analytic (:class:`crs.protocols.AnalyticDataset`), the exact figures ``nll``,
+            ``sliced_wasserstein`` and ``mode_tv`` are computed too.
         k: neighbours of precision/recall.
         ref_features: precomputed reference features (saves recomputing them per row).
         kid: compute KID (images only: for low-dimensional data FID on raw coordinates suffices).
@@ -278,7 +280,7 @@ def evaluate_samples(
             bootstrap_indices(len(f_ref), len(idx), bootstrap_reference_seed(seed)) if ref_idx is None else ref_idx
         )
         out[f"recall_{tag}"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
-    if data is not None and hasattr(data, "log_prob"):
+    if data is not None and isinstance(data, AnalyticDataset):
         if samples is None:
             raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
         out.update(_analytic_metrics(samples, reference, data, idx, seed, which))

@@ -26,6 +26,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
 from crs.args import resolve_device
+from crs.protocols import AnalyticDataset
 
 __all__ = [
     "DiffusersDenoiser",
@@ -122,6 +123,16 @@ class EDMDenoiser(nn.Module):
         self.net, self.sigma_data = net, float(sigma_data)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self._is_unet = isinstance(net, UNet2DModel)
+
+    is_latent = False
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """The data's shape: :attr:`shape` (an EDM denoiser works on the data itself)."""
+        return self.shape
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 64, quantize: bool = True) -> torch.Tensor:
+        raise ValueError("This model denoises the data itself: its samples need no decoding.")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -277,7 +288,7 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         ValueError: unknown or unreachable model, or a shape mismatch (naming both shapes).
     """
     if model == "analytic":
-        if data is None or not hasattr(data, "denoiser"):
+        if not isinstance(data, AnalyticDataset):
             raise ValueError(
                 f"model='analytic' needs an analytic dataset (gaussian, gmm); {data!r} has no exact denoiser."
             )
@@ -289,7 +300,7 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         denoiser = EDMDenoiser.from_pretrained(path)
     else:
         denoiser = DiffusersDenoiser.from_model_folder(path)
-    pixels = tuple(getattr(denoiser, "pixel_shape", denoiser.shape))
+    pixels = tuple(denoiser.pixel_shape)
     if data is not None and tuple(data.shape) != pixels:
         what = (
             f"decodes to images of shape {pixels}"
@@ -331,6 +342,7 @@ class DiffusersDenoiser(nn.Module):
     """
 
     PREDICTIONS = ("epsilon", "v_prediction", "sample")
+    sigma_data = 0.5  # no preconditioning of its own: EDM's constant, used only to weight losses
 
     def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon", vae: nn.Module | None = None):
         super().__init__()
@@ -515,7 +527,7 @@ class LatentData:
 
     def __init__(self, data, denoiser: DiffusersDenoiser, batch_size: int = 64):
         self.data, self.denoiser, self.batch_size = data, denoiser, batch_size
-        self.name = f"{getattr(data, 'name', 'data')} (latents)"
+        self.name = f"{data.name} (latents)"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -528,7 +540,7 @@ class LatentData:
 
 def model_space(data, denoiser):
     """The data in the space the denoiser works in: :class:`LatentData` for latent models, else ``data``."""
-    return LatentData(data, denoiser) if getattr(denoiser, "is_latent", False) else data
+    return LatentData(data, denoiser) if denoiser.is_latent else data
 
 
 def pixel_features(feature_fn, denoiser):
@@ -537,7 +549,7 @@ def pixel_features(feature_fn, denoiser):
     The ``fid`` measure of a latent model compares images: the noised (VP-scaled) latents are decoded
     first, without a VQ model's quantiser (which would snap the noise back onto its codebook).
     """
-    if not getattr(denoiser, "is_latent", False) or feature_fn is None:
+    if not denoiser.is_latent or feature_fn is None:
         return feature_fn
     return lambda z: feature_fn(denoiser.decode(z, quantize=False))
 
@@ -548,7 +560,7 @@ def fit_sigma_range(denoiser, sigma_min: float | None = None, sigma_max: float |
     """
     import warnings
 
-    lo, hi = getattr(denoiser, "sigma_min", None), getattr(denoiser, "sigma_max", None)
+    lo, hi = denoiser.sigma_min, denoiser.sigma_max
     new_min = float(sigma_min) if sigma_min is not None else (lo if lo is not None else 0.002)
     new_max = float(sigma_max) if sigma_max is not None else (hi if hi is not None else 80.0)
     clipped_min = max(new_min, lo) if lo is not None else new_min

@@ -267,7 +267,7 @@ def estimate_rate(
         seconds=time.perf_counter() - start,
         floor=floor,
         components={k: {"discrepancy": v[0], "stderr": v[1]} for k, v in parts.items()} if len(parsed) > 1 else {},
-        meta={"n_samples": int(n_samples), "seed": int(seed), "dataset": getattr(data, "name", None)},
+        meta={"n_samples": int(n_samples), "seed": int(seed), "dataset": data.name if data is not None else None},
     )
 
 

@@ -321,7 +321,6 @@ def sample_grid(
     schedules: dict,
     samplers: Sequence[str],
     nfe,
-    shape: tuple[int, ...],
     n: int,
     out_dir,
     seed: int = 0,
@@ -335,10 +334,9 @@ def sample_grid(
     """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
 
     Args:
-        models: ``{name: denoiser}``; a latent model's samples are decoded to images.
+        models: ``{name: denoiser}`` (:class:`crs.protocols.Denoiser`); a latent model's samples are decoded.
         schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``).
         samplers: sampler names; ``nfe``: see :func:`check_nfe_plan`.
-        shape: shape of one sample for models that do not say (exact denoisers); others use ``model.shape``.
         out_dir: samples go to ``out_dir/<model>/<sampler>/<schedule>_nfe<k>.pt`` (written atomically).
         features: a :class:`crs.metrics.FeatureExtractor`: store each set's features (n, F) in
             ``<...>.features.pt`` and only its first ``keep`` samples, for experiments whose samples
@@ -366,12 +364,10 @@ def sample_grid(
     ):
         steps = steps_for_nfe(sampler, value)
         den = models[model]
-        decode = den.decode if getattr(den, "is_latent", False) else None
+        decode = den.decode if den.is_latent else None
         start = time.perf_counter()
         draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
-        x, feats = _draw_rows(
-            den, tuple(getattr(den, "shape", shape)), schedules[sched](steps), seed, lo, hi, features, keep, draw
-        )
+        x, feats = _draw_rows(den, tuple(den.shape), schedules[sched](steps), seed, lo, hi, features, keep, draw)
         path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
         x = gather_rows(x, state, path.with_suffix(".part"))
         feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
@@ -402,7 +398,7 @@ def fit_schedule(schedule, models: dict):
     A schedule reaching outside a model's range ``[model.sigma_min, model.sigma_max]`` is clipped, with
     a warning naming the models; models without a range (exact denoisers) accept any schedule.
     """
-    ranged = {name: m for name, m in models.items() if getattr(m, "sigma_min", None) is not None}
+    ranged = {name: m for name, m in models.items() if m.sigma_min is not None}
     if not ranged:
         return schedule
     lo = max(m.sigma_min for m in ranged.values())

@@ -452,7 +452,7 @@ def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, 
     gen = torch.Generator().manual_seed(int(seed))
     x0 = data.sample(n_samples, gen).float()
     eps = torch.randn(x0.shape, generator=gen)
-    sd = getattr(denoiser, "sigma_data", 0.5)
+    sd = denoiser.sigma_data
     out = []
     with torch.no_grad():
         for s in np.asarray(sigmas, dtype=np.float64):

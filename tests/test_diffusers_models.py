@@ -204,9 +204,7 @@ def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):
     )
     assert set(seen) == {(3, 16, 16)} and fid.feature_evaluations == 3 * 40  # the fid measure sees decoded images
     schedule = crs.optimize_schedule(rate)
-    index = crs.sampling.sample_grid(
-        {"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], data.shape, 6, tmp_path / "s"
-    )
+    index = crs.sampling.sample_grid({"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], 6, tmp_path / "s")
     x = torch.load(index[0]["path"], weights_only=True)
     assert x.shape == (6, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1.0
 
@@ -284,7 +282,6 @@ def test_tiny_pipelines_load_by_hub_id_from_the_cache_offline(tmp_path, monkeypa
         {"crs": crs.optimize_schedule(rate).discretize},
         ["dpmpp_2m"],
         [3],
-        data.shape,
         4,
         tmp_path / "samples",
     )

@@ -1,0 +1,67 @@
+"""What every denoiser and every dataset provides, written down once (``typing.Protocol``).
+
+The engine relies on these attributes and nothing else; it never probes for them. Implemented by the
+neural denoisers (:class:`crs.models.EDMDenoiser`, :class:`crs.models.DiffusersDenoiser`), the exact
+denoiser of analytic data (:class:`crs.analytic.ExactDenoiser`), and the datasets of :mod:`crs.data`,
+:mod:`crs.analytic` and :class:`crs.models.LatentData`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+__all__ = ["AnalyticDataset", "Dataset", "Denoiser"]
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """An x0-prediction ``D(x; sigma)`` on VE inputs (docs/method.md section 1).
+
+    Attributes:
+        shape: one sample in the space the model denoises (latent shape for latent models).
+        pixel_shape: one sample as data: ``shape``, or the decoded image shape of a latent model.
+        sigma_min, sigma_max: the noise range the model is meant for; None: any (exact denoisers).
+        sigma_data: the data standard deviation its loss weighting assumes (EDM's 0.5 where the model has none).
+        is_latent: whether samples must be decoded (:meth:`decode`) into data.
+    """
+
+    shape: tuple[int, ...]
+    pixel_shape: tuple[int, ...]
+    sigma_min: float | None
+    sigma_max: float | None
+    sigma_data: float
+    is_latent: bool
+
+    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """x (B, *shape), sigma scalar or (B,) -> D(x; sigma) (B, *shape), on the device and dtype of ``x``."""
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 64, quantize: bool = True) -> torch.Tensor:
+        """Latents (N, *shape) -> data (N, *pixel_shape); ValueError for a model that is not latent."""
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    """Samples of the data a model is trained on or evaluated against.
+
+    Attributes:
+        name: recorded in artifacts.
+        shape: one sample.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` samples (n, *shape) drawn with ``generator`` (on the CPU)."""
+
+
+@runtime_checkable
+class AnalyticDataset(Dataset, Protocol):
+    """A dataset with an exact denoiser and an exact density (the 2-D mixture, Gaussians)."""
+
+    denoiser: Denoiser
+
+    def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
+        """Exact log-density of ``p_sigma`` at ``x`` (B, *shape) -> (B,)."""
