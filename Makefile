@@ -46,7 +46,7 @@ notebooks: venv
 # The prepared GPU check (README, "GPU check"), for a CUDA machine without network whose python lacks diffusers,
 # papermill and friends: `make gpu-wheels` here fills .whl/ (about 50 MB of cp312 wheels, requirements-gpu.txt);
 # carry .whl/ there and run `make gpu-check`: it installs them (no index, no dependency resolution), then runs
-# crs.gpu_check: GPU-vs-CPU consistency, every shipped experiment's dry run on cuda, per-stage timings.
+# crs.run.gpu_check: GPU-vs-CPU consistency, every shipped experiment's dry run on cuda, per-stage timings.
 GPU_PY ?= python3
 GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
 
@@ -58,7 +58,7 @@ gpu-wheels: venv
 gpu-check:
 	if [ -d .whl ]; then export PIP_BREAK_SYSTEM_PACKAGES=1; $(GPU_PY) -m pip install --quiet --user --no-index --no-deps .whl/*.whl \
 	  || $(GPU_PY) -m pip install --quiet --no-index --no-deps .whl/*.whl; fi
-	HF_HUB_OFFLINE=1 $(GPU_PY) -m crs.gpu_check --device cuda --out runs/gpu-check
+	HF_HUB_OFFLINE=1 $(GPU_PY) -m crs.run.gpu_check --device cuda --out runs/gpu-check
 
 clean:
 	rm -rf runs notebooks/runs

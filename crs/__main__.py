@@ -46,8 +46,16 @@ def main(argv=None) -> int:
     summary.add_argument("run_dir")
     args = parser.parse_args(argv)
 
-    from crs.pipeline import ExperimentError, apply_overrides, dry_run, load_params, preflight, run_experiment, sweep
-    from crs.report import build_report, summary_markdown
+    from crs.run.experiment import (
+        ExperimentError,
+        apply_overrides,
+        dry_run,
+        load_params,
+        preflight,
+        run_experiment,
+        sweep,
+    )
+    from crs.run.report import build_report, summary_markdown
 
     try:
         if args.command == "summary":

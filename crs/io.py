@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_json", "atomic_write_bytes", "read_json"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "read_json", "save_tensor"]
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -57,3 +57,14 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"The {what} {str(path)!r} is not valid JSON: {exc}.") from exc
+
+
+def save_tensor(path: str | os.PathLike, x) -> Path:
+    """``torch.save`` of a (contiguous) tensor to ``path``, atomically."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(x.contiguous(), buf)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -41,7 +41,6 @@ __all__ = [
     "lower_is_better",
     "bootstrap_indices",
     "compare",
-    "evaluate_grid",
     "evaluate_samples",
     "make_feature_extractor",
     "reference_statistics",
@@ -374,95 +373,6 @@ def row(model: str, schedule: str, sampler: str, nfe: int, metric: str, value: f
         ci_low=lo,
         ci_high=hi,
     )
-
-
-def _entry_samples(entry: dict, features: FeatureExtractor) -> tuple[torch.Tensor | None, np.ndarray | None]:
-    """A sample set's samples, or its stored features (checked to be of ``features``)."""
-    if entry.get("features_path"):
-        if entry.get("features") != features.name:
-            raise ValueError(
-                f"The sample set {entry['path']!r} stores features of {entry.get('features')!r}, not "
-                f"{features.name!r}: "
-                f"evaluate with features={entry.get('features')!r}."
-            )
-        return None, torch.load(entry["features_path"], weights_only=True).double().numpy()
-    return torch.load(entry["path"], weights_only=True), None
-
-
-def evaluate_grid(
-    index: list[dict],
-    reference,
-    features: FeatureExtractor,
-    data=None,
-    n_boot: int = 200,
-    seed: int = 0,
-    k: int = 3,
-    kid: bool = True,
-    which=METRICS,
-    progress: bool = False,
-) -> dict:
-    """Evaluate every entry of a sampling index (see :func:`crs.sampling.sample_grid`).
-
-    Entries of one (model, sampler, nfe) share bootstrap indices (their samples share seeds), so
-    each metric's CRS-versus-best-baseline comparison is a paired bootstrap. Entries that stored
-    features instead of samples are scored from those.
-
-    Args:
-        reference: real samples (tensor), or ``{"mu", "cov", "name"}`` feature statistics (see
-            :func:`reference_statistics`), from which only FID is computed.
-
-    Returns:
-        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot, "
-           ""reference": ...}`` for ``metrics.json``.
-    """
-    from tqdm import tqdm
-
-    stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
-    ref_features = None if stats is not None else features(reference)
-    rows, comparisons, groups = [], [], {}
-    for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
-        samples, gen_features = _entry_samples(entry, features)
-        n = len(samples) if samples is not None else len(gen_features)
-        idx = bootstrap_indices(n, n_boot, seed)
-        ref_idx = (
-            bootstrap_indices(len(ref_features), n_boot, bootstrap_reference_seed(seed))
-            if ref_features is not None
-            else None
-        )
-        values = evaluate_samples(
-            samples,
-            None if stats is not None else reference,
-            features,
-            idx,
-            ref_idx,
-            data=data,
-            k=k,
-            seed=seed,
-            ref_features=ref_features,
-            kid=kid,
-            which=which,
-            gen_features=gen_features,
-            ref_stats=stats,
-        )
-        key = (entry["model"], entry["sampler"], entry["nfe"])
-        for metric, (value, boot) in values.items():
-            rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
-            groups.setdefault(key + (metric,), {})[entry["schedule"]] = (value, boot)
-    for (model, sampler, nfe, metric), by_schedule in groups.items():
-        for name in [s for s in by_schedule if s.startswith("crs")]:
-            result = compare(
-                {s: v for s, v in by_schedule.items() if s == name or not s.startswith("crs")}, metric, name
-            )
-            if result:
-                comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
-    ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
-    return {
-        "rows": rows,
-        "comparisons": comparisons,
-        "features": features.name,
-        "n_boot": int(n_boot),
-        "reference": ref_name,
-    }
 
 
 def check_reference(spec: str, features: str = "inception") -> str:

@@ -34,14 +34,12 @@ __all__ = [
     "LatentData",
     "MLPNet",
     "build_denoiser",
-    "build_tiny_pipeline",
     "fit_sigma_range",
     "load_denoiser",
     "locate_model",
     "model_space",
     "pixel_features",
     "resolve_device",
-    "resolve_models",
     "unet",
 ]
 
@@ -311,16 +309,6 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
     return denoiser.eval().to(resolve_device(device))
 
 
-def resolve_models(names, run_dir, data, device: str = "cpu") -> dict:
-    """Denoisers for a list of model names: ``"analytic"``, a name under ``run_dir/models/``, or a
-    folder / hub id (see :func:`load_denoiser`). Returns ``{name: denoiser}`` in the given order."""
-    models = {}
-    for name in names:
-        local = Path(run_dir) / "models" / name
-        models[name] = load_denoiser(str(local) if name != "analytic" and local.is_dir() else name, data, device)
-    return models
-
-
 class DiffusersDenoiser(nn.Module):
     """A discrete-time diffusers model (DDPM-style UNet + scheduler, optionally a VAE) as a denoiser on sigma.
 
@@ -572,84 +560,3 @@ def fit_sigma_range(denoiser, sigma_min: float | None = None, sigma_max: float |
             stacklevel=2,
         )
     return clipped_min, clipped_max
-
-
-TINY_KINDS = ("ddpm", "ldm")
-
-# Hub pipelines the GPU experiments use: kind and image shape, so that a dry run can stand in for them.
-KNOWN_PIPELINES = {
-    "google/ddpm-cifar10-32": ("ddpm", (3, 32, 32)),
-    "google/ddpm-church-256": ("ddpm", (3, 256, 256)),
-    "google/ddpm-bedroom-256": ("ddpm", (3, 256, 256)),
-    "CompVis/ldm-celebahq-256": ("ldm", (3, 256, 256)),
-}
-
-
-def build_tiny_pipeline(
-    folder,
-    kind: str = "ddpm",
-    shape: tuple[int, int, int] = (3, 32, 32),
-    prediction_type: str = "epsilon",
-    channels: tuple[int, ...] = (8, 16),
-    seed: int = 0,
-) -> Path:
-    """Save a randomly initialised, tiny diffusers pipeline of a given kind into ``folder``.
-
-    Stand-ins for hub models where there is no network (the tests, and the dry run of a GPU experiment):
-    they load through exactly the path a downloaded pipeline takes.
-
-    Args:
-        kind: ``ddpm`` (``DDPMPipeline``: UNet on pixels, linear betas) or ``ldm`` (``LDMPipeline``:
-            ``VQModel`` halving each side, UNet on its latents, ``DDIMScheduler`` with LDM's betas).
-        shape: image shape (C, H, W).
-        prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
-        channels: UNet (and VAE) widths per level.
-    """
-    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline, UNet2DModel, VQModel
-
-    if kind not in TINY_KINDS:
-        raise ValueError(f"Unknown pipeline kind {kind!r}; valid choices: {', '.join(TINY_KINDS)}.")
-    c, h, _ = shape
-    with torch.random.fork_rng(devices=[]):  # diffusers initialises with the global generator: seed a fork of it
-        torch.manual_seed(seed)
-
-        def unet_for(ch: int, size: int) -> UNet2DModel:
-            levels = len(channels)
-            return UNet2DModel(
-                sample_size=size,
-                in_channels=ch,
-                out_channels=ch,
-                block_out_channels=tuple(channels),
-                norm_num_groups=4,
-                layers_per_block=1,
-                down_block_types=("DownBlock2D",) * levels,
-                up_block_types=("UpBlock2D",) * levels,
-                add_attention=False,
-            )
-
-        if kind == "ddpm":
-            pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
-        else:
-            vq = VQModel(
-                in_channels=c,
-                out_channels=c,
-                down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2,
-                block_out_channels=(channels[0], channels[0]),
-                latent_channels=3,
-                num_vq_embeddings=64,
-                norm_num_groups=4,
-                sample_size=h,
-                scaling_factor=1.0,
-                mid_block_add_attention=False,
-            )  # no attention over 128 x 128 positions in a stand-in
-            scheduler = DDIMScheduler(
-                beta_schedule="scaled_linear",
-                beta_start=0.0015,
-                beta_end=0.0195,
-                prediction_type=prediction_type,
-                clip_sample=False,
-            )
-            pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // 2), scheduler=scheduler)
-    pipe.save_pretrained(folder)
-    return Path(folder)

@@ -132,7 +132,7 @@ def step_discrepancy(rate: RateEstimate, sigmas) -> np.ndarray:
 def schedule_functions(schedule: Schedule, baselines: Iterable[str] = BASELINES, crs_name: str = "crs") -> dict:
     """``{name: steps -> sigmas}`` for the CRS schedule and each baseline on the CRS schedule's range.
 
-    The form :func:`crs.sampling.sample_grid` takes; every baseline name is checked here.
+    The form :func:`crs.run.jobs.sample_grid` takes; every baseline name is checked here.
     """
     out = {crs_name: schedule.discretize}
     for name in baselines:

@@ -19,18 +19,13 @@ sampler         nfe        method
 
 from __future__ import annotations
 
-import io
 import math
-import re
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from crs.args import check_choice, check_int
-from crs.io import atomic_write_bytes
 from crs.schedules import check_steps
 from crs.seeds import sample_seed
 
@@ -40,7 +35,6 @@ __all__ = [
     "check_nfe_plan",
     "fit_schedule",
     "generate",
-    "sample_grid",
     "nfe_of",
     "sample_dpmpp_2m",
     "sample_edm",
@@ -290,106 +284,6 @@ def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
             "(heun and edm spend 2n - 1: odd numbers >= 3; euler and dpmpp_2m spend n >= 2)."
         )
     return plan
-
-
-def _folder_name(model: str) -> str:
-    """A model name as one folder name: a hub id or path becomes e.g. ``google--ddpm-cifar10-32``."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "--", model).strip("-.") or "model"
-
-
-def _save_tensor(path: Path, x: torch.Tensor) -> None:
-    buf = io.BytesIO()
-    torch.save(x.contiguous(), buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def _draw_rows(den, shape, sigmas, seed: int, lo: int, hi: int, features, keep: int, draw: dict):
-    """Samples ``lo .. hi - 1`` of one set (seeds ``seed + i``); with ``features``, batch by batch, only the
-    features and the samples below ``keep`` are kept in memory. Returns ``(samples, features or None)``."""
-    if features is None:
-        return generate(den, shape, hi - lo, sigmas, seed=sample_seed(seed, lo), **draw), None
-    kept, parts = [], []
-    for a in range(lo, hi, draw["batch_size"]):
-        xb = generate(den, shape, min(a + draw["batch_size"], hi) - a, sigmas, seed=sample_seed(seed, a), **draw)
-        parts.append(torch.from_numpy(features(xb)).float())
-        kept.append(xb[: max(0, keep - a)])
-    return torch.cat(kept), torch.cat(parts)
-
-
-def sample_grid(
-    models: dict,
-    schedules: dict,
-    samplers: Sequence[str],
-    nfe,
-    n: int,
-    out_dir,
-    seed: int = 0,
-    batch_size: int = 1024,
-    dtype=torch.float32,
-    device: str = "cpu",
-    progress: bool = False,
-    features=None,
-    keep: int = 64,
-) -> list[dict]:
-    """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
-
-    Args:
-        models: ``{name: denoiser}`` (:class:`crs.protocols.Denoiser`); a latent model's samples are decoded.
-        schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``).
-        samplers: sampler names; ``nfe``: see :func:`check_nfe_plan`.
-        out_dir: samples go to ``out_dir/<model>/<sampler>/<schedule>_nfe<k>.pt`` (written atomically).
-        features: a :class:`crs.metrics.FeatureExtractor`: store each set's features (n, F) in
-            ``<...>.features.pt`` and only its first ``keep`` samples, for experiments whose samples
-            would not fit on disk (50k images of 256 px are 10 GB per set).
-
-    Under ``accelerate launch`` with several processes (see :mod:`crs.distributed`) every process
-    draws its share of each set (sample i keeps seed ``seed + i``, so the files equal a one-process
-    run to float round-off) and the main process writes the files and returns the index; the others return ``[]``.
-
-    Returns:
-        The index: one dict per set with ``model``, ``schedule``, ``sampler``, ``nfe``, ``steps``, ``n``,
-        ``path``, ``seconds`` and, with ``features``, ``features`` (the extractor's name) and ``features_path``.
-    """
-    from crs.distributed import gather_rows, process_state
-
-    plan = check_nfe_plan(samplers, nfe)
-    state = process_state()
-    if n < state.world:
-        raise ValueError(f"{n} samples per set cannot be shared by {state.world} processes; draw at least one each.")
-    lo, hi = n * state.rank // state.world, n * (state.rank + 1) // state.world
-    index = []
-    jobs = [(m, s, name, v) for m in models for name in samplers for v in plan[name] for s in schedules]
-    for model, sched, sampler, value in tqdm(
-        jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False
-    ):
-        steps = steps_for_nfe(sampler, value)
-        den = models[model]
-        decode = den.decode if den.is_latent else None
-        start = time.perf_counter()
-        draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
-        x, feats = _draw_rows(den, tuple(den.shape), schedules[sched](steps), seed, lo, hi, features, keep, draw)
-        path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
-        x = gather_rows(x, state, path.with_suffix(".part"))
-        feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
-        seconds = time.perf_counter() - start
-        if state.rank > 0:
-            continue
-        _save_tensor(path, x)
-        entry = dict(
-            model=model,
-            schedule=sched,
-            sampler=sampler,
-            nfe=int(value),
-            steps=int(steps),
-            n=int(n),
-            path=str(path),
-            seconds=seconds,
-        )
-        if feats is not None:
-            _save_tensor(path.with_suffix(".features.pt"), feats)
-            entry.update(features=features.name, features_path=str(path.with_suffix(".features.pt")))
-        index.append(entry)
-    return index
 
 
 def fit_schedule(schedule, models: dict):

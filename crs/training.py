@@ -49,6 +49,7 @@ __all__ = [
     "loss_by_sigma",
     "loss_weight",
     "make_noise",
+    "noise_from_state",
     "train",
 ]
 
@@ -94,7 +95,7 @@ class ScheduleNoise:
         return {"kind": "schedule", "schedule": self.schedule.to_dict()}
 
 
-def _noise_from_state(state: dict):
+def noise_from_state(state: dict):
     if state["kind"] == "lognormal":
         return LogNormalNoise(state["p_mean"], state["p_std"])
     return ScheduleNoise(Schedule.from_dict(state["schedule"]))
@@ -280,7 +281,7 @@ def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen, rank: int = 0):
         gen.set_state(torch.load(rng_path, weights_only=False)["generator"])
     else:
         raise ValueError(f"The checkpoint {str(path)!r} has no generator state for process {rank} ({rng_path.name}).")
-    noise = _noise_from_state(ckpt["noise"]) if ckpt["noise"] is not None else None
+    noise = noise_from_state(ckpt["noise"]) if ckpt["noise"] is not None else None
     return ckpt["step"], list(ckpt["losses"]), noise
 
 

@@ -1,4 +1,4 @@
-"""Every value checked before any stage runs: the stage validators (crs.checks) and the runner's preflight."""
+"""Every value checked before any stage runs: the stage validators (crs.run.checks) and the runner's preflight."""
 
 import ast
 import subprocess
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import crs
-from crs.checks import STAGE_CHECKS, check_model_reference, check_stage
-from crs.pipeline import (
+from crs.run.checks import STAGE_CHECKS, check_model_reference, check_stage
+from crs.run.experiment import (
     STAGES,
     ExperimentError,
     apply_overrides,
@@ -101,7 +101,7 @@ def test_models_that_are_not_there_are_named_before_any_stage(smoke, tmp_path):
 
 
 def test_the_runner_stops_before_the_first_stage(smoke):
-    from crs.pipeline import run_experiment
+    from crs.run.experiment import run_experiment
 
     with pytest.raises(ExperimentError, match="Unknown metric"):
         run_experiment(apply_overrides(smoke, ["evaluation.metrics=[fid,fidd]"]), log=lambda *_: None)
@@ -109,7 +109,7 @@ def test_the_runner_stops_before_the_first_stage(smoke):
 
 
 def test_a_sweep_checks_every_value_before_the_base_run(smoke):
-    from crs.pipeline import sweep
+    from crs.run.experiment import sweep
 
     with pytest.raises(ExperimentError, match="`xi` must be a positive finite number, got -1"):
         sweep(smoke, "schedule_optimization.xi", [1.0, -1], log=lambda *_: None)
@@ -132,7 +132,7 @@ def test_validators_cover_every_notebook_parameter_and_pass_the_defaults(stage):
     assert set(inspect.signature(STAGE_CHECKS[stage]).parameters) == declared
     check_stage(stage, notebook_defaults(stage))
     source = (ROOT / "notebooks" / f"{STAGES[stage]}.ipynb").read_text()
-    assert f'crs.checks.check_stage(\\"{stage}\\", globals())' in source  # the notebook runs the same validator
+    assert f'crs.run.checks.check_stage(\\"{stage}\\", globals())' in source  # the notebook runs the same validator
 
 
 def test_shipped_experiments_pass_the_checks_that_need_no_model():

@@ -13,7 +13,8 @@ import torch
 from standin_device import OnStandin, StandinDevice
 
 import crs
-from crs.models import build_denoiser, build_tiny_pipeline, load_denoiser
+from crs.models import build_denoiser, load_denoiser
+from crs.run.standins import build_tiny_pipeline
 from crs.sampling import SAMPLERS, generate
 
 CLOSE = dict(rtol=1e-5, atol=1e-5)

@@ -112,7 +112,7 @@ RGB16 = dict(resolution=16, channels=3)
 @pytest.fixture(scope="module")
 def ldm(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ldm") / "pipe"
-    crs.models.build_tiny_pipeline(folder, "ldm", (3, 16, 16))
+    crs.run.standins.build_tiny_pipeline(folder, "ldm", (3, 16, 16))
     return folder
 
 
@@ -204,7 +204,7 @@ def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):
     )
     assert set(seen) == {(3, 16, 16)} and fid.feature_evaluations == 3 * 40  # the fid measure sees decoded images
     schedule = crs.optimize_schedule(rate)
-    index = crs.sampling.sample_grid({"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], 6, tmp_path / "s")
+    index = crs.run.jobs.sample_grid({"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], 6, tmp_path / "s")
     x = torch.load(index[0]["path"], weights_only=True)
     assert x.shape == (6, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1.0
 
@@ -267,7 +267,7 @@ def test_tiny_pipelines_load_by_hub_id_from_the_cache_offline(tmp_path, monkeypa
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     repo_id = f"crs-test/tiny-{kind}-{prediction_type}"
     _into_hub_cache(
-        tmp_path / "hub", repo_id, lambda f: crs.models.build_tiny_pipeline(f, kind, (3, 16, 16), prediction_type)
+        tmp_path / "hub", repo_id, lambda f: crs.run.standins.build_tiny_pipeline(f, kind, (3, 16, 16), prediction_type)
     )
     data = crs.make_dataset("digits", **RGB16)
     den = load_denoiser(repo_id, data)
@@ -277,7 +277,7 @@ def test_tiny_pipelines_load_by_hub_id_from_the_cache_offline(tmp_path, monkeypa
         "noise", space, denoiser=den, sigma_min=den.sigma_min, sigma_max=den.sigma_max, grid_size=3, n_samples=6
     )
     assert rate.evaluations == 4 * 6 and np.isfinite(rate.discrepancy).all()
-    index = crs.sampling.sample_grid(
+    index = crs.run.jobs.sample_grid(
         {repo_id: den},
         {"crs": crs.optimize_schedule(rate).discretize},
         ["dpmpp_2m"],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import crs
-from crs.distributed import run
+from crs.run.launch import run
 
 DATA = dict(dataset="digits", dataset_kwargs={"resolution": 16, "channels": 3})
 
@@ -14,7 +14,7 @@ DATA = dict(dataset="digits", dataset_kwargs={"resolution": 16, "channels": 3})
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
     root = tmp_path_factory.mktemp("dist")
-    crs.models.build_tiny_pipeline(root / "ldm", "ldm", (3, 16, 16))
+    crs.run.standins.build_tiny_pipeline(root / "ldm", "ldm", (3, 16, 16))
     crs.Schedule.from_baseline("kl_optimal", 0.05, 80.0).save(root / "schedule.json")
     spec = dict(
         run_dir=str(root / "one"),
@@ -72,7 +72,7 @@ def test_other_batches_agree_to_round_off(job, tmp_path):
     """
     root, spec, _ = job
     # x0-prediction keeps an untrained UNet's samples O(1); eps-prediction multiplies its error by sigma up to 80
-    pixels = crs.models.build_tiny_pipeline(tmp_path / "ddpm", "ddpm", (3, 16, 16), prediction_type="sample")
+    pixels = crs.run.standins.build_tiny_pipeline(tmp_path / "ddpm", "ddpm", (3, 16, 16), prediction_type="sample")
     pix = dict(spec, models=[str(pixels)], run_dir=str(tmp_path / "one"))
     one = run("sample", pix, 1)
     other_batches = run("sample", dict(pix, run_dir=str(tmp_path / "two-b4"), batch_size=4), 2)
@@ -104,8 +104,8 @@ def test_features_over_two_processes_match_features_stored_by_sampling(job):
     # evaluation scores stored features exactly as it scores the samples themselves
     extractor = crs.metrics.make_feature_extractor("efficientnet-lite0")
     reference = crs.make_dataset(split="test", **{"name": DATA["dataset"]}, **DATA["dataset_kwargs"]).images[:40]
-    from_features = crs.metrics.evaluate_grid(stored, reference, extractor, n_boot=5, which=["fid"])
-    from_samples = crs.metrics.evaluate_grid(one, reference, extractor, n_boot=5, which=["fid"])
+    from_features = crs.run.jobs.evaluate_grid(stored, reference, extractor, n_boot=5, which=["fid"])
+    from_samples = crs.run.jobs.evaluate_grid(one, reference, extractor, n_boot=5, which=["fid"])
     for a, b in zip(from_features["rows"], from_samples["rows"]):
         assert a["value"] == pytest.approx(b["value"], rel=1e-3)
 

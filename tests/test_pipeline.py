@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crs.pipeline import ExperimentError, apply_overrides, load_params, run_experiment, sweep, validate_params
+from crs.run.experiment import ExperimentError, apply_overrides, load_params, run_experiment, sweep, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_a_failing_stage_leaves_the_others_intact_and_resumes(smoke, tmp_path):
 
 
 def test_subset_of_stages_and_report(smoke, tmp_path):
-    from crs.report import build_report
+    from crs.run.report import build_report
 
     params, _ = smoke
     records = run_experiment(params, stages=["schedule_optimization"], progress=False, log=lambda *_: None)
@@ -164,7 +164,7 @@ def test_cli(tmp_path, capsys):
 
 def test_gpu_experiment_dry_run_on_cpu(tmp_path):
     """The GPU-sized experiment executes every stage at tiny size on the CPU (no typo survives to the GPU queue)."""
-    from crs.pipeline import dry_run
+    from crs.run.experiment import dry_run
 
     params = load_params(ROOT / "params" / "mnist-gpu.yaml")
     params["run_dir"] = str(tmp_path / "mnist-gpu")
@@ -181,7 +181,7 @@ def test_gpu_experiment_dry_run_on_cpu(tmp_path):
 @pytest.mark.parametrize("name,kind,store", [("cifar10-ddpm", "ddpm", "features"), ("celebahq-ldm", "ldm", "features")])
 def test_pretrained_model_experiments_dry_run_on_cpu(tmp_path, name, kind, store):
     """A hub-model experiment with no network: tiny stand-ins of the same kind and shape run every stage."""
-    from crs.pipeline import dry_run
+    from crs.run.experiment import dry_run
 
     params = load_params(ROOT / "params" / f"{name}.yaml")
     params["run_dir"] = str(tmp_path / name)
@@ -208,7 +208,7 @@ def test_pretrained_model_experiments_dry_run_on_cpu(tmp_path, name, kind, store
 
 
 def test_dry_run_names_a_hub_model_it_cannot_stand_in_for(tmp_path):
-    from crs.pipeline import dry_run
+    from crs.run.experiment import dry_run
 
     params = load_params(ROOT / "params" / "cifar10-ddpm.yaml")
     params["run_dir"] = str(tmp_path / "x")

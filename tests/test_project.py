@@ -82,7 +82,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 
 
 def test_rate_cost_benchmark_meets_its_target():
-    from crs.bench import rate_cost_table
+    from crs.run.bench import rate_cost_table
 
     rows = rate_cost_table(repeats=1)
     assert [r["measure"] for r in rows] == ["fid", "data", "noise", "data+cosine"]
@@ -200,7 +200,7 @@ def test_notebook_parameters_are_inspectable(caplog):
 
 
 def test_training_benchmarks_run():
-    from crs.bench import online_overhead_table, training_speed_table
+    from crs.run.bench import online_overhead_table, training_speed_table
 
     rows = training_speed_table(steps=3, warmup=1, cases=[("MLP", "gmm", {}, 32), ("UNet", "digits", {}, 4)])
     assert [r["model"] for r in rows] == ["MLP", "UNet"] and all(r["steps_per_second"] > 0 for r in rows)
@@ -213,8 +213,33 @@ def test_references_to_the_method_note_point_inside_the_repository():
     note = (ROOT / "docs" / "method.md").read_text()
     sections = set(re.findall(r"^## (\d+)\. ", note, re.M))
     cited = []
-    for path in [*ROOT.glob("crs/*.py"), *ROOT.glob("tests/*.py"), ROOT / "README.md", *ROOT.glob("notebooks/*.ipynb")]:
+    for path in [
+        *ROOT.rglob("crs/**/*.py"),
+        *ROOT.glob("tests/*.py"),
+        ROOT / "README.md",
+        *ROOT.glob("notebooks/*.ipynb"),
+    ]:
         text = path.read_text()
         assert "crs-" + "method.md" not in text, f"{path.name} cites a file outside the repository"
         cited += re.findall(r"docs/method\.md`{0,2} section (\d+)", text)
     assert cited and set(cited) <= sections
+
+
+def test_the_engine_never_imports_the_orchestration_nor_private_names():
+    """crs/*.py is the method (tensors and objects in and out); crs/run/ runs experiments. Imports go one way."""
+    import ast
+
+    for path in sorted(ROOT.glob("crs/**/*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("crs"):
+                names = [a.name for a in node.names]
+                assert not any(n.startswith("_") for n in names), (
+                    f"{path.name} imports private {names} from {node.module}"
+                )
+                if path.parent.name == "crs" and path.name != "__main__.py":
+                    assert not node.module.startswith("crs.run") and "run" not in names, (
+                        f"{path.name} imports {node.module}"
+                    )
+            if isinstance(node, ast.Import) and path.parent.name == "crs" and path.name != "__main__.py":
+                assert not any(a.name.startswith("crs.run") for a in node.names), path.name

@@ -3,8 +3,9 @@
 import torch
 
 import crs
-from crs.models import build_denoiser, build_tiny_pipeline, load_denoiser
+from crs.models import build_denoiser, load_denoiser
 from crs.protocols import AnalyticDataset, Dataset, Denoiser
+from crs.run.standins import build_tiny_pipeline
 
 
 def test_every_denoiser_states_its_shape_range_and_space(tmp_path):

@@ -1,6 +1,6 @@
 """Measured costs and results for the README.
 
-``python -m crs.bench [rate|training|online|sampling|features|ratio|all]``.
+``python -m crs.run.bench [rate|training|online|sampling|features|ratio|all]``.
 
 * ``rate``: every measure on the 2-D Gaussian mixture (exact denoiser) at 64 grid intervals and
   4096 samples, median wall time of a few repeats;
@@ -188,9 +188,9 @@ def crs_ratio_table(
     """
     import tempfile
 
-    from crs.metrics import evaluate_grid, make_feature_extractor
+    from crs.metrics import make_feature_extractor
     from crs.optimize import schedule_functions
-    from crs.sampling import sample_grid
+    from crs.run.jobs import evaluate_grid, sample_grid
 
     data = crs.make_dataset("gmm")
     nfe = {"euler": [5, 10, 20], "dpmpp_2m": [5, 10, 20], "heun": [5, 11, 21], "edm": [5, 11, 21]}

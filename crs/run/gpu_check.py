@@ -1,4 +1,4 @@
-"""The prepared GPU check: ``make gpu-check`` (``python -m crs.gpu_check``) on a machine with CUDA and no network.
+"""The prepared GPU check: ``make gpu-check`` (``python -m crs.run.gpu_check``) on a machine with CUDA and no network.
 
 Three parts, all offline, meant to finish in under 8 minutes on one GPU:
 
@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rel(a, b) -> float:
@@ -45,7 +45,8 @@ def consistency(device: str) -> list[dict]:
     import torch
 
     import crs
-    from crs.models import build_denoiser, build_tiny_pipeline, load_denoiser
+    from crs.models import build_denoiser, load_denoiser
+    from crs.run.standins import build_tiny_pipeline
     from crs.sampling import SAMPLERS, generate
     from crs.training import draw_batch, edm_loss, make_noise
 
@@ -184,7 +185,7 @@ def environment(device: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m crs.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m crs.run.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--device", default="cuda", help="device to check (default cuda; cpu runs the same code as a self-test)"
     )

@@ -1,6 +1,6 @@
 """Every value a stage takes, checked before any work: one validator per stage.
 
-The notebooks call ``crs.checks.check_stage("<stage>", globals())`` in their first cell, and the batch
+The notebooks call ``crs.run.checks.check_stage("<stage>", globals())`` in their first cell, and the batch
 runner calls the same function for every stage of an experiment before the first stage starts
 (``python -m crs check`` too), so one rule has one definition. A validator reads no data and loads no
 model: names, types, ranges, nfe plans, step counts, counts, noise ranges, the format of references.

@@ -47,7 +47,7 @@ __all__ = [
     "validate_params",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
 STAGES = {
     "base_model": "00_base_model",
@@ -135,13 +135,13 @@ def preflight(params: dict, stages: Iterable[str] | None = None) -> None:
     """Check every value of every stage to run before the first one starts (what ``python -m crs check`` does).
 
     Each stage's values (its notebook's defaults, the common keys, its section) go through the validator its
-    notebook calls (:func:`crs.checks.check_stage`); then every model the stages load that this run does not
+    notebook calls (:func:`crs.run.checks.check_stage`); then every model the stages load that this run does not
     write must be there: a folder (relative to the run folder) or a hub id in the cache or reachable.
 
     Raises:
         ExperimentError: naming the stage and the problem; nothing has been written.
     """
-    from crs.checks import check_model_reference, check_stage
+    from crs.run.checks import check_model_reference, check_stage
 
     run_dir = Path(params["run_dir"])
     wanted = _wanted(params, stages)
@@ -281,7 +281,7 @@ def _hub_cached(model: str) -> bool:
 
 def _stand_in_models(params: dict, run_dir: Path, log) -> dict[str, str]:
     """Tiny local pipelines for the hub models of an experiment that are not at hand (see KNOWN_PIPELINES)."""
-    from crs.models import KNOWN_PIPELINES, build_tiny_pipeline
+    from crs.run.standins import KNOWN_PIPELINES, build_tiny_pipeline
 
     stages = params["stages"]
     names = [stages.get("rate_estimation", {}).get("model")] + list(stages.get("sampling", {}).get("models") or [])
@@ -325,7 +325,7 @@ def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
     its levels at 8-16 channels, and ``device`` is ``device`` (``cpu`` by default; the GPU check runs it
     with ``cuda``, where training takes the GPU with bf16 through accelerate). What only the GPU machine has stands in:
     a hub model missing from the local cache becomes a tiny untrained pipeline of the same kind
-    and shape (:data:`crs.models.KNOWN_PIPELINES`), a missing image folder becomes real digits of
+    and shape (:data:`crs.run.standins.KNOWN_PIPELINES`), a missing image folder becomes real digits of
     the same size, clean-fid statistics become the held-out split and Inception features
     EfficientNet-Lite0 when clean-fid's weights are absent. All names are still validated by every stage.
     """

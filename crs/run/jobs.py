@@ -1,0 +1,397 @@
+"""The work of notebooks 03-05 on a run folder: fine-tuning, sampling and features, in one or several processes.
+
+Everything here reads or writes a run folder (the engine never does): :func:`sample_grid` samples every
+model x schedule x sampler x nfe into ``samples/``, :func:`evaluate_grid` scores the stored sets, and the
+jobs (:data:`JOBS`) are what :func:`crs.run.launch.run` executes here or under ``accelerate launch``.
+Every process takes its share of the rows of each sample set: sample i keeps its seed ``seed + i``, so the
+files are those of a one-process run, to float round-off (bit for bit when the batches and thread counts
+match); the main process gathers the shares through the file system and writes every file atomically.
+
+Jobs:
+    ``sample``: :func:`sampling_job`, notebook 04 (samples, or their features for large runs).
+    ``features``: :func:`features_job`, notebook 05 (features of stored samples, before scoring).
+    ``finetune``: :func:`finetune_job`, notebook 03 (the CRS and control fine-tuning runs).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from crs.io import save_tensor
+from crs.metrics import METRICS, FeatureExtractor, bootstrap_indices, compare, evaluate_samples, row
+from crs.models import load_denoiser
+from crs.run.processes import gather_rows, process_device, process_state
+from crs.sampling import check_nfe_plan, generate, steps_for_nfe
+from crs.seeds import bootstrap_reference_seed, sample_seed
+
+__all__ = [
+    "JOBS",
+    "evaluate_grid",
+    "features_job",
+    "finetune_job",
+    "load_finetune_result",
+    "resolve_models",
+    "sample_grid",
+    "sampling_job",
+]
+
+
+def resolve_models(names, run_dir, data, device: str = "cpu") -> dict:
+    """Denoisers for a list of model names: ``"analytic"``, a name under ``run_dir/models/``, or a
+    folder / hub id (see :func:`load_denoiser`). Returns ``{name: denoiser}`` in the given order."""
+    models = {}
+    for name in names:
+        local = Path(run_dir) / "models" / name
+        models[name] = load_denoiser(str(local) if name != "analytic" and local.is_dir() else name, data, device)
+    return models
+
+
+def _folder_name(model: str) -> str:
+    """A model name as one folder name: a hub id or path becomes e.g. ``google--ddpm-cifar10-32``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", model).strip("-.") or "model"
+
+
+def _draw_rows(den, shape, sigmas, seed: int, lo: int, hi: int, features, keep: int, draw: dict):
+    """Samples ``lo .. hi - 1`` of one set (seeds ``seed + i``); with ``features``, batch by batch, only the
+    features and the samples below ``keep`` are kept in memory. Returns ``(samples, features or None)``."""
+    if features is None:
+        return generate(den, shape, hi - lo, sigmas, seed=sample_seed(seed, lo), **draw), None
+    kept, parts = [], []
+    for a in range(lo, hi, draw["batch_size"]):
+        xb = generate(den, shape, min(a + draw["batch_size"], hi) - a, sigmas, seed=sample_seed(seed, a), **draw)
+        parts.append(torch.from_numpy(features(xb)).float())
+        kept.append(xb[: max(0, keep - a)])
+    return torch.cat(kept), torch.cat(parts)
+
+
+def sample_grid(
+    models: dict,
+    schedules: dict,
+    samplers: Sequence[str],
+    nfe,
+    n: int,
+    out_dir,
+    seed: int = 0,
+    batch_size: int = 1024,
+    dtype=torch.float32,
+    device: str = "cpu",
+    progress: bool = False,
+    features=None,
+    keep: int = 64,
+) -> list[dict]:
+    """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
+
+    Args:
+        models: ``{name: denoiser}`` (:class:`crs.protocols.Denoiser`); a latent model's samples are decoded.
+        schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``).
+        samplers: sampler names; ``nfe``: see :func:`check_nfe_plan`.
+        out_dir: samples go to ``out_dir/<model>/<sampler>/<schedule>_nfe<k>.pt`` (written atomically).
+        features: a :class:`crs.metrics.FeatureExtractor`: store each set's features (n, F) in
+            ``<...>.features.pt`` and only its first ``keep`` samples, for experiments whose samples
+            would not fit on disk (50k images of 256 px are 10 GB per set).
+
+    Under ``accelerate launch`` with several processes (see :mod:`crs.run.launch`) every process
+    draws its share of each set (sample i keeps seed ``seed + i``, so the files equal a one-process
+    run to float round-off) and the main process writes the files and returns the index; the others return ``[]``.
+
+    Returns:
+        The index: one dict per set with ``model``, ``schedule``, ``sampler``, ``nfe``, ``steps``, ``n``,
+        ``path``, ``seconds`` and, with ``features``, ``features`` (the extractor's name) and ``features_path``.
+    """
+    plan = check_nfe_plan(samplers, nfe)
+    state = process_state()
+    if n < state.world:
+        raise ValueError(f"{n} samples per set cannot be shared by {state.world} processes; draw at least one each.")
+    lo, hi = n * state.rank // state.world, n * (state.rank + 1) // state.world
+    index = []
+    jobs = [(m, s, name, v) for m in models for name in samplers for v in plan[name] for s in schedules]
+    for model, sched, sampler, value in tqdm(
+        jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False
+    ):
+        steps = steps_for_nfe(sampler, value)
+        den = models[model]
+        decode = den.decode if den.is_latent else None
+        start = time.perf_counter()
+        draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
+        x, feats = _draw_rows(den, tuple(den.shape), schedules[sched](steps), seed, lo, hi, features, keep, draw)
+        path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
+        x = gather_rows(x, state, path.with_suffix(".part"))
+        feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
+        seconds = time.perf_counter() - start
+        if state.rank > 0:
+            continue
+        save_tensor(path, x)
+        entry = dict(
+            model=model,
+            schedule=sched,
+            sampler=sampler,
+            nfe=int(value),
+            steps=int(steps),
+            n=int(n),
+            path=str(path),
+            seconds=seconds,
+        )
+        if feats is not None:
+            save_tensor(path.with_suffix(".features.pt"), feats)
+            entry.update(features=features.name, features_path=str(path.with_suffix(".features.pt")))
+        index.append(entry)
+    return index
+
+
+def _entry_samples(entry: dict, features: FeatureExtractor) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    """A sample set's samples, or its stored features (checked to be of ``features``)."""
+    if entry.get("features_path"):
+        if entry.get("features") != features.name:
+            raise ValueError(
+                f"The sample set {entry['path']!r} stores features of {entry.get('features')!r}, not "
+                f"{features.name!r}: "
+                f"evaluate with features={entry.get('features')!r}."
+            )
+        return None, torch.load(entry["features_path"], weights_only=True).double().numpy()
+    return torch.load(entry["path"], weights_only=True), None
+
+
+def evaluate_grid(
+    index: list[dict],
+    reference,
+    features: FeatureExtractor,
+    data=None,
+    n_boot: int = 200,
+    seed: int = 0,
+    k: int = 3,
+    kid: bool = True,
+    which=METRICS,
+    progress: bool = False,
+) -> dict:
+    """Evaluate every entry of a sampling index (see :func:`crs.run.jobs.sample_grid`).
+
+    Entries of one (model, sampler, nfe) share bootstrap indices (their samples share seeds), so
+    each metric's CRS-versus-best-baseline comparison is a paired bootstrap. Entries that stored
+    features instead of samples are scored from those.
+
+    Args:
+        reference: real samples (tensor), or ``{"mu", "cov", "name"}`` feature statistics (see
+            :func:`reference_statistics`), from which only FID is computed.
+
+    Returns:
+        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot, "
+           ""reference": ...}`` for ``metrics.json``.
+    """
+    from tqdm import tqdm
+
+    stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
+    ref_features = None if stats is not None else features(reference)
+    rows, comparisons, groups = [], [], {}
+    for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
+        samples, gen_features = _entry_samples(entry, features)
+        n = len(samples) if samples is not None else len(gen_features)
+        idx = bootstrap_indices(n, n_boot, seed)
+        ref_idx = (
+            bootstrap_indices(len(ref_features), n_boot, bootstrap_reference_seed(seed))
+            if ref_features is not None
+            else None
+        )
+        values = evaluate_samples(
+            samples,
+            None if stats is not None else reference,
+            features,
+            idx,
+            ref_idx,
+            data=data,
+            k=k,
+            seed=seed,
+            ref_features=ref_features,
+            kid=kid,
+            which=which,
+            gen_features=gen_features,
+            ref_stats=stats,
+        )
+        key = (entry["model"], entry["sampler"], entry["nfe"])
+        for metric, (value, boot) in values.items():
+            rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
+            groups.setdefault(key + (metric,), {})[entry["schedule"]] = (value, boot)
+    for (model, sampler, nfe, metric), by_schedule in groups.items():
+        for name in [s for s in by_schedule if s.startswith("crs")]:
+            result = compare(
+                {s: v for s, v in by_schedule.items() if s == name or not s.startswith("crs")}, metric, name
+            )
+            if result:
+                comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
+    ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
+    return {
+        "rows": rows,
+        "comparisons": comparisons,
+        "features": features.name,
+        "n_boot": int(n_boot),
+        "reference": ref_name,
+    }
+
+
+def sampling_job(spec: dict) -> list[dict]:
+    """Notebook 04's work: load the models, fit the CRS schedule to their range, sample the grid, write the index.
+
+    ``spec`` keys: ``run_dir``, ``dataset``, ``dataset_kwargs``, ``models``, ``schedule`` (path),
+    ``baselines``, ``samplers``, ``nfe``, ``n_samples``, ``batch_size``, ``seed``, ``device``,
+    ``store`` (``samples`` or ``features``), ``features``, ``keep``.
+    """
+    import crs
+    from crs.io import atomic_write_json
+    from crs.metrics import make_feature_extractor
+    from crs.optimize import schedule_functions
+    from crs.sampling import fit_schedule
+
+    state = process_state()
+    run_dir = Path(spec["run_dir"])
+    data = crs.make_dataset(spec["dataset"], **spec["dataset_kwargs"])
+    device = process_device(spec["device"], state)
+    denoisers = resolve_models(spec["models"], run_dir, data, device)
+    schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
+    schedules = schedule_functions(schedule, spec["baselines"])
+    extractor = make_feature_extractor(spec["features"], data.shape, device) if spec["store"] == "features" else None
+    index = sample_grid(
+        denoisers,
+        schedules,
+        spec["samplers"],
+        spec["nfe"],
+        spec["n_samples"],
+        run_dir / "samples",
+        seed=spec["seed"],
+        batch_size=spec["batch_size"],
+        device=device,
+        progress=spec.get("progress", False),
+        features=extractor,
+        keep=spec["keep"],
+    )
+    if state.rank == 0:
+        atomic_write_json(
+            run_dir / "samples" / "index.json",
+            {
+                "seed": spec["seed"],
+                "n_samples": spec["n_samples"],
+                "store": spec["store"],
+                "processes": state.world,
+                "schedule_range": [schedule.sigma_min, schedule.sigma_max],
+                "entries": index,
+            },
+        )
+    return index
+
+
+def features_job(spec: dict) -> list[dict]:
+    """Notebook 05's heavy part: features of every stored sample set that lacks them, over all processes.
+
+    ``spec`` keys: ``run_dir``, ``dataset``, ``dataset_kwargs``, ``features``, ``device``. Sets already
+    carrying features of the same extractor are left as they are. Writes ``<set>.features.pt`` and
+    the updated ``samples/index.json``; returns the entries.
+    """
+    import crs
+    from crs.io import atomic_write_json, read_json
+    from crs.metrics import make_feature_extractor
+
+    state = process_state()
+    run_dir = Path(spec["run_dir"])
+    index_path = run_dir / "samples" / "index.json"
+    saved = read_json(index_path, "sample index (run notebook 04 first)")
+    data = crs.make_dataset(spec["dataset"], **spec["dataset_kwargs"])
+    extractor = make_feature_extractor(spec["features"], data.shape, process_device(spec["device"], state))
+    for entry in saved["entries"]:
+        if entry.get("features") == extractor.name:
+            continue
+        if "features" in entry:
+            raise ValueError(
+                f"The sample set {entry['path']!r} kept only features of {entry['features']!r}, not "
+                f"{extractor.name!r}: "
+                f"evaluate with features={entry['features']!r} or sample again with store='samples'."
+            )
+        x = torch.load(entry["path"], weights_only=True)
+        lo, hi = len(x) * state.rank // state.world, len(x) * (state.rank + 1) // state.world
+        feats = gather_rows(
+            torch.from_numpy(extractor(x[lo:hi])).float(), state, Path(entry["path"]).with_suffix(".fpart")
+        )
+        if state.rank == 0:
+            path = Path(entry["path"]).with_suffix(".features.pt")
+            save_tensor(path, feats)
+            entry.update(features=extractor.name, features_path=str(path))
+    if state.rank == 0:
+        atomic_write_json(index_path, dict(saved, feature_processes=state.world))
+    state.barrier()
+    return saved["entries"]
+
+
+def finetune_job(spec: dict) -> dict:
+    """Notebook 03's training runs: every configuration fine-tunes a fresh copy of the base model.
+
+    ``spec`` keys: ``run_dir``, ``dataset``, ``dataset_kwargs``, ``base_model``, ``configs``
+    (``{name: TrainConfig fields}``), ``progress``. Under several processes gradients are averaged
+    across them (accelerate) and each draws its own batches. The main process saves the EMA models
+    to ``models/<name>`` and each run's record to ``checkpoints/<name>/result.json``.
+
+    Returns:
+        ``{name: TrainResult}`` (on the main process; see :func:`load_finetune_result`).
+    """
+    import crs
+    from crs.io import atomic_write_json
+    from crs.models import load_denoiser
+    from crs.training import TrainConfig, train
+
+    state = process_state()
+    run_dir = Path(spec["run_dir"])
+    data = crs.make_dataset(spec["dataset"], **spec["dataset_kwargs"])
+    results = {}
+    for name, fields in spec["configs"].items():
+        result = train(
+            load_denoiser(spec["base_model"], data),
+            data,
+            TrainConfig(**fields),
+            checkpoint_dir=run_dir / "checkpoints" / name,
+            progress=spec.get("progress", False) and state.rank == 0,
+            desc=name,
+        )
+        if state.rank == 0:
+            result.ema.save_pretrained(run_dir / "models" / name)
+            atomic_write_json(
+                run_dir / "checkpoints" / name / "result.json",
+                {
+                    "losses": result.losses,
+                    "steps_done": result.steps_done,
+                    "seconds": result.seconds,
+                    "online_seconds": result.online_seconds,
+                    "online_updates": result.online_updates,
+                    "resumed_from": result.resumed_from,
+                    "noise": result.noise.state(),
+                    "processes": state.world,
+                },
+            )
+        results[name] = result
+        state.barrier()
+    return results
+
+
+def load_finetune_result(run_dir, name: str, data=None):
+    """The :class:`crs.training.TrainResult` of a fine-tuning run written by :func:`finetune_job`."""
+    from crs.io import read_json
+    from crs.models import load_denoiser
+    from crs.training import TrainResult, noise_from_state
+
+    rec = read_json(Path(run_dir) / "checkpoints" / name / "result.json", "fine-tuning record")
+    return TrainResult(
+        ema=load_denoiser(str(Path(run_dir) / "models" / name), data),
+        losses=rec["losses"],
+        steps_done=rec["steps_done"],
+        seconds=rec["seconds"],
+        online_seconds=rec["online_seconds"],
+        online_updates=rec["online_updates"],
+        noise=noise_from_state(rec["noise"]),
+        resumed_from=rec["resumed_from"],
+        extra={"processes": rec["processes"]},
+    )
+
+
+JOBS = {"sample": sampling_job, "features": features_job, "finetune": finetune_job}
