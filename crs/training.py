@@ -44,8 +44,7 @@ __all__ = [
     "ScheduleNoise",
     "TrainConfig",
     "TrainResult",
-    "draw_batch",
-    "edm_loss",
+    "EDMLoss",
     "loss_by_sigma",
     "loss_weight",
     "make_noise",
@@ -293,34 +292,45 @@ def loss_weight(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
     return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
 
 
-def draw_batch(
-    data, noise, n: int, generator: torch.Generator, device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One training batch from ``generator`` (on the CPU, so draws do not depend on the device), moved to ``device``.
+class EDMLoss:
+    """EDM's loss (Karras et al. 2022, ``training/loss.py``), owning its distribution of training noise levels.
 
-    Returns:
-        ``(x0 (n, *shape), sigma (n,), eps (n, *shape))``, float32 on ``device``.
-    """
-    x0 = data.sample(n, generator).float()
-    sigma = noise.sample(n, generator).float()
-    eps = torch.randn(x0.shape, generator=generator)
-    return x0.to(device), sigma.to(device), eps.to(device)
-
-
-def edm_loss(
-    model, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, sigma_data: float, autocast=contextlib.nullcontext
-):
-    """EDM's loss ``mean(lambda(sigma) |D(x0 + sigma eps; sigma) - x0|^2)``, a float32 scalar on the inputs' device.
+    ``mean(lambda(sigma) |D(x0 + sigma eps; sigma) - x0|^2)`` with :func:`loss_weight`; ``noise`` is the one
+    piece a training schedule replaces (``crs-online`` swaps it while training).
 
     Args:
-        model: the denoiser being trained (on the inputs' device).
-        x0, eps: (B, *shape); sigma: (B,).
-        autocast: a context manager for the forward pass (accelerate's ``autocast``: bf16 on GPUs).
+        noise: the training distribution (:func:`make_noise`: log-normal, a schedule's).
+        sigma_data: the data standard deviation of the weighting (EDM: 0.5).
     """
-    sb = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
-    with autocast():
-        pred = model(x0 + sb * eps, sigma)
-    return (loss_weight(sb, sigma_data) * (pred.float() - x0) ** 2).mean()
+
+    def __init__(self, noise, sigma_data: float = 0.5):
+        self.noise, self.sigma_data = noise, float(sigma_data)
+
+    def draw(self, data, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch from ``generator`` on the CPU (so draws do not depend on the device), moved to ``device``.
+
+        Returns:
+            ``(x0 (n, *shape), sigma (n,), eps (n, *shape))``, float32 on ``device``.
+        """
+        x0 = data.sample(n, generator).float()
+        sigma = self.noise.sample(n, generator).float()
+        eps = torch.randn(x0.shape, generator=generator)
+        return x0.to(device), sigma.to(device), eps.to(device)
+
+    def __call__(
+        self, model, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, autocast=contextlib.nullcontext
+    ) -> torch.Tensor:
+        """The loss of ``model`` on one batch, a float32 scalar on the inputs' device.
+
+        Args:
+            model: the denoiser being trained (on the inputs' device).
+            x0, eps: (B, *shape); sigma: (B,).
+            autocast: a context manager for the forward pass (accelerate's ``autocast``: bf16 on GPUs).
+        """
+        sb = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
+        with autocast():
+            pred = model(x0 + sb * eps, sigma)
+        return (loss_weight(sb, self.sigma_data) * (pred.float() - x0) ** 2).mean()
 
 
 def train(
@@ -370,16 +380,16 @@ def train(
         noise = saved_noise or noise
     model, opt = acc.prepare(denoiser, opt)
     ema.to(acc.device)
-    sd = denoiser.sigma_data
     t0, online_seconds, online_updates = time.perf_counter(), 0.0, 0
     if noise is None:  # crs-online without a starting schedule: estimate one from the model now
         noise = _online_schedule(ema, data, cfg, lo, hi)
         online_seconds, online_updates = time.perf_counter() - t0, 1
+    edm = EDMLoss(noise, denoiser.sigma_data)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, disable=not progress or not acc.is_main_process, leave=False)
     for step in bar:
-        x0, sigma, eps = draw_batch(data, noise, cfg.batch_size, gen, acc.device)
-        loss = edm_loss(model, x0, sigma, eps, sd, acc.autocast)
+        x0, sigma, eps = edm.draw(data, cfg.batch_size, gen, acc.device)
+        loss = edm(model, x0, sigma, eps, acc.autocast)
         if not torch.isfinite(loss):
             raise ValueError(
                 f"Non-finite loss ({loss.item()}) at step {step}: lower `lr` or check the data; "
@@ -401,7 +411,7 @@ def train(
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         if cfg.noise == "crs-online" and (step + 1) % cfg.online_every == 0 and step + 1 < cfg.steps:
             t_on = time.perf_counter()
-            noise = _online_schedule(ema, data, cfg, lo, hi)
+            edm.noise = _online_schedule(ema, data, cfg, lo, hi)
             online_seconds, online_updates = online_seconds + time.perf_counter() - t_on, online_updates + 1
         last = step + 1 == end
         if ckpt_path is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last):
@@ -420,7 +430,7 @@ def train(
                         "optimizer": opt.state_dict(),
                         "generator": gen.get_state(),
                         "losses": losses,
-                        "noise": noise.state(),
+                        "noise": edm.noise.state(),
                     },
                     ckpt_path,
                 )
@@ -432,7 +442,7 @@ def train(
         seconds=time.perf_counter() - t0,
         online_seconds=online_seconds,
         online_updates=online_updates,
-        noise=noise,
+        noise=edm.noise,
         resumed_from=start,
     )
 

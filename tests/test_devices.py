@@ -140,7 +140,7 @@ def test_rate_estimation_with_a_model_on_a_device(pipelines, measure):
 
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
 def test_a_training_step_on_a_device(shape):
-    from crs.training import draw_batch, edm_loss, make_noise
+    from crs.training import EDMLoss, make_noise
 
     data = crs.make_dataset("gmm") if shape == (2,) else crs.make_dataset("digits")
     noise = make_noise("cosine", 0.002, 80.0)
@@ -160,9 +160,10 @@ def test_a_training_step_on_a_device(shape):
             device = dev if where == "standin" else torch.device("cpu")
             model.to(device), ema.to(device)
             opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            x0, sigma, eps = draw_batch(data, noise, 8, torch.Generator().manual_seed(0), device)
+            edm = EDMLoss(noise, model.sigma_data)
+            x0, sigma, eps = edm.draw(data, 8, torch.Generator().manual_seed(0), device)
             assert x0.device == sigma.device == eps.device == device
-            loss = edm_loss(model, x0, sigma, eps, model.sigma_data)
+            loss = edm(model, x0, sigma, eps)
             assert loss.device == device and bool(torch.isfinite(loss))
             opt.zero_grad()
             loss.backward()

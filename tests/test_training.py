@@ -238,3 +238,22 @@ def test_two_processes_with_accelerate_launch_and_resume(tmp_path):
     _launch(tmp_path, tmp_path / "cut", 3)
     resumed = _launch(tmp_path, tmp_path / "cut")
     assert resumed[0]["ema"] == full[0]["ema"] and resumed[1]["ema"] == full[1]["ema"]
+
+
+def test_edm_loss_owns_its_noise_distribution():
+    """EDMLoss: lambda(sigma) |D - x0|^2 averaged (EDM eq. 8); its noise distribution is the piece a schedule replaces."""
+    from crs.training import EDMLoss, loss_weight, make_noise
+
+    data = crs.make_dataset("gmm")
+    edm = EDMLoss(make_noise("edm"), sigma_data=0.5)
+    x0, sigma, eps = edm.draw(data, 64, torch.Generator().manual_seed(0), "cpu")
+    assert x0.shape == eps.shape == (64, 2) and sigma.shape == (64,) and x0.dtype == torch.float32
+
+    def zero(x, s):
+        return torch.zeros_like(x)
+
+    expect = (loss_weight(sigma[:, None], 0.5) * x0**2).mean()
+    torch.testing.assert_close(edm(zero, x0, sigma, eps), expect, rtol=1e-6, atol=0)
+    edm.noise = make_noise("logsnr", 0.002, 80.0)  # crs-online swaps the distribution while training
+    _, other, _ = edm.draw(data, 64, torch.Generator().manual_seed(0), "cpu")
+    assert not torch.equal(other, sigma) and float(other.min()) >= 0.002 * (1 - 1e-6)

@@ -48,7 +48,7 @@ def consistency(device: str) -> list[dict]:
     from crs.models import build_denoiser, load_denoiser
     from crs.run.standins import build_tiny_pipeline
     from crs.sampling import SAMPLERS, generate
-    from crs.training import draw_batch, edm_loss, make_noise
+    from crs.training import EDMLoss, make_noise
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -120,12 +120,11 @@ def consistency(device: str) -> list[dict]:
         losses = []
         for where in ("cpu", device):
             model = build_denoiser((2,), seed=1).to(where)
-            x0, s, eps = draw_batch(data, noise, 512, torch.Generator().manual_seed(0), where)
+            edm = EDMLoss(noise, model.sigma_data)
+            x0, s, eps = edm.draw(data, 512, torch.Generator().manual_seed(0), where)
             kind = torch.device(where).type
             autocast = (lambda kind=kind: torch.autocast(kind, dtype=torch.bfloat16)) if precision == "bf16" else None
-            losses.append(
-                float(edm_loss(model, x0, s, eps, model.sigma_data, *([autocast] if autocast else [])).detach())
-            )
+            losses.append(float(edm(model, x0, s, eps, *([autocast] if autocast else [])).detach()))
         case(
             f"training loss {precision}",
             losses[0],
