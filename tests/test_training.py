@@ -241,7 +241,7 @@ def test_two_processes_with_accelerate_launch_and_resume(tmp_path):
 
 
 def test_edm_loss_owns_its_noise_distribution():
-    """EDMLoss: lambda(sigma) |D - x0|^2 averaged (EDM eq. 8); its noise distribution is the piece a schedule replaces."""
+    """EDMLoss: lambda(sigma) |D - x0|^2 averaged (EDM eq. 8); it owns the noise distribution a schedule replaces."""
     from crs.training import EDMLoss, loss_weight, make_noise
 
     data = crs.make_dataset("gmm")
