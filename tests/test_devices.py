@@ -164,7 +164,7 @@ def test_a_training_step_on_a_device(shape):
             x0, sigma, eps = edm.draw(data, 8, torch.Generator().manual_seed(0), device)
             assert x0.device == sigma.device == eps.device == device
             loss = edm(model, x0, sigma, eps)
-            assert loss.device == device and bool(torch.isfinite(loss))
+            assert loss.device == device and bool(torch.isfinite(loss.detach()))
             opt.zero_grad()
             loss.backward()
             grads = [p.grad.cpu().clone() for p in model.parameters()]
@@ -173,7 +173,7 @@ def test_a_training_step_on_a_device(shape):
             with torch.no_grad():
                 for p_ema, p in zip(ema.parameters(), model.parameters()):
                     p_ema.lerp_(p.detach(), 0.1)
-            losses[where] = (float(loss), grads, [p.detach().cpu().clone() for p in ema.parameters()])
+            losses[where] = (float(loss.detach()), grads, [p.detach().cpu().clone() for p in ema.parameters()])
     assert losses["cpu"][0] == pytest.approx(losses["standin"][0], rel=1e-5)
     for a, b in zip(losses["cpu"][1], losses["standin"][1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # gradients: float32 round-off of the backward pass
