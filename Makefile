@@ -48,6 +48,8 @@ notebooks: venv
 # carry .whl/ there and run `make gpu-check`: it installs them (no index, no dependency resolution), then runs
 # crs.run.gpu_check: GPU-vs-CPU consistency, every shipped experiment's dry run on cuda, per-stage timings.
 GPU_PY ?= python3
+GPU_SITE ?= /tmp/crs-gpu-site
+GPU_OUT ?= runs/gpu-check
 GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
 
 gpu-wheels: venv
@@ -56,9 +58,10 @@ gpu-wheels: venv
 	@ls .whl/*.whl | wc -l | xargs echo "wheels:"; du -sh .whl
 
 gpu-check:
-	if [ -d .whl ]; then export PIP_BREAK_SYSTEM_PACKAGES=1; $(GPU_PY) -m pip install --quiet --user --no-index --no-deps .whl/*.whl \
-	  || $(GPU_PY) -m pip install --quiet --no-index --no-deps .whl/*.whl; fi
-	HF_HUB_OFFLINE=1 $(GPU_PY) -m crs.run.gpu_check --device cuda --out runs/gpu-check
+	rm -rf $(GPU_SITE); if [ -d .whl ]; then $(GPU_PY) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+	  --target $(GPU_SITE) .whl/*.whl || exit 1; fi; \
+	PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
+	  $(GPU_PY) -m crs.run.gpu_check --device cuda --out $(GPU_OUT)
 
 clean:
 	rm -rf runs notebooks/runs

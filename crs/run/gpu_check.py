@@ -160,6 +160,10 @@ def dry_runs(device: str, experiments: list[str], out: Path, jobs: int) -> list[
         for record in sorted((out / f"{name}-dry-run" / ".stages").glob("*.json")):
             rec = json.loads(record.read_text())
             stages[rec["stage"]] = dict(status=rec["status"], seconds=round(rec.get("seconds", 0.0), 1))
+        print(
+            f"dry run {name}: {'ok' if proc.returncode == 0 else 'FAILED'} in {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         return dict(
             experiment=name,
             ok=proc.returncode == 0,
@@ -215,6 +219,8 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     report["consistency"] = consistency(args.device)
     report["consistency_seconds"] = round(time.perf_counter() - t, 1)
+    failed = [r["case"] for r in report["consistency"] if not r["ok"]]
+    print(f"consistency: {len(report['consistency'])} cases, failed: {failed or 'none'}", flush=True)
     report["dry_runs"] = dry_runs(args.device, names, out, args.jobs)
     report["seconds"] = round(time.perf_counter() - start, 1)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
