@@ -41,7 +41,9 @@ __all__ = [
     "lower_is_better",
     "bootstrap_indices",
     "compare",
+    "analytic_scores",
     "evaluate_samples",
+    "feature_scores",
     "make_feature_extractor",
     "reference_statistics",
     "row",
@@ -213,80 +215,62 @@ def _mmd_poly(gen: np.ndarray, ref: np.ndarray, k_rr_sum: float) -> float:
 
 
 # ----------------------------------------------------------------------------- the evaluation
-def evaluate_samples(
-    samples: torch.Tensor | None,
-    reference: torch.Tensor | None,
-    features: FeatureExtractor,
+def feature_scores(
+    gen: np.ndarray,
+    ref: np.ndarray | tuple[np.ndarray, np.ndarray],
     idx: np.ndarray,
+    *,
     ref_idx: np.ndarray | None = None,
-    data=None,
     k: int = 3,
     seed: int = 0,
-    ref_features: np.ndarray | None = None,
-    kid: bool = True,
     which=METRICS,
-    gen_features: np.ndarray | None = None,
-    ref_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    kid: bool = True,
 ) -> dict[str, tuple[float, np.ndarray]]:
-    """Every metric for one set of samples: ``{metric: (value, bootstrap replicates)}``.
+    """Scores from features: ``{family: (value, bootstrap replicates)}`` for fid, kid, precision, recall.
 
     Args:
-        samples: generated samples (N, *shape); must be finite. May be None with ``gen_features``.
-        reference: real samples (held-out split, or fresh analytic samples); None with ``ref_stats``.
-        features: the feature extractor (its name goes into the metric names).
-        idx: bootstrap indices into the samples (B, N), shared across schedules to pair them.
+        gen: features of the generated samples (N, F); must be finite.
+        ref: features of the reference (M, F), or only their statistics ``(mu, cov)`` (e.g. clean-fid's
+            dataset statistics), from which only FID can be computed.
+        idx: bootstrap indices into ``gen`` (B, N), shared across schedules to pair them.
         ref_idx: bootstrap indices into the reference (for recall); defaults to a seeded draw.
-        data: the dataset; when analytic (:class:`crs.protocols.AnalyticDataset`), the exact figures ``nll``,
-            ``sliced_wasserstein`` and ``mode_tv`` are computed too.
         k: neighbours of precision/recall.
-        ref_features: precomputed reference features (saves recomputing them per row).
-        kid: compute KID (images only: for low-dimensional data FID on raw coordinates suffices).
-        which: metric families to compute (see :func:`check_metrics`).
-        gen_features: precomputed features of the samples (N, F) (stored by sampling for large runs).
-        ref_stats: ``(mu, cov)`` of the reference features (e.g. clean-fid's dataset statistics):
-            only FID can be computed from them; the other families are skipped.
+        kid: compute KID (meant for image features; for low-dimensional data FID on raw coordinates suffices).
     """
     which = check_metrics(which)
-    if samples is not None and not torch.all(torch.isfinite(samples)):
-        raise ValueError("The samples contain NaN or inf; evaluate finite samples only.")
-    out: dict[str, tuple[float, np.ndarray]] = {}
-    f_gen = features(samples) if gen_features is None else np.asarray(gen_features, dtype=np.float64)
-    if not np.all(np.isfinite(f_gen)):
+    gen = np.asarray(gen, dtype=np.float64)
+    if not np.all(np.isfinite(gen)):
         raise ValueError("The features of the samples contain NaN or inf.")
-    tag = features.name
-    if ref_stats is not None:
+    out: dict[str, tuple[float, np.ndarray]] = {}
+    if isinstance(ref, tuple):
+        mu, cov = (np.asarray(a, np.float64) for a in ref)
         if "fid" in which:
-            out[f"fid_{tag}"] = fid_bootstrap(
-                f_gen, np.asarray(ref_stats[0], np.float64), np.asarray(ref_stats[1], np.float64), idx
-            )
+            out["fid"] = fid_bootstrap(gen, mu, cov, idx)
         return out
-    f_ref = features(reference) if ref_features is None else ref_features
+    ref = np.asarray(ref, dtype=np.float64)
     if "fid" in which:
-        out[f"fid_{tag}"] = fid_bootstrap(
-            f_gen, f_ref.mean(0), np.cov(f_ref, rowvar=False).reshape(f_ref.shape[1], -1), idx
-        )
-    if kid and features.images and "kid" in which:
-        k_rr = (f_ref @ f_ref.T / f_ref.shape[1] + 1) ** 3
+        out["fid"] = fid_bootstrap(gen, ref.mean(0), np.cov(ref, rowvar=False).reshape(ref.shape[1], -1), idx)
+    if kid and "kid" in which:
+        k_rr = (ref @ ref.T / ref.shape[1] + 1) ** 3
         k_rr_sum = float(k_rr.sum() - np.trace(k_rr))
-        boot = np.array([_mmd_poly(f_gen[r[:1000]], f_ref, k_rr_sum) for r in idx])
-        out[f"kid_{tag}"] = (_kid(f_gen, f_ref, seed), boot)
+        boot = np.array([_mmd_poly(gen[r[:1000]], ref, k_rr_sum) for r in idx])
+        out["kid"] = (_kid(gen, ref, seed), boot)
     if "precision" in which:
-        precise = _inside(f_gen, f_ref, _knn_radii(f_ref, k))
-        out[f"precision_{tag}"] = (float(precise.mean()), precise[idx].mean(1))
+        precise = _inside(gen, ref, _knn_radii(ref, k))
+        out["precision"] = (float(precise.mean()), precise[idx].mean(1))
     if "recall" in which:
-        recalled = _inside(f_ref, f_gen, _knn_radii(f_gen, k))
-        ref_idx = (
-            bootstrap_indices(len(f_ref), len(idx), bootstrap_reference_seed(seed)) if ref_idx is None else ref_idx
-        )
-        out[f"recall_{tag}"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
-    if data is not None and isinstance(data, AnalyticDataset):
-        if samples is None:
-            raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
-        out.update(_analytic_metrics(samples, reference, data, idx, seed, which))
+        recalled = _inside(ref, gen, _knn_radii(gen, k))
+        ref_idx = bootstrap_indices(len(ref), len(idx), bootstrap_reference_seed(seed)) if ref_idx is None else ref_idx
+        out["recall"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
     return out
 
 
-def _analytic_metrics(samples, reference, data, idx, seed: int, which=METRICS, projections: int = 32) -> dict:
+def analytic_scores(
+    samples: torch.Tensor, reference: torch.Tensor, data: AnalyticDataset, idx: np.ndarray, seed: int = 0, which=METRICS
+) -> dict[str, tuple[float, np.ndarray]]:
+    """The exact figures of analytic data: ``nll`` (under the true density), ``mode_tv`` and
+    ``sliced_wasserstein`` (to ``reference``), each ``(value, bootstrap replicates)``."""
+    which = check_metrics(which)
     x = samples.double()
     out = {}
     if "nll" in which:
@@ -295,7 +279,50 @@ def _analytic_metrics(samples, reference, data, idx, seed: int, which=METRICS, p
     if "mode_tv" in which:
         out["mode_tv"] = _mode_tv(x, data, idx)
     if "sliced_wasserstein" in which:
-        out["sliced_wasserstein"] = _sliced_wasserstein(x, reference, idx, seed, projections)
+        out["sliced_wasserstein"] = _sliced_wasserstein(x, reference, idx, seed, projections=32)
+    return out
+
+
+def evaluate_samples(
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    features: FeatureExtractor,
+    idx: np.ndarray,
+    *,
+    ref_idx: np.ndarray | None = None,
+    data=None,
+    k: int = 3,
+    seed: int = 0,
+    which=METRICS,
+    kid: bool = True,
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Every metric for one set of samples against real ones: ``{metric: (value, bootstrap replicates)}``.
+
+    The thin wrapper over the layers: features of both sets (:class:`FeatureExtractor`), scores from
+    them (:func:`feature_scores`, named ``<family>_<features>``), and for analytic data
+    (:class:`crs.protocols.AnalyticDataset`) the exact figures (:func:`analytic_scores`).
+
+    Args:
+        samples: generated samples (N, *shape); must be finite.
+        reference: real samples (held-out split, or fresh analytic samples).
+        idx: bootstrap indices into the samples (B, N), shared across schedules to pair them.
+        kid: compute KID; only for image features (``features.images``).
+    """
+    if not torch.all(torch.isfinite(samples)):
+        raise ValueError("The samples contain NaN or inf; evaluate finite samples only.")
+    scores = feature_scores(
+        features(samples),
+        features(reference),
+        idx,
+        ref_idx=ref_idx,
+        k=k,
+        seed=seed,
+        which=which,
+        kid=kid and features.images,
+    )
+    out = {f"{family}_{features.name}": v for family, v in scores.items()}
+    if isinstance(data, AnalyticDataset):
+        out.update(analytic_scores(samples, reference, data, idx, seed, which))
     return out
 
 

@@ -1,9 +1,9 @@
 """What every denoiser and every dataset provides, written down once (``typing.Protocol``).
 
 The engine relies on these attributes and nothing else; it never probes for them. Implemented by the
-neural denoisers (:class:`crs.models.EDMDenoiser`, :class:`crs.models.DiffusersDenoiser`), the exact
+neural denoisers (:class:`crs.networks.EDMDenoiser`, :class:`crs.adapters.DiffusersDenoiser`), the exact
 denoiser of analytic data (:class:`crs.analytic.ExactDenoiser`), and the datasets of :mod:`crs.data`,
-:mod:`crs.analytic` and :class:`crs.models.LatentData`.
+:mod:`crs.analytic` and :class:`crs.adapters.LatentData`.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ __all__ = [
     "baseline_t_fn",
     "check_sigma_range",
     "check_steps",
+    "fit_range",
     "logsnr_to_sigma",
     "sigma_to_alpha",
     "sigma_to_logsnr",
@@ -251,6 +252,34 @@ def baseline_sigmas(name: str, n: int, sigma_min: float = 0.002, sigma_max: floa
 
 
 # ----------------------------------------------------------------------------- continuous schedule
+def fit_range(
+    lo: float,
+    hi: float,
+    range_min: float | None,
+    range_max: float | None,
+    subject: str = "The noise range",
+    owner: str | None = None,
+    stacklevel: int = 2,
+) -> tuple[float, float]:
+    """The one rule for fitting noise levels ``[lo, hi]`` into a model's range ``[range_min, range_max]``.
+
+    Inside the range (to a relative 1e-6, so that a range read back from JSON or float32 fits) it is returned
+    unchanged; reaching outside, it is cut to the range with a warning naming ``subject`` and ``owner`` (default:
+    the range itself). ``None`` for an end of the range leaves that end free. Used for schedules
+    (:meth:`Schedule.fit`) and for the range of rate estimation (:func:`crs.models.fit_sigma_range`).
+    """
+    new_lo = lo if range_min is None or lo >= range_min * (1 - 1e-6) else float(range_min)
+    new_hi = hi if range_max is None or hi <= range_max * (1 + 1e-6) else float(range_max)
+    if (new_lo, new_hi) != (lo, hi):
+        owner = owner or f"[{range_min or 0.0:.4g}, {range_max or math.inf:.4g}]"
+        warnings.warn(
+            f"{subject} [{lo:.4g}, {hi:.4g}] reaches outside the noise range of {owner}: "
+            f"clipped to [{new_lo:.4g}, {new_hi:.4g}].",
+            stacklevel=stacklevel + 1,
+        )
+    return new_lo, new_hi
+
+
 class Schedule:
     """A continuous noise schedule ``t -> sigma(t)``, monotone increasing on [0, 1].
 
@@ -356,23 +385,15 @@ class Schedule:
     def fit(self, sigma_min: float, sigma_max: float, what: str | None = None) -> Schedule:
         """The schedule restricted to a model's noise range (:meth:`clip`), with a warning when that cuts it.
 
-        The one rule for fitting a schedule to a range (sampling, ``apply_schedule``): a schedule inside
-        ``[sigma_min, sigma_max]`` (to a relative 1e-6) is returned as it is; one reaching outside is clipped
-        and re-timed, keeping its spacing inside, so no two levels fall on the same clipped value.
+        Fitting follows :func:`fit_range` (sampling, ``apply_schedule``): a schedule inside ``[sigma_min,
+        sigma_max]`` (to a relative 1e-6) is returned as it is; one reaching outside is clipped and re-timed,
+        keeping its spacing inside, so no two levels fall on the same clipped value.
 
         Args:
             what: names the range and its owner in the warning (default: the range itself).
         """
-        if self.sigma_min >= sigma_min * (1 - 1e-6) and self.sigma_max <= sigma_max * (1 + 1e-6):
-            return self
-        clipped = self.clip(sigma_min, sigma_max)
-        what = what or f"[{sigma_min:.4g}, {sigma_max:.4g}]"
-        warnings.warn(
-            f"The schedule spans [{self.sigma_min:.4g}, {self.sigma_max:.4g}], outside the noise range of {what}: "
-            f"clipped to [{clipped.sigma_min:.4g}, {clipped.sigma_max:.4g}].",
-            stacklevel=3,
-        )
-        return clipped
+        lo, hi = fit_range(self.sigma_min, self.sigma_max, sigma_min, sigma_max, "The schedule", what, stacklevel=3)
+        return self if (lo, hi) == (self.sigma_min, self.sigma_max) else self.clip(lo, hi)
 
     def sample_sigmas(self, shape: int | Sequence[int], generator: torch.Generator) -> torch.Tensor:
         """Training noise levels: ``sigma(t)`` with ``t ~ U(0, 1)`` drawn from ``generator`` (float64)."""

@@ -50,6 +50,7 @@ __all__ = [
     "make_noise",
     "noise_from_state",
     "train",
+    "update_ema",
 ]
 
 NOISE_DISTRIBUTIONS = ("edm", "logsnr", "cosine", "crs", "crs-online")
@@ -333,6 +334,45 @@ class EDMLoss:
         return (loss_weight(sb, self.sigma_data) * (pred.float() - x0) ** 2).mean()
 
 
+def _optimizer_step(acc, model, opt, loss, cfg: TrainConfig, step: int) -> None:
+    """One Adam step on ``loss``: gradients through accelerate, clipped to ``cfg.grad_clip``, the learning rate
+    warmed up linearly over ``cfg.warmup_steps``."""
+    opt.zero_grad(set_to_none=True)
+    acc.backward(loss)
+    if cfg.grad_clip > 0:
+        acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+    opt.step()
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model``, parameter by parameter, in place."""
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), model.parameters(), strict=True):
+            p_ema.lerp_(p.detach(), 1.0 - decay)
+
+
+def _save_checkpoint(path: Path, acc, step: int, cfg: TrainConfig, model, ema, opt, gen, losses, noise) -> None:
+    """Write the training state atomically: the main process writes ``checkpoint.pt``, every other process its
+    own generator state (``rng-<rank>.pt``), so that a resumed run continues every process's stream."""
+    if not acc.is_main_process:
+        _atomic_torch_save({"step": step, "generator": gen.get_state()}, path.parent / f"rng-{acc.process_index}.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        state = {
+            "step": step,
+            "config": asdict(cfg),
+            "model": acc.unwrap_model(model).state_dict(),
+            "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(),
+            "generator": gen.get_state(),
+            "losses": losses,
+            "noise": noise.state(),
+        }
+        _atomic_torch_save(state, path)
+
+
 def train(
     denoiser,
     data,
@@ -346,7 +386,7 @@ def train(
     """Train (or fine-tune) ``denoiser`` on ``data`` with the EDM loss and ``cfg.noise`` levels.
 
     Args:
-        denoiser: a :class:`~crs.models.EDMDenoiser` (trained in place; its EMA is returned).
+        denoiser: a :class:`~crs.networks.EDMDenoiser` (trained in place; its EMA is returned).
         data: a dataset with ``sample(n, generator)`` and ``shape`` matching the denoiser's.
         cfg: the settings (validated first).
         checkpoint_dir: where ``checkpoint.pt`` is written and resumed from (None: no checkpoints).
@@ -395,17 +435,8 @@ def train(
                 f"Non-finite loss ({loss.item()}) at step {step}: lower `lr` or check the data; "
                 "the last checkpoint is left as it was."
             )
-        opt.zero_grad(set_to_none=True)
-        acc.backward(loss)
-        if cfg.grad_clip > 0:
-            acc.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), acc.unwrap_model(model).parameters()):
-                p_ema.lerp_(p.detach(), 1.0 - decay)
+        _optimizer_step(acc, model, opt, loss, cfg, step)
+        update_ema(ema, acc.unwrap_model(model), min(cfg.ema_decay, (1 + step) / (10 + step)))
         losses.append(float(loss.item()))
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -415,25 +446,7 @@ def train(
             online_seconds, online_updates = online_seconds + time.perf_counter() - t_on, online_updates + 1
         last = step + 1 == end
         if ckpt_path is not None and ((cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or last):
-            if not acc.is_main_process:  # every other process keeps its own generator state
-                _atomic_torch_save(
-                    {"step": step + 1, "generator": gen.get_state()}, ckpt_path.parent / f"rng-{acc.process_index}.pt"
-                )
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                _atomic_torch_save(
-                    {
-                        "step": step + 1,
-                        "config": asdict(cfg),
-                        "model": acc.unwrap_model(model).state_dict(),
-                        "ema": ema.state_dict(),
-                        "optimizer": opt.state_dict(),
-                        "generator": gen.get_state(),
-                        "losses": losses,
-                        "noise": edm.noise.state(),
-                    },
-                    ckpt_path,
-                )
+            _save_checkpoint(ckpt_path, acc, step + 1, cfg, model, ema, opt, gen, losses, edm.noise)
     bar.close()
     return TrainResult(
         ema=ema.cpu().eval(),

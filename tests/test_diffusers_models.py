@@ -213,7 +213,10 @@ def test_sigma_range_follows_the_model_and_clips_with_a_warning(ldm):
     den = load_denoiser(str(ldm))
     assert crs.models.fit_sigma_range(den, None, None) == (den.sigma_min, den.sigma_max)
     assert crs.models.fit_sigma_range(den, 0.1, 10.0) == (0.1, 10.0)
-    with pytest.warns(UserWarning, match=r"reaches outside the model's \[0.03876, 83.82\]: clipped to \[0.03876, 80\]"):
+    with pytest.warns(
+        UserWarning,
+        match=r"reaches outside the noise range of the model \[0.03876, 83.82\]: clipped to \[0.03876, 80\]",
+    ):
         assert crs.models.fit_sigma_range(den, 0.002, 80.0) == (den.sigma_min, 80.0)
     assert crs.models.fit_sigma_range(crs.make_dataset("gmm").denoiser, None, None) == (0.002, 80.0)
 

@@ -145,7 +145,25 @@ def test_fid_against_statistics_equals_fid_against_the_samples_they_summarise():
     idx = crs.metrics.bootstrap_indices(300, 20)
     full = crs.metrics.evaluate_samples(gen, ref, ident, idx, which=["fid", "precision"])
     stats = (ref.numpy().mean(0), np.cov(ref.numpy(), rowvar=False))
-    only = crs.metrics.evaluate_samples(gen, None, ident, idx, which=["fid", "precision"], ref_stats=stats)
+    only = crs.metrics.feature_scores(ident(gen), stats, idx, which=["fid", "precision"])
     # (the extractor hands features over in float32, the statistics here are float64: equal to ~1e-8)
-    assert set(only) == {"fid_identity"} and only["fid_identity"][0] == pytest.approx(full["fid_identity"][0], rel=1e-6)
-    np.testing.assert_allclose(only["fid_identity"][1], full["fid_identity"][1], rtol=1e-6)
+    assert set(only) == {"fid"} and only["fid"][0] == pytest.approx(full["fid_identity"][0], rel=1e-6)
+    np.testing.assert_allclose(only["fid"][1], full["fid_identity"][1], rtol=1e-6)
+
+
+def test_evaluate_samples_is_features_then_scores_then_exact_figures():
+    """The layers compose: the wrapper's values are feature_scores on the features plus analytic_scores."""
+    data = crs.make_dataset("gmm")
+    ident = crs.metrics.make_feature_extractor("identity")
+    gen = data.sample(200, torch.Generator().manual_seed(3))
+    ref = data.sample(300, torch.Generator().manual_seed(4))
+    idx = crs.metrics.bootstrap_indices(200, 10)
+    whole = crs.metrics.evaluate_samples(gen, ref, ident, idx, data=data, seed=5)
+    parts = {
+        f"{k}_identity": v
+        for k, v in crs.metrics.feature_scores(ident(gen), ident(ref), idx, seed=5, kid=False).items()
+    }
+    parts.update(crs.metrics.analytic_scores(gen, ref, data, idx, seed=5))
+    assert set(whole) == set(parts) and "kid_identity" not in whole  # KID for image features only
+    for name, (value, boot) in whole.items():  # the same code on the same inputs: identical
+        assert value == parts[name][0] and np.array_equal(boot, parts[name][1]), name

@@ -161,3 +161,20 @@ def test_closed_form_inverse_of_every_baseline(name):
     t = np.linspace(0, 1, 101)
     fn, inv = crs.baseline_sigma_fn(name, 0.002, 80.0), crs.schedules.baseline_t_fn(name, 0.002, 80.0)
     np.testing.assert_allclose(inv(fn(t)), t, atol=1e-9)
+
+
+def test_fit_range_is_the_one_clipping_rule():
+    """Inside the range (to a relative 1e-6) unchanged and silent; outside cut with a warning; None ends free."""
+    import warnings
+
+    from crs.schedules import fit_range
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_range(0.01, 50.0, 0.002, 80.0) == (0.01, 50.0)
+        assert fit_range(0.002 * (1 - 1e-7), 80.0 * (1 + 1e-7), 0.002, 80.0) == (0.002 * (1 - 1e-7), 80.0 * (1 + 1e-7))
+        assert fit_range(1e-5, 1e5, None, None) == (1e-5, 1e5)
+    with pytest.warns(UserWarning, match=r"The schedule \[0.001, 100\] reaches outside the noise range of M: "):
+        assert fit_range(0.001, 100.0, 0.002, 80.0, "The schedule", "M") == (0.002, 80.0)
+    with pytest.warns(UserWarning, match=r"clipped to \[0.001, 80\]"):
+        assert fit_range(0.001, 100.0, None, 80.0) == (0.001, 80.0)

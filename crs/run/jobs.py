@@ -25,8 +25,9 @@ import torch
 from tqdm import tqdm
 
 from crs.io import save_tensor
-from crs.metrics import METRICS, FeatureExtractor, bootstrap_indices, compare, evaluate_samples, row
+from crs.metrics import METRICS, FeatureExtractor, analytic_scores, bootstrap_indices, compare, feature_scores, row
 from crs.models import load_denoiser
+from crs.protocols import AnalyticDataset
 from crs.run.processes import gather_rows, process_device, process_state
 from crs.sampling import check_nfe_plan, generate, steps_for_nfe
 from crs.seeds import bootstrap_reference_seed, sample_seed
@@ -198,21 +199,25 @@ def evaluate_grid(
             if ref_features is not None
             else None
         )
-        values = evaluate_samples(
-            samples,
-            None if stats is not None else reference,
-            features,
+        if gen_features is None:
+            if not torch.all(torch.isfinite(samples)):
+                raise ValueError(f"The sample set {entry['path']!r} contains NaN or inf; evaluate finite samples only.")
+            gen_features = features(samples)
+        scores = feature_scores(
+            gen_features,
+            stats if stats is not None else ref_features,
             idx,
-            ref_idx,
-            data=data,
+            ref_idx=ref_idx,
             k=k,
             seed=seed,
-            ref_features=ref_features,
-            kid=kid,
             which=which,
-            gen_features=gen_features,
-            ref_stats=stats,
+            kid=kid and features.images,
         )
+        values = {f"{family}_{features.name}": v for family, v in scores.items()}
+        if isinstance(data, AnalyticDataset) and stats is None:
+            if samples is None:
+                raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
+            values.update(analytic_scores(samples, reference, data, idx, seed, which))
         key = (entry["model"], entry["sampler"], entry["nfe"])
         for metric, (value, boot) in values.items():
             rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))

@@ -1,0 +1,249 @@
+"""The diffusers adapter: discrete-time diffusers models as denoisers on sigma, and data in a latent model's space.
+
+:class:`DiffusersDenoiser` wraps an unconditional diffusers UNet and its scheduler's noise table (optionally
+with a VQ or KL autoencoder) so that it is a :class:`crs.protocols.Denoiser` like any other;
+:class:`LatentData` shows a pixel dataset through such a model's encoder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["LATENT_KEYS", "DiffusersDenoiser", "LatentData", "model_space", "pixel_features"]
+
+
+class DiffusersDenoiser(nn.Module):
+    """A discrete-time diffusers model (DDPM-style UNet + scheduler, optionally a VAE) as a denoiser on sigma.
+
+    The VE input ``x = x0 + sigma * eps`` becomes the VP input ``alpha x`` (``alpha = 1/sqrt(1+sigma^2)``);
+    the timestep is continuous, by interpolating ``log sigma`` in the scheduler's table of training
+    sigmas ``sqrt((1 - alphas_cumprod) / alphas_cumprod)`` (as k-diffusion does for such models); the
+    output is turned into an x0-prediction according to ``prediction_type`` (``epsilon``,
+    ``v_prediction`` or ``sample``). The noise range is the table's.
+
+    A latent model (a pipeline with ``vqvae`` or ``vae``, e.g. LDM) denoises in latent space:
+    :attr:`shape` is the latent shape, :attr:`pixel_shape` the image shape, and :meth:`encode` /
+    :meth:`decode` map between them with the VAE's ``scaling_factor`` (as the diffusers pipelines do).
+
+    Args:
+        unet: a diffusers UNet (called as ``unet(x_vp, t).sample``).
+        alphas_cumprod: the scheduler's cumulative alphas (T,).
+        prediction_type: the scheduler's prediction type.
+        vae: ``VQModel`` or ``AutoencoderKL`` of a latent model; None for pixel-space models.
+    """
+
+    PREDICTIONS = ("epsilon", "v_prediction", "sample")
+    sigma_data = 0.5  # no preconditioning of its own: EDM's constant, used only to weight losses
+
+    def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon", vae: nn.Module | None = None):
+        super().__init__()
+        if prediction_type not in self.PREDICTIONS:
+            raise ValueError(
+                f"Unsupported prediction type {prediction_type!r}; supported: {', '.join(self.PREDICTIONS)}."
+            )
+        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        self.unet, self.prediction_type, self.vae = unet, prediction_type, vae
+        self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
+        self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one sample the UNet denoises (latent shape for latent models)."""
+        cfg = self.unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        return (cfg.in_channels, size, size)
+
+    @property
+    def is_latent(self) -> bool:
+        return self.vae is not None
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """Shape of one image: :attr:`shape` for pixel models, the VAE's decoded shape for latent ones."""
+        if self.vae is None:
+            return self.shape
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return (self.vae.config.in_channels, self.shape[1] * factor, self.shape[2] * factor)
+
+    def _vae_scale(self) -> tuple[float, float]:
+        cfg = self.vae.config
+        return float(getattr(cfg, "scaling_factor", None) or 1.0), float(getattr(cfg, "shift_factor", None) or 0.0)
+
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Images (N, *pixel_shape) in [-1, 1] -> latents (N, *shape), float32 on the images' device.
+
+        ``VQModel``: the encoder output before quantisation (what LDM's UNet is trained on);
+        ``AutoencoderKL``: the mean of the latent distribution. Then ``(z - shift) * scaling_factor``.
+        """
+        if self.vae is None:
+            raise ValueError("This model has no VAE: it denoises pixels, there is nothing to encode.")
+        param = next(self.vae.parameters())
+        scale, shift = self._vae_scale()
+        out = []
+        for start in range(0, len(images), batch_size):
+            with torch.no_grad():
+                enc = self.vae.encode(images[start : start + batch_size].to(param.device, param.dtype))
+            z = enc.latents if hasattr(enc, "latents") else enc.latent_dist.mode()
+            out.append(((z.float() - shift) * scale).to(images.device))
+        return torch.cat(out)
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 64, quantize: bool = True) -> torch.Tensor:
+        """Latents (N, *shape) -> images (N, *pixel_shape) clipped to [-1, 1], float32 on the latents' device.
+
+        Args:
+            quantize: for a ``VQModel``, snap the latents to the codebook first, as ``LDMPipeline``
+                does with its samples. False decodes the latents as they are: the ``fid`` measure
+                uses that for noised latents, which the quantiser would otherwise snap back onto
+                the codebook (removing the noise it measures). Ignored for ``AutoencoderKL``.
+        """
+        if self.vae is None:
+            raise ValueError("This model has no VAE: its samples are already images.")
+        param = next(self.vae.parameters())
+        scale, shift = self._vae_scale()
+        extra = {} if quantize or not hasattr(self.vae, "quantize") else {"force_not_quantize": True}
+        out = []
+        for start in range(0, len(latents), batch_size):
+            z = latents[start : start + batch_size].to(param.device, param.dtype) / scale + shift
+            with torch.no_grad():
+                out.append(self.vae.decode(z, **extra).sample.float().clamp(-1, 1).to(latents.device))
+        return torch.cat(out)
+
+    def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Continuous timestep of each sigma: linear interpolation of log sigma in the training table.
+
+        Computed in float64 on the table's device (the model's), wherever ``sigma`` lives.
+        """
+        table = self.log_sigmas.to(torch.float64)
+        log_s = torch.log(sigma.to(table.device, torch.float64)).clamp(table[0], table[-1])
+        idx = torch.searchsorted(table, log_s).clamp(1, len(table) - 1)
+        lo, hi = table[idx - 1], table[idx]
+        return (idx - 1) + (log_s - lo) / (hi - lo)
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """x (B, C, H, W) VE, sigma scalar or (B,) -> x0-prediction, same dtype and device as ``x``.
+
+        The model runs on its own device: inputs from anywhere are moved there and the result back.
+        """
+        param = next(self.unet.parameters())
+        s = torch.as_tensor(sigma, dtype=torch.float64).to(param.device).reshape(-1).expand(x.shape[0])
+        t = self.sigma_to_t(s)
+        sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
+        alpha = 1.0 / torch.sqrt(1.0 + sb**2)
+        x_vp = alpha * x.to(param.device, param.dtype)
+        out = self.unet(x_vp, t.to(param.dtype)).sample.to(param.dtype)
+        if self.prediction_type == "epsilon":
+            x0 = (x_vp - alpha * sb * out) / alpha
+        elif self.prediction_type == "v_prediction":
+            x0 = alpha * x_vp - alpha * sb * out
+        else:
+            x0 = out
+        return x0.to(x.device, x.dtype)
+
+    @classmethod
+    def from_pipeline_folder(cls, folder) -> DiffusersDenoiser:
+        """Load ``unet``, ``scheduler`` and, for latent models, ``vqvae`` / ``vae`` from a saved pipeline folder.
+
+        Raises:
+            ValueError: a conditional UNet, a scheduler without a discrete noise table, or a
+                pipeline without unet and scheduler (naming what is supported).
+        """
+        import diffusers
+
+        folder = Path(folder)
+        index = json.loads((folder / "model_index.json").read_text())
+        supported = "unconditional pipelines with a UNet2DModel and a discrete-time scheduler (DDPM, DDIM, LDM)"
+        if "unet" not in index or "scheduler" not in index:
+            raise ValueError(
+                f"The pipeline at {str(folder)!r} has no unet and scheduler ({sorted(index)}); supported: {supported}."
+            )
+        unet_name, sched_name = index["unet"][1], index["scheduler"][1]
+        if unet_name != "UNet2DModel":
+            raise ValueError(
+                f"The pipeline at {str(folder)!r} has a {unet_name} (conditional models are not supported); "
+                f"supported: {supported}."
+            )
+        unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+        scheduler = getattr(diffusers, sched_name).from_pretrained(folder / "scheduler")
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise ValueError(
+                f"Unsupported scheduler {sched_name} (no discrete noise table `alphas_cumprod`); supported: "
+                f"{supported}."
+            )
+        vae_key = next((k for k in LATENT_KEYS if index.get(k) and index[k][1]), None)
+        vae = getattr(diffusers, index[vae_key][1]).from_pretrained(folder / vae_key).eval() if vae_key else None
+        return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"), vae)
+
+    @classmethod
+    def from_model_folder(cls, folder) -> DiffusersDenoiser:
+        """A bare ``UNet2DModel`` folder (``config.json`` and weights, no pipeline around it).
+
+        Its noise table comes from a ``scheduler_config.json`` beside it when there is one; otherwise
+        DDPM's (1000 linear betas from 1e-4 to 0.02, eps-prediction) is assumed, with a warning.
+        """
+        import warnings
+
+        import diffusers
+
+        folder = Path(folder)
+        cls_name = json.loads((folder / "config.json").read_text()).get("_class_name")
+        if cls_name != "UNet2DModel":
+            raise ValueError(
+                f"The model at {str(folder)!r} is a {cls_name}; supported bare models: UNet2DModel "
+                "(or give a pipeline folder with model_index.json)."
+            )
+        unet = diffusers.UNet2DModel.from_pretrained(folder).eval()
+        if (folder / "scheduler_config.json").is_file():
+            sched_name = json.loads((folder / "scheduler_config.json").read_text()).get("_class_name", "DDPMScheduler")
+            scheduler = getattr(diffusers, sched_name).from_pretrained(folder)
+        else:
+            warnings.warn(
+                f"{str(folder)!r} holds a bare UNet2DModel with no scheduler: assuming DDPM's noise table "
+                "(1000 linear betas 1e-4 .. 0.02) and eps-prediction.",
+                stacklevel=3,
+            )
+            scheduler = diffusers.DDPMScheduler()
+        return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"))
+
+
+LATENT_KEYS = ("vqvae", "vae")
+
+
+class LatentData:
+    """A pixel dataset seen through a latent model's VAE: ``sample`` returns encoded latents.
+
+    Args:
+        data: an image dataset (``sample(n, generator)`` in [-1, 1], ``shape`` = the model's pixel shape).
+        denoiser: a latent :class:`DiffusersDenoiser`.
+    """
+
+    def __init__(self, data, denoiser: DiffusersDenoiser, batch_size: int = 64):
+        self.data, self.denoiser, self.batch_size = data, denoiser, batch_size
+        self.name = f"{data.name} (latents)"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.denoiser.shape)
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` images drawn from the dataset with ``generator``, encoded: float32 (n, *shape) on the CPU."""
+        return self.denoiser.encode(self.data.sample(n, generator), self.batch_size).cpu()
+
+
+def model_space(data, denoiser):
+    """The data in the space the denoiser works in: :class:`LatentData` for latent models, else ``data``."""
+    return LatentData(data, denoiser) if denoiser.is_latent else data
+
+
+def pixel_features(feature_fn, denoiser):
+    """Features of model-space samples: ``feature_fn(decode(z))`` for latent models, else ``feature_fn``.
+
+    The ``fid`` measure of a latent model compares images: the noised (VP-scaled) latents are decoded
+    first, without a VQ model's quantiser (which would snap the noise back onto its codebook).
+    """
+    if not denoiser.is_latent or feature_fn is None:
+        return feature_fn
+    return lambda z: feature_fn(denoiser.decode(z, quantize=False))

@@ -1,0 +1,220 @@
+"""Networks with EDM preconditioning: the denoisers this package trains.
+
+A neural denoiser here is ``D(x; sigma) = c_skip x + c_out F(c_in x; c_noise)`` (Karras et al. 2022,
+EDM) with ``c_skip = sd^2/(sigma^2+sd^2)``, ``c_out = sigma sd/sqrt(sigma^2+sd^2)``,
+``c_in = 1/sqrt(sigma^2+sd^2)``, ``c_noise = log(sigma)/4`` and ``sd = sigma_data`` (docs/method.md,
+section 6). The network ``F`` is a diffusers ``UNet2DModel`` for images or :class:`MLPNet` (also a diffusers
+model) for low-dimensional data; both are saved with ``save_pretrained`` (``config.json`` plus safetensors),
+so a model made here loads with diffusers' own ``from_pretrained``. The preconditioning constants sit beside
+them in ``crs_denoiser.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import ModelMixin, UNet2DModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from torch import nn
+
+__all__ = ["DENOISER_FILE", "EDMDenoiser", "MLPNet", "build_denoiser", "unet"]
+
+DENOISER_FILE = "crs_denoiser.json"
+
+
+class MLPNet(ModelMixin, ConfigMixin):
+    """Small MLP ``F(x, c_noise)`` for low-dimensional data, a diffusers model.
+
+    Args:
+        dim: data dimension.
+        hidden: width of the hidden layers.
+        layers: number of hidden layers.
+        fourier: number of Fourier frequencies (1 .. 64, geometric) embedding ``c_noise``.
+    """
+
+    @register_to_config
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, fourier: int = 16):
+        super().__init__()
+        self.register_buffer("freqs", 2.0 ** torch.linspace(0.0, 6.0, fourier), persistent=False)
+        widths = [dim + 2 * fourier] + [hidden] * layers
+        blocks = []
+        for a, b in zip(widths[:-1], widths[1:]):
+            blocks += [nn.Linear(a, b), nn.SiLU()]
+        self.body = nn.Sequential(*blocks, nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+        """x (B, dim), c_noise (B,) -> (B, dim)."""
+        angle = c_noise[:, None] * self.freqs[None, :]
+        return self.body(torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1))
+
+
+def unet(
+    shape: tuple[int, int, int],
+    block_out_channels=(32, 64),
+    layers_per_block: int = 1,
+    attention: bool = True,
+    norm_num_groups: int = 8,
+):
+    """A small diffusers ``UNet2DModel`` for images of ``shape`` (C, H, W) with H = W.
+
+    Args:
+        block_out_channels: channels per resolution level (one down-sampling between levels).
+        layers_per_block: ResNet layers per level.
+        attention: self-attention at the lowest resolution.
+    """
+    c, h, w = shape
+    if h != w:
+        raise ValueError(f"Images must be square, got {h}x{w}.")
+    levels = len(block_out_channels)
+    down = ["DownBlock2D"] * levels
+    up = ["UpBlock2D"] * levels
+    if attention:
+        down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
+    return UNet2DModel(
+        sample_size=h,
+        in_channels=c,
+        out_channels=c,
+        block_out_channels=tuple(block_out_channels),
+        layers_per_block=layers_per_block,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        norm_num_groups=norm_num_groups,
+        attention_head_dim=block_out_channels[-1] // 2,
+    )
+
+
+class EDMDenoiser(nn.Module):
+    """EDM-preconditioned denoiser ``D(x; sigma)`` around a diffusers network.
+
+    Args:
+        net: a diffusers ``UNet2DModel`` (images) or :class:`MLPNet`.
+        sigma_data: standard deviation of the data (EDM: 0.5).
+        sigma_min, sigma_max: the noise range the model is meant for (used to check schedules).
+    """
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0):
+        super().__init__()
+        self.net, self.sigma_data = net, float(sigma_data)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self._is_unet = isinstance(net, UNet2DModel)
+
+    is_latent = False
+
+    @property
+    def pixel_shape(self) -> tuple[int, ...]:
+        """The data's shape: :attr:`shape` (an EDM denoiser works on the data itself)."""
+        return self.shape
+
+    def decode(self, latents: torch.Tensor, batch_size: int = 64, quantize: bool = True) -> torch.Tensor:
+        raise ValueError("This model denoises the data itself: its samples need no decoding.")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of one sample the network takes."""
+        cfg = self.net.config
+        if self._is_unet:
+            size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+            return (cfg.in_channels, size, size)
+        return (cfg.dim,)
+
+    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
+        """x (B, *shape), sigma scalar or (B,) -> D(x; sigma), same dtype and device as ``x``."""
+        param = next(self.net.parameters())
+        xin = x.to(param.device, param.dtype)
+        s = torch.as_tensor(sigma, device=param.device, dtype=param.dtype).reshape(-1).expand(x.shape[0])
+        sb = s.reshape(-1, *([1] * (x.ndim - 1)))
+        sd2 = self.sigma_data**2
+        c_skip, c_out = sd2 / (sb**2 + sd2), sb * self.sigma_data / torch.sqrt(sb**2 + sd2)
+        c_in, c_noise = 1.0 / torch.sqrt(sb**2 + sd2), torch.log(s) / 4.0
+        out = self.net(c_in * xin, c_noise)
+        out = out.sample if hasattr(out, "sample") else out
+        return (c_skip * xin + c_out * out.to(param.dtype)).to(x.device, x.dtype)
+
+    def config(self) -> dict:
+        return {
+            "format": "crs.EDMDenoiser",
+            "sigma_data": self.sigma_data,
+            "sigma_min": self.sigma_min,
+            "sigma_max": self.sigma_max,
+            "net_class": type(self.net).__name__,
+            "shape": list(self.shape),
+        }
+
+    def save_pretrained(self, folder) -> Path:
+        """Write the network (diffusers format) and ``crs_denoiser.json`` into ``folder``, atomically.
+
+        The model is written to a temporary folder first and moved into place, so a crash leaves
+        either the old model or the new one, never a mixture.
+        """
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+        try:
+            self.net.save_pretrained(tmp)
+            (tmp / DENOISER_FILE).write_text(json.dumps(self.config(), indent=1) + "\n")
+            old = None
+            if folder.exists():
+                old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+                os.replace(folder, old / "m")
+            os.replace(tmp, folder)
+            if old is not None:
+                shutil.rmtree(old)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder) -> EDMDenoiser:
+        """Load a folder written by :meth:`save_pretrained` (ValueError when it is not one)."""
+        folder = Path(folder)
+        cfg_path = folder / DENOISER_FILE
+        if not (folder / "config.json").is_file():
+            raise ValueError(f"No diffusers model at {str(folder)!r} (no config.json).")
+        if not cfg_path.is_file():
+            raise ValueError(
+                f"{str(folder)!r} holds a diffusers model but no {DENOISER_FILE}: it was not made by crs "
+                "(for a diffusers model give the pipeline folder, with model_index.json and its scheduler)."
+            )
+        cfg = json.loads(cfg_path.read_text())
+        if cfg.get("net_class") == "UNet2DModel":
+            net = UNet2DModel.from_pretrained(folder)
+        elif cfg.get("net_class") == "MLPNet":
+            net = MLPNet.from_pretrained(folder)
+        else:
+            raise ValueError(
+                f"Unsupported network class {cfg.get('net_class')!r} in {str(cfg_path)!r}; supported: UNet2DModel, "
+                "MLPNet."
+            )
+        return cls(net, cfg["sigma_data"], cfg["sigma_min"], cfg["sigma_max"])
+
+
+def build_denoiser(
+    shape: tuple[int, ...],
+    sigma_data: float = 0.5,
+    sigma_min: float = 0.002,
+    sigma_max: float = 80.0,
+    seed: int = 0,
+    **net_kwargs,
+) -> EDMDenoiser:
+    """A freshly initialised denoiser for samples of ``shape``: MLP for (dim,), UNet for (C, H, W).
+
+    Initialisation is seeded (``seed``) so that two builds are identical.
+    """
+    from crs.schedules import check_sigma_range
+
+    check_sigma_range(sigma_min, sigma_max)
+    with torch.random.fork_rng(devices=[]):  # diffusers initialises with the global generator: seed a fork of it
+        torch.manual_seed(seed)
+        if len(shape) == 1:
+            net = MLPNet(dim=shape[0], **net_kwargs)
+        elif len(shape) == 3:
+            net = unet(tuple(shape), **net_kwargs)
+        else:
+            raise ValueError(f"No default network for samples of shape {tuple(shape)}; expected (dim,) or (C, H, W).")
+    return EDMDenoiser(net, sigma_data, sigma_min, sigma_max)
