@@ -35,6 +35,8 @@ _EXPORTS = {
     "crs.rate": ["RateEstimate", "check_rate_inputs", "estimate_rate", "logsnr_grid"],
     "crs.models": ["load_denoiser"],
     "crs.export": ["apply_schedule"],
+    "crs.quality": ["solve_teacher", "teacher_error"],
+    "crs.search": ["SearchResult", "search_schedule"],
     "crs.optimize": [
         "check_xi",
         "optimize_schedule",
@@ -48,6 +50,7 @@ __all__ = sorted(_WHERE)
 
 
 _SUBMODULES = (
+    "adapters",
     "analytic",
     "args",
     "data",
@@ -57,12 +60,15 @@ _SUBMODULES = (
     "measures",
     "metrics",
     "models",
+    "networks",
     "optimize",
     "protocols",
+    "quality",
     "rate",
     "run",
     "sampling",
     "schedules",
+    "search",
     "seeds",
     "training",
 )

@@ -23,6 +23,7 @@ __all__ = [
     "fid_discrepancy",
     "gaussian",
     "gaussian_discrepancy",
+    "gaussian_local_error",
     "gaussian_velocity",
     "gmm",
 ]
@@ -322,3 +323,28 @@ def gaussian_velocity(
     else:
         raise ValueError(f"Unknown measure {measure!r}; valid choices: fid, data, noise.")
     return v * dsigma_dalpha if wrt == "alpha" else v
+
+
+def gaussian_local_error(sampler: str, sigma_a, sigma_b, std: float = 1.0) -> torch.Tensor:
+    """Exact RMS local error of one ``euler`` or ``heun`` step from ``sigma_a`` down to ``sigma_b`` for zero-mean
+    Gaussian data ``N(0, std^2 I)``, from the noised data ``x_a ~ N(0, (std^2 + sigma_a^2) I)``.
+
+    The probability-flow ODE is linear there: ``dx/dsigma = k(sigma) x`` with ``k = sigma / (s^2 + sigma^2)``, so
+    ``x(sigma_b) = x_a sqrt((s^2 + sigma_b^2) / (s^2 + sigma_a^2))``; Euler multiplies ``x_a`` by
+    ``1 + h k_a`` and Heun by ``1 + h (k_a + k_b (1 + h k_a)) / 2`` (``h = sigma_b - sigma_a``). The RMS error is
+    ``sqrt(s^2 + sigma_a^2) |multiplier - exact|`` (docs/method.md section 8); the ``solver-<sampler>`` measure
+    is its ``1 / (p + 1)`` power.
+    """
+    sa = torch.as_tensor(sigma_a, dtype=torch.float64)
+    sb = torch.as_tensor(sigma_b, dtype=torch.float64)
+    v = float(std) ** 2
+    h = sb - sa
+    ka, kb = sa / (v + sa**2), sb / (v + sb**2)
+    if sampler == "euler":
+        mult = 1 + h * ka
+    elif sampler == "heun":
+        mult = 1 + h * (ka + kb * (1 + h * ka)) / 2
+    else:
+        raise ValueError(f"No closed form for the sampler {sampler!r}; valid choices: euler, heun.")
+    exact = torch.sqrt((v + sb**2) / (v + sa**2))
+    return torch.sqrt(v + sa**2) * (mult - exact).abs()

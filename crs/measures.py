@@ -13,6 +13,12 @@ discrepancy and its standard error.
 * ``data``: RMS over samples and dimensions of ``D(x_a; sigma_a) - D(x_b; sigma_b)``.
 * ``noise``: the same with the eps-prediction ``(x - D) / sigma``.
   Standard error of both: delta method on the mean of per-sample squared differences.
+* ``solver-euler``, ``solver-heun``, ``solver-dpmpp_2m``: the local error of one step of that sampler over the
+  interval, from the noised data at its upper end, against a fine Heun solve of the same interval: RMS over
+  samples and dimensions, raised to the power ``1 / (p + 1)`` for a method of order ``p`` (the local error
+  scales as ``h^(p+1)``), so that it is additive along the grid like a distance and at xi = 1 every step
+  carries the same local error (docs/method.md section 8). DPM-Solver++(2M) steps with its history: the
+  previous level of the grid, reached by a fine solve. Standard error: delta method.
 * a baseline name (e.g. ``cosine``): the velocity implied by that fixed schedule, i.e. the measure
   under which it has constant rate at xi = 1: the discrepancy of an interval is the time the
   schedule spends in it. For ``kl_optimal`` (alpha = cos(pi t / 2)) this is
@@ -31,11 +37,13 @@ import torch
 from tqdm import tqdm
 
 from crs.distances import fid_from_features
+from crs.sampling import STEPS, heun_step
 from crs.schedules import BASELINES, baseline_t_fn, sigma_to_alpha
 
 __all__ = [
     "BASE_MEASURES",
     "MODEL_MEASURES",
+    "SOLVER_MEASURES",
     "combine_velocities",
     "fid_pass",
     "format_measure",
@@ -43,16 +51,19 @@ __all__ = [
     "parse_measure",
     "rms_with_stderr",
     "schedule_pass",
+    "solver_pass",
     "valid_measure_names",
 ]
 
 BASE_MEASURES = ("fid", "data", "noise")
 MODEL_MEASURES = ("data", "noise")
+SOLVER_MEASURES = ("solver-euler", "solver-heun", "solver-dpmpp_2m")
+SOLVER_SUBSTEPS = 8  # Heun substeps of the fine solve each local error is measured against
 
 
 def valid_measure_names() -> tuple[str, ...]:
-    """Every name a measure spec may contain: the base measures and the baselines."""
-    return BASE_MEASURES + BASELINES
+    """Every name a measure spec may contain: the base measures, the solver measures and the baselines."""
+    return BASE_MEASURES + SOLVER_MEASURES + BASELINES
 
 
 def parse_measure(spec: str | Mapping[str, float]) -> dict[str, float]:
@@ -177,6 +188,67 @@ def model_pass(
             prev = (d, e)
     bar.close()
     return out, evaluations
+
+
+def _fine(denoiser, x: torch.Tensor, a: float, b: float, substeps: int) -> torch.Tensor:
+    levels = np.exp(np.linspace(np.log(a), np.log(b), substeps + 1))
+    for s, s_next in zip(levels[:-1], levels[1:], strict=True):
+        x, _ = heun_step(denoiser, x, float(s), float(s_next))
+    return x
+
+
+def solver_pass(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    sigma: np.ndarray,
+    sampler: str,
+    substeps: int = SOLVER_SUBSTEPS,
+    batch_size: int = 4096,
+    progress: bool = False,
+) -> tuple[torch.Tensor, int]:
+    """Local errors of one ``sampler`` step over every grid interval (the ``solver-<sampler>`` measures).
+
+    For the interval ``[sigma[j-1], sigma[j]]`` the step runs from ``x_a = x0 + sigma[j] eps`` down to
+    ``sigma[j-1]`` and is compared with ``substeps`` Heun steps (uniform in log sigma) from the same point.
+    For ``dpmpp_2m`` the step has its history: ``x_a`` is reached by a fine solve from ``x0 + sigma[j+1] eps``,
+    whose prediction is the previous one (first order on the top interval, as the sampler's first step).
+
+    Returns:
+        ``(ms, evaluations)``: per-interval, per-sample mean squares of the local error over dimensions (K, M),
+        and the network evaluations spent.
+    """
+
+    step = STEPS[sampler]
+    m, k = x0.shape[0], len(sigma) - 1
+    ms = torch.zeros(k, m, dtype=torch.float64)
+    evaluations = 0
+    per_step = {"euler": 1, "heun": 2, "dpmpp_2m": 1}[sampler]
+    bar = tqdm(total=k * m, desc=f"rate (solver-{sampler})", unit="sample", disable=not progress, leave=False)
+    for sl in _batches(m, batch_size):
+        x0b, eb = x0[sl].double(), eps[sl].double()
+        rows = x0b.shape[0]
+        with torch.no_grad():
+            for j in range(k, 0, -1):
+                a, b = float(sigma[j]), float(sigma[j - 1])
+                carry = None
+                if sampler == "dpmpp_2m" and j < k:
+                    p = float(sigma[j + 1])
+                    x_p = x0b + p * eb
+                    carry = (p, denoiser(x_p, torch.full((rows,), p, dtype=torch.float64)))
+                    x_a = _fine(denoiser, x_p, p, a, substeps)
+                    evaluations += rows * (1 + 2 * substeps)
+                else:
+                    x_a = x0b + a * eb
+                stepped, _ = step(denoiser, x_a, a, b, carry)
+                fine = _fine(denoiser, x_a, a, b, substeps)
+                if not (torch.all(torch.isfinite(stepped)) and torch.all(torch.isfinite(fine))):
+                    raise ValueError(f"The model returned non-finite values between sigma={b:.6g} and {a:.6g}.")
+                ms[j - 1, sl] = (stepped - fine).flatten(1).pow(2).mean(1)
+                evaluations += rows * (per_step + 2 * substeps)
+                bar.update(rows)
+    bar.close()
+    return ms, evaluations
 
 
 def fid_pass(

@@ -44,19 +44,21 @@ __all__ = [
     "analytic_scores",
     "evaluate_samples",
     "feature_scores",
+    "teacher_scores",
     "make_feature_extractor",
     "reference_statistics",
     "row",
 ]
 
-METRICS = ("fid", "kid", "precision", "recall", "nll", "sliced_wasserstein", "mode_tv")
+METRICS = ("fid", "kid", "precision", "recall", "nll", "sliced_wasserstein", "mode_tv", "teacher_error")
 INCEPTION_PATH = "/tmp/inception-2015-12-05.pt"  # where clean-fid looks for (and would download) its weights
 EXTRACTORS = ("auto", "identity", "inception", "efficientnet-lite0")
 
 
 def check_metrics(names) -> tuple[str, ...]:
     """Validate metric families (``fid``, ``kid``, ``precision``, ``recall``, ``nll``,
-    ``sliced_wasserstein``, ``mode_tv``; the last three need analytic data)."""
+    ``sliced_wasserstein``, ``mode_tv``, ``teacher_error``; ``nll``, ``sliced_wasserstein`` and ``mode_tv`` need
+    analytic data, ``teacher_error`` the models and a deterministic sampler, :func:`teacher_scores`)."""
     if isinstance(names, str) or not isinstance(names, (list, tuple)):
         raise ValueError(
             f"`metrics` must be a list of metric families, got {names!r}; valid choices: {', '.join(METRICS)}."
@@ -281,6 +283,15 @@ def analytic_scores(
     if "sliced_wasserstein" in which:
         out["sliced_wasserstein"] = _sliced_wasserstein(x, reference, idx, seed, projections=32)
     return out
+
+
+def teacher_scores(samples: torch.Tensor, teacher_endpoint: torch.Tensor, idx: np.ndarray) -> tuple[float, np.ndarray]:
+    """Teacher error of a sample set (:mod:`crs.quality`): RMS over samples and elements of ``samples -
+    teacher_endpoint`` (the same starting noise, row by row), with its bootstrap replicates over ``idx``."""
+    if samples.shape != teacher_endpoint.shape:
+        raise ValueError(f"{tuple(samples.shape)} samples against {tuple(teacher_endpoint.shape)} teacher endpoints.")
+    sq = (samples.double() - teacher_endpoint.double()).flatten(1).pow(2).mean(1).numpy()
+    return float(np.sqrt(sq.mean())), np.sqrt(sq[idx].mean(1))
 
 
 def evaluate_samples(

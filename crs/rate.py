@@ -21,6 +21,7 @@ from crs.args import check_int, check_number
 from crs.io import atomic_write_json, read_json
 from crs.measures import (
     MODEL_MEASURES,
+    SOLVER_MEASURES,
     combine_velocities,
     fid_pass,
     format_measure,
@@ -28,7 +29,9 @@ from crs.measures import (
     parse_measure,
     rms_with_stderr,
     schedule_pass,
+    solver_pass,
 )
+from crs.sampling import ORDER
 from crs.schedules import check_sigma_range, sigma_to_alpha, sigma_to_logsnr
 
 __all__ = ["RateEstimate", "check_rate_inputs", "estimate_rate", "logsnr_grid"]
@@ -219,11 +222,12 @@ def estimate_rate(
     check_int("jackknife_groups", jackknife_groups, 2)
     check_rate_inputs(measure, sigma_min, sigma_max, grid_size, n_samples, jackknife_groups)
     check_int("batch_size", batch_size, 1)
-    if any(name in MODEL_MEASURES for name in parsed) and denoiser is None:
+    needs_model = [name for name in parsed if name in MODEL_MEASURES + SOLVER_MEASURES]
+    if needs_model and denoiser is None:
         raise ValueError(
             f"The measure {format_measure(parsed)!r} needs a model (`denoiser`); only 'fid' and baselines do not."
         )
-    needs_data = any(name in MODEL_MEASURES or name == "fid" for name in parsed)
+    needs_data = bool(needs_model) or "fid" in parsed
     if needs_data and data is None:
         raise ValueError(f"The measure {format_measure(parsed)!r} needs data; only baseline-implied measures do not.")
     start = time.perf_counter()
@@ -239,6 +243,16 @@ def estimate_rate(
         for name in MODEL_MEASURES:
             if name in parsed:
                 parts[name] = rms_with_stderr(ms[name])
+    for name in parsed:
+        if name in SOLVER_MEASURES:
+            sampler = name.removeprefix("solver-")
+            ms, spent = solver_pass(denoiser, x0, eps, sigma, sampler, batch_size=batch_size, progress=progress)
+            evaluations += spent
+            rms, rms_se = rms_with_stderr(ms)
+            power = 1.0 / (ORDER[sampler] + 1)  # local error ~ h^(p+1): its 1/(p+1) power is additive like a distance
+            with np.errstate(divide="ignore", invalid="ignore"):
+                se = np.where(rms > 0, power * rms ** (power - 1.0) * rms_se, 0.0)
+            parts[name] = (rms**power, se)
     if "fid" in parsed:
         disc, se, floors, feature_evaluations = fid_pass(
             x0, eps, sigma, feature_fn, batch_size, jackknife_groups, progress

@@ -33,6 +33,7 @@ __all__ = [
     "SAMPLERS",
     "SampleNoise",
     "check_nfe_plan",
+    "check_sigmas",
     "fit_schedule",
     "generate",
     "nfe_of",
@@ -41,12 +42,19 @@ __all__ = [
     "sample_euler",
     "sample_heun",
     "steps_for_nfe",
+    "ORDER",
+    "STEPS",
+    "dpmpp_2m_step",
+    "euler_step",
+    "heun_step",
+    "run_steps",
 ]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_sigmas(sigmas) -> torch.Tensor:
+def check_sigmas(sigmas) -> torch.Tensor:
+    """``sigmas`` as float64, checked: 1-D, strictly descending and positive, then a final 0 (ValueError)."""
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
     if (
         sigmas.ndim != 1
@@ -59,9 +67,9 @@ def _check_sigmas(sigmas) -> torch.Tensor:
     return sigmas
 
 
-def _level(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Per-sample noise level (B,) matching ``x``."""
-    return torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+def _level(x: torch.Tensor, sigma) -> torch.Tensor:
+    """Per-sample noise level (B,) matching ``x``; ``sigma`` a float or a 0-dim tensor (kept differentiable)."""
+    return torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(1).expand(x.shape[0])
 
 
 class SampleNoise:
@@ -85,19 +93,71 @@ class SampleNoise:
 EDM_CHURN_PER_STEP = 40 / 256  # EDM's ImageNet-64 S_churn = 40 over 256 steps, as a per-step gamma
 
 
-def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False) -> torch.Tensor:
-    """Euler's method on the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma``; nfe = n."""
-    sigmas = _check_sigmas(sigmas)
-    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="euler", leave=False):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        d = (x - denoiser(x, _level(x, s))) / s  # slope at sigma_i
-        x = x + (s_next - s) * d  # step to sigma_{i+1}
+def euler_step(denoiser: Denoiser, x: torch.Tensor, s, s_next, carry=None):
+    """One Euler step of the probability-flow ODE ``dx/dsigma = (x - D(x; sigma)) / sigma`` from ``s`` to
+    ``s_next`` (1 evaluation). Returns ``(x_next, None)``.
+
+    Every step function takes ``(denoiser, x, s, s_next, carry)`` and returns ``(x_next, carry)``; levels may be
+    floats or 0-dim float64 tensors (then the step is differentiable in them, as schedule search needs).
+    """
+    d = (x - denoiser(x, _level(x, s))) / s  # slope at s
+    return x + (s_next - s) * d, None
+
+
+def heun_step(denoiser: Denoiser, x: torch.Tensor, s, s_next, carry=None):
+    """One step of Heun's method (EDM Algorithm 1): Euler predictor, trapezoidal corrector; on the final step to
+    ``s_next = 0`` the Euler step alone (2 evaluations, 1 on the final step). Returns ``(x_next, None)``."""
+    d = (x - denoiser(x, _level(x, s))) / s
+    x_next = x + (s_next - s) * d
+    if s_next > 0:
+        d_next = (x_next - denoiser(x_next, _level(x, s_next))) / s_next
+        x_next = x + (s_next - s) * 0.5 * (d + d_next)
+    return x_next, None
+
+
+def dpmpp_2m_step(denoiser: Denoiser, x: torch.Tensor, s, s_next, carry=None):
+    """One step of DPM-Solver++(2M) (Lu et al. 2022) in k-diffusion's form (1 evaluation).
+
+    With ``lambda = -log sigma`` and ``h = log(s / s_next)``: first order without ``carry`` (the first step),
+    otherwise the multistep correction ``D' = (1 + 1/(2r)) D - 1/(2r) D_prev``, ``r = log(s_prev / s) / h``; the
+    final step to 0 lands on the prediction. ``carry`` is ``(s_prev, D_prev)``; returns ``(x_next, (s, D))``.
+    """
+    denoised = denoiser(x, _level(x, s))
+    if s_next == 0:
+        return denoised, (s, denoised)
+    s_t, s_next_t = torch.as_tensor(s, dtype=torch.float64), torch.as_tensor(s_next, dtype=torch.float64)
+    h = torch.log(s_t / s_next_t)
+    if carry is not None:
+        s_prev, old = carry
+        r = torch.log(torch.as_tensor(s_prev, dtype=torch.float64) / s_t) / h
+        denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
+    else:
+        denoised_d = denoised
+    return (s_next_t / s_t) * x - torch.expm1(-h) * denoised_d, (s, denoised)
+
+
+STEPS = {"euler": euler_step, "heun": heun_step, "dpmpp_2m": dpmpp_2m_step}
+ORDER = {"euler": 1, "heun": 2, "dpmpp_2m": 2}  # global order of the deterministic samplers
+
+
+def run_steps(
+    step, denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False, desc: str = ""
+) -> torch.Tensor:
+    """Apply ``step`` over consecutive levels of ``sigmas`` (levels as 0-dim tensors: differentiable in them)."""
+    carry = None
+    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc=desc, leave=False):
+        x, carry = step(denoiser, x, sigmas[i], sigmas[i + 1], carry)
     return x
 
 
+def sample_euler(denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE (:func:`euler_step` at each level); nfe = n."""
+    return run_steps(euler_step, denoiser, x, check_sigmas(sigmas), progress, "euler")
+
+
 def sample_heun(denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False) -> torch.Tensor:
-    """Heun's second-order method (EDM Algorithm 1, no churn); nfe = 2n - 1 (Euler on the last step)."""
-    return sample_edm(denoiser, x, sigmas, noise=None, s_churn=0.0, progress=progress)
+    """Heun's second-order method (EDM Algorithm 1, no churn: :func:`heun_step`); nfe = 2n - 1."""
+    return run_steps(heun_step, denoiser, x, check_sigmas(sigmas), progress, "heun")
 
 
 def sample_edm(
@@ -114,8 +174,8 @@ def sample_edm(
     """EDM's stochastic sampler (Karras et al. 2022, Algorithm 2); nfe = 2n - 1.
 
     At each level in [s_min, s_max] the noise is raised by ``gamma = min(s_churn / n, sqrt(2) - 1)``
-    with fresh noise (scaled by ``s_noise``), then a Heun step follows. With ``s_churn = 0`` it is
-    :func:`sample_heun`.
+    with fresh noise (scaled by ``s_noise``), then a Heun step (:func:`heun_step`) follows. With
+    ``s_churn = 0`` it is :func:`sample_heun`.
 
     Defaults: EDM's ImageNet-64 setting (``generate.py --S_churn=40 --S_min=0.05 --S_max=50
     --S_noise=1.003`` with 256 steps) kept *per step*: ``s_churn = None`` means ``40 n / 256``, so every
@@ -128,7 +188,7 @@ def sample_edm(
         noise: source of the fresh noise (per-sample generators); required when there is churn.
         s_churn: EDM's total churn over the ``n`` steps; None: ``40 n / 256`` (see above).
     """
-    sigmas = _check_sigmas(sigmas)
+    sigmas = check_sigmas(sigmas)
     n = len(sigmas) - 1
     s_churn = EDM_CHURN_PER_STEP * n if s_churn is None else s_churn
     if s_churn > 0 and noise is None:
@@ -139,39 +199,13 @@ def sample_edm(
         s_hat = s * (1.0 + gamma)
         if gamma > 0:  # churn: move up to s_hat with fresh noise
             x = x + math.sqrt(s_hat**2 - s**2) * s_noise * noise().to(x.device, x.dtype)
-        d = (x - denoiser(x, _level(x, s_hat))) / s_hat
-        x_next = x + (s_next - s_hat) * d  # Euler predictor
-        if s_next > 0:  # trapezoidal corrector, except on the final step to sigma = 0
-            d_next = (x_next - denoiser(x_next, _level(x, s_next))) / s_next
-            x_next = x + (s_next - s_hat) * 0.5 * (d + d_next)
-        x = x_next
+        x, _ = heun_step(denoiser, x, s_hat, s_next)
     return x
 
 
 def sample_dpmpp_2m(denoiser: Denoiser, x: torch.Tensor, sigmas, progress: bool = False) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022) in k-diffusion's form; nfe = n.
-
-    With ``lambda = -log sigma`` and ``h`` the step in lambda: a first-order step at the start and on
-    the final step to 0, otherwise the multistep correction
-    ``D' = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``r = h_{i-1} / h_i``.
-    """
-    sigmas = _check_sigmas(sigmas)
-    old = None
-    for i in tqdm(range(len(sigmas) - 1), disable=not progress, desc="dpmpp_2m", leave=False):
-        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        denoised = denoiser(x, _level(x, s))
-        if s_next == 0:  # the last step lands on the prediction
-            x = denoised
-        else:
-            h = math.log(s / s_next)
-            if old is not None:
-                r = math.log(float(sigmas[i - 1]) / s) / h
-                denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
-            else:
-                denoised_d = denoised
-            x = (s_next / s) * x - math.expm1(-h) * denoised_d
-        old = denoised
-    return x
+    """DPM-Solver++(2M) (:func:`dpmpp_2m_step` at each level, k-diffusion's form); nfe = n."""
+    return run_steps(dpmpp_2m_step, denoiser, x, check_sigmas(sigmas), progress, "dpmpp_2m")
 
 
 SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m, "edm": sample_edm}
@@ -230,7 +264,7 @@ def generate(
     """
     _check_sampler(sampler)
     check_steps(len(sigmas) - 1)
-    sigmas = _check_sigmas(sigmas)
+    sigmas = check_sigmas(sigmas)
     out = []
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sampling ({sampler})", leave=False):
         seeds = range(sample_seed(seed, start), sample_seed(seed, min(start + batch_size, n)))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 __all__ = [
     "REFERENCE_OFFSET",
+    "SEARCH_OFFSET",
     "bootstrap_reference_seed",
     "heldout_seed",
     "online_seed",
     "process_seed",
     "reference_seed",
     "sample_seed",
+    "search_seed",
 ]
 
 # Generated sample i uses seed + i; fresh reference samples start this far away, so the two never share a
@@ -24,6 +26,16 @@ REFERENCE_OFFSET = 10**6
 def sample_seed(seed: int, i: int) -> int:
     """Seed of generated sample ``i`` (its initial and fresh noise): ``seed + i``; independent of the batch."""
     return seed + i
+
+
+SEARCH_OFFSET = 2 * 10**6
+
+
+def search_seed(seed: int) -> int:
+    """First seed of the search batch of schedule search (:mod:`crs.search`): its sample ``i`` uses
+    ``sample_seed(search_seed(seed), i)``, disjoint from the samples a run draws and judges (``seed + i``) and from
+    fresh reference samples (``seed + 10**6 + i``) while sets have fewer than a million samples."""
+    return seed + SEARCH_OFFSET
 
 
 def reference_seed(seed: int) -> int:

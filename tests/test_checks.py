@@ -53,6 +53,15 @@ BAD = [
         "`steps` must be an integer >= 1, got 0",
     ),
     ("sampling.device=tpu", "sampling", "Unknown device 'tpu'"),
+    ("sampling.search=[optimal,gist]", "sampling", "Unknown schedule search method 'gist'"),
+    (
+        "sampling.search_options={gits: {grids: 10}}",
+        "sampling",
+        r"Unknown option\(s\) \['grids'\] for the search method 'gits'",
+    ),
+    ("sampling.search_options={n: 0}", "sampling", "`n` must be an integer >= 1, got 0"),
+    ("sampling.search_options={teacher_steps: 33}", "sampling", "`teacher_steps` must be even"),
+    ("evaluation.teacher_steps=7", "evaluation", "`teacher_steps` must be even"),
 ]
 
 

@@ -187,22 +187,46 @@ SMALL_04 = dict(
     nfe={"euler": [3], "heun": [3]},
     n_samples=64,
     batch_size=32,
+    search=["optimal"],
+    search_options={"n": 16, "teacher_steps": 16, "optimal": {"init": "best", "maxiter": 3}},
 )
 
 
 def test_sampling_and_evaluation_chain(base_run):
     _run("04_sampling.ipynb", base_run, run_dir="run", **SMALL_04)
     index = json.loads((base_run / "run" / "samples" / "index.json").read_text())["entries"]
-    assert len(index) == 2 * 3 * 2 and {e["nfe"] for e in index} == {3}
+    assert len(index) == 2 * 4 * 2 and {e["nfe"] for e in index} == {3}  # models x (crs, 2 baselines, optimal) x cells
+    searched = sorted((base_run / "run" / "search").rglob("optimal_nfe3.json"))
+    assert len(searched) == 2 * 2  # an artifact per model and (sampler, nfe)
+    stamp = [p.stat().st_mtime_ns for p in searched]
+    _run("04_sampling.ipynb", base_run, run_dir="run", **SMALL_04)
+    assert [p.stat().st_mtime_ns for p in searched] == stamp  # reused, not searched again
     _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
     metrics = json.loads((base_run / "run" / "metrics.json").read_text())
     assert set(metrics["rows"][0]) == {"model", "schedule", "sampler", "nfe", "metric", "value", "ci_low", "ci_high"}
     names = {r["metric"] for r in metrics["rows"]}
-    assert names == {"fid_identity", "precision_identity", "recall_identity", "nll", "sliced_wasserstein", "mode_tv"}
+    assert names == {
+        "fid_identity",
+        "precision_identity",
+        "recall_identity",
+        "nll",
+        "sliced_wasserstein",
+        "mode_tv",
+        "teacher_error",
+    }
     assert len(metrics["rows"]) == len(index) * len(names)
-    assert all(r["schedule"] in ("crs", "karras", "vp") for r in metrics["rows"])
+    assert all(r["schedule"] in ("crs", "karras", "vp", "optimal") for r in metrics["rows"])
     assert len(metrics["comparisons"]) == 2 * 2 * len(names)  # models x (sampler, nfe) x metrics
+    assert all(c["best_baseline"] in ("karras", "vp") for c in metrics["comparisons"])  # never the searched optimum
     assert all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in metrics["rows"])
+    teacher = {
+        (r["model"], r["sampler"], r["schedule"]): r["value"] for r in metrics["rows"] if r["metric"] == "teacher_error"
+    }
+    for model in ("analytic", "base"):
+        for sampler in ("euler", "heun"):  # searched on other seeds, the optimum still beats the fixed schedules here
+            assert teacher[(model, sampler, "optimal")] < 1.1 * min(
+                teacher[(model, sampler, s)] for s in ("karras", "vp")
+            )
 
 
 @pytest.mark.parametrize(

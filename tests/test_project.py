@@ -175,6 +175,8 @@ def test_notebook_parameters_are_inspectable(caplog):
             "features",
             "keep",
             "show_sampler",
+            "search",
+            "search_options",
             "progress",
         },
         "05_evaluation.ipynb": {
@@ -191,6 +193,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "num_processes",
             "k",
             "plot_model",
+            "teacher_steps",
             "progress",
         },
     }

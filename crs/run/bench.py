@@ -1,6 +1,6 @@
 """Measured costs and results for the README.
 
-``python -m crs.run.bench [rate|training|online|sampling|features|ratio|all]``.
+``python -m crs.run.bench [rate|training|online|sampling|features|ratio|quality|all]``.
 
 * ``rate``: every measure on the 2-D Gaussian mixture (exact denoiser) at 64 grid intervals and
   4096 samples, median wall time of a few repeats;
@@ -12,6 +12,9 @@
 * ``features``: images per second through the FID feature extractor;
 * ``ratio``: CRS against the best baseline on the 2-D mixture with the exact denoiser, per sampler
   and nfe (paired bootstrap significance), the README's headline comparison.
+* ``quality``: every baseline, CRS variant and schedule-search peer against the optimum, by teacher error
+  (:mod:`crs.quality`) on held-out seeds, with a distribution metric and each method's search cost
+  (:func:`quality_table`).
 
 Each prints a Markdown table measured on this machine.
 """
@@ -23,13 +26,16 @@ import platform
 import statistics
 import time
 
+import numpy as np
 import torch
 
 import crs
 from crs.seeds import reference_seed
 
 __all__ = [
+    "QUALITY_METHODS",
     "crs_ratio_table",
+    "quality_table",
     "feature_throughput_table",
     "online_overhead_table",
     "rate_cost_table",
@@ -174,6 +180,193 @@ def feature_throughput_table(
     return rows
 
 
+# what the quality benchmark compares: label -> (search method, options); baselines are added by name
+QUALITY_METHODS = {
+    "crs (data)": ("crs", {"measure": "data"}),
+    "crs (noise)": ("crs", {"measure": "noise"}),
+    "crs (solver)": ("crs", {"measure": "solver"}),
+    "crs-select": ("crs-select", {}),
+    "gits": ("gits", {}),
+    "optimal": ("optimal", {}),
+    "optimal-free": ("optimal-free", {}),
+}
+
+
+def quality_table(
+    denoiser=None,
+    data=None,
+    nfe=None,
+    n_search: int = 256,
+    n_eval: int = 1024,
+    n_boot: int = 200,
+    seed: int = 0,
+    check_optimiser: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Schedules against the optimum, per sampler and nfe, by teacher error on held-out seeds.
+
+    Every schedule is searched on the search batch (seeds :func:`crs.seeds.search_seed`) and judged on
+    ``n_eval`` other samples (seeds ``seed + i``), against one teacher solved for them. Per cell: the teacher
+    error of every baseline, CRS variant and peer (:data:`QUALITY_METHODS`), its ratio to ``optimal``'s, the
+    Frechet distance of the endpoints (identity features) to fresh samples of the data with a 95 % percentile
+    bootstrap interval (analytic data only), and the search cost. With ``check_optimiser`` ``optimal`` is
+    repeated with the derivative-free Powell method (at most 3000 objective evaluations from each start): the
+    agreement of two optimisers of the same objective.
+
+    Args:
+        denoiser, data: default the 2-D Gaussian mixture with its exact denoiser.
+        nfe: ``{sampler: [budgets]}``; default euler and dpmpp_2m at 5, 10, 20, heun at 5, 11, 21.
+    """
+    from tqdm import tqdm
+
+    from crs.metrics import feature_scores
+    from crs.protocols import AnalyticDataset
+    from crs.quality import endpoints, solve_teacher
+    from crs.sampling import steps_for_nfe
+    from crs.search import search_schedule
+
+    if data is None:
+        data = crs.make_dataset("gmm")
+        denoiser = data.denoiser
+    nfe = nfe or {"euler": [5, 10, 20], "heun": [5, 11, 21], "dpmpp_2m": [5, 10, 20]}
+    lo, hi = crs.models.fit_sigma_range(denoiser)
+    teacher = solve_teacher(denoiser, data.shape, n_eval, seed, lo, hi, steps=512)
+    reference = None
+    if isinstance(data, AnalyticDataset):
+        reference = data.sample(4 * n_eval, torch.Generator().manual_seed(reference_seed(seed))).double().numpy()
+    idx = crs.metrics.bootstrap_indices(n_eval, n_boot, seed)
+
+    def judge(sampler, sigmas):
+        x = endpoints(denoiser, sampler, sigmas, teacher.x_T)
+        value = float((x.double() - teacher.endpoint.double()).pow(2).mean().sqrt())
+        out = {"teacher_error": value}
+        if reference is not None:
+            fid, boot = feature_scores(x.flatten(1).double().numpy(), reference, idx, which=["fid"])["fid"]
+            out.update(fid=fid, fid_low=float(np.percentile(boot, 2.5)), fid_high=float(np.percentile(boot, 97.5)))
+        return out
+
+    cells = []
+    todo = [(s, n) for s, budgets in nfe.items() for n in budgets]
+    for sampler, budget in tqdm(todo, desc="quality", disable=not progress):
+        steps = steps_for_nfe(sampler, budget)
+        rows = {}
+        for b in crs.BASELINES:
+            rows[b] = dict(kind="baseline", **judge(sampler, crs.baseline_sigmas(b, steps, lo, hi)))
+        for label, (method, options) in QUALITY_METHODS.items():
+            found = search_schedule(method, denoiser, data, sampler, budget, lo, hi, seed=seed, n=n_search, **options)
+            rows[label] = dict(
+                kind="crs" if method.startswith("crs") else "peer",
+                search_objective=found.objective,
+                evaluations=found.evaluations,
+                rate_evaluations=found.rate_evaluations,
+                seconds=found.seconds,
+                chosen=f"{found.meta.get('measure')} xi={found.meta.get('xi')}" if method == "crs-select" else "",
+                init=found.meta.get("init"),
+                sigmas=found.sigmas,
+                **judge(sampler, found.sigmas),
+            )
+        if check_optimiser:
+            powell = search_schedule(
+                "optimal",
+                denoiser,
+                data,
+                sampler,
+                budget,
+                lo,
+                hi,
+                seed=seed,
+                n=n_search,
+                optimizer="powell",
+                maxfev=3000,
+            )
+            rows["optimal (powell)"] = dict(
+                kind="check", search_objective=powell.objective, evaluations=powell.evaluations, seconds=powell.seconds
+            )
+        best = rows["optimal"]["teacher_error"]
+        for row in rows.values():
+            if "teacher_error" in row:
+                row["ratio"] = row["teacher_error"] / best
+        cells.append(dict(sampler=sampler, nfe=budget, rows=rows))
+    return {
+        "data": getattr(data, "name", "data"),
+        "teacher_error": teacher.error,
+        "n_search": n_search,
+        "n_eval": n_eval,
+        "cells": cells,
+    }
+
+
+def _geomean(values) -> float:
+    values = [v for v in values if v > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def print_quality(result: dict) -> None:
+    """The quality benchmark as Markdown: ratios to the optimum, the distribution metric, costs, a summary."""
+    cells = result["cells"]
+    names = [k for k in cells[0]["rows"] if "teacher_error" in cells[0]["rows"][k]]
+    print(
+        f"\nTeacher error as a ratio to `optimal` ({result['data']}; search on {result['n_search']} samples, judged "
+        f"on {result['n_eval']} others; the teacher's own error {result['teacher_error']:.1e}):\n"
+    )
+    print("| sampler | nfe | optimal (RMS) | " + " | ".join(names) + " |")
+    print("|---|---:|---:|" + "---:|" * len(names))
+    for c in cells:
+        r = c["rows"]
+        best_fixed = min((k for k in names if r[k]["kind"] == "baseline"), key=lambda k: r[k]["teacher_error"])
+        vals = []
+        for k in names:
+            v = f"{r[k]['ratio']:.2f}"
+            vals.append(f"**{v}**" if k == best_fixed else v)
+        print(f"| {c['sampler']} | {c['nfe']} | {r['optimal']['teacher_error']:.3g} | " + " | ".join(vals) + " |")
+    print("\nGeometric mean of the ratio over the cells, per sampler and overall:\n")
+    samplers = sorted({c["sampler"] for c in cells}, key=[c["sampler"] for c in cells].index)
+    print("| method | " + " | ".join(samplers) + " | all |\n|---|" + "---:|" * (len(samplers) + 1))
+    for k in names + ["best baseline"]:
+        per = []
+        for s in samplers + [None]:
+            rows = [c["rows"] for c in cells if s is None or c["sampler"] == s]
+            if k == "best baseline":
+                ratios = [min(r[b]["ratio"] for b in r if r[b]["kind"] == "baseline") for r in rows]
+            else:
+                ratios = [r[k]["ratio"] for r in rows]
+            per.append(f"{_geomean(ratios):.2f}")
+        print(f"| {k} | " + " | ".join(per) + " |")
+    if "fid" in cells[0]["rows"]["optimal"]:
+        print("\nFrechet distance of the endpoints to the data (identity features, 95 % bootstrap interval):\n")
+        shown = ["best baseline", "crs (data)", "crs (noise)", "crs (solver)", "crs-select", "gits", "optimal"]
+        print("| sampler | nfe | " + " | ".join(shown) + " |\n|---|---:|" + "---|" * len(shown))
+        for c in cells:
+            r = c["rows"]
+            best_fixed = min((k for k in r if r[k]["kind"] == "baseline"), key=lambda k: r[k]["teacher_error"])
+            out = []
+            for k in shown:
+                row = r[best_fixed] if k == "best baseline" else r[k]
+                label = f"{best_fixed}: " if k == "best baseline" else ""
+                out.append(f"{label}{row['fid']:.2e} [{row['fid_low']:.1e}, {row['fid_high']:.1e}]")
+            print(f"| {c['sampler']} | {c['nfe']} | " + " | ".join(out) + " |")
+    print(
+        "\nSearch cost (network evaluations per search sample beyond a rate estimate; seconds); the two optimisers:\n"
+    )
+    costly = [k for k in cells[0]["rows"] if cells[0]["rows"][k]["kind"] in ("crs", "peer")]
+    print(
+        "| sampler | nfe | "
+        + " | ".join(costly)
+        + " | L-BFGS vs Powell objective |\n|---|---:|"
+        + "---|" * (len(costly) + 1)
+    )
+    for c in cells:
+        r = c["rows"]
+        out = [f"{r[k]['evaluations']:,} ({r[k]['seconds']:.1f} s)" for k in costly]
+        check = ""
+        if "optimal (powell)" in r:
+            a, b = r["optimal"]["search_objective"], r["optimal (powell)"]["search_objective"]
+            check = f"{a:.3g} vs {b:.3g} ({100 * (a / b - 1):+.1f} %)"
+        print(f"| {c['sampler']} | {c['nfe']} | " + " | ".join(out) + f" | {check} |")
+    chosen = [f"{c['sampler']}@{c['nfe']}: {c['rows']['crs-select']['chosen']}" for c in cells]
+    print("\ncrs-select chose: " + "; ".join(chosen))
+
+
 def crs_ratio_table(
     n_samples: int = 2000, n_boot: int = 200, measures=("data", "noise"), xi: float = 1.0, seed: int = 0
 ):
@@ -220,9 +413,16 @@ def crs_ratio_table(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "what", nargs="?", default="all", choices=["rate", "training", "online", "sampling", "features", "ratio", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=["rate", "training", "online", "sampling", "features", "ratio", "quality", "all"],
     )
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=None, help="quality: also write the full result here")
+    parser.add_argument(
+        "--seed", type=int, default=1, help="quality: the run's seed (search and judging seeds from it)"
+    )
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -273,6 +473,13 @@ def main() -> None:
             )
         for (measure, sampler, nfe), m in cells.items():
             print(f"| {measure} | {sampler} | {nfe} | {m['nll']} | {m['fid_identity']} |")
+    if args.what in ("quality", "all"):
+        result = quality_table(seed=args.seed)
+        print_quality(result)
+        if args.json:
+            from crs.io import atomic_write_json
+
+            atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":

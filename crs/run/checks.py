@@ -224,10 +224,13 @@ def sampling(
     features,
     keep,
     show_sampler,
+    search=(),
+    search_options=None,
     progress=False,
 ) -> None:
     """Notebook 04."""
     from crs.sampling import check_nfe_plan
+    from crs.search import METHODS, check_options
 
     _common(seed, dataset, dataset_kwargs, progress)
     for name in _str_list("models", models):
@@ -236,6 +239,14 @@ def sampling(
         raise ValueError(f"`schedule` must be a path, or '' for the run folder's schedule.json, got {schedule!r}.")
     _baselines(baselines)
     check_nfe_plan(_str_list("samplers", samplers), nfe)
+    options = search_options or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"`search_options` must be a mapping, got {options!r}.")
+    common = {k: v for k, v in options.items() if k not in METHODS}
+    for method in _str_list("search", search, allow_empty=True):
+        check_options(method, {**common, **options.get(method, {})})
+    if search and set(samplers) <= {"edm"}:
+        raise ValueError("`search` needs a deterministic sampler (euler, heun, dpmpp_2m) among `samplers`.")
     if show_sampler not in samplers:
         raise ValueError(f"`show_sampler` {show_sampler!r} is not among the samplers {samplers}.")
     processes = check_int("num_processes", num_processes, 1)
@@ -263,6 +274,7 @@ def evaluation(
     num_processes,
     k,
     plot_model,
+    teacher_steps=256,
     progress=False,
 ) -> None:
     """Notebook 05 (whether ``plot_model`` was sampled is checked against the samples' index)."""
@@ -274,6 +286,8 @@ def evaluation(
         check_int(name, value, 2)
     check_reference(reference, _features(features))
     check_int("num_processes", num_processes, 1)
+    if check_int("teacher_steps", teacher_steps, 2) % 2:
+        raise ValueError(f"`teacher_steps` must be even (the teacher's error estimate halves it), got {teacher_steps}.")
     _model_name("plot_model", plot_model)
     _device(device)
 

@@ -75,8 +75,18 @@ DRY_RUN = {
         "eval_levels": 2,
         "eval_samples": 8,
     },
-    "sampling": {"n_samples": 8, "batch_size": 8},
-    "evaluation": {"n_boot": 2, "n_reference": 16},
+    "sampling": {
+        "n_samples": 8,
+        "batch_size": 8,
+        "search_options": {
+            "n": 4,
+            "teacher_steps": 8,
+            "optimal": {"init": "best", "maxiter": 2},
+            "crs-select": {"grid_size": 2, "n_samples": 8, "xis": [1.0]},
+            "gits": {"grid": 24, "substeps": 1},
+        },
+    },
+    "evaluation": {"n_boot": 2, "n_reference": 16, "teacher_steps": 8},
 }
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,16 @@ import torch
 from tqdm import tqdm
 
 from crs.io import save_tensor
-from crs.metrics import METRICS, FeatureExtractor, analytic_scores, bootstrap_indices, compare, feature_scores, row
+from crs.metrics import (
+    METRICS,
+    FeatureExtractor,
+    analytic_scores,
+    bootstrap_indices,
+    compare,
+    feature_scores,
+    row,
+    teacher_scores,
+)
 from crs.models import load_denoiser
 from crs.protocols import AnalyticDataset
 from crs.run.processes import gather_rows, process_device, process_state
@@ -40,8 +49,33 @@ __all__ = [
     "load_finetune_result",
     "resolve_models",
     "sample_grid",
+    "searched_schedules",
     "sampling_job",
 ]
+
+
+SEARCH_PEERS = ("gits", "optimal", "optimal-free")  # searched schedules that are not CRS: rows, never comparators
+
+
+def teacher_endpoints(doc: dict, run_dir, data, device: str = "cpu", steps: int = 256) -> tuple[dict, dict]:
+    """The teacher's endpoints for every model of a sample index (``samples/index.json``): the same starting noise
+    as its samples (seeds ``seed + i``), solved finely over the index's ``schedule_range``
+    (:func:`crs.quality.solve_teacher`), decoded for latent models as their samples are.
+
+    Returns:
+        ``({model: endpoints (n, *sample shape)}, {model: the teacher's own estimated error})``.
+    """
+    from crs.quality import solve_teacher
+
+    names = sorted({e["model"] for e in doc["entries"]})
+    models = resolve_models(names, run_dir, data, device)
+    lo, hi = doc["schedule_range"]
+    ends, errors = {}, {}
+    for name, den in models.items():
+        teacher = solve_teacher(den, tuple(den.shape), doc["n_samples"], doc["seed"], lo, hi, steps, device=device)
+        ends[name] = (den.decode(teacher.endpoint.float()) if den.is_latent else teacher.endpoint).cpu()
+        errors[name] = teacher.error
+    return ends, errors
 
 
 def resolve_models(names, run_dir, data, device: str = "cpu") -> dict:
@@ -72,6 +106,74 @@ def _draw_rows(den, shape, sigmas, seed: int, lo: int, hi: int, features, keep: 
     return torch.cat(kept), torch.cat(parts)
 
 
+def searched_schedules(
+    models: dict,
+    methods: Sequence[str],
+    samplers: Sequence[str],
+    nfe,
+    data,
+    sigma_range: tuple[float, float],
+    run_dir,
+    *,
+    seed: int = 0,
+    options: dict | None = None,
+    write: bool = True,
+    log=print,
+) -> dict[str, dict[tuple, torch.Tensor]]:
+    """Searched schedules (:func:`crs.search.search_schedule`) per model, deterministic sampler and budget.
+
+    Each is an artifact, ``run_dir/search/<model>/<sampler>/<method>_nfe<k>.json``, computed once and reused
+    while its method, range, seed and options are unchanged. The stochastic ``edm`` sampler gets none (the search
+    needs a deterministic solver).
+
+    Args:
+        options: the common search options (``n``, ``teacher_steps``) and, under a method's name, that
+            method's (e.g. ``{"n": 128, "gits": {"grid": 60}}``).
+        write: save new results (False in the non-main processes of a parallel run).
+
+    Returns:
+        ``{method: {(model, sampler, nfe): sigmas}}``, the form :func:`sample_grid` takes.
+    """
+    from crs.models import model_space
+    from crs.search import METHODS, SearchResult, check_options, search_schedule, stored_options
+
+    options = dict(options or {})
+    plan = check_nfe_plan(samplers, nfe)
+    common = {k: v for k, v in options.items() if k not in METHODS}
+    lo, hi = sigma_range
+    out, rate_cache = {}, {}
+    for method in methods:
+        own = {**common, **options.get(method, {})}
+        out[method] = {}
+        searched, reused, seconds = 0, 0, 0.0
+        for name, den in models.items():
+            space = model_space(data, den)
+            rates = rate_cache.setdefault(name, {})  # a model's rate estimates serve every method, sampler, budget
+            for sampler in samplers:
+                if sampler == "edm":
+                    continue
+                for value in plan[sampler]:
+                    path = Path(run_dir) / "search" / _folder_name(name) / sampler / f"{method}_nfe{value}.json"
+                    found = SearchResult.load(path) if path.is_file() else None
+                    fresh = found is not None and (found.seed, found.sigma_min, found.sigma_max) == (seed, lo, hi)
+                    if fresh and found.options == stored_options(check_options(method, own)):
+                        reused += 1
+                    else:
+                        start = time.perf_counter()
+                        found = search_schedule(
+                            method, den, space, sampler, value, lo, hi, seed=seed, rates=rates, **own
+                        )
+                        seconds += time.perf_counter() - start
+                        searched += 1
+                        if write:
+                            found.save(path)
+                    out[method][(name, sampler, value)] = found.sigmas_tensor
+        log(
+            f"[search] {method}: {searched} schedules searched in {seconds:.1f} s, {reused} reused from run_dir/search/"
+        )
+    return out
+
+
 def sample_grid(
     models: dict,
     schedules: dict,
@@ -79,6 +181,7 @@ def sample_grid(
     nfe,
     n: int,
     out_dir,
+    *,
     seed: int = 0,
     batch_size: int = 1024,
     dtype=torch.float32,
@@ -91,7 +194,9 @@ def sample_grid(
 
     Args:
         models: ``{name: denoiser}`` (:class:`crs.protocols.Denoiser`); a latent model's samples are decoded.
-        schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``).
+        schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``), or for schedules made for
+            one model, sampler and budget (searched ones, :func:`searched_schedules`) ``{name: {(model, sampler,
+            nfe): sigmas}}``; cells such a mapping lacks (e.g. the stochastic sampler) are not drawn.
         samplers: sampler names; ``nfe``: see :func:`check_nfe_plan`.
         out_dir: samples go to ``out_dir/<model>/<sampler>/<schedule>_nfe<k>.pt`` (written atomically).
         features: a :class:`crs.metrics.FeatureExtractor`: store each set's features (n, F) in
@@ -112,7 +217,14 @@ def sample_grid(
         raise ValueError(f"{n} samples per set cannot be shared by {state.world} processes; draw at least one each.")
     lo, hi = n * state.rank // state.world, n * (state.rank + 1) // state.world
     index = []
-    jobs = [(m, s, name, v) for m in models for name in samplers for v in plan[name] for s in schedules]
+    jobs = [
+        (m, s, name, v)
+        for m in models
+        for name in samplers
+        for v in plan[name]
+        for s in schedules
+        if not isinstance(schedules[s], Mapping) or (m, name, v) in schedules[s]
+    ]
     for model, sched, sampler, value in tqdm(
         jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False
     ):
@@ -121,7 +233,9 @@ def sample_grid(
         decode = den.decode if den.is_latent else None
         start = time.perf_counter()
         draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
-        x, feats = _draw_rows(den, tuple(den.shape), schedules[sched](steps), seed, lo, hi, features, keep, draw)
+        table = schedules[sched]
+        sigmas = table[(model, sampler, value)] if isinstance(table, Mapping) else table(steps)
+        x, feats = _draw_rows(den, tuple(den.shape), sigmas, seed, lo, hi, features, keep, draw)
         path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
         x = gather_rows(x, state, path.with_suffix(".part"))
         feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
@@ -163,6 +277,7 @@ def evaluate_grid(
     index: list[dict],
     reference,
     features: FeatureExtractor,
+    *,
     data=None,
     n_boot: int = 200,
     seed: int = 0,
@@ -170,6 +285,7 @@ def evaluate_grid(
     kid: bool = True,
     which=METRICS,
     progress: bool = False,
+    teachers: dict | None = None,
 ) -> dict:
     """Evaluate every entry of a sampling index (see :func:`crs.run.jobs.sample_grid`).
 
@@ -180,6 +296,11 @@ def evaluate_grid(
     Args:
         reference: real samples (tensor), or ``{"mu", "cov", "name"}`` feature statistics (see
             :func:`reference_statistics`), from which only FID is computed.
+        teachers: ``{model: teacher endpoints}`` (:func:`teacher_endpoints`) for the ``teacher_error`` rows of the
+            deterministic samplers' sets (sets stored as features only have none).
+
+    CRS schedules (names starting with ``crs``, ``crs-select`` included) are compared with the best *fixed*
+    baseline; the schedule-search peers (``gits``, ``optimal``, ``optimal-free``) are rows, never comparators.
 
     Returns:
         ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot, "
@@ -214,6 +335,9 @@ def evaluate_grid(
             kid=kid and features.images,
         )
         values = {f"{family}_{features.name}": v for family, v in scores.items()}
+        if "teacher_error" in which and teachers and entry["model"] in teachers and entry["sampler"] != "edm":
+            if samples is not None:
+                values["teacher_error"] = teacher_scores(samples, teachers[entry["model"]], idx)
         if isinstance(data, AnalyticDataset) and stats is None:
             if samples is None:
                 raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
@@ -223,10 +347,9 @@ def evaluate_grid(
             rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
             groups.setdefault(key + (metric,), {})[entry["schedule"]] = (value, boot)
     for (model, sampler, nfe, metric), by_schedule in groups.items():
+        fixed = {s: v for s, v in by_schedule.items() if not s.startswith("crs") and s not in SEARCH_PEERS}
         for name in [s for s in by_schedule if s.startswith("crs")]:
-            result = compare(
-                {s: v for s, v in by_schedule.items() if s == name or not s.startswith("crs")}, metric, name
-            )
+            result = compare({name: by_schedule[name], **fixed}, metric, name)
             if result:
                 comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
     ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
@@ -244,7 +367,9 @@ def sampling_job(spec: dict) -> list[dict]:
 
     ``spec`` keys: ``run_dir``, ``dataset``, ``dataset_kwargs``, ``models``, ``schedule`` (path),
     ``baselines``, ``samplers``, ``nfe``, ``n_samples``, ``batch_size``, ``seed``, ``device``,
-    ``store`` (``samples`` or ``features``), ``features``, ``keep``.
+    ``store`` (``samples`` or ``features``), ``features``, ``keep``; optionally ``search`` (methods of
+    :mod:`crs.search`, searched per model, deterministic sampler and nfe, see :func:`searched_schedules`) and
+    ``search_options``.
     """
     import crs
     from crs.io import atomic_write_json
@@ -259,6 +384,22 @@ def sampling_job(spec: dict) -> list[dict]:
     denoisers = resolve_models(spec["models"], run_dir, data, device)
     schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
     schedules = schedule_functions(schedule, spec["baselines"])
+    if spec.get("search"):
+        schedules.update(
+            searched_schedules(
+                denoisers,
+                spec["search"],
+                spec["samplers"],
+                spec["nfe"],
+                data,
+                (schedule.sigma_min, schedule.sigma_max),
+                run_dir,
+                seed=spec["seed"],
+                options=spec.get("search_options", {}),
+                write=state.rank == 0,
+                log=print if state.rank == 0 else (lambda *_: None),
+            )
+        )
     extractor = make_feature_extractor(spec["features"], data.shape, device) if spec["store"] == "features" else None
     index = sample_grid(
         denoisers,

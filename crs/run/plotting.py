@@ -299,8 +299,17 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
             if not pts:
                 continue
             nfe, val, lo, hi = map(np.asarray, zip(*pts))
-            style = dict(color="k", lw=2.5, zorder=5) if sched.startswith("crs") else dict(lw=1.2)
-            ax.errorbar(nfe, val, yerr=[val - lo, hi - val], marker="o", ms=3, capsize=2, label=sched, **style)
+            label = sched
+            if sched == "crs":
+                style = dict(color="k", lw=2.5, zorder=5)
+            elif sched.startswith("crs"):
+                style = dict(lw=2.2, zorder=5)
+            elif sched in ("optimal", "optimal-free"):  # the floor a schedule of that budget can reach
+                style = dict(color="0.35", ls="--", lw=1.8, zorder=4)
+                label = f"{sched} (floor)" if sched == "optimal" else sched
+            else:
+                style = dict(lw=1.2)
+            ax.errorbar(nfe, val, yerr=[val - lo, hi - val], marker="o", ms=3, capsize=2, label=label, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         _nfe_ticks(ax, sorted({r["nfe"] for r in sel if r["sampler"] == sampler}))

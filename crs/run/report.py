@@ -14,7 +14,7 @@ from pathlib import Path
 
 from crs.io import atomic_write_bytes
 
-__all__ = ["FIGURES", "build_report", "summary_markdown", "summary_table"]
+__all__ = ["FIGURES", "build_report", "optimum_markdown", "ratios_to_optimal", "summary_markdown", "summary_table"]
 
 FIGURES = [
     ("rate.png", "Velocity of each measure against logsnr (01)"),
@@ -24,6 +24,7 @@ FIGURES = [
     ("finetune_heldout_loss.png", "Held-out loss at fixed noise levels after fine-tuning (03)"),
     ("samples.png", "Samples under every schedule at the smallest budget (04)"),
     ("crs_ratio.png", "CRS against the best baseline at each nfe (05)"),
+    ("teacher_error.png", "Teacher error against nfe, with the optimum as the floor (05)"),
 ]
 
 
@@ -51,6 +52,61 @@ def summary_markdown(metrics: dict) -> str:
             f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs_value']:.4g} | "
             f"{c['best_baseline']} "
             f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} |"
+        )
+    optimum = optimum_markdown(metrics)
+    if optimum:
+        lines += ["", "Teacher error as a ratio to the optimum (`optimal`; 1 is the best schedule of that budget):", ""]
+        lines.append(optimum)
+    return "\n".join(lines)
+
+
+def ratios_to_optimal(metrics: dict, metric: str = "teacher_error", optimum: str = "optimal") -> list[dict]:
+    """Every schedule's ``metric`` as a ratio to the ``optimum`` schedule's, per model, sampler and nfe.
+
+    Returns:
+        One dict per cell that has the optimum: ``model``, ``sampler``, ``nfe``, ``optimum`` (its value),
+        ``ratios`` (``{schedule: ratio}``), ``best_baseline`` (the fixed baseline with the smallest value).
+    """
+    from crs.run.jobs import SEARCH_PEERS
+
+    cells: dict[tuple, dict[str, float]] = {}
+    for r in metrics.get("rows", []):
+        if r["metric"] == metric:
+            cells.setdefault((r["model"], r["sampler"], r["nfe"]), {})[r["schedule"]] = r["value"]
+    out = []
+    for (model, sampler, nfe), values in cells.items():
+        if not values.get(optimum):
+            continue
+        fixed = [s for s in values if not s.startswith("crs") and s not in SEARCH_PEERS]
+        out.append(
+            dict(
+                model=model,
+                sampler=sampler,
+                nfe=nfe,
+                optimum=values[optimum],
+                ratios={s: v / values[optimum] for s, v in values.items()},
+                best_baseline=min(fixed, key=values.get) if fixed else None,
+            )
+        )
+    return out
+
+
+def optimum_markdown(metrics: dict) -> str:
+    """Teacher error as a ratio to ``optimal`` per cell (Markdown), or "" when the run searched no optimum."""
+    cells = ratios_to_optimal(metrics)
+    if not cells:
+        return ""
+    shown = ["crs"] + sorted({s for c in cells for s in c["ratios"] if s.startswith("crs") and s != "crs"})
+    shown += [s for s in ("gits", "optimal-free") if any(s in c["ratios"] for c in cells)]
+    lines = [
+        "| model | sampler | nfe | optimal (teacher error) | best baseline | " + " | ".join(shown) + " |",
+        "|---|---|---:|---:|---|" + "---:|" * len(shown),
+    ]
+    for c in cells:
+        best = f"{c['best_baseline']} {c['ratios'][c['best_baseline']]:.2f}" if c["best_baseline"] else ""
+        vals = [f"{c['ratios'][s]:.2f}" if s in c["ratios"] else "" for s in shown]
+        lines.append(
+            f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['optimum']:.3g} | {best} | " + " | ".join(vals) + " |"
         )
     return "\n".join(lines)
 
@@ -114,6 +170,19 @@ def build_report(run_dir) -> Path:
             "replicates; the best baseline is chosen per row after the fact; the verdict needs the paired 95% interval "
             "of the difference to exclude 0.</p>" + _table_html(summary_table(metrics))
         )
+        optimum = optimum_markdown(metrics)
+        if optimum:
+            rows = [line.strip("|").split("|") for line in optimum.splitlines() if not line.startswith("|---")]
+            cells = "".join(
+                "<tr>"
+                + "".join(
+                    f"<{'th' if i == 0 else 'td'}>{html.escape(x.strip())}</{'th' if i == 0 else 'td'}>" for x in r
+                )
+                + "</tr>"
+                for i, r in enumerate(rows)
+            )
+            table += "<h3>Teacher error as a ratio to the optimum (1: the best schedule of that budget)</h3>"
+            table += f"<table>{cells}</table>"
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CRS report: {html.escape(run_dir.resolve().name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
