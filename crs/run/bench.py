@@ -421,7 +421,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None, help="quality: also write the full result here")
     parser.add_argument(
-        "--seed", type=int, default=1, help="quality: the run's seed (search and judging seeds from it)"
+        "--seed",
+        type=int,
+        default=100000,
+        help="quality: the run's seed (sample i uses seed + i: runs with nearby seeds share samples)",
     )
     args = parser.parse_args()
     print(
