@@ -62,8 +62,8 @@ SOLVER_SUBSTEPS = 8  # Heun substeps of the fine solve each local error is measu
 
 
 def valid_measure_names() -> tuple[str, ...]:
-    """Every name a measure spec may contain: the base measures, the solver measures and the baselines."""
-    return BASE_MEASURES + SOLVER_MEASURES + BASELINES
+    """Every name a measure spec may contain: the base measures, the baselines and the solver measures."""
+    return BASE_MEASURES + BASELINES + SOLVER_MEASURES
 
 
 def parse_measure(spec: str | Mapping[str, float]) -> dict[str, float]:
