@@ -50,6 +50,7 @@ notebooks: venv
 GPU_PY ?= python3
 GPU_SITE ?= /tmp/crs-gpu-site
 GPU_OUT ?= runs/gpu-check
+GPU_JOBS ?= 4
 GPU_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any
 
 gpu-wheels: venv
@@ -61,7 +62,7 @@ gpu-check:
 	rm -rf $(GPU_SITE); if [ -d .whl ]; then $(GPU_PY) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 	  --target $(GPU_SITE) .whl/*.whl || exit 1; fi; \
 	PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-	  $(GPU_PY) -m crs.run.gpu_check --device cuda --out $(GPU_OUT)
+	  $(GPU_PY) -m crs.run.gpu_check --device cuda --out $(GPU_OUT) --jobs $(GPU_JOBS)
 
 clean:
 	rm -rf runs notebooks/runs
