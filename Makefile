@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-fast lint notebooks clean gpu-wheels gpu-check
+.PHONY: venv demo test test-fast lint notebooks clean gpu-wheels gpu-site gpu-check gpu-bench
 
 venv: $(VENV)/.installed
 
@@ -58,11 +58,20 @@ gpu-wheels: venv
 	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 $(GPU_PLATFORMS) -d .whl -r requirements-gpu.txt 2>&1 | grep -v "is ignored" || true
 	@ls .whl/*.whl | wc -l | xargs echo "wheels:"; du -sh .whl
 
-gpu-check:
+gpu-site:
 	rm -rf $(GPU_SITE); if [ -d .whl ]; then $(GPU_PY) -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-	  --target $(GPU_SITE) .whl/*.whl || exit 1; fi; \
-	PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-	  $(GPU_PY) -m crs.run.gpu_check --device cuda --out $(GPU_OUT) --jobs $(GPU_JOBS)
+	  --target $(GPU_SITE) .whl/*.whl || exit 1; fi
+
+GPU_ENV = PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+gpu-check: gpu-site
+	$(GPU_ENV) $(GPU_PY) -m crs.run.gpu_check --device cuda --out $(GPU_OUT) --jobs $(GPU_JOBS)
+
+# The quality benchmark on the MNIST 16x16 UNet on a GPU (README, "Measured: schedules against the optimum"):
+# trains the UNet into runs/bench/models/mnist16 unless it is there, then searches and judges every schedule.
+GPU_BENCH_ARGS ?= --data mnist16
+gpu-bench: gpu-site
+	$(GPU_ENV) $(GPU_PY) -m crs.run.bench quality --device cuda $(GPU_BENCH_ARGS) --json $(GPU_OUT)/quality.json
 
 clean:
 	rm -rf runs notebooks/runs

@@ -48,6 +48,7 @@ __all__ = [
     "make_feature_extractor",
     "reference_statistics",
     "row",
+    "fid_interval",
 ]
 
 METRICS = ("fid", "kid", "precision", "recall", "nll", "sliced_wasserstein", "mode_tv", "teacher_error")
@@ -184,6 +185,40 @@ def _interval(boot: np.ndarray, estimate: float) -> tuple[float, float]:
     """
     lo, med, hi = np.percentile(boot, [2.5, 50.0, 97.5])
     return float(estimate - (med - lo)), float(estimate + (hi - med))
+
+
+def fid_interval(
+    gen_features: np.ndarray,
+    ref_mu: np.ndarray,
+    ref_cov: np.ndarray,
+    level: float = 0.95,
+    seed: int = 0,
+    n_boot: int = 1000,
+    method: str | None = None,
+) -> tuple[float, float, float]:
+    """FID of generated features against reference statistics, with a bootstrap interval: ``(value, low, high)``.
+
+    The replicates resample the generated rows (``n_boot`` of them, from a generator seeded with ``seed``);
+    each costs one n x n (or F x F) eigenvalue problem (:func:`crs.distances.fid_bootstrap`), so 1000 are cheap.
+    ``method`` is one of :data:`crs.intervals.INTERVAL_METHODS`, by default :data:`crs.intervals.DEFAULT_METHOD`,
+    the one chosen by measured coverage (docs/method.md section 9); ``bca`` adds a grouped jackknife.
+    """
+    from crs.intervals import DEFAULT_METHOD, bootstrap_interval, jackknife_groups
+
+    gen = np.asarray(gen_features, dtype=np.float64)
+    if gen.ndim != 2 or len(gen) < 2:
+        raise ValueError(f"`gen_features` must be (n, F) with n >= 2, got shape {gen.shape}.")
+    if not np.all(np.isfinite(gen)):
+        raise ValueError("The features of the samples contain NaN or inf.")
+    method = method or DEFAULT_METHOD
+    value, boot = fid_bootstrap(
+        gen, np.asarray(ref_mu, np.float64), np.asarray(ref_cov, np.float64), bootstrap_indices(len(gen), n_boot, seed)
+    )
+    jack = None
+    if method == "bca":
+        _, jack = fid_bootstrap(gen, ref_mu, ref_cov, jackknife_groups(len(gen)))
+    lo, hi = bootstrap_interval(boot, value, level, method, jack)
+    return float(value), lo, hi
 
 
 def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:

@@ -364,7 +364,7 @@ def search_schedule(
     sigma_max: float | None = None,
     seed: int = 0,
     progress: bool = False,
-    rates: dict | None = None,
+    cache: dict | None = None,
     **options,
 ) -> SearchResult:
     """Search a sampling schedule for ``denoiser`` on ``data``, the deterministic ``sampler`` and budget ``nfe``.
@@ -373,9 +373,12 @@ def search_schedule(
         method: one of :data:`METHODS` (see the module docstring).
         sigma_min, sigma_max: the range; None takes the model's own end (EDM's 0.002 / 80 without one).
         seed: the run's seed; the search batch uses :func:`crs.seeds.search_seed` of it.
-        rates: a dict in which the CRS methods keep their rate estimates, to reuse them in later calls for the
-            same denoiser and data (the estimates depend on the measure, range and rate options, not on nfe);
-            their cost is then counted once, in the call that made them.
+        cache: a dict in which searches keep what later calls for the same denoiser and data reuse: the CRS
+            methods' rate estimates (they depend on the measure, range and rate options, not on nfe) and the
+            teacher solve of the search batch, GITS's jump costs. The cost of a reused part is counted once, in
+            the call that made it (a reused teacher's in ``meta["teacher_evaluations"]``, with
+            ``meta["teacher_reused"]``; GITS's jump costs in ``meta["jump_evaluations"]``, with
+            ``meta["jumps_reused"]``).
         options: ``n`` (search batch, 256), ``teacher_steps`` (256), ``batch_size``; and per method:
             ``crs``: ``measure`` ("data"; "solver" means the sampler's own solver measure), ``xi`` (1),
             ``grid_size``, ``n_samples``, ``feature_fn``; ``crs-select``: ``measures``, ``xis`` (the candidate
@@ -408,10 +411,17 @@ def search_schedule(
         check_int("substeps", opts["substeps"], 1)
         teacher_steps = opts["grid"] * opts["substeps"]
         teacher_steps += teacher_steps % 2
-    teacher = solve_teacher(
-        denoiser, shape, opts["n"], search, lo, hi, teacher_steps, keep_states=keep, batch_size=opts["batch_size"]
-    )
-    evaluations, rate_evaluations, meta = teacher.evaluations, 0, {"teacher_error": teacher.error}
+    cache = {} if cache is None else cache
+    key = ("teacher", shape, opts["n"], search, lo, hi, teacher_steps, keep)
+    reused = key in cache
+    if not reused:
+        cache[key] = solve_teacher(
+            denoiser, shape, opts["n"], search, lo, hi, teacher_steps, keep_states=keep, batch_size=opts["batch_size"]
+        )
+    teacher = cache[key]
+    evaluations = 0 if reused else teacher.evaluations
+    rate_evaluations = 0
+    meta = {"teacher_error": teacher.error, "teacher_evaluations": teacher.evaluations, "teacher_reused": reused}
 
     if method in ("crs", "crs-select"):
         from crs.measures import combine_velocities, format_measure, parse_measure
@@ -421,8 +431,7 @@ def search_schedule(
         measures = [opts["measure"]] if method == "crs" else list(opts["measures"])
         xis = [opts["xi"]] if method == "crs" else list(opts["xis"])
         specs = [parse_measure(re.sub(r"\bsolver\b(?!-)", f"solver-{sampler}", m)) for m in measures]
-        local = {}  # every base measure is estimated once (or taken from `rates`), then combined
-        cache = {} if rates is None else rates
+        local = {}  # every base measure is estimated once (or taken from `cache`), then combined
         for base in dict.fromkeys(name for spec in specs for name in spec):
             key = (base, lo, hi, opts["grid_size"], opts["n_samples"], search)
             if key in cache:
@@ -464,8 +473,13 @@ def search_schedule(
             meta["candidates"] = [{"measure": m, "xi": x, "objective": o} for o, m, x, _ in scored]
         meta.update(measure=name, xi=xi)
     elif method == "gits":
-        cost, first, spent = gits_costs(denoiser, sampler, teacher, opts["substeps"], opts["batch_size"])
-        evaluations += spent
+        costs_key = ("gits", key, sampler, opts["substeps"])  # jump costs do not depend on nfe: reused too
+        meta["jumps_reused"] = costs_key in cache
+        if not meta["jumps_reused"]:
+            cache[costs_key] = gits_costs(denoiser, sampler, teacher, opts["substeps"], opts["batch_size"])
+            evaluations += cache[costs_key][2]
+        cost, first, spent = cache[costs_key]
+        meta["jump_evaluations"] = spent
         grid = teacher.sigma[:: opts["substeps"]]
         if sampler == "dpmpp_2m":
             _, path = dp_path_history(first, cost, steps - 1)

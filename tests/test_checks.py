@@ -62,6 +62,7 @@ BAD = [
     ("sampling.search_options={n: 0}", "sampling", "`n` must be an integer >= 1, got 0"),
     ("sampling.search_options={teacher_steps: 33}", "sampling", "`teacher_steps` must be even"),
     ("evaluation.teacher_steps=7", "evaluation", "`teacher_steps` must be even"),
+    ("sampling.search_models=[crs,contrl]", "sampling", r"`search_models` \['contrl'\] are not among the sampled"),
 ]
 
 

@@ -199,8 +199,6 @@ def test_sampling_and_evaluation_chain(base_run):
     searched = sorted((base_run / "run" / "search").rglob("optimal_nfe3.json"))
     assert len(searched) == 2 * 2  # an artifact per model and (sampler, nfe)
     stamp = [p.stat().st_mtime_ns for p in searched]
-    _run("04_sampling.ipynb", base_run, run_dir="run", **SMALL_04)
-    assert [p.stat().st_mtime_ns for p in searched] == stamp  # reused, not searched again
     _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
     metrics = json.loads((base_run / "run" / "metrics.json").read_text())
     assert set(metrics["rows"][0]) == {"model", "schedule", "sampler", "nfe", "metric", "value", "ci_low", "ci_high"}
@@ -227,6 +225,11 @@ def test_sampling_and_evaluation_chain(base_run):
             assert teacher[(model, sampler, "optimal")] < 1.1 * min(
                 teacher[(model, sampler, s)] for s in ("karras", "vp")
             )
+    # sampling again, searching for one model only: its searched schedules are reused, not searched again
+    _run("04_sampling.ipynb", base_run, run_dir="run", **SMALL_04, search_models=["base"])
+    assert [p.stat().st_mtime_ns for p in searched] == stamp
+    index = json.loads((base_run / "run" / "samples" / "index.json").read_text())["entries"]
+    assert {e["model"] for e in index if e["schedule"] == "optimal"} == {"base"} and len(index) == 2 * 3 * 2 + 2
 
 
 @pytest.mark.parametrize(

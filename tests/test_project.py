@@ -177,6 +177,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "show_sampler",
             "search",
             "search_options",
+            "search_models",
             "progress",
         },
         "05_evaluation.ipynb": {

@@ -166,3 +166,68 @@ def test_gits_costs_are_the_sampler_jump_errors_against_the_teacher():
     assert cost[1, 3, 6] == pytest.approx(float((x - states[6]).pow(2).mean().sqrt()), rel=1e-9)
     x, _ = step(GMM.denoiser, states[0], float(grid[0]), float(grid[4]))
     assert first[4] == pytest.approx(float((x - states[4]).pow(2).mean().sqrt()), rel=1e-9)
+
+
+def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
+    """The quality benchmark at toy size: every row judged, `optimal` the unit of the ratios, JSON-able partial
+    results after every cell, and a UNet case that loads a given model and refuses an unknown case by name."""
+    import json
+
+    from crs.run.bench import print_quality, quality_case, quality_table
+
+    saved = []
+    options = {
+        "teacher_steps": 16,
+        "crs": {"grid_size": 8, "n_samples": 64},
+        "crs-select": {"grid_size": 8, "n_samples": 64, "measures": ["data"], "xis": [1.0]},
+        "gits": {"grid": 12},
+        "optimal": {"init": "best", "maxiter": 2},
+        "optimal-free": {"init": "best", "maxiter": 2},
+    }
+    result = quality_table(
+        nfe={"euler": [3], "heun": [3]},
+        n_search=16,
+        n_eval=32,
+        n_boot=10,
+        teacher_steps=32,
+        check_optimiser=False,
+        progress=False,
+        options=options,
+        on_cell=lambda r: saved.append(json.dumps(r)),
+    )
+    assert len(saved) == 2 and len(json.loads(saved[0])["cells"]) == 1
+    for cell in result["cells"]:
+        rows = cell["rows"]
+        assert set(rows) >= set(crs.BASELINES) | {"crs (data)", "crs-select", "gits", "optimal", "optimal-free"}
+        assert rows["optimal"]["ratio"] == 1.0 and all(r["teacher_error"] > 0 for r in rows.values())
+        assert all(r["fid_low"] <= r["fid_high"] for r in rows.values())
+    print_quality(result)
+
+    with pytest.raises(ValueError, match="Unknown quality benchmark case 'cifar'"):
+        quality_case("cifar")
+    den = crs.models.build_denoiser((1, 8, 8), seed=0)
+    den.save_pretrained(tmp_path / "unet")
+    data, loaded, kwargs = quality_case("digits", model=str(tmp_path / "unet"))
+    assert tuple(data.shape) == (1, 8, 8) and kwargs["reference"].shape == (1797, 1, 8, 8)
+    assert kwargs["options"]["optimal"]["init"] == "best"
+
+
+def test_a_shared_cache_reuses_the_teacher_and_rates_without_changing_results():
+    """Searches sharing `cache` solve the search teacher and estimate each rate once; the schedules are those of
+    independent searches (the same deterministic computations, bit for bit), and the reused cost is reported."""
+    cache = {}
+    opts = dict(SMALL, measures=["data", "noise"], xis=[1.0], grid_size=8, n_samples=64)
+    first = search_schedule("crs-select", GMM.denoiser, GMM, "euler", 4, seed=5, cache=cache, **opts)
+    second = search_schedule("crs-select", GMM.denoiser, GMM, "euler", 6, seed=5, cache=cache, **opts)
+    alone = search_schedule("crs-select", GMM.denoiser, GMM, "euler", 6, seed=5, **opts)
+    assert not first.meta["teacher_reused"] and second.meta["teacher_reused"]
+    assert second.sigmas == alone.sigmas and second.objective == alone.objective
+    assert second.rate_evaluations == 0 < alone.rate_evaluations
+    assert second.evaluations + second.meta["teacher_evaluations"] == alone.evaluations
+    g1 = search_schedule("gits", GMM.denoiser, GMM, "heun", 5, seed=5, cache=cache, **SMALL, grid=12)
+    g2 = search_schedule("gits", GMM.denoiser, GMM, "heun", 7, seed=5, cache=cache, **SMALL, grid=12)
+    g_alone = search_schedule("gits", GMM.denoiser, GMM, "heun", 7, seed=5, **SMALL, grid=12)
+    assert not g1.meta["jumps_reused"] and g2.meta["jumps_reused"] and g2.sigmas == g_alone.sigmas
+    from crs.run.bench import standalone_cost
+
+    assert standalone_cost(g2) == g_alone.evaluations and standalone_cost(g1) == g1.evaluations

@@ -33,7 +33,11 @@ import crs
 from crs.seeds import reference_seed
 
 __all__ = [
+    "QUALITY_CASES",
     "QUALITY_METHODS",
+    "quality_case",
+    "coverage_cases",
+    "coverage_table",
     "crs_ratio_table",
     "quality_table",
     "feature_throughput_table",
@@ -192,6 +196,80 @@ QUALITY_METHODS = {
 }
 
 
+# the quality benchmark's data and models: the mixture with its exact denoiser, and the small UNets (trained with
+# the settings of the demo's base model, whose weights they are for `digits`), searched and judged at sizes that
+# fit the network's cost (the UNets' search and judging batches are smaller, and the optimiser check is left out)
+QUALITY_CASES = {
+    "gmm": dict(dataset="gmm", dataset_kwargs={}),
+    "digits": dict(
+        dataset="digits",
+        dataset_kwargs={},
+        train=dict(steps=1500, batch_size=64, lr=1e-3, ema_decay=0.999),
+        sizes=dict(n_search=64, n_eval=512, teacher_steps=256, check_optimiser=False),
+        options={
+            "optimal": {"init": "best", "maxiter": 40},
+            "optimal-free": {"init": "best", "maxiter": 40},
+            "crs-select": {"grid_size": 32, "n_samples": 256},
+            "crs": {"grid_size": 32, "n_samples": 256},
+            "gits": {"grid": 60},
+        },
+    ),
+    "mnist16": dict(
+        dataset="mnist",
+        dataset_kwargs={"resolution": 16},
+        train=dict(steps=3000, batch_size=64, lr=1e-3, ema_decay=0.999),
+        sizes=dict(n_search=64, n_eval=512, teacher_steps=256, check_optimiser=False),
+        options={
+            "optimal": {"init": "best", "maxiter": 40},
+            "optimal-free": {"init": "best", "maxiter": 40},
+            "crs-select": {"grid_size": 32, "n_samples": 256},
+            "crs": {"grid_size": 32, "n_samples": 256},
+            "gits": {"grid": 60},
+        },
+    ),
+}
+
+
+def quality_case(name: str, model: str | None = None, device: str = "cpu", cache="runs/bench/models", log=print):
+    """The data, denoiser and benchmark settings of :data:`QUALITY_CASES` ``name``.
+
+    ``model``: a saved model to judge (e.g. ``runs/demo/models/base``, the demo's UNet); by default the case's
+    UNet is trained once with its fixed settings and seed 0 and kept under ``cache/<name>`` for later runs.
+    Returns ``(data, denoiser, kwargs of quality_table)``; the reference samples of image data are all of its
+    images (``split="all"``).
+    """
+    from pathlib import Path
+
+    from crs.args import check_choice
+    from crs.models import build_denoiser, load_denoiser
+    from crs.training import TrainConfig, train
+
+    check_choice("data", name, QUALITY_CASES, what="quality benchmark case")
+    case = QUALITY_CASES[name]
+    data = crs.make_dataset(case["dataset"], **case["dataset_kwargs"])
+    kwargs = dict(case.get("sizes", {}), options=case.get("options", {}))
+    if "train" not in case:
+        return data, data.denoiser, kwargs
+    kwargs["reference"] = crs.make_dataset(case["dataset"], split="all", **case["dataset_kwargs"]).images
+    folder = Path(model) if model else Path(cache) / name
+    if model is None and not folder.is_dir():
+        log(f"training the {name} UNet ({case['train']['steps']} steps) into {folder}")
+        den = build_denoiser(data.shape, seed=0)
+        result = train(den, data, TrainConfig(seed=0, **case["train"]), progress=True, desc=name)
+        result.ema.save_pretrained(folder)
+    return data, load_denoiser(str(folder), data, device=device), kwargs
+
+
+def standalone_cost(found) -> int:
+    """Network evaluations per search sample of one search on its own: with the parts it took from a shared cache
+    (the search teacher, GITS's jump costs) counted as if it had made them."""
+    meta = found.meta
+    if found.method == "crs":  # the teacher only scores plain CRS; it costs nothing beyond its rate
+        return int(found.evaluations)
+    total = found.evaluations + meta["teacher_evaluations"] * meta["teacher_reused"]
+    return int(total + meta.get("jump_evaluations", 0) * meta.get("jumps_reused", False))
+
+
 def quality_table(
     denoiser=None,
     data=None,
@@ -202,6 +280,10 @@ def quality_table(
     seed: int = 0,
     check_optimiser: bool = True,
     progress: bool = True,
+    teacher_steps: int = 512,
+    options: dict | None = None,
+    reference=None,
+    on_cell=None,
 ) -> dict:
     """Schedules against the optimum, per sampler and nfe, by teacher error on held-out seeds.
 
@@ -216,6 +298,12 @@ def quality_table(
     Args:
         denoiser, data: default the 2-D Gaussian mixture with its exact denoiser.
         nfe: ``{sampler: [budgets]}``; default euler and dpmpp_2m at 5, 10, 20, heun at 5, 11, 21.
+        teacher_steps: Heun steps of the judging teacher.
+        options: search options, common (e.g. ``teacher_steps``) and under a method's name, as stage 04's
+            ``search_options``; ``n`` is ``n_search``.
+        reference: samples of the data for the distribution metric (default: fresh draws of analytic data;
+            none for other data unless given).
+        on_cell: called with the result so far after every cell (to save partial results).
     """
     from tqdm import tqdm
 
@@ -223,17 +311,23 @@ def quality_table(
     from crs.protocols import AnalyticDataset
     from crs.quality import endpoints, solve_teacher
     from crs.sampling import steps_for_nfe
-    from crs.search import search_schedule
+    from crs.search import METHODS, search_schedule
 
     if data is None:
         data = crs.make_dataset("gmm")
         denoiser = data.denoiser
     nfe = nfe or {"euler": [5, 10, 20], "heun": [5, 11, 21], "dpmpp_2m": [5, 10, 20]}
+    options = dict(options or {})
+    common = {k: v for k, v in options.items() if k not in METHODS}
     lo, hi = crs.models.fit_sigma_range(denoiser)
-    teacher = solve_teacher(denoiser, data.shape, n_eval, seed, lo, hi, steps=512)
-    reference = None
-    if isinstance(data, AnalyticDataset):
-        reference = data.sample(4 * n_eval, torch.Generator().manual_seed(reference_seed(seed))).double().numpy()
+    start = time.perf_counter()
+    teacher = solve_teacher(denoiser, data.shape, n_eval, seed, lo, hi, steps=teacher_steps)
+    teacher_seconds = time.perf_counter() - start
+    if reference is None and isinstance(data, AnalyticDataset):
+        reference = data.sample(4 * n_eval, torch.Generator().manual_seed(reference_seed(seed)))
+    if reference is not None:
+        reference = torch.as_tensor(reference).flatten(1).double().numpy()
+    cache = {}  # rate estimates and the search teacher serve every search; costs are reported per search alone
     idx = crs.metrics.bootstrap_indices(n_eval, n_boot, seed)
 
     def judge(sampler, sigmas):
@@ -246,18 +340,31 @@ def quality_table(
         return out
 
     cells = []
-    todo = [(s, n) for s, budgets in nfe.items() for n in budgets]
+    result = {
+        "data": getattr(data, "name", "data"),
+        "teacher_error": teacher.error,
+        "teacher_steps": teacher_steps,
+        "teacher_seconds": teacher_seconds,
+        "n_search": n_search,
+        "n_eval": n_eval,
+        "options": {k: v for k, v in options.items() if k != "n"},
+        "cells": cells,
+    }
+    # the smallest budgets of every sampler first, so that a run cut short has covered every sampler
+    todo = [(s, b[i]) for i in range(max(map(len, nfe.values()))) for s, b in nfe.items() if i < len(b)]
     for sampler, budget in tqdm(todo, desc="quality", disable=not progress):
         steps = steps_for_nfe(sampler, budget)
         rows = {}
         for b in crs.BASELINES:
             rows[b] = dict(kind="baseline", **judge(sampler, crs.baseline_sigmas(b, steps, lo, hi)))
-        for label, (method, options) in QUALITY_METHODS.items():
-            found = search_schedule(method, denoiser, data, sampler, budget, lo, hi, seed=seed, n=n_search, **options)
+        for label, (method, method_options) in QUALITY_METHODS.items():
+            own = {**common, **options.get(method, {}), **method_options, "n": n_search}
+            found = search_schedule(method, denoiser, data, sampler, budget, lo, hi, seed=seed, cache=cache, **own)
             rows[label] = dict(
                 kind="crs" if method.startswith("crs") else "peer",
                 search_objective=found.objective,
-                evaluations=found.evaluations,
+                # the cost of this search alone: a teacher reused from an earlier search counts here too
+                evaluations=standalone_cost(found),
                 rate_evaluations=found.rate_evaluations,
                 seconds=found.seconds,
                 chosen=f"{found.meta.get('measure')} xi={found.meta.get('xi')}" if method == "crs-select" else "",
@@ -275,9 +382,8 @@ def quality_table(
                 lo,
                 hi,
                 seed=seed,
-                n=n_search,
-                optimizer="powell",
-                maxfev=3000,
+                cache=cache,
+                **{**common, "n": n_search, "optimizer": "powell", "maxfev": 3000},
             )
             rows["optimal (powell)"] = dict(
                 kind="check", search_objective=powell.objective, evaluations=powell.evaluations, seconds=powell.seconds
@@ -287,13 +393,9 @@ def quality_table(
             if "teacher_error" in row:
                 row["ratio"] = row["teacher_error"] / best
         cells.append(dict(sampler=sampler, nfe=budget, rows=rows))
-    return {
-        "data": getattr(data, "name", "data"),
-        "teacher_error": teacher.error,
-        "n_search": n_search,
-        "n_eval": n_eval,
-        "cells": cells,
-    }
+        if on_cell is not None:
+            on_cell(result)
+    return result
 
 
 def _geomean(values) -> float:
@@ -303,7 +405,8 @@ def _geomean(values) -> float:
 
 def print_quality(result: dict) -> None:
     """The quality benchmark as Markdown: ratios to the optimum, the distribution metric, costs, a summary."""
-    cells = result["cells"]
+    order = list(dict.fromkeys(c["sampler"] for c in result["cells"]))
+    cells = sorted(result["cells"], key=lambda c: (order.index(c["sampler"]), c["nfe"]))
     names = [k for k in cells[0]["rows"] if "teacher_error" in cells[0]["rows"][k]]
     print(
         f"\nTeacher error as a ratio to `optimal` ({result['data']}; search on {result['n_search']} samples, judged "
@@ -367,6 +470,86 @@ def print_quality(result: dict) -> None:
     print("\ncrs-select chose: " + "; ".join(chosen))
 
 
+def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
+    """The coverage study's experiments on Gaussian data (:func:`crs.intervals.coverage`): for each, a sample
+    draw, a statistic of chosen rows, and the target's exact expression or the size of its Monte Carlo estimate.
+
+    * ``fid``: FID of ``n`` draws of N(0, I) in ``dim`` dimensions against the exact statistics of
+      N(0.3, 1.5 I); target: the estimator's expected value at ``n`` (Monte Carlo, 20,000 draws; FID is biased
+      upwards at finite ``n``). ``fid (4-d)``: the same in 4 dimensions, where its bias is small.
+    * ``fid difference``: paired FIDs of two schedules (the second sample is ``0.9 x + 0.1 e`` of the first,
+      fresh noise ``e``) against the same reference; target: the expected difference at ``n``.
+    * ``nll``: the mean negative log-density under N(0, I) of draws of N(0.2, 1.2 I), a skewed per-sample
+      quantity like the exact NLL; target exact: ``(dim log(2 pi) + dim (1.44 + 0.04)) / 2``.
+    * ``precision``: the share of draws inside a fixed ball of radius ``sqrt(dim)`` around the origin (the
+      k-NN manifold's indicator, with the manifold held fixed); target: its chi-square probability.
+    """
+    from scipy.stats import chi2
+
+    from crs.distances import frechet_from_traces, trace_sqrt_psd
+
+    def fid(x):
+        d = x.shape[1]
+        mu, c = x.mean(0), np.cov(x, rowvar=False)
+        mu_r, cov_r, root = np.full(d, 0.3), 1.5 * np.eye(d), np.sqrt(1.5) * np.eye(d)
+        return frechet_from_traces(
+            ((mu - mu_r) ** 2).sum(), np.trace(c), np.trace(cov_r), trace_sqrt_psd(root @ c @ root)
+        )
+
+    def draw_pair(rng):
+        x = rng.standard_normal((n, dim))
+        return np.stack([x, 0.9 * x + 0.1 * rng.standard_normal((n, dim))])
+
+    mc = np.random.default_rng(12345)
+    values = np.array([(fid(p[0]), fid(p[0]) - fid(p[1])) for p in (draw_pair(mc) for _ in range(mc_draws))])
+    fid_target, diff_target = (float(v) for v in values.mean(0))
+    small = float(np.mean([fid(mc.standard_normal((n, 4))) for _ in range(mc_draws)]))
+    return {
+        "fid (4-d)": dict(
+            draw=lambda rng: rng.standard_normal((n, 4)),
+            statistic=lambda x, rows: fid(x[rows]),
+            target=small,
+        ),
+        "fid": dict(
+            draw=lambda rng: rng.standard_normal((n, dim)),
+            statistic=lambda x, rows: fid(x[rows]),
+            target=fid_target,
+        ),
+        "fid difference": dict(
+            draw=draw_pair,
+            statistic=lambda p, rows: fid(p[0][rows]) - fid(p[1][rows]),
+            size=lambda p: p.shape[1],
+            target=diff_target,
+        ),
+        "nll": dict(
+            draw=lambda rng: (
+                0.5 * ((0.2 + 1.2 * rng.standard_normal((n, dim))) ** 2).sum(1) + 0.5 * dim * np.log(2 * np.pi)
+            ),
+            statistic=lambda v, rows: float(v[rows].mean()),
+            target=0.5 * dim * np.log(2 * np.pi) + 0.5 * dim * (1.44 + 0.04),
+        ),
+        "precision": dict(
+            draw=lambda rng: ((rng.standard_normal((n, dim)) ** 2).sum(1) <= dim).astype(np.float64),
+            statistic=lambda v, rows: float(v[rows].mean()),
+            target=float(chi2.cdf(dim, dim)),
+        ),
+    }
+
+
+def coverage_table(repeats: int = 200, n_boot: int = 1000, n: int = 256, seed: int = 0, progress: bool = True):
+    """Empirical coverage of the nominal 95 % intervals of every method on :func:`coverage_cases`."""
+    from crs.intervals import coverage
+
+    rows = []
+    for name, case in coverage_cases(n).items():
+        size = case.get("size", len)
+        result = coverage(
+            case["draw"], case["statistic"], size, case["target"], repeats, n_boot, seed=seed, progress=progress
+        )
+        rows.append(dict(case=name, target=case["target"], **result))
+    return rows
+
+
 def crs_ratio_table(
     n_samples: int = 2000, n_boot: int = 200, measures=("data", "noise"), xi: float = 1.0, seed: int = 0
 ):
@@ -416,7 +599,7 @@ def main() -> None:
         "what",
         nargs="?",
         default="all",
-        choices=["rate", "training", "online", "sampling", "features", "ratio", "quality", "all"],
+        choices=["rate", "training", "online", "sampling", "features", "ratio", "quality", "coverage", "all"],
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None, help="quality: also write the full result here")
@@ -426,6 +609,15 @@ def main() -> None:
         default=100000,
         help="quality: the run's seed (sample i uses seed + i: runs with nearby seeds share samples)",
     )
+    parser.add_argument("--data", default="gmm", choices=list(QUALITY_CASES), help="quality: the case (default gmm)")
+    parser.add_argument("--model", default=None, help="quality: a saved model to judge instead of the case's own")
+    parser.add_argument("--device", default="cpu", help="quality: where the network runs (default cpu)")
+    parser.add_argument(
+        "--nfe",
+        default=None,
+        help="quality: the cells, e.g. 'euler:5,10;heun:5,11' (default euler, dpmpp_2m 5,10,20; heun 5,11,21)",
+    )
+    parser.add_argument("--coverage-repeats", type=int, default=400, help="coverage: repeats per case (default 400)")
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -476,12 +668,30 @@ def main() -> None:
             )
         for (measure, sampler, nfe), m in cells.items():
             print(f"| {measure} | {sampler} | {nfe} | {m['nll']} | {m['fid_identity']} |")
+    if args.what in ("coverage", "all"):
+        rows = coverage_table(repeats=args.coverage_repeats)
+        print(
+            f"\nCoverage of nominal 95 % bootstrap intervals ({rows[0]['repeats']} repeats, "
+            f"{rows[0]['n_boot']} replicates;"
+        )
+        print(f"binomial standard error {rows[0]['stderr']:.3f}; in brackets: share entirely below the target):\n")
+        methods = list(rows[0]["coverage"])
+        print("| statistic | target | " + " | ".join(methods) + " |\n|---|---:|" + "---:|" * len(methods))
+        for r in rows:
+            cells = [f"{r['coverage'][m]:.3f} ({r['below'][m]:.3f})" for m in methods]
+            print(f"| {r['case']} | {r['target']:.4g} | " + " | ".join(cells) + " |")
     if args.what in ("quality", "all"):
-        result = quality_table(seed=args.seed)
+        from crs.io import atomic_write_json
+
+        data, denoiser, kwargs = quality_case(args.data, args.model, args.device)
+        save = (lambda result: atomic_write_json(args.json, result)) if args.json else None
+        nfe = None
+        if args.nfe:
+            nfe = {k.strip(): [int(v) for v in vs.split(",")] for k, vs in (c.split(":") for c in args.nfe.split(";"))}
+        result = quality_table(denoiser, data, nfe=nfe, seed=args.seed, on_cell=save, **kwargs)
+        result.update(case=args.data, model=args.model or f"runs/bench/models/{args.data}", device=args.device)
         print_quality(result)
         if args.json:
-            from crs.io import atomic_write_json
-
             atomic_write_json(args.json, result)
 
 

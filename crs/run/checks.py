@@ -226,6 +226,7 @@ def sampling(
     show_sampler,
     search=(),
     search_options=None,
+    search_models=None,
     progress=False,
 ) -> None:
     """Notebook 04."""
@@ -245,6 +246,10 @@ def sampling(
     common = {k: v for k, v in options.items() if k not in METHODS}
     for method in _str_list("search", search, allow_empty=True):
         check_options(method, {**common, **options.get(method, {})})
+    if search_models is not None:
+        unknown = sorted(set(_str_list("search_models", search_models, allow_empty=True)) - set(models))
+        if unknown:
+            raise ValueError(f"`search_models` {unknown} are not among the sampled `models` {list(models)}.")
     if search and set(samplers) <= {"edm"}:
         raise ValueError("`search` needs a deterministic sampler (euler, heun, dpmpp_2m) among `samplers`.")
     if show_sampler not in samplers:

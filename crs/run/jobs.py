@@ -141,14 +141,14 @@ def searched_schedules(
     plan = check_nfe_plan(samplers, nfe)
     common = {k: v for k, v in options.items() if k not in METHODS}
     lo, hi = sigma_range
-    out, rate_cache = {}, {}
+    out, caches = {}, {}
     for method in methods:
         own = {**common, **options.get(method, {})}
         out[method] = {}
         searched, reused, seconds = 0, 0, 0.0
         for name, den in models.items():
             space = model_space(data, den)
-            rates = rate_cache.setdefault(name, {})  # a model's rate estimates serve every method, sampler, budget
+            cache = caches.setdefault(name, {})  # a model's rate estimates and search teacher serve every search
             for sampler in samplers:
                 if sampler == "edm":
                     continue
@@ -161,7 +161,7 @@ def searched_schedules(
                     else:
                         start = time.perf_counter()
                         found = search_schedule(
-                            method, den, space, sampler, value, lo, hi, seed=seed, rates=rates, **own
+                            method, den, space, sampler, value, lo, hi, seed=seed, cache=cache, **own
                         )
                         seconds += time.perf_counter() - start
                         searched += 1
@@ -368,8 +368,8 @@ def sampling_job(spec: dict) -> list[dict]:
     ``spec`` keys: ``run_dir``, ``dataset``, ``dataset_kwargs``, ``models``, ``schedule`` (path),
     ``baselines``, ``samplers``, ``nfe``, ``n_samples``, ``batch_size``, ``seed``, ``device``,
     ``store`` (``samples`` or ``features``), ``features``, ``keep``; optionally ``search`` (methods of
-    :mod:`crs.search`, searched per model, deterministic sampler and nfe, see :func:`searched_schedules`) and
-    ``search_options``.
+    :mod:`crs.search`, searched per model, deterministic sampler and nfe, see :func:`searched_schedules`),
+    ``search_options`` and ``search_models`` (the models searched for; None: all).
     """
     import crs
     from crs.io import atomic_write_json
@@ -385,9 +385,10 @@ def sampling_job(spec: dict) -> list[dict]:
     schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
     schedules = schedule_functions(schedule, spec["baselines"])
     if spec.get("search"):
+        chosen = spec.get("search_models")
         schedules.update(
             searched_schedules(
-                denoisers,
+                denoisers if chosen is None else {k: v for k, v in denoisers.items() if k in chosen},
                 spec["search"],
                 spec["samplers"],
                 spec["nfe"],

@@ -43,13 +43,14 @@ def _verdict(c: dict) -> str:
 def summary_markdown(metrics: dict) -> str:
     """The summary table as Markdown (for the README): ``python -m crs summary RUN_DIR``."""
     lines = [
-        "| model | sampler | nfe | metric | CRS | best baseline | ratio | paired 95 % CI of the difference | verdict |",
-        "|---|---|---:|---|---:|---|---:|---|---|",
+        "| model | sampler | nfe | metric | CRS schedule | best baseline | ratio | paired 95 % CI of the difference "
+        "| verdict |",
+        "|---|---|---:|---|---|---|---:|---|---|",
     ]
     for c in summary_table(metrics):
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
         lines.append(
-            f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs_value']:.4g} | "
+            f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs']} {c['crs_value']:.4g} | "
             f"{c['best_baseline']} "
             f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} |"
         )
@@ -113,7 +114,7 @@ def optimum_markdown(metrics: dict) -> str:
 
 def _table_html(rows: list[dict]) -> str:
     head = (
-        "<tr><th>model</th><th>sampler</th><th>nfe</th><th>metric</th><th>CRS</th><th>best baseline</th>"
+        "<tr><th>model</th><th>sampler</th><th>nfe</th><th>metric</th><th>CRS schedule</th><th>best baseline</th>"
         "<th>ratio</th><th>paired 95% CI of the difference</th><th>verdict</th></tr>"
     )
     body = []
@@ -122,7 +123,7 @@ def _table_html(rows: list[dict]) -> str:
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
         body.append(
             f"<tr><td>{html.escape(c['model'])}</td><td>{c['sampler']}</td><td>{c['nfe']}</td><td>{c['metric']}</td>"
-            f"<td>{c['crs_value']:.4g}</td><td>{html.escape(c['best_baseline'])} "
+            f"<td>{html.escape(c['crs'])} {c['crs_value']:.4g}</td><td>{html.escape(c['best_baseline'])} "
             f"{c['baseline_value']:.4g}</td><td>{ratio}</td>"
             f"<td>[{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}]</td><td>{verdict}</td></tr>"
         )
