@@ -199,33 +199,29 @@ QUALITY_METHODS = {
 # the quality benchmark's data and models: the mixture with its exact denoiser, and the small UNets (trained with
 # the settings of the demo's base model, whose weights they are for `digits`), searched and judged at sizes that
 # fit the network's cost (the UNets' search and judging batches are smaller, and the optimiser check is left out)
+_UNET_SIZES = dict(n_search=64, n_eval=512, teacher_steps=256, check_optimiser=False)
+_UNET_OPTIONS = {
+    "optimal": {"init": "best", "maxiter": 40},
+    "optimal-free": {"init": "best", "maxiter": 40},
+    "crs-select": {"grid_size": 32, "n_samples": 256},
+    "crs": {"grid_size": 32, "n_samples": 256},
+    "gits": {"grid": 60},
+}
 QUALITY_CASES = {
     "gmm": dict(dataset="gmm", dataset_kwargs={}),
     "digits": dict(
         dataset="digits",
         dataset_kwargs={},
         train=dict(steps=1500, batch_size=64, lr=1e-3, ema_decay=0.999),
-        sizes=dict(n_search=64, n_eval=512, teacher_steps=256, check_optimiser=False),
-        options={
-            "optimal": {"init": "best", "maxiter": 40},
-            "optimal-free": {"init": "best", "maxiter": 40},
-            "crs-select": {"grid_size": 32, "n_samples": 256},
-            "crs": {"grid_size": 32, "n_samples": 256},
-            "gits": {"grid": 60},
-        },
+        sizes=_UNET_SIZES,
+        options=_UNET_OPTIONS,
     ),
     "mnist16": dict(
         dataset="mnist",
         dataset_kwargs={"resolution": 16},
         train=dict(steps=3000, batch_size=64, lr=1e-3, ema_decay=0.999),
-        sizes=dict(n_search=64, n_eval=512, teacher_steps=256, check_optimiser=False),
-        options={
-            "optimal": {"init": "best", "maxiter": 40},
-            "optimal-free": {"init": "best", "maxiter": 40},
-            "crs-select": {"grid_size": 32, "n_samples": 256},
-            "crs": {"grid_size": 32, "n_samples": 256},
-            "gits": {"grid": 60},
-        },
+        sizes=_UNET_SIZES,
+        options=_UNET_OPTIONS,
     ),
 }
 
