@@ -1,6 +1,6 @@
 """Measured costs and results for the README.
 
-``python -m crs.run.bench [rate|training|online|sampling|features|ratio|quality|all]``.
+``python -m crs.run.bench [rate|training|online|sampling|features|ratio|quality|coverage|all]``.
 
 * ``rate``: every measure on the 2-D Gaussian mixture (exact denoiser) at 64 grid intervals and
   4096 samples, median wall time of a few repeats;
@@ -14,7 +14,9 @@
   and nfe (paired bootstrap significance), the README's headline comparison.
 * ``quality``: every baseline, CRS variant and schedule-search peer against the optimum, by teacher error
   (:mod:`crs.quality`) on held-out seeds, with a distribution metric and each method's search cost
-  (:func:`quality_table`).
+  (:func:`quality_table`); ``--data digits`` / ``mnist16`` judge trained UNets (:data:`QUALITY_CASES`).
+* ``coverage``: the empirical coverage of every bootstrap interval of :mod:`crs.intervals` on Gaussian data
+  (:func:`coverage_table`).
 
 Each prints a Markdown table measured on this machine.
 """
