@@ -84,7 +84,7 @@ def bootstrap_interval(
     if method == "percentile":
         lo, hi = np.quantile(boot, [alpha, 1 - alpha])
     elif method == "shifted":
-        bias = float(boot.mean()) - estimate
+        bias = float(np.mean(boot - estimate))  # exactly 0 when every replicate equals the estimate
         lo, hi = np.quantile(boot, [alpha, 1 - alpha]) - bias
     elif method == "basic":
         q_lo, q_hi = np.quantile(boot, [alpha, 1 - alpha])
@@ -116,7 +116,7 @@ def jackknife_groups(n: int, groups: int = 100) -> list[np.ndarray]:
 
 def coverage(
     draw: Callable[[np.random.Generator], object],
-    statistic: Callable[[object, np.ndarray], float],
+    statistic: Callable[[object, np.ndarray], float] | None,
     size: Callable[[object], int],
     target: float,
     repeats: int = 200,
@@ -126,6 +126,7 @@ def coverage(
     seed: int = 0,
     jackknife: int = 100,
     progress: bool = False,
+    scores: Callable[[object, Sequence[np.ndarray]], tuple[float, np.ndarray]] | None = None,
 ) -> dict:
     """Empirical coverage of each interval method: how often the ``level`` interval contains ``target``.
 
@@ -133,6 +134,10 @@ def coverage(
     ``n_boot`` bootstrap resamples of them (rows drawn with replacement, ``size(sample)`` of them), and a grouped
     jackknife for ``bca``. ``target`` is the value the interval is meant to contain (for a biased estimator,
     its expected value at this sample size, computed apart to high precision).
+
+    ``scores(sample, index_rows) -> (value, replicates)`` replaces ``statistic`` where the suite computes a
+    metric and its replicates together (:func:`crs.metrics.kid_bootstrap`, ...): the coverage is then that of
+    the suite's own code.
 
     Returns:
         ``{"coverage": {method: share}, "stderr": binomial standard error at the nominal level, "repeats",
@@ -145,6 +150,14 @@ def coverage(
     check_int("repeats", repeats, 1)
     check_int("n_boot", n_boot, 2)
     level = check_level(level)
+    if (statistic is None) == (scores is None):
+        raise ValueError("Give exactly one of `statistic` and `scores`.")
+    if scores is None:
+
+        def scores(sample, index_rows):
+            n = size(sample)
+            return statistic(sample, np.arange(n)), np.array([statistic(sample, rows) for rows in index_rows])
+
     rng = np.random.default_rng(seed)
     hits = {m: 0 for m in methods}
     below = {m: 0 for m in methods}
@@ -152,15 +165,12 @@ def coverage(
     for _ in tqdm(range(repeats), desc="coverage", disable=not progress):
         sample = draw(rng)
         n = size(sample)
-        est = statistic(sample, np.arange(n))
-        boot = np.array([statistic(sample, rows) for rows in rng.integers(0, n, size=(n_boot, n))])
-        jack = (
-            np.array([statistic(sample, rows) for rows in jackknife_groups(n, jackknife)]) if "bca" in methods else None
-        )
+        est, boot = scores(sample, rng.integers(0, n, size=(n_boot, n)))
+        jack = scores(sample, jackknife_groups(n, jackknife))[1] if "bca" in methods else None
         for m in methods:
             lo, hi = bootstrap_interval(boot, est, level, m, jack)
-            hits[m] += lo <= target <= hi
-            below[m] += hi < target
+            hits[m] += bool(lo <= target <= hi)
+            below[m] += bool(hi < target)
             widths[m] += hi - lo
     return {
         "coverage": {m: hits[m] / repeats for m in methods},

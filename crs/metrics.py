@@ -12,10 +12,16 @@ clean-fid's ``custom_feat_extractor`` contract (float NCHW in [0, 255]), and a t
 ``cleanfid.fid.compute_fid`` with it gives our value.
 
 Intervals come from a bootstrap over the generated samples with a fixed matrix of resampled
-indices: 95 % percentile intervals recentred on the estimate (see ``_interval``). Samples drawn with the
-same per-sample seeds under different schedules are paired, so the
-same indices give a *paired* bootstrap of their difference (:func:`compare`). The reference set is
-held fixed (recall resamples the reference instead).
+indices (:func:`bootstrap_indices`), built by one method for every metric: the bias-shifted percentile
+interval of :mod:`crs.intervals` (``INTERVAL``), chosen by measured coverage (README, "Measured: interval
+coverage"). What an interval covers: the sampling variance of the generated set, for this model, schedule
+and sampler; the reference set (or its statistics) is held fixed, and so is the trained model (training
+randomness enters only through repeated fine-tuning runs, :func:`crs.run.jobs.model_comparisons`). Every
+metric's replicates are the metric itself on the resampled set: FID and KID from the counts of each
+drawn row (:func:`crs.distances.fid_bootstrap`, :func:`kid_bootstrap`), recall with the neighbourhood
+radii of the resampled generated set. Samples drawn with the same per-sample seeds under different
+schedules are paired, so the same indices give a *paired* bootstrap of their difference
+(:func:`compare`), which compares CRS with every baseline under a Bonferroni correction.
 """
 
 from __future__ import annotations
@@ -29,8 +35,8 @@ import numpy as np
 import torch
 
 from crs.distances import fid_bootstrap
+from crs.intervals import DEFAULT_METHOD, bootstrap_interval
 from crs.protocols import AnalyticDataset
-from crs.seeds import bootstrap_reference_seed
 
 __all__ = [
     "EXTRACTORS",
@@ -49,11 +55,21 @@ __all__ = [
     "reference_statistics",
     "row",
     "fid_interval",
+    "kid_bootstrap",
+    "recall_bootstrap",
+    "interval_description",
+    "suite_interval",
+    "INTERVAL",
+    "COVERS",
+    "LEVEL",
 ]
 
 METRICS = ("fid", "kid", "precision", "recall", "nll", "sliced_wasserstein", "mode_tv", "teacher_error")
 INCEPTION_PATH = "/tmp/inception-2015-12-05.pt"  # where clean-fid looks for (and would download) its weights
 EXTRACTORS = ("auto", "identity", "inception", "efficientnet-lite0")
+INTERVAL = DEFAULT_METHOD  # every row's and comparison's interval method (crs.intervals)
+LEVEL = 0.95  # nominal coverage of a row's interval; a comparison's is Bonferroni-corrected
+COVERS = "generated samples (model, reference set fixed)"  # what a row's interval resamples
 
 
 def check_metrics(names) -> tuple[str, ...]:
@@ -177,14 +193,9 @@ def bootstrap_indices(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
 
 
-def _interval(boot: np.ndarray, estimate: float) -> tuple[float, float]:
-    """95 % percentile interval recentred on the estimate.
-
-    The bootstrap distribution's median stands in for the estimate, which removes the bootstrap's
-    own bias (FID, for one, rises when a resample repeats samples) and keeps the estimate inside.
-    """
-    lo, med, hi = np.percentile(boot, [2.5, 50.0, 97.5])
-    return float(estimate - (med - lo)), float(estimate + (hi - med))
+def suite_interval(boot: np.ndarray, estimate: float, level: float = LEVEL) -> tuple[float, float]:
+    """The suite's ``level`` interval from replicates: :data:`INTERVAL` (:func:`crs.intervals.bootstrap_interval`)."""
+    return bootstrap_interval(boot, float(estimate), level, INTERVAL)
 
 
 def fid_interval(
@@ -203,7 +214,7 @@ def fid_interval(
     ``method`` is one of :data:`crs.intervals.INTERVAL_METHODS`, by default :data:`crs.intervals.DEFAULT_METHOD`,
     the one chosen by measured coverage (docs/method.md section 9); ``bca`` adds a grouped jackknife.
     """
-    from crs.intervals import DEFAULT_METHOD, bootstrap_interval, jackknife_groups
+    from crs.intervals import jackknife_groups
 
     gen = np.asarray(gen_features, dtype=np.float64)
     if gen.ndim != 2 or len(gen) < 2:
@@ -232,23 +243,126 @@ def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.nd
     return (d <= torch.from_numpy(radii)[None, :]).any(dim=1).numpy().astype(np.float64)
 
 
-def _kid(gen: np.ndarray, ref: np.ndarray, seed: int) -> float:
-    from cleanfid.fid import kernel_distance
-
-    state = np.random.get_state()
-    np.random.seed(seed)  # clean-fid draws its subsets from numpy's global generator
-    try:
-        return float(kernel_distance(gen, ref, num_subsets=100, max_subset_size=1000))
-    finally:
-        np.random.set_state(state)
+def _poly_kernel_blocks(a: np.ndarray, b: np.ndarray, block: int = 2048):
+    """KID's kernel ``(a.b / d + 1)^3`` between the rows of ``a`` and ``b``, in blocks of rows of ``a``."""
+    d = a.shape[1]
+    for start in range(0, len(a), block):
+        yield start, (a[start : start + block] @ b.T / d + 1) ** 3
 
 
-def _mmd_poly(gen: np.ndarray, ref: np.ndarray, k_rr_sum: float) -> float:
-    """Unbiased MMD^2 with KID's kernel (x.y / d + 1)^3 (reference-reference term precomputed)."""
-    d, n, m = gen.shape[1], len(gen), len(ref)
-    k_gg = (gen @ gen.T / d + 1) ** 3
-    k_gr = (gen @ ref.T / d + 1) ** 3
-    return (k_gg.sum() - np.trace(k_gg)) / (n * (n - 1)) + k_rr_sum / (m * (m - 1)) - 2 * k_gr.mean()
+def kid_bootstrap(gen: np.ndarray, ref: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
+    """KID (the unbiased MMD^2 with the kernel ``(x.y / d + 1)^3``) of generated against reference features,
+    and its bootstrap replicates over the generated rows.
+
+    The estimate is the U-statistic over all pairs: ``sum_{i != j} k(g_i, g_j) / (n (n-1)) + sum_{i != j}
+    k(r_i, r_j) / (m (m-1)) - 2 mean k(g_i, r_j)``. clean-fid's ``kernel_distance`` averages the same
+    statistic over random subsets of at most 1000 rows; it is the same number when both sets have the same
+    size up to 1000 (a test checks it), and otherwise an estimate of it with extra subset noise.
+
+    A replicate with counts ``w`` (how often each generated row was drawn) is the same statistic over the pairs
+    of *distinct* original rows, weighted by ``w_i w_j``: ``(w^T K w - sum_i w_i^2 k_ii) / (n^2 - sum_i w_i^2)``
+    for the generated term. Pairs of copies of one row (``k(x, x)``, larger than a typical pair) are left
+    out, so replicates estimate what the estimate estimates; at ``w = 1`` a replicate is the estimate.
+    Cost: one pass over the n x n and n x m kernels, in blocks, and a (B, n) x (n, n) product.
+    """
+    gen, ref = np.asarray(gen, np.float64), np.asarray(ref, np.float64)
+    n, m = len(gen), len(ref)
+    if n < 2 or m < 2:
+        raise ValueError(f"KID needs at least 2 generated and 2 reference rows, got {n} and {m}.")
+    weights = np.vstack([np.ones((1, n))] + [np.bincount(r, minlength=n)[None].astype(np.float64) for r in idx])
+    wk = np.zeros_like(weights)
+    diag = np.empty(n)
+    cross = np.empty(n)
+    for start, k in _poly_kernel_blocks(gen, gen):
+        wk += weights[:, start : start + len(k)] @ k
+        diag[start : start + len(k)] = k[np.arange(len(k)), start + np.arange(len(k))]
+    for start, k in _poly_kernel_blocks(gen, ref):
+        cross[start : start + len(k)] = k.sum(1)
+    ref_sum = 0.0
+    for start, k in _poly_kernel_blocks(ref, ref):
+        ref_sum += float(k.sum()) - float(k[np.arange(len(k)), start + np.arange(len(k))].sum())
+    total, w2 = weights.sum(1), (weights**2).sum(1)
+    gg = ((wk * weights).sum(1) - (weights**2) @ diag) / (total**2 - w2)
+    values = gg + ref_sum / (m * (m - 1)) - 2 * (weights @ cross) / (total * m)
+    return float(values[0]), values[1:]
+
+
+def _nearest(a: np.ndarray, b: np.ndarray, count: int, block: int = 1024, exclude_self: bool = False):
+    """The ``count`` nearest rows of ``b`` to each row of ``a``: ``(indices, distances)``, each (len(a), count),
+    nearest first, computed in blocks of rows. ``exclude_self`` (``a`` is ``b``) drops each row itself."""
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    idx, dist = [], []
+    for start in range(0, len(a), block):
+        d = torch.cdist(ta[start : start + block], tb)
+        if exclude_self:
+            d[torch.arange(len(d)), start + torch.arange(len(d))] = float("inf")
+        vals, ind = torch.topk(d, count, dim=1, largest=False)
+        idx.append(ind.numpy())
+        dist.append(vals.numpy())
+    return np.concatenate(idx), np.concatenate(dist)
+
+
+def recall_bootstrap(gen: np.ndarray, ref: np.ndarray, idx, k: int = 3) -> tuple[float, np.ndarray]:
+    """Recall (the share of reference rows inside the generated rows' k-NN balls, Kynkaanniemi et al. 2019) and
+    replicates over the *generated* rows, from the same index rows as every other metric (so they pair).
+
+    Recall is a set statistic: copies of a row add nothing but would be each other's neighbours at distance 0.
+    So a replicate is the recall of the ``u`` distinct rows a bootstrap draw holds, its k-NN radii recomputed
+    among them: a delete-d jackknife with ``d = n - u`` (Shao and Wu 1989, consistent for non-smooth statistics
+    such as this one). Its deviations from their mean are scaled by ``sqrt(u / d)``, the delete-d jackknife's
+    variance factor, and centred on the estimate; without the factor the interval covers about 88 % instead of 95 %
+    (README, "Measured: interval coverage"). The reference set is held fixed, as for every metric.
+
+    Exact and fast: each row's radius in a replicate is its k-th nearest row among those drawn, found among its
+    ``L`` nearest rows overall (``L = min(n - 1, 8 k + 32)``; a replicate where some row has fewer than ``k`` of
+    them drawn, which has probability below 1e-9, is computed in full), and a reference row can only be inside
+    the ball of a generated row within that row's ``L``-th neighbour distance, so only those pairs are checked.
+    """
+    gen, ref = np.asarray(gen, np.float64), np.asarray(ref, np.float64)
+    n = len(gen)
+    if n <= k:
+        raise ValueError(f"Recall with k = {k} needs more than {k} generated rows, got {n}.")
+    depth = min(n - 1, 8 * k + 32)
+    nbr, nbr_d = _nearest(gen, gen, depth, exclude_self=True)  # (n, L)
+    reach = nbr_d[:, -1]  # no replicate's radius exceeds this (else: the full computation)
+    # candidate (reference row, generated row) pairs: within the generated row's reach
+    pair_r, pair_g, pair_d = [], [], []
+    tg, tr = torch.from_numpy(gen), torch.from_numpy(ref)
+    for start in range(0, len(ref), 1024):
+        d = torch.cdist(tr[start : start + 1024], tg).numpy()
+        r, g = np.nonzero(d <= reach[None, :])
+        pair_r.append(r + start)
+        pair_g.append(g)
+        pair_d.append(d[r, g])
+    pair_r, pair_g, pair_d = (np.concatenate(a) for a in (pair_r, pair_g, pair_d))
+
+    def recall(present: np.ndarray) -> float:
+        drawn = present[nbr]  # (n, L): which of each row's neighbours are drawn
+        count = np.cumsum(drawn, axis=1)
+        if count[present, -1].min(initial=k) < k:  # a drawn row with fewer than k drawn rows within reach
+            rows = np.flatnonzero(present)
+            if len(rows) <= k:
+                raise ValueError(f"Recall with k = {k} needs more than {k} distinct generated rows, got {len(rows)}.")
+            d_sub = torch.cdist(tg[rows], tg[rows]).numpy()
+            radii = np.partition(d_sub, k, axis=1)[:, k]
+            return float((torch.cdist(tr, tg[rows]).numpy() <= radii[None, :]).any(1).mean())
+        radius = np.take_along_axis(nbr_d, np.argmax(count >= k, axis=1)[:, None], axis=1)[:, 0]
+        inside = present[pair_g] & (pair_d <= radius[pair_g])
+        return float(np.bincount(pair_r[inside], minlength=len(ref)).astype(bool).mean())
+
+    value = recall(np.ones(n, dtype=bool))
+    masks = []
+    for r in idx:
+        mask = np.zeros(n, dtype=bool)
+        mask[np.asarray(r)] = True
+        masks.append(mask)
+    raw = np.array([recall(m) for m in masks])
+    if len(raw) == 0:
+        return value, raw
+    sizes = np.array([m.sum() for m in masks], dtype=np.float64)
+    scale = np.sqrt(sizes / np.maximum(n - sizes, 1.0))
+    deviation = raw - raw.mean() if np.ptp(raw) > 0 else np.zeros_like(raw)  # no round-off when all are equal
+    return value, value + scale * deviation
 
 
 # ----------------------------------------------------------------------------- the evaluation
@@ -257,9 +371,7 @@ def feature_scores(
     ref: np.ndarray | tuple[np.ndarray, np.ndarray],
     idx: np.ndarray,
     *,
-    ref_idx: np.ndarray | None = None,
     k: int = 3,
-    seed: int = 0,
     which=METRICS,
     kid: bool = True,
 ) -> dict[str, tuple[float, np.ndarray]]:
@@ -269,8 +381,8 @@ def feature_scores(
         gen: features of the generated samples (N, F); must be finite.
         ref: features of the reference (M, F), or only their statistics ``(mu, cov)`` (e.g. clean-fid's
             dataset statistics), from which only FID can be computed.
-        idx: bootstrap indices into ``gen`` (B, N), shared across schedules to pair them.
-        ref_idx: bootstrap indices into the reference (for recall); defaults to a seeded draw.
+        idx: bootstrap indices into ``gen`` (B, N), shared across schedules to pair them; every metric's
+            replicates resample the generated rows, the reference is held fixed.
         k: neighbours of precision/recall.
         kid: compute KID (meant for image features; for low-dimensional data FID on raw coordinates suffices).
     """
@@ -288,17 +400,12 @@ def feature_scores(
     if "fid" in which:
         out["fid"] = fid_bootstrap(gen, ref.mean(0), np.cov(ref, rowvar=False).reshape(ref.shape[1], -1), idx)
     if kid and "kid" in which:
-        k_rr = (ref @ ref.T / ref.shape[1] + 1) ** 3
-        k_rr_sum = float(k_rr.sum() - np.trace(k_rr))
-        boot = np.array([_mmd_poly(gen[r[:1000]], ref, k_rr_sum) for r in idx])
-        out["kid"] = (_kid(gen, ref, seed), boot)
+        out["kid"] = kid_bootstrap(gen, ref, idx)
     if "precision" in which:
         precise = _inside(gen, ref, _knn_radii(ref, k))
         out["precision"] = (float(precise.mean()), precise[idx].mean(1))
     if "recall" in which:
-        recalled = _inside(ref, gen, _knn_radii(gen, k))
-        ref_idx = bootstrap_indices(len(ref), len(idx), bootstrap_reference_seed(seed)) if ref_idx is None else ref_idx
-        out["recall"] = (float(recalled.mean()), recalled[ref_idx].mean(1))
+        out["recall"] = recall_bootstrap(gen, ref, idx, k)
     return out
 
 
@@ -335,7 +442,6 @@ def evaluate_samples(
     features: FeatureExtractor,
     idx: np.ndarray,
     *,
-    ref_idx: np.ndarray | None = None,
     data=None,
     k: int = 3,
     seed: int = 0,
@@ -360,9 +466,7 @@ def evaluate_samples(
         features(samples),
         features(reference),
         idx,
-        ref_idx=ref_idx,
         k=k,
-        seed=seed,
         which=which,
         kid=kid and features.images,
     )
@@ -389,36 +493,51 @@ def _sliced_wasserstein(x, reference, idx, seed: int, projections: int):
     dirs = rng.normal(size=(x.shape[1], projections))
     dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
     g, r = x.numpy() @ dirs, reference.double().numpy() @ dirs
-    q = (np.arange(len(g)) + 0.5) / len(g)
-    r_q = np.quantile(r, q, axis=0)
+    r_q = {}  # the reference's quantiles at the midpoints of a set of each size (a jackknife's are smaller)
 
     def sw(rows):
-        return math.sqrt(float(((np.sort(g[rows], axis=0) - r_q) ** 2).mean()))
+        if len(rows) not in r_q:
+            r_q[len(rows)] = np.quantile(r, (np.arange(len(rows)) + 0.5) / len(rows), axis=0)
+        return math.sqrt(float(((np.sort(g[rows], axis=0) - r_q[len(rows)]) ** 2).mean()))
 
     return sw(np.arange(len(g))), np.array([sw(row) for row in idx])
 
 
-def compare(values: dict[str, tuple[float, np.ndarray]], metric: str, crs_name: str = "crs") -> dict | None:
-    """CRS against the best baseline on one metric, with a paired-bootstrap interval of the difference.
+def compare(
+    values: dict[str, tuple[float, np.ndarray]], metric: str, crs_name: str = "crs", level: float = LEVEL
+) -> dict | None:
+    """CRS against every baseline on one metric, by paired-bootstrap intervals of the differences, with a
+    Bonferroni correction: each of the K differences gets a ``1 - (1 - level) / K`` interval, so all K cover
+    together with probability at least ``level``. The reported comparator is the best baseline by value;
+    choosing it after the fact is fair because its interval is one of the K simultaneous ones.
 
     Args:
         values: ``{schedule: (value, bootstrap replicates)}`` for one model, sampler, nfe and metric;
             the replicates must come from the same indices (paired samples).
         crs_name: the CRS schedule's name; every other name is a baseline.
+        level: family-wise coverage of the K intervals.
 
     Returns:
-        ``{crs, best_baseline, crs_value, baseline_value, ratio, diff, diff_ci_low, diff_ci_high,
-        significant, crs_better}`` or None when there is no CRS or no baseline.
+        ``{crs, best_baseline, crs_value, baseline_value, ratio, diff, diff_ci_low, diff_ci_high, significant,
+        crs_better, correction, n_baselines, level, better_than, worse_than}`` (the last two: the baselines CRS
+        is significantly better or worse than) or None when there is no CRS or no baseline.
     """
     if crs_name not in values or len(values) < 2:
         return None
     lower = lower_is_better(metric)
     baselines = {k: v for k, v in values.items() if k != crs_name}
     best = (min if lower else max)(baselines, key=lambda k: baselines[k][0])
-    (c_val, c_boot), (b_val, b_boot) = values[crs_name], baselines[best]
-    lo, hi = _interval(c_boot - b_boot, float(c_val) - float(b_val))
-    significant = lo > 0 or hi < 0
-    c_val, b_val = float(c_val), float(b_val)
+    c_val, c_boot = values[crs_name]
+    c_val = float(c_val)
+    each = 1 - (1 - level) / len(baselines)
+    intervals, better, worse = {}, [], []
+    for name, (b_val, b_boot) in baselines.items():
+        lo, hi = suite_interval(np.asarray(c_boot) - np.asarray(b_boot), c_val - float(b_val), each)
+        intervals[name] = (lo, hi)
+        if lo > 0 or hi < 0:
+            (better if (hi < 0) == lower else worse).append(name)
+    b_val = float(baselines[best][0])
+    lo, hi = intervals[best]
     return dict(
         crs=crs_name,
         best_baseline=best,
@@ -428,14 +547,49 @@ def compare(values: dict[str, tuple[float, np.ndarray]], metric: str, crs_name: 
         diff=c_val - b_val,
         diff_ci_low=lo,
         diff_ci_high=hi,
-        significant=bool(significant),
+        significant=bool(lo > 0 or hi < 0),
         crs_better=bool((c_val < b_val) if lower else (c_val > b_val)),
+        correction="bonferroni",
+        n_baselines=len(baselines),
+        level=each,
+        better_than=sorted(better),
+        worse_than=sorted(worse),
     )
 
 
+def interval_description(n_boot: int) -> dict:
+    """What the intervals of ``metrics.json`` are and what they cover (stored next to them, shown by the report)."""
+    return dict(
+        method=INTERVAL,
+        level=LEVEL,
+        n_boot=int(n_boot),
+        covers=COVERS,
+        rows=f"{LEVEL:.0%} bootstrap interval ({INTERVAL}) over the generated samples; reference set and model fixed",
+        comparisons=(
+            "paired bootstrap of CRS minus each fixed baseline on the same sample seeds; Bonferroni over the "
+            f"baselines of a cell, so all of a cell's intervals cover together with probability {LEVEL:.0%}"
+        ),
+    )
+
+
+# The values a metric family can take; an interval is clipped to them (which can only raise its coverage): the
+# shifted interval of a skewed statistic at its bound (a recall of 0 whose rare non-zero replicates raise their
+# mean) would otherwise leave the range.
+RANGES = {
+    "fid": (0.0, math.inf),
+    "precision": (0.0, 1.0),
+    "recall": (0.0, 1.0),
+    "sliced_wasserstein": (0.0, math.inf),
+    "mode_tv": (0.0, 1.0),
+    "teacher_error": (0.0, math.inf),
+}
+
+
 def row(model: str, schedule: str, sampler: str, nfe: int, metric: str, value: float, boot: np.ndarray) -> dict:
-    """One row of ``metrics.json``."""
-    lo, hi = _interval(boot, float(value))
+    """One row of ``metrics.json``: the value and its interval (:func:`suite_interval`, clipped to :data:`RANGES`)."""
+    lo, hi = suite_interval(boot, float(value))
+    low, high = RANGES.get(metric if metric in RANGES else metric.split("_")[0], (-math.inf, math.inf))
+    lo, hi = min(max(lo, low), high), min(max(hi, low), high)
     return dict(
         model=model,
         schedule=schedule,

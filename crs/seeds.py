@@ -9,7 +9,6 @@ from __future__ import annotations
 __all__ = [
     "REFERENCE_OFFSET",
     "SEARCH_OFFSET",
-    "bootstrap_reference_seed",
     "heldout_seed",
     "online_seed",
     "process_seed",
@@ -41,11 +40,6 @@ def search_seed(seed: int) -> int:
 def reference_seed(seed: int) -> int:
     """Seed of fresh reference samples of analytic data (notebooks 04 and 05, the ratio benchmark)."""
     return seed + REFERENCE_OFFSET
-
-
-def bootstrap_reference_seed(seed: int) -> int:
-    """Seed of the bootstrap's resampling of the reference set (recall), next to the generated set's ``seed``."""
-    return seed + 1
 
 
 def heldout_seed(seed: int) -> int:

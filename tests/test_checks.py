@@ -63,6 +63,16 @@ BAD = [
     ("sampling.search_options={teacher_steps: 33}", "sampling", "`teacher_steps` must be even"),
     ("evaluation.teacher_steps=7", "evaluation", "`teacher_steps` must be even"),
     ("sampling.search_models=[crs,contrl]", "sampling", r"`search_models` \['contrl'\] are not among the sampled"),
+    (
+        "training_schedule_finetune.finetune_seeds=[1,0]",
+        "training_schedule_finetune",
+        r"`finetune_seeds` must be distinct and differ from the run's seed 0 \(trained already\), got \[1, 0\]",
+    ),
+    (
+        "training_schedule_finetune.finetune_seeds=2",
+        "training_schedule_finetune",
+        r"`finetune_seeds` must be a list of integers \(e.g. \[1, 2\]\), got 2",
+    ),
 ]
 
 

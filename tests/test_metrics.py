@@ -5,14 +5,17 @@ import pytest
 import torch
 
 import crs
-from crs.distances import fid_bootstrap
+from crs.distances import fid_bootstrap, fid_from_stats
 from crs.metrics import (
-    _interval,
-    _mmd_poly,
+    _inside,
+    _knn_radii,
     bootstrap_indices,
     compare,
     evaluate_samples,
+    kid_bootstrap,
     make_feature_extractor,
+    recall_bootstrap,
+    suite_interval,
 )
 
 
@@ -29,11 +32,51 @@ def test_fid_and_kid_agree_with_clean_fid():
     assert fid_bootstrap(wide_gen, wide_ref.mean(0), np.cov(wide_ref, rowvar=False), idx[:, :40] % 40)[
         0
     ] == pytest.approx(fid_from_feats(wide_gen, wide_ref), rel=1e-6)
-    # KID: clean-fid's estimate with subsets as large as the sets is the unbiased MMD^2 our bootstrap uses
-    k_rr = (ref @ ref.T / 16 + 1) ** 3
-    assert _mmd_poly(gen, ref, float(k_rr.sum() - np.trace(k_rr))) == pytest.approx(
-        kernel_distance(gen, ref, num_subsets=3), rel=1e-9
+    # KID: clean-fid's estimate with subsets as large as the sets is our U-statistic over all pairs
+    # (the same sums in another order: equal to round-off, ~1e-15 relative)
+    assert kid_bootstrap(gen, ref, idx)[0] == pytest.approx(kernel_distance(gen, ref, num_subsets=3), rel=1e-9)
+
+
+def test_bootstrap_replicates_are_the_statistic_of_the_resampled_rows():
+    """FID and KID replicates are computed from row counts; they equal the statistic of the resampled rows
+    written out (FID: the rows themselves, both the F x F and the Gram path; KID: the U-statistic over pairs of
+    distinct rows, weighted by their counts). Equal up to eigenvalue round-off (1e-8 relative is ample)."""
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0.5, 1.2, size=(400, 24))
+    mu, cov = ref.mean(0), np.cov(ref, rowvar=False)
+    for n in (60, 12):  # more rows than features, then fewer (the Gram path)
+        gen = rng.normal(size=(n, 24)) + 2.0
+        idx = bootstrap_indices(n, 3, seed=n)
+        _, boot = fid_bootstrap(gen, mu, cov, idx)
+        direct = [fid_from_stats(gen[r].mean(0), np.cov(gen[r], rowvar=False), mu, cov) for r in idx]
+        np.testing.assert_allclose(boot, direct, rtol=1e-8)
+    gen = rng.normal(size=(30, 24))
+    r = bootstrap_indices(30, 1, seed=1)[0]
+    w = np.bincount(r, minlength=30).astype(float)
+    kern = lambda a, b: (a @ b.T / 24 + 1) ** 3  # noqa: E731
+    k_gg, k_rr, k_gr = kern(gen, gen), kern(ref, ref), kern(gen, ref)
+    pair_w = np.outer(w, w) - np.diag(w**2)  # pairs of distinct rows
+    expected = (
+        (pair_w * k_gg).sum() / pair_w.sum()
+        + (k_rr.sum() - np.trace(k_rr)) / (400 * 399)
+        - 2 * (w @ k_gr.sum(1)) / (30 * 400)
     )
+    assert kid_bootstrap(gen, ref, r[None])[1][0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_recall_replicates_resample_the_generated_set():
+    rng = np.random.default_rng(4)
+    gen, ref = rng.normal(size=(80, 3)), rng.normal(size=(120, 3))
+    idx = bootstrap_indices(80, 40, seed=2)
+    value, boot = recall_bootstrap(gen, ref, idx, k=3)
+    assert value == _inside(ref, gen, _knn_radii(gen, 3)).mean()  # the standard recall (the same comparisons)
+    # a replicate: the recall of the distinct rows drawn, its deviation from the replicates' mean scaled by the
+    # delete-d jackknife's factor sqrt(u / (n - u)), centred on the estimate
+    kept = [np.unique(rows) for rows in idx]
+    raw = np.array([_inside(ref, gen[u], _knn_radii(gen[u], 3)).mean() for u in kept])
+    sizes = np.array([len(u) for u in kept])
+    np.testing.assert_allclose(boot, value + np.sqrt(sizes / (80 - sizes)) * (raw - raw.mean()), rtol=1e-12)
+    assert boot.std() > 0.01  # the generated set's variation is in the interval
 
 
 def test_offline_features_through_clean_fid(tmp_path):
@@ -108,8 +151,14 @@ def test_paired_comparison_and_intervals():
     # paired: the common noise cancels, so a 0.1 shift is significant although the intervals overlap
     assert result["best_baseline"] == "karras" and result["significant"] and result["crs_better"]
     assert result["diff_ci_low"] == pytest.approx(-0.1) and result["diff_ci_high"] == pytest.approx(-0.1)
+    # every baseline is compared, Bonferroni-corrected: two baselines, each interval at 97.5 %
+    assert result["correction"] == "bonferroni" and result["n_baselines"] == 2
+    assert result["level"] == pytest.approx(0.975)
+    assert result["better_than"] == ["karras", "vp"] and result["worse_than"] == []
+    worse = compare({**values, "crs": values["vp"]}, "nll")
+    assert worse["worse_than"] == ["karras"] and not worse["crs_better"] and worse["significant"]
     assert compare({"karras": values["karras"]}, "nll") is None
-    lo, hi = _interval(values["karras"][1], values["karras"][0])
+    lo, hi = suite_interval(values["karras"][1], values["karras"][0])
     assert lo < values["karras"][0] < hi
     assert compare(values, "precision_identity")["best_baseline"] == "vp"  # higher is better there
 
@@ -159,11 +208,49 @@ def test_evaluate_samples_is_features_then_scores_then_exact_figures():
     ref = data.sample(300, torch.Generator().manual_seed(4))
     idx = crs.metrics.bootstrap_indices(200, 10)
     whole = crs.metrics.evaluate_samples(gen, ref, ident, idx, data=data, seed=5)
-    parts = {
-        f"{k}_identity": v
-        for k, v in crs.metrics.feature_scores(ident(gen), ident(ref), idx, seed=5, kid=False).items()
-    }
+    parts = {f"{k}_identity": v for k, v in crs.metrics.feature_scores(ident(gen), ident(ref), idx, kid=False).items()}
     parts.update(crs.metrics.analytic_scores(gen, ref, data, idx, seed=5))
     assert set(whole) == set(parts) and "kid_identity" not in whole  # KID for image features only
     for name, (value, boot) in whole.items():  # the same code on the same inputs: identical
         assert value == parts[name][0] and np.array_equal(boot, parts[name][1]), name
+
+
+def test_model_comparisons_include_the_between_run_variance():
+    """CRS-trained against control models: one pair gives the paired bootstrap interval (generated samples only);
+    several pairs (finetune_seeds) give a Student t interval from the spread of the per-seed differences."""
+    from scipy.stats import t as student_t
+
+    from crs.run.jobs import finetune_models, model_comparisons
+
+    assert finetune_models([3, 5]) == [("crs", "control"), ("crs-s3", "control-s3"), ("crs-s5", "control-s5")]
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=200)
+    idx = bootstrap_indices(200, 500)
+    # the CRS-trained runs differ from their controls by -0.2, -0.5 and +0.1: noise between runs
+    shifts = {"crs": -0.2, "control": 0.0, "crs-s3": -0.5, "control-s3": 0.0, "crs-s5": 0.1, "control-s5": 0.0}
+    values = {
+        (m, "karras", "euler", 5, "nll"): (float((base + d).mean()), (base + d)[idx].mean(1)) for m, d in shifts.items()
+    }
+    one = model_comparisons({k: v for k, v in values.items() if k[0] in ("crs", "control")})
+    assert len(one) == 1 and one[0]["runs"] == 1 and one[0]["covers"].startswith("generated samples")
+    # paired: the common sample noise cancels, so one run's -0.2 is significant (an exact shift: a zero-width interval)
+    assert one[0]["significant"] and one[0]["crs_better"] and one[0]["diff_ci_low"] == pytest.approx(-0.2)
+    three = model_comparisons(values)[0]
+    assert three["runs"] == 3 and three["diffs"] == pytest.approx([-0.2, -0.5, 0.1])
+    half = student_t.ppf(0.975, 2) * np.std([-0.2, -0.5, 0.1], ddof=1) / np.sqrt(3)
+    assert (three["diff_ci_low"], three["diff_ci_high"]) == pytest.approx((-0.2 - half, -0.2 + half))
+    assert not three["significant"]  # the between-run spread is in the interval: no verdict from three runs
+    assert three["covers"] == "training runs (3 seeds per model) and generated samples"
+
+
+def test_row_intervals_stay_in_the_metrics_range():
+    """A recall of 0 whose rare non-zero replicates raise the replicates' mean: the bias-shifted interval would lie
+    below 0 and exclude the estimate; rows clip intervals to what the metric can take (KID, an unbiased MMD^2
+    estimate, can be negative and is not clipped)."""
+    from crs.metrics import row
+
+    boot = np.zeros(1000)
+    boot[:10] = 0.01
+    r = row("m", "s", "euler", 5, "recall_identity", 0.0, boot)
+    assert (r["ci_low"], r["ci_high"]) == (0.0, 0.0)
+    assert row("m", "s", "euler", 5, "kid_identity", 0.0, boot)["ci_low"] < 0

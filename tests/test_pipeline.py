@@ -83,6 +83,11 @@ def test_smoke_chain_writes_every_artifact(smoke):
         "samples/index.json",
     ):
         assert (run / name).exists(), name
+    # finetune_seeds [1]: a second (CRS, control) pair, and CRS training judged over both seeds
+    assert (run / "models" / "crs-s1" / "config.json").exists() and (run / "models" / "control-s1").is_dir()
+    model_comps = json.loads((run / "metrics.json").read_text())["model_comparisons"]
+    assert model_comps and all(c["runs"] == 2 and len(c["diffs"]) == 2 for c in model_comps)
+    assert all(c["covers"].startswith("training runs (2 seeds per model)") for c in model_comps)
     rate = json.loads((run / "rate.json").read_text())
     assert rate["meta"]["model"] == "models/base" and rate["evaluations"] == 17 * 512  # the trained model was measured
     assert "/" not in json.dumps(

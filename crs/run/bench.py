@@ -1,6 +1,6 @@
 """Measured costs and results for the README.
 
-``python -m crs.run.bench [rate|training|online|sampling|features|ratio|quality|coverage|all]``.
+``python -m crs.run.bench [rate|training|online|sampling|features|ratio|quality|coverage|stability|all]``.
 
 * ``rate``: every measure on the 2-D Gaussian mixture (exact denoiser) at 64 grid intervals and
   4096 samples, median wall time of a few repeats;
@@ -17,6 +17,8 @@
   (:func:`quality_table`); ``--data digits`` / ``mnist16`` judge trained UNets (:data:`QUALITY_CASES`).
 * ``coverage``: the empirical coverage of every bootstrap interval of :mod:`crs.intervals` on Gaussian data
   (:func:`coverage_table`).
+* ``stability``: a run's evaluation (``--run``, e.g. ``runs/demo``) redone with other bootstrap seeds: how many
+  verdicts change (:func:`verdict_stability`); not part of ``all``.
 
 Each prints a Markdown table measured on this machine.
 """
@@ -40,6 +42,7 @@ __all__ = [
     "quality_case",
     "coverage_cases",
     "coverage_table",
+    "verdict_stability",
     "crs_ratio_table",
     "quality_table",
     "feature_throughput_table",
@@ -481,6 +484,20 @@ def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
       quantity like the exact NLL; target exact: ``(dim log(2 pi) + dim (1.44 + 0.04)) / 2``.
     * ``precision``: the share of draws inside a fixed ball of radius ``sqrt(dim)`` around the origin (the
       k-NN manifold's indicator, with the manifold held fixed); target: its chi-square probability.
+
+    The suite's own metric code (``scores``: value and replicates together, as ``crs.metrics`` computes them),
+    ``n`` draws of N(0, I) against a fixed reference set of ``n`` draws of N(0.3, 1.5 I):
+
+    * ``fid (suite)``, ``fid difference (suite)``: :func:`crs.distances.fid_bootstrap` on the cases above;
+    * ``kid (suite)``: :func:`crs.metrics.kid_bootstrap`; target exact: for x, x' ~ N(0, I) the kernel
+      ``(x.y/d + 1)^3`` has ``E k(x, x') = 1 + 3/d`` and ``E k(x, r) = 1 + 3 |r|^2 / d^2`` (odd moments vanish);
+    * ``precision (suite)``: the k-NN (k = 3) precision; target: the manifold's probability under N(0, I)
+      (Monte Carlo, 50 x ``mc_draws`` draws);
+    * ``recall (suite)``: :func:`crs.metrics.recall_bootstrap`; target: its expected value at ``n`` (Monte
+      Carlo, ``mc_draws / 5`` sets);
+    * ``sliced_wasserstein (suite)``, ``mode_tv (suite)``: :func:`crs.metrics.analytic_scores` on the 2-D
+      mixture, ``n`` exact samples scaled by 1.15 against ``n`` fixed exact ones; targets: expected values at
+      ``n`` (Monte Carlo, ``mc_draws / 5`` sets).
     """
     from scipy.stats import chi2
 
@@ -502,7 +519,7 @@ def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
     values = np.array([(fid(p[0]), fid(p[0]) - fid(p[1])) for p in (draw_pair(mc) for _ in range(mc_draws))])
     fid_target, diff_target = (float(v) for v in values.mean(0))
     small = float(np.mean([fid(mc.standard_normal((n, 4))) for _ in range(mc_draws)]))
-    return {
+    cases = {
         "fid (4-d)": dict(
             draw=lambda rng: rng.standard_normal((n, 4)),
             statistic=lambda x, rows: fid(x[rows]),
@@ -532,6 +549,80 @@ def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
             target=float(chi2.cdf(dim, dim)),
         ),
     }
+    cases.update(_suite_coverage_cases(n, dim, mc_draws, fid_target, diff_target, draw_pair))
+    return cases
+
+
+def _ragged(fn):
+    """``scores`` for :func:`crs.intervals.coverage` from a function of a (B, n) index matrix: a jackknife's
+    rows (of unequal length) are scored one by one."""
+
+    def scores(sample, rows):
+        if isinstance(rows, np.ndarray) and rows.ndim == 2:
+            return fn(sample, rows)
+        return fn(sample, rows[0][None])[0], np.array([fn(sample, np.asarray(r)[None])[1][0] for r in rows])
+
+    return scores
+
+
+def _suite_coverage_cases(n: int, dim: int, mc_draws: int, fid_target: float, diff_target: float, draw_pair):
+    """The coverage cases that run the suite's own metric code (see :func:`coverage_cases`)."""
+    import torch
+
+    from crs.data import make_dataset
+    from crs.distances import fid_bootstrap
+    from crs.metrics import analytic_scores, feature_scores, kid_bootstrap, recall_bootstrap
+
+    mu_r, cov_r = np.full(dim, 0.3), 1.5 * np.eye(dim)
+    ref = 0.3 + np.sqrt(1.5) * np.random.default_rng(777).standard_normal((n, dim))  # the fixed reference set
+    k_rr = (ref @ ref.T / dim + 1) ** 3
+    kid_target = (
+        1 + 3 / dim + (k_rr.sum() - np.trace(k_rr)) / (n * (n - 1)) - 2 * np.mean(1 + 3 * (ref**2).sum(1) / dim**2)
+    )
+    empty = np.zeros((0, n), int)
+
+    def precision(x, idx):
+        return feature_scores(x, ref, idx, which=["precision"], kid=False)["precision"]
+
+    mc = np.random.default_rng(4242)
+    precision_target = float(
+        np.mean([precision(mc.standard_normal((10000, dim)), empty)[0] for _ in range(max(1, mc_draws // 200))])
+    )
+    recall_target = float(
+        np.mean([recall_bootstrap(mc.standard_normal((n, dim)), ref, empty)[0] for _ in range(mc_draws // 5)])
+    )
+
+    gmm = make_dataset("gmm")
+    gmm_ref = gmm.sample(n, torch.Generator().manual_seed(778))
+
+    def gmm_draw(rng):
+        return 1.15 * gmm.sample(n, torch.Generator().manual_seed(int(rng.integers(2**31))))
+
+    def analytic(metric):
+        return lambda x, idx: analytic_scores(x, gmm_ref, gmm, idx, seed=0, which=[metric])[metric]
+
+    analytic_targets = {
+        metric: float(np.mean([analytic(metric)(gmm_draw(mc), empty)[0] for _ in range(mc_draws // 5)]))
+        for metric in ("sliced_wasserstein", "mode_tv")
+    }
+    gauss = lambda rng: rng.standard_normal((n, dim))  # noqa: E731
+    cases = {
+        "fid (suite)": dict(draw=gauss, scores=lambda x, idx: fid_bootstrap(x, mu_r, cov_r, idx), target=fid_target),
+        "fid difference (suite)": dict(
+            draw=draw_pair,
+            scores=lambda p, idx: tuple(
+                a - b for a, b in zip(fid_bootstrap(p[0], mu_r, cov_r, idx), fid_bootstrap(p[1], mu_r, cov_r, idx))
+            ),
+            size=lambda p: p.shape[1],
+            target=diff_target,
+        ),
+        "kid (suite)": dict(draw=gauss, scores=lambda x, idx: kid_bootstrap(x, ref, idx), target=kid_target),
+        "precision (suite)": dict(draw=gauss, scores=_ragged(precision), target=precision_target),
+        "recall (suite)": dict(draw=gauss, scores=lambda x, idx: recall_bootstrap(x, ref, idx), target=recall_target),
+    }
+    for metric, target in analytic_targets.items():
+        cases[f"{metric} (suite)"] = dict(draw=gmm_draw, scores=_ragged(analytic(metric)), target=target)
+    return cases
 
 
 def coverage_table(repeats: int = 200, n_boot: int = 1000, n: int = 256, seed: int = 0, progress: bool = True):
@@ -542,7 +633,15 @@ def coverage_table(repeats: int = 200, n_boot: int = 1000, n: int = 256, seed: i
     for name, case in coverage_cases(n).items():
         size = case.get("size", len)
         result = coverage(
-            case["draw"], case["statistic"], size, case["target"], repeats, n_boot, seed=seed, progress=progress
+            case["draw"],
+            case.get("statistic"),
+            size,
+            case["target"],
+            repeats,
+            n_boot,
+            seed=seed,
+            progress=progress,
+            scores=case.get("scores"),
         )
         rows.append(dict(case=name, target=case["target"], **result))
     return rows
@@ -591,13 +690,118 @@ def crs_ratio_table(
     return out
 
 
+def verdict_stability(run_dir, seeds=(1, 2), progress: bool = True) -> dict:
+    """A run's evaluation redone with other bootstrap seeds: which verdicts change.
+
+    The run's ``metrics.json`` (bootstrap seed: the run's ``seed``) is compared with :func:`crs.run.jobs.evaluate_grid`
+    on the same samples, reference, teachers and parameters (read from the executed notebook 05), with each of
+    ``seeds`` as the bootstrap seed; features and teacher solutions are computed once. A verdict is
+    better / worse / not significant, for every CRS-against-baselines comparison and every CRS-trained-against-control
+    comparison. (For analytic data the sliced Wasserstein directions follow the seed too.)
+
+    Returns:
+        ``{"comparisons": count, "model_comparisons": count, "changed": [(seed, kind, key, before, after), ...],
+        "seeds": seeds, "n_boot"}``.
+    """
+    import hashlib
+    import json
+    from pathlib import Path
+
+    from crs.io import read_json
+    from crs.metrics import FeatureExtractor, make_feature_extractor
+    from crs.run.experiment import notebook_defaults
+    from crs.run.jobs import evaluate_grid, teacher_endpoints
+
+    run_dir = Path(run_dir)
+    executed = run_dir / "05_evaluation.ipynb"
+    if not executed.is_file():
+        raise ValueError(f"No executed evaluation notebook in {str(run_dir)!r}: run the evaluation stage first.")
+    params = notebook_defaults("evaluation")
+    params.update(json.loads(executed.read_text())["metadata"]["papermill"]["parameters"])
+    metrics = read_json(run_dir / "metrics.json", "metrics of the run")
+    doc = read_json(run_dir / "samples" / "index.json", "sample index")
+    data = crs.make_dataset(params["dataset"], **params["dataset_kwargs"])
+    extractor = make_feature_extractor(params["features"], data.shape, "cpu")
+    if params["reference"] != "test":
+        reference = crs.metrics.reference_statistics(params["reference"], extractor)
+    elif isinstance(data, crs.protocols.AnalyticDataset):
+        reference = data.sample(params["n_reference"], torch.Generator().manual_seed(reference_seed(params["seed"])))
+    else:
+        reference = crs.data.held_out(params["dataset"], params["dataset_kwargs"]).images
+    cache = {}
+
+    def features(x):
+        key = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
+        if key not in cache:
+            cache[key] = extractor.fn(x)
+        return cache[key]
+
+    cached = FeatureExtractor(extractor.name, features, extractor.images)
+    teachers = None
+    if "teacher_error" in params["metrics"]:
+        teachers, _ = teacher_endpoints(doc, run_dir, data, "cpu", params["teacher_steps"])
+
+    def verdicts(result):
+        def verdict(c):
+            return ("better" if c["crs_better"] else "worse") if c["significant"] else "n.s."
+
+        return {
+            ("comparison", c["model"], c["sampler"], c["nfe"], c["metric"], c["crs"]): verdict(c)
+            for c in result["comparisons"]
+        } | {
+            ("model comparison", c["schedule"], c["sampler"], c["nfe"], c["metric"]): verdict(c)
+            for c in result.get("model_comparisons", [])
+        }
+
+    entries = [  # the index's paths are relative to the run folder (notebook 05 runs there)
+        {k: (str(run_dir / v) if k in ("path", "features_path") and v else v) for k, v in e.items()}
+        for e in doc["entries"]
+    ]
+    before = verdicts(metrics)
+    changed = []
+    for seed in seeds:
+        if progress:
+            print(f"bootstrap seed {seed} ...", flush=True)
+        result = evaluate_grid(
+            entries,
+            reference,
+            cached,
+            data=data,
+            n_boot=params["n_boot"],
+            seed=seed,
+            k=params["k"],
+            which=params["metrics"],
+            teachers=teachers,
+        )
+        after = verdicts(result)
+        changed += [(seed, key[0], key[1:], before[key], after[key]) for key in before if after.get(key) != before[key]]
+    return {
+        "comparisons": sum(k[0] == "comparison" for k in before),
+        "model_comparisons": sum(k[0] == "model comparison" for k in before),
+        "changed": changed,
+        "seeds": list(seeds),
+        "n_boot": params["n_boot"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "what",
         nargs="?",
         default="all",
-        choices=["rate", "training", "online", "sampling", "features", "ratio", "quality", "coverage", "all"],
+        choices=[
+            "rate",
+            "training",
+            "online",
+            "sampling",
+            "features",
+            "ratio",
+            "quality",
+            "coverage",
+            "stability",
+            "all",
+        ],
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", default=None, help="quality: also write the full result here")
@@ -616,6 +820,8 @@ def main() -> None:
         help="quality: the cells, e.g. 'euler:5,10;heun:5,11' (default euler, dpmpp_2m 5,10,20; heun 5,11,21)",
     )
     parser.add_argument("--coverage-repeats", type=int, default=400, help="coverage: repeats per case (default 400)")
+    parser.add_argument("--run", default="runs/demo", help="stability: the run folder (default runs/demo)")
+    parser.add_argument("--boot-seeds", default="1,2", help="stability: the other bootstrap seeds (default 1,2)")
     args = parser.parse_args()
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
@@ -678,6 +884,16 @@ def main() -> None:
         for r in rows:
             cells = [f"{r['coverage'][m]:.3f} ({r['below'][m]:.3f})" for m in methods]
             print(f"| {r['case']} | {r['target']:.4g} | " + " | ".join(cells) + " |")
+    if args.what == "stability":
+        result = verdict_stability(args.run, [int(s) for s in args.boot_seeds.split(",")])
+        total = result["comparisons"] + result["model_comparisons"]
+        print(
+            f"\n{args.run}: {total} verdicts ({result['comparisons']} CRS against the baselines, "
+            f"{result['model_comparisons']} CRS training against the control), {result['n_boot']} replicates; "
+            f"bootstrap seeds {result['seeds']} against the run's own: {len(result['changed'])} changes"
+        )
+        for seed, kind, key, was, now in result["changed"]:
+            print(f"  seed {seed}: {kind} {key}: {was} -> {now}")
     if args.what in ("quality", "all"):
         from crs.io import atomic_write_json
 

@@ -173,6 +173,7 @@ def training_schedule_finetune(
     eval_levels,
     eval_samples,
     num_processes,
+    finetune_seeds=(),
     progress=False,
 ) -> None:
     """Notebook 03 (``base_model`` / ``schedule`` "" mean the run folder's own)."""
@@ -205,6 +206,21 @@ def training_schedule_finetune(
     check_int("eval_levels", eval_levels, 2)
     check_int("eval_samples", eval_samples, 1)
     check_int("num_processes", num_processes, 1)
+    check_finetune_seeds(finetune_seeds, seed)
+
+
+def check_finetune_seeds(finetune_seeds, seed) -> list[int]:
+    """Further fine-tuning seeds: distinct integers >= 0, none of them the run's ``seed`` (already trained)."""
+    if isinstance(finetune_seeds, (str, bool)) or not isinstance(finetune_seeds, (list, tuple)):
+        raise ValueError(f"`finetune_seeds` must be a list of integers (e.g. [1, 2]), got {finetune_seeds!r}.")
+    for s in finetune_seeds:
+        check_int("finetune_seeds", s, 0)
+    if len(set(finetune_seeds)) != len(finetune_seeds) or seed in finetune_seeds:
+        raise ValueError(
+            f"`finetune_seeds` must be distinct and differ from the run's seed {seed} (trained already), "
+            f"got {list(finetune_seeds)}."
+        )
+    return [int(s) for s in finetune_seeds]
 
 
 def sampling(

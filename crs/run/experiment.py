@@ -115,6 +115,11 @@ PRODUCES = {"base_model": ("base",), "training_schedule_finetune": ("crs", "cont
 def _model_references(params: dict, wanted: list[str], run_dir: Path) -> list[tuple[str, str, str]]:
     """``(stage, key, model)`` for every model the stages load that no stage of this run writes."""
     made = {name for stage in wanted for name in PRODUCES.get(stage, ())}
+    if "training_schedule_finetune" in wanted:  # and the pairs of further seeds
+        from crs.run.jobs import finetune_models
+
+        seeds = params["stages"].get("training_schedule_finetune", {}).get("finetune_seeds", [])
+        made |= {name for pair in finetune_models(seeds if isinstance(seeds, list) else []) for name in pair}
     made |= {p.name for p in (run_dir / "models").iterdir()} if (run_dir / "models").is_dir() else set()
     stages = params["stages"]
     refs = []

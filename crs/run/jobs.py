@@ -32,6 +32,7 @@ from crs.metrics import (
     bootstrap_indices,
     compare,
     feature_scores,
+    interval_description,
     row,
     teacher_scores,
 )
@@ -39,7 +40,7 @@ from crs.models import load_denoiser
 from crs.protocols import AnalyticDataset
 from crs.run.processes import gather_rows, process_device, process_state
 from crs.sampling import check_nfe_plan, generate, steps_for_nfe
-from crs.seeds import bootstrap_reference_seed, sample_seed
+from crs.seeds import sample_seed
 
 __all__ = [
     "JOBS",
@@ -55,6 +56,100 @@ __all__ = [
 
 
 SEARCH_PEERS = ("gits", "optimal", "optimal-free")  # searched schedules that are not CRS: rows, never comparators
+
+
+FINETUNED = ("crs", "control")  # the models notebook 03 writes at the run's seed
+
+
+def finetune_models(finetune_seeds=()) -> list[tuple[str, str]]:
+    """The (CRS, control) model pairs notebook 03 writes: ``(crs, control)`` at the run's seed and
+    ``(crs-s<seed>, control-s<seed>)`` for each further seed of ``finetune_seeds``."""
+    return [FINETUNED] + [(f"crs-s{s}", f"control-s{s}") for s in finetune_seeds]
+
+
+def finetune_runs(crs_config, control_config, finetune_seeds=()) -> dict:
+    """Notebook 03's runs: ``{model name: TrainConfig}``, a (CRS, control) pair per seed (:func:`finetune_models`);
+    a further pair differs from the first only in its seed (batches, noise levels, online re-estimation)."""
+    import dataclasses
+
+    runs = {}
+    for seed, (crs_name, control_name) in zip([None, *finetune_seeds], finetune_models(finetune_seeds)):
+        runs[crs_name] = crs_config if seed is None else dataclasses.replace(crs_config, seed=int(seed))
+        runs[control_name] = control_config if seed is None else dataclasses.replace(control_config, seed=int(seed))
+    return runs
+
+
+def model_comparisons(values: dict, level: float = 0.95) -> list[dict]:
+    """The CRS-trained model against the control, per schedule, sampler, nfe and metric.
+
+    ``values``: ``{(model, schedule, sampler, nfe, metric): (value, bootstrap replicates)}``, replicates paired
+    across models (the same sample seeds). The pairs are those of :func:`finetune_models` found in ``values``.
+
+    * One pair (one fine-tuning run each): the paired bootstrap interval of the difference (the suite's
+      method, :data:`crs.metrics.INTERVAL`). It covers the generated samples only: training randomness is
+      not in it, so it says whether *these two runs* differ, not whether CRS training is better.
+    * S >= 2 pairs (``finetune_seeds``): the mean difference over the pairs with a Student t interval on S - 1
+      degrees of freedom, from the spread of the per-seed differences. Each difference carries its run's
+      training randomness and sampling noise, so the interval covers both (the sample seeds are shared
+      across runs, so it is conditional on them).
+
+    Returns rows ``{schedule, sampler, nfe, metric, runs, covers, crs_value, control_value, diff, diffs, diff_ci_low,
+    diff_ci_high, significant, crs_better}`` (values: means over the runs).
+    """
+    from scipy.stats import t as student_t
+
+    from crs.metrics import lower_is_better, suite_interval
+
+    models = {m for m, *_ in values}
+    pairs = [(c, k) for c, k in finetune_models(_repeat_seeds(models)) if c in models and k in models]
+    cells = sorted(
+        {key[1:] for key in values if key[0] == FINETUNED[0]}, key=lambda c: (str(c[0]), str(c[1]), int(c[2]), c[3])
+    )
+    out = []
+    for schedule, sampler, nfe, metric in cells:
+        found = [
+            (c, k)
+            for c, k in pairs
+            if (c, schedule, sampler, nfe, metric) in values and (k, schedule, sampler, nfe, metric) in values
+        ]
+        if not found:
+            continue
+        c_vals = [values[(c, schedule, sampler, nfe, metric)] for c, _ in found]
+        k_vals = [values[(k, schedule, sampler, nfe, metric)] for _, k in found]
+        diffs = [float(a[0]) - float(b[0]) for a, b in zip(c_vals, k_vals)]
+        mean = float(np.mean(diffs))
+        if len(found) == 1:
+            lo, hi = suite_interval(np.asarray(c_vals[0][1]) - np.asarray(k_vals[0][1]), mean, level)
+            covers = "generated samples (one fine-tuning run per model)"
+        else:
+            half = float(student_t.ppf(0.5 + level / 2, len(found) - 1) * np.std(diffs, ddof=1) / np.sqrt(len(found)))
+            lo, hi = mean - half, mean + half
+            covers = f"training runs ({len(found)} seeds per model) and generated samples"
+        c_mean, k_mean = float(np.mean([v[0] for v in c_vals])), float(np.mean([v[0] for v in k_vals]))
+        out.append(
+            dict(
+                schedule=schedule,
+                sampler=sampler,
+                nfe=int(nfe),
+                metric=metric,
+                runs=len(found),
+                covers=covers,
+                crs_value=c_mean,
+                control_value=k_mean,
+                diff=mean,
+                diffs=diffs,
+                diff_ci_low=lo,
+                diff_ci_high=hi,
+                significant=bool(lo > 0 or hi < 0),
+                crs_better=bool(mean < 0 if lower_is_better(metric) else mean > 0),
+            )
+        )
+    return out
+
+
+def _repeat_seeds(models) -> list[int]:
+    """The further fine-tuning seeds whose pairs are among ``models`` (names ``crs-s<seed>``)."""
+    return sorted(int(m[len("crs-s") :]) for m in models if re.fullmatch(r"crs-s\d+", m))
 
 
 def teacher_endpoints(doc: dict, run_dir, data, device: str = "cpu", steps: int = 256) -> tuple[dict, dict]:
@@ -310,16 +405,11 @@ def evaluate_grid(
 
     stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
     ref_features = None if stats is not None else features(reference)
-    rows, comparisons, groups = [], [], {}
+    rows, comparisons, groups, by_model = [], [], {}, {}
     for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
         samples, gen_features = _entry_samples(entry, features)
         n = len(samples) if samples is not None else len(gen_features)
         idx = bootstrap_indices(n, n_boot, seed)
-        ref_idx = (
-            bootstrap_indices(len(ref_features), n_boot, bootstrap_reference_seed(seed))
-            if ref_features is not None
-            else None
-        )
         if gen_features is None:
             if not torch.all(torch.isfinite(samples)):
                 raise ValueError(f"The sample set {entry['path']!r} contains NaN or inf; evaluate finite samples only.")
@@ -328,9 +418,7 @@ def evaluate_grid(
             gen_features,
             stats if stats is not None else ref_features,
             idx,
-            ref_idx=ref_idx,
             k=k,
-            seed=seed,
             which=which,
             kid=kid and features.images,
         )
@@ -346,6 +434,7 @@ def evaluate_grid(
         for metric, (value, boot) in values.items():
             rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
             groups.setdefault(key + (metric,), {})[entry["schedule"]] = (value, boot)
+            by_model[(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric)] = (value, boot)
     for (model, sampler, nfe, metric), by_schedule in groups.items():
         fixed = {s: v for s, v in by_schedule.items() if not s.startswith("crs") and s not in SEARCH_PEERS}
         for name in [s for s in by_schedule if s.startswith("crs")]:
@@ -356,9 +445,11 @@ def evaluate_grid(
     return {
         "rows": rows,
         "comparisons": comparisons,
+        "model_comparisons": model_comparisons(by_model),
         "features": features.name,
         "n_boot": int(n_boot),
         "reference": ref_name,
+        "intervals": interval_description(n_boot),
     }
 
 

@@ -309,7 +309,7 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
                 label = f"{sched} (floor)" if sched == "optimal" else sched
             else:
                 style = dict(lw=1.2)
-            ax.errorbar(nfe, val, yerr=[val - lo, hi - val], marker="o", ms=3, capsize=2, label=label, **style)
+            ax.errorbar(nfe, val, yerr=_bars(val, lo, hi), marker="o", ms=3, capsize=2, label=label, **style)
         ax.set_xscale("log")
         ax.set_yscale("log")
         _nfe_ticks(ax, sorted({r["nfe"] for r in sel if r["sampler"] == sampler}))
@@ -337,8 +337,8 @@ def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: 
             ax.errorbar(
                 q["value"],
                 p["value"],
-                xerr=[[q["value"] - q["ci_low"]], [q["ci_high"] - q["value"]]],
-                yerr=[[p["value"] - p["ci_low"]], [p["ci_high"] - p["value"]]],
+                xerr=_bars([q["value"]], [q["ci_low"]], [q["ci_high"]]),
+                yerr=_bars([p["value"]], [p["ci_low"]], [p["ci_high"]]),
                 marker=markers[sampler],
                 ms=5,
                 capsize=2,
@@ -354,10 +354,18 @@ def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: 
     return fig
 
 
+def _bars(value, low, high) -> np.ndarray:
+    """Error bar lengths (2, N) from an interval: a bootstrap interval need not contain its estimate (the shifted
+    interval moves by the estimated bias; a degenerate one is off by round-off), so a side that would be negative
+    is drawn as 0."""
+    value, low, high = (np.asarray(a, dtype=np.float64) for a in (value, low, high))
+    return np.clip(np.stack([value - low, high - value]), 0.0, None)
+
+
 def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
     """CRS value divided by the best baseline's against nfe, one line per model and sampler (< 1: CRS better,
-    for lower-is-better metrics), with the paired 95 % interval (baseline value held fixed); filled markers
-    where the paired difference is significant."""
+    for lower-is-better metrics), with the paired interval of the comparison (Bonferroni over the cell's baselines,
+    :func:`crs.metrics.compare`; baseline value held fixed); filled markers where it excludes 0."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     sel = [c for c in comparisons if c["metric"] == metric and c["ratio"] is not None]
@@ -376,7 +384,7 @@ def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
         nfe, ratio, sig, lo, hi = map(np.asarray, zip(*pts))
         (line,) = ax.plot(nfe, ratio, label=f"{key[0]} / {key[1]}")
         # interval of the ratio with the baseline's value held fixed: 1 + (paired CI of the difference) / baseline
-        ax.errorbar(nfe, ratio, yerr=[ratio - (1 + lo), (1 + hi) - ratio], ls="none", color=line.get_color(), capsize=2)
+        ax.errorbar(nfe, ratio, yerr=_bars(ratio, 1 + lo, 1 + hi), ls="none", color=line.get_color(), capsize=2)
         ax.scatter(
             nfe,
             ratio,

@@ -14,7 +14,17 @@ from pathlib import Path
 
 from crs.io import atomic_write_bytes
 
-__all__ = ["FIGURES", "build_report", "optimum_markdown", "ratios_to_optimal", "summary_markdown", "summary_table"]
+__all__ = [
+    "FIGURES",
+    "build_report",
+    "intervals_note",
+    "optimum_markdown",
+    "ratios_to_optimal",
+    "summary_markdown",
+    "summary_table",
+    "training_markdown",
+    "training_table",
+]
 
 FIGURES = [
     ("rate.png", "Velocity of each measure against logsnr (01)"),
@@ -40,24 +50,86 @@ def _verdict(c: dict) -> str:
     return ("CRS better" if c["crs_better"] else "CRS worse") if c["significant"] else "not significant"
 
 
+def _against_all(c: dict) -> str:
+    """``better / worse than (of K)``: the baselines the CRS schedule is significantly better or worse than."""
+    if "n_baselines" not in c:
+        return ""
+    return f"{len(c['better_than'])} / {len(c['worse_than'])} of {c['n_baselines']}"
+
+
+def intervals_note(metrics: dict) -> str:
+    """One sentence on what the intervals of a ``metrics.json`` are and what they cover."""
+    info = metrics.get("intervals")
+    if not info:
+        return f"{metrics.get('n_boot')} bootstrap replicates (an older metrics.json: interval method not recorded)."
+    return (
+        f"Intervals: {info['rows']}; {info['n_boot']} replicates. Comparisons: {info['comparisons']}. "
+        "They cover sampling variance only: not training randomness, nor the choice of reference set."
+    )
+
+
 def summary_markdown(metrics: dict) -> str:
     """The summary table as Markdown (for the README): ``python -m crs summary RUN_DIR``."""
     lines = [
-        "| model | sampler | nfe | metric | CRS schedule | best baseline | ratio | paired 95 % CI of the difference "
-        "| verdict |",
-        "|---|---|---:|---|---|---|---:|---|---|",
+        "| model | sampler | nfe | metric | CRS schedule | best baseline | ratio | paired CI of the difference "
+        "(Bonferroni) | verdict | sig. better / worse than |",
+        "|---|---|---:|---|---|---|---:|---|---|---|",
     ]
     for c in summary_table(metrics):
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
         lines.append(
             f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs']} {c['crs_value']:.4g} | "
             f"{c['best_baseline']} "
-            f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} |"
+            f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} "
+            f"| {_against_all(c)} |"
         )
+    lines += ["", intervals_note(metrics)]
+    training = training_markdown(metrics)
+    if training:
+        lines += ["", "CRS training against the control (the same schedule for both models):", "", training]
     optimum = optimum_markdown(metrics)
     if optimum:
         lines += ["", "Teacher error as a ratio to the optimum (`optimal`; 1 is the best schedule of that budget):", ""]
         lines.append(optimum)
+    return "\n".join(lines)
+
+
+def training_table(metrics: dict, schedule: str = "crs") -> tuple[list[dict], dict]:
+    """The CRS-trained model against the control on the headline metrics, sampled with ``schedule``, and counts
+    over every schedule: ``(rows, {"cells", "better", "worse", "runs"})``."""
+    comps = metrics.get("model_comparisons", [])
+    names = list(dict.fromkeys(c["metric"] for c in comps))
+    shown = tuple(m for m in names if m == "nll" or m.startswith("fid_"))
+    headline = [c for c in comps if c["metric"] in shown]
+    counts = dict(
+        cells=len(headline),
+        better=sum(c["significant"] and c["crs_better"] for c in headline),
+        worse=sum(c["significant"] and not c["crs_better"] for c in headline),
+        runs=sorted({c["runs"] for c in headline}),
+    )
+    return [c for c in headline if c["schedule"] == schedule], counts
+
+
+def training_markdown(metrics: dict) -> str:
+    """:func:`training_table` as Markdown, or "" when the run compared no CRS-trained model with a control."""
+    rows, counts = training_table(metrics)
+    if not counts["cells"]:
+        return ""
+    lines = [
+        "| sampler | nfe | metric | runs | CRS-trained | control | 95 % CI of the difference | verdict | covers |",
+        "|---|---:|---|---:|---:|---:|---|---|---|",
+    ]
+    for c in rows:
+        lines.append(
+            f"| {c['sampler']} | {c['nfe']} | {c['metric']} | {c['runs']} | {c['crs_value']:.4g} | "
+            f"{c['control_value']:.4g} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} | "
+            f"{c['covers']} |"
+        )
+    lines += [
+        "",
+        f"Over every schedule ({counts['cells']} cells of the headline metrics): the CRS-trained model is "
+        f"significantly better in {counts['better']} and worse in {counts['worse']}.",
+    ]
     return "\n".join(lines)
 
 
@@ -115,7 +187,8 @@ def optimum_markdown(metrics: dict) -> str:
 def _table_html(rows: list[dict]) -> str:
     head = (
         "<tr><th>model</th><th>sampler</th><th>nfe</th><th>metric</th><th>CRS schedule</th><th>best baseline</th>"
-        "<th>ratio</th><th>paired 95% CI of the difference</th><th>verdict</th></tr>"
+        "<th>ratio</th><th>paired CI of the difference (Bonferroni)</th><th>verdict</th>"
+        "<th>sig. better / worse than</th></tr>"
     )
     body = []
     for c in rows:
@@ -125,9 +198,22 @@ def _table_html(rows: list[dict]) -> str:
             f"<tr><td>{html.escape(c['model'])}</td><td>{c['sampler']}</td><td>{c['nfe']}</td><td>{c['metric']}</td>"
             f"<td>{html.escape(c['crs'])} {c['crs_value']:.4g}</td><td>{html.escape(c['best_baseline'])} "
             f"{c['baseline_value']:.4g}</td><td>{ratio}</td>"
-            f"<td>[{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}]</td><td>{verdict}</td></tr>"
+            f"<td>[{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}]</td><td>{verdict}</td>"
+            f"<td>{_against_all(c)}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
+
+
+def _markdown_table_html(markdown: str) -> str:
+    """A Markdown table (header, rule, rows) as an HTML table."""
+    rows = [line.strip("|").split("|") for line in markdown.splitlines() if not line.startswith("|---")]
+    cells = "".join(
+        "<tr>"
+        + "".join(f"<{'th' if i == 0 else 'td'}>{html.escape(x.strip())}</{'th' if i == 0 else 'td'}>" for x in r)
+        + "</tr>"
+        for i, r in enumerate(rows)
+    )
+    return f"<table>{cells}</table>"
 
 
 def _convert(notebook: Path, out: Path) -> None:
@@ -167,23 +253,21 @@ def build_report(run_dir) -> Path:
     if metrics_path.is_file():
         metrics = json.loads(metrics_path.read_text())
         table = (
-            f"<p>Features: <code>{html.escape(str(metrics.get('features')))}</code>; {metrics.get('n_boot')} bootstrap "
-            "replicates; the best baseline is chosen per row after the fact; the verdict needs the paired 95% interval "
-            "of the difference to exclude 0.</p>" + _table_html(summary_table(metrics))
+            f"<p>Features: <code>{html.escape(str(metrics.get('features')))}</code>. "
+            f"{html.escape(intervals_note(metrics))} The best baseline is named after the fact; its interval is one of "
+            "the cell's simultaneous (Bonferroni) intervals, and the verdict needs it to exclude 0. The last column "
+            "counts the baselines the CRS schedule is significantly better / worse than.</p>"
+            + _table_html(summary_table(metrics))
         )
+        training = training_markdown(metrics)
+        if training:
+            table_md, _, note = training.partition("\n\n")
+            table += "<h3>CRS training against the control (the CRS schedule for both models)</h3>"
+            table += _markdown_table_html(table_md) + f"<p>{html.escape(note)}</p>"
         optimum = optimum_markdown(metrics)
         if optimum:
-            rows = [line.strip("|").split("|") for line in optimum.splitlines() if not line.startswith("|---")]
-            cells = "".join(
-                "<tr>"
-                + "".join(
-                    f"<{'th' if i == 0 else 'td'}>{html.escape(x.strip())}</{'th' if i == 0 else 'td'}>" for x in r
-                )
-                + "</tr>"
-                for i, r in enumerate(rows)
-            )
             table += "<h3>Teacher error as a ratio to the optimum (1: the best schedule of that budget)</h3>"
-            table += f"<table>{cells}</table>"
+            table += _markdown_table_html(optimum)
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CRS report: {html.escape(run_dir.resolve().name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
