@@ -155,6 +155,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "eval_levels",
             "eval_samples",
             "num_processes",
+            "finetune_seeds",
             "progress",
         },
         "04_sampling.ipynb": {
