@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-fast lint notebooks clean gpu-wheels gpu-site gpu-check gpu-bench
+.PHONY: venv demo test test-fast lint notebooks site lab browser clean gpu-wheels gpu-site gpu-check gpu-bench
 
 venv: $(VENV)/.installed
 
@@ -16,17 +16,37 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt 2>&1 | grep -v "is ignored" || true
 	$(PY) -m pip install --quiet --no-deps -e . 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, matplotlib, jupyterlab"
+	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, matplotlib, jupyterlab, sphinx, myst_nb"
 	touch $@
 
 # The main job on the embedded default: the demo experiment (params/demo.yaml: real digits, every stage
-# 00-05, the report) through the batch runner into $(RUN_DIR); rerunning skips stages that are up to date.
+# 00-05, the report and the tutorial site) through the batch runner into $(RUN_DIR); rerunning skips stages
+# that are up to date.
 demo: venv
 	$(PY) -m crs run params/demo.yaml --run-dir $(RUN_DIR)
-	@echo "demo: results in $(RUN_DIR)/, report at $(RUN_DIR)/report/index.html"
+	@echo "demo: results in $(RUN_DIR)/, report at $(RUN_DIR)/report/index.html, site at $(RUN_DIR)/site/index.html"
 
-test: venv
+# Every test. `browser` first: the site's browser test needs Chromium (skipped, saying how to install it, without).
+test: venv browser
 	$(PY) -m pytest
+
+# The tutorial site of a run (README, "Publish the tutorial"): $(RUN_DIR)/site, then checked in headless Chromium
+# when there is one.
+site: venv
+	$(PY) -m crs publish $(RUN_DIR) $$(command -v chromium >/dev/null && echo --check)
+
+# Study the notebooks in JupyterLab with the project's environment as the kernel (the notebooks' defaults are the
+# ones the tests run). Jupyter's data folder is the venv's, so a `python3` kernel of the user's own cannot shadow
+# the project's. LAB_ARGS passes options, e.g. LAB_ARGS="--no-browser --port 8890".
+lab: venv
+	cd notebooks && JUPYTER_DATA_DIR=$(CURDIR)/$(VENV)/share/jupyter ../$(PY) -m jupyter lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
+
+# Headless Chromium for the site's browser test (Debian's package; needs root and the package mirror). Best effort:
+# without it the browser test is skipped with a message.
+browser:
+	@command -v chromium >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "browser: no chromium (apt-get install -y chromium); the site's browser test will be skipped"
 
 # Unit tests only (a few minutes): no notebook chains, no batch-runner runs, no multi-process launches, nothing slow.
 test-fast: venv
@@ -37,11 +57,11 @@ lint: venv
 	$(PY) -m ruff format crs tests
 	$(PY) -m ruff check --fix crs tests
 
-# Re-execute the committed notebooks in place with their default parameters (their stored outputs). MPLBACKEND is
-# unset for them: with Agg in the environment the kernel's inline backend is replaced and no figure is stored.
+# Re-execute the committed notebooks in place with their default parameters (their stored outputs). Their figures
+# are stored although MPLBACKEND=Agg is exported here: each notebook sets `%matplotlib inline` itself.
 notebooks: venv
 	rm -rf notebooks/runs
-	for nb in notebooks/0*.ipynb; do (cd notebooks && env -u MPLBACKEND ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done
+	for nb in notebooks/0*.ipynb; do (cd notebooks && ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done
 
 # The prepared GPU check (README, "GPU check"), for a CUDA machine without network whose python lacks diffusers,
 # papermill and friends: `make gpu-wheels` here fills .whl/ (about 50 MB of cp312 wheels, requirements-gpu.txt);

@@ -1,6 +1,7 @@
 """Command line: ``python -m crs run params/demo.yaml [--stages ...] [--set stage.key=value] [--sweep key=v1,v2]``.
 
-Also ``python -m crs check params/x.yaml`` (validate only) and ``python -m crs report runs/x`` (rebuild the report).
+Also ``python -m crs check params/x.yaml`` (validate only), ``python -m crs report runs/x`` (rebuild the report) and
+``python -m crs publish runs/x [--check]`` (build the tutorial site, and check it in headless Chromium).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     )
     run.add_argument("--sweep", metavar="[STAGE.]KEY=V1,V2,...", help="one run folder per value, then a summary table")
     run.add_argument("--run-dir", help="run folder (default: the params file's, or runs/<experiment>)")
-    run.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    run.add_argument("--no-report", action="store_true", help="skip the HTML report and the tutorial site")
     run.add_argument(
         "--dry-run", action="store_true", help="every stage at tiny size on the CPU, into <run_dir>-dry-run"
     )
@@ -42,6 +43,14 @@ def main(argv=None) -> int:
     check.add_argument("--run-dir", help="run folder (default: the params file's, or runs/<experiment>)")
     report = sub.add_parser("report", help="(re)build run_dir/report/index.html")
     report.add_argument("run_dir")
+    publish = sub.add_parser(
+        "publish", help="build the tutorial site of a run (run_dir/site: Sphinx + myst-nb, offline MathJax)"
+    )
+    publish.add_argument("run_dir")
+    publish.add_argument("--out", help="site folder (default run_dir/site)")
+    publish.add_argument(
+        "--check", action="store_true", help="then open every page in headless Chromium: math, figures, links"
+    )
     summary = sub.add_parser("summary", help="print the summary table of run_dir/metrics.json as Markdown")
     summary.add_argument("run_dir")
     args = parser.parse_args(argv)
@@ -69,6 +78,31 @@ def main(argv=None) -> int:
             return 0
         if args.command == "report":
             print(build_report(args.run_dir))
+            return 0
+        if args.command == "publish":
+            from crs.run.publish import browser_check, build_site
+
+            index = build_site(args.run_dir, args.out)
+            if args.check:
+                result = browser_check(index.parent)
+                bad = [
+                    p["page"]
+                    for p in result["pages"]
+                    if p["raw_math"] or p["broken_images"] or p["mathjax_errors"] or p["typeset"] < p["formulas"]
+                ]
+                print(
+                    f"browser check: {len(result['pages'])} pages, "
+                    f"{sum(p['typeset'] for p in result['pages'])} formulas typeset, "
+                    f"{sum(p['images'] for p in result['pages'])} images, {len(result['dead_links'])} dead links, "
+                    f"{len(bad)} pages with raw math or broken images"
+                )
+                if bad or result["dead_links"]:
+                    for page in bad:
+                        print(f"  {page}", file=sys.stderr)
+                    for page, link in result["dead_links"]:
+                        print(f"  {page}: dead link {link}", file=sys.stderr)
+                    return 1
+            return 0
             return 0
         params = load_params(args.params)
         if args.run_dir:
@@ -99,8 +133,14 @@ def main(argv=None) -> int:
         else:
             run_experiment(params, stages)
         if not args.no_report:
+            from pathlib import Path
+
+            from crs.run.publish import build_site
+
+            if any(Path(params["run_dir"]).glob("0*_*.ipynb")):  # a sweep's base folder has none
+                print(f"site: {build_site(params['run_dir'], log=lambda *_: None)}")
             print(f"report: {build_report(params['run_dir'])}")
-    except ExperimentError as exc:
+    except (ExperimentError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -33,6 +33,7 @@ __all__ = [
     "INTERVAL_METHODS",
     "bootstrap_interval",
     "coverage",
+    "endpoint_errors",
     "jackknife_groups",
 ]
 
@@ -103,6 +104,39 @@ def bootstrap_interval(
         q = _norm_cdf(z0 + (z0 + z) / (1 - a * (z0 + z)))
         lo, hi = np.quantile(boot, q)
     return float(lo), float(hi)
+
+
+def endpoint_errors(
+    boot: np.ndarray, estimate: float, level: float = 0.95, method: str = "percentile"
+) -> tuple[float, float]:
+    """Monte Carlo standard errors of the two ends of :func:`bootstrap_interval` (``percentile``, ``basic`` or
+    ``shifted``): how far each end would move if the bootstrap were redrawn with another seed.
+
+    An end is a quantile ``q_p`` of the ``B`` replicates. Its rank in a redraw varies binomially, with standard
+    deviation ``sqrt(B p (1 - p))``, so the order statistics that many ranks either side of it bracket it by about
+    one standard error, distribution-free: ``se = (x_(Bp + s) - x_(Bp - s)) / 2``, ``s = sqrt(B p (1 - p))``.
+    ``shifted`` adds the error of its bias estimate, ``sd(theta*) / sqrt(B)``, in quadrature (``basic`` reflects
+    the quantiles, so its ends swap errors). ``bca`` moves the quantiles, so it is not covered.
+    """
+    check_choice("method", method, ("percentile", "basic", "shifted"), what="interval method with endpoint errors")
+    level = check_level(level)
+    boot = np.sort(np.asarray(boot, dtype=np.float64))
+    b = len(boot)
+    if boot.ndim != 1 or b < 2:
+        raise ValueError(f"Need a 1-d array of at least 2 bootstrap replicates, got shape {boot.shape}.")
+    alpha = (1 - level) / 2
+    errors = []
+    for p in (alpha, 1 - alpha):
+        spread = math.sqrt(b * p * (1 - p))
+        lo = int(np.clip(math.floor(b * p - spread), 0, b - 1))
+        hi = int(np.clip(math.ceil(b * p + spread), 0, b - 1))
+        errors.append((boot[hi] - boot[lo]) / 2)
+    if method == "shifted":
+        bias_error = float(np.std(boot, ddof=1)) / math.sqrt(b)
+        errors = [math.hypot(e, bias_error) for e in errors]
+    elif method == "basic":
+        errors = errors[::-1]
+    return float(errors[0]), float(errors[1])
 
 
 def jackknife_groups(n: int, groups: int = 100) -> list[np.ndarray]:

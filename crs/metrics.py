@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from crs.distances import fid_bootstrap
-from crs.intervals import DEFAULT_METHOD, bootstrap_interval
+from crs.intervals import DEFAULT_METHOD, bootstrap_interval, endpoint_errors
 from crs.protocols import AnalyticDataset
 
 __all__ = [
@@ -47,6 +47,8 @@ __all__ = [
     "lower_is_better",
     "bootstrap_indices",
     "compare",
+    "paired_interval",
+    "EDGE_Z",
     "analytic_scores",
     "evaluate_samples",
     "feature_scores",
@@ -503,6 +505,29 @@ def _sliced_wasserstein(x, reference, idx, seed: int, projections: int):
     return sw(np.arange(len(g))), np.array([sw(row) for row in idx])
 
 
+EDGE_Z = 3.0  # an interval end within this many Monte Carlo standard errors of 0 leaves its verdict undecided
+
+
+def paired_interval(a_boot, b_boot, diff: float, level: float = LEVEL) -> tuple[float, float, bool, int]:
+    """The suite's interval of ``a - b`` from paired replicates, and whether its verdict is at the edge.
+
+    Replicates drawn from one index stream share their first rows (:func:`bootstrap_indices` draws row by row), so
+    sets with more replicates (an escalated pair, :func:`crs.run.jobs.evaluate_grid`) are paired with others on
+    their common prefix. ``edge`` is True when an end of the interval lies within :data:`EDGE_Z` Monte Carlo
+    standard errors of 0 (:func:`crs.intervals.endpoint_errors`): another bootstrap seed could then flip the
+    verdict, so it is reported as undecided at this number of replicates.
+
+    Returns ``(low, high, edge, replicates)``.
+    """
+    a_boot, b_boot = np.asarray(a_boot, np.float64), np.asarray(b_boot, np.float64)
+    b = min(len(a_boot), len(b_boot))
+    d = a_boot[:b] - b_boot[:b]
+    lo, hi = suite_interval(d, diff, level)
+    se_lo, se_hi = endpoint_errors(d, float(diff), level, INTERVAL)
+    edge = bool(abs(lo) < EDGE_Z * se_lo or abs(hi) < EDGE_Z * se_hi)
+    return lo, hi, edge, b
+
+
 def compare(
     values: dict[str, tuple[float, np.ndarray]], metric: str, crs_name: str = "crs", level: float = LEVEL
 ) -> dict | None:
@@ -513,14 +538,17 @@ def compare(
 
     Args:
         values: ``{schedule: (value, bootstrap replicates)}`` for one model, sampler, nfe and metric;
-            the replicates must come from the same indices (paired samples).
+            the replicates must come from the same indices (paired samples; see :func:`paired_interval`).
         crs_name: the CRS schedule's name; every other name is a baseline.
         level: family-wise coverage of the K intervals.
 
     Returns:
         ``{crs, best_baseline, crs_value, baseline_value, ratio, diff, diff_ci_low, diff_ci_high, significant,
-        crs_better, correction, n_baselines, level, better_than, worse_than}`` (the last two: the baselines CRS
-        is significantly better or worse than) or None when there is no CRS or no baseline.
+        crs_better, correction, n_baselines, level, better_than, worse_than, edge, edge_baselines, n_boot}``
+        (``better_than`` / ``worse_than``: the baselines CRS is significantly better or worse than; ``edge``: the
+        verdict against the best baseline is within Monte Carlo error of flipping, ``edge_baselines``: every
+        baseline whose verdict is; ``n_boot``: the replicates of the best baseline's interval) or None when there
+        is no CRS or no baseline.
     """
     if crs_name not in values or len(values) < 2:
         return None
@@ -530,14 +558,16 @@ def compare(
     c_val, c_boot = values[crs_name]
     c_val = float(c_val)
     each = 1 - (1 - level) / len(baselines)
-    intervals, better, worse = {}, [], []
+    intervals, better, worse, edges = {}, [], [], []
     for name, (b_val, b_boot) in baselines.items():
-        lo, hi = suite_interval(np.asarray(c_boot) - np.asarray(b_boot), c_val - float(b_val), each)
-        intervals[name] = (lo, hi)
+        lo, hi, edge, b = paired_interval(c_boot, b_boot, c_val - float(b_val), each)
+        intervals[name] = (lo, hi, b)
+        if edge:
+            edges.append(name)
         if lo > 0 or hi < 0:
             (better if (hi < 0) == lower else worse).append(name)
     b_val = float(baselines[best][0])
-    lo, hi = intervals[best]
+    lo, hi, n_boot = intervals[best]
     return dict(
         crs=crs_name,
         best_baseline=best,
@@ -554,10 +584,13 @@ def compare(
         level=each,
         better_than=sorted(better),
         worse_than=sorted(worse),
+        edge=best in edges,
+        edge_baselines=sorted(edges),
+        n_boot=int(n_boot),
     )
 
 
-def interval_description(n_boot: int) -> dict:
+def interval_description(n_boot: int, escalate: int = 1) -> dict:
     """What the intervals of ``metrics.json`` are and what they cover (stored next to them, shown by the report)."""
     return dict(
         method=INTERVAL,
@@ -569,6 +602,17 @@ def interval_description(n_boot: int) -> dict:
             "paired bootstrap of CRS minus each fixed baseline on the same sample seeds; Bonferroni over the "
             f"baselines of a cell, so all of a cell's intervals cover together with probability {LEVEL:.0%}"
         ),
+        edge=(
+            f"a verdict whose interval has an end within {EDGE_Z:g} Monte Carlo standard errors of 0 is at the edge: "
+            + (
+                f"against the best baseline, or between the models, it is recomputed with {escalate * n_boot} "
+                "replicates, and "
+                if escalate > 1
+                else ""
+            )
+            + "if still at the edge it is marked undecided (another bootstrap seed could flip it)"
+        ),
+        escalate=int(escalate),
     )
 
 

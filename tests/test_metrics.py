@@ -254,3 +254,64 @@ def test_row_intervals_stay_in_the_metrics_range():
     r = row("m", "s", "euler", 5, "recall_identity", 0.0, boot)
     assert (r["ci_low"], r["ci_high"]) == (0.0, 0.0)
     assert row("m", "s", "euler", 5, "kid_identity", 0.0, boot)["ci_low"] < 0
+
+
+def test_verdicts_within_monte_carlo_error_of_zero_are_at_the_edge():
+    from crs.metrics import EDGE_Z, paired_interval
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(400,))
+    idx = bootstrap_indices(400, 1000)
+    for shift, edge in [(0.0, False), (-0.5, False)]:  # far from the edge: clearly n.s., clearly different
+        a = base + shift + 0.3 * rng.normal(size=400)
+        lo, hi, flagged, b = paired_interval(a[idx].mean(1), base[idx].mean(1), float(a.mean() - base.mean()))
+        assert flagged is edge and b == 1000
+    # a difference placed so that the interval's upper end sits on 0 is at the edge
+    noise = rng.normal(size=400)
+    diff_boot = noise[idx].mean(1)
+    _, hi, _, _ = paired_interval(diff_boot, np.zeros(1000), float(noise.mean()))
+    lo, hi, flagged, _ = paired_interval(diff_boot - hi, np.zeros(1000), float(noise.mean()) - hi)
+    assert hi == pytest.approx(0.0, abs=1e-12) and flagged and EDGE_Z > 0
+    # replicates of one index stream pair on their common prefix (an escalated set against a plain one)
+    longer = bootstrap_indices(400, 4000)
+    assert np.array_equal(longer[:1000], idx)
+    a = base - 0.05
+    lo4, hi4, _, b4 = paired_interval(a[longer].mean(1), base[longer].mean(1), -0.05)
+    lo1, hi1, _, b1 = paired_interval(a[longer].mean(1), base[idx].mean(1), -0.05)
+    assert (b4, b1) == (4000, 1000) and (lo1, hi1) == paired_interval(a[idx].mean(1), base[idx].mean(1), -0.05)[:2]
+    result = compare(
+        {"crs": (float(a.mean()), a[longer].mean(1)), "karras": (float(base.mean()), base[idx].mean(1))}, "nll"
+    )
+    assert result["n_boot"] == 1000 and result["edge_baselines"] == [] and not result["edge"]
+
+
+def test_edge_verdicts_are_recomputed_with_more_replicates(tmp_path):
+    """evaluate_grid's escalation: an edge verdict's two sample sets are scored on the further rows of the same
+    index stream, so the escalated comparison equals the one of a run with escalate * n_boot replicates for every
+    set (the same replicates, computed in two chunks: equal to round-off), and every other verdict is untouched."""
+    from crs.run.jobs import evaluate_grid
+
+    gen = torch.Generator().manual_seed(0)
+    reference = torch.randn(300, 2, generator=gen)
+    common = torch.randn(128, 2, generator=gen)
+    index = []
+    for name, scale in [("crs", 1.02), ("karras", 1.0), ("vp", 1.3), ("linear", 1.05)]:
+        path = tmp_path / f"{name}.pt"
+        torch.save(common * scale + 0.02 * torch.randn(128, 2, generator=gen), path)
+        index.append(dict(model="m", schedule=name, sampler="euler", nfe=5, path=str(path)))
+    extractor = make_feature_extractor("identity")
+    args = dict(n_boot=30, which=["fid", "precision", "recall"])
+    plain = evaluate_grid(index, reference, extractor, escalate=1, **args)
+    escalated = evaluate_grid(index, reference, extractor, escalate=4, **args)
+    full = evaluate_grid(index, reference, extractor, escalate=1, **{**args, "n_boot": 120})
+    assert plain["rows"] == escalated["rows"] and escalated["intervals"]["escalate"] == 4
+    assert any(c["edge_baselines"] for c in plain["comparisons"])  # the data are built to have some
+    for p, e, f in zip(plain["comparisons"], escalated["comparisons"], full["comparisons"]):
+        if not p["edge_baselines"]:
+            assert e == p
+        elif p["edge"]:
+            assert e["n_boot"] == 120
+            assert e["diff_ci_low"] == pytest.approx(f["diff_ci_low"], rel=1e-9, abs=1e-12)
+            assert e["diff_ci_high"] == pytest.approx(f["diff_ci_high"], rel=1e-9, abs=1e-12)
+    with pytest.raises(ValueError, match="escalate"):
+        evaluate_grid(index, reference, extractor, escalate=0, **args)

@@ -1,6 +1,7 @@
 """The batch runner: params validation, the smoke experiment end to end, resume, failure isolation, sweeps, report."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -88,11 +89,55 @@ def test_smoke_chain_writes_every_artifact(smoke):
     model_comps = json.loads((run / "metrics.json").read_text())["model_comparisons"]
     assert model_comps and all(c["runs"] == 2 and len(c["diffs"]) == 2 for c in model_comps)
     assert all(c["covers"].startswith("training runs (2 seeds per model)") for c in model_comps)
+    # every figure a notebook saves is shown in its executed output, though the tests export MPLBACKEND=Agg
+    from crs.run.publish import figure_outputs
+
+    shown = 0
+    for nb in sorted(run.glob("0*_*.ipynb")):
+        rows = figure_outputs(nb)
+        assert rows and all(r["found"] >= r["expected"] for r in rows), (nb.name, rows)
+        shown += sum(r["found"] for r in rows)
+    assert shown >= len(list(run.glob("*.png")))  # each figure saved in the run folder is shown too
     rate = json.loads((run / "rate.json").read_text())
     assert rate["meta"]["model"] == "models/base" and rate["evaluations"] == 17 * 512  # the trained model was measured
     assert "/" not in json.dumps(
         json.loads((run / "01_rate_estimation.ipynb").read_text())["metadata"]["papermill"]["parameters"]["run_dir"]
     )
+
+
+def test_site_of_the_smoke_run_in_a_browser(smoke, tmp_path):
+    """The tutorial site (crs.run.publish) of the smoke run: built offline, every page opened from disk in headless
+    Chromium. Formulas typeset (none left raw outside code), every figure loads, every link inside the site
+    resolves (the only links out are to arXiv and the theme's credits)."""
+    from crs.run.publish import CHROMIUM_HINT, browser_check, build_site, figure_outputs, find_chromium
+
+    params, _ = smoke
+    run = Path(params["run_dir"])
+    index = build_site(run, tmp_path / "site", log=lambda *_: None)
+    site = index.parent
+    stems = [nb.stem for nb in sorted(run.glob("0*_*.ipynb"))]
+    assert len(stems) == 6 and all((site / f"{s}.html").is_file() for s in stems)
+    landing = index.read_text()
+    assert "Summary: CRS against the best baseline" in landing and "<table" in landing
+    assert (site / "_static" / "mathjax" / "tex-svg.js").is_file()
+    for page in site.glob("*.html"):  # nothing is fetched from the network: every script is in the folder
+        assert not re.search(r'<script[^>]+src="(https?:)?//', page.read_text()), page.name
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip(f"no Chromium for the browser check: {CHROMIUM_HINT}")
+    result = browser_check(site, chromium)
+    pages = {Path(p["page"]).stem: p for p in result["pages"]}
+    assert set(stems) | {"index"} <= set(pages)
+    for name, page in pages.items():
+        assert page["raw_math"] == 0 and page["mathjax_errors"] == 0, (name, page)
+        assert page["typeset"] >= page["formulas"], (name, page)
+        assert page["broken_images"] == [], (name, page)
+    assert sum(p["formulas"] for p in pages.values()) >= 20  # the stages' and the landing page's formulas
+    for stem in stems:  # every figure a stage saved is on its page
+        assert pages[stem]["images"] >= sum(r["expected"] for r in figure_outputs(run / f"{stem}.ipynb")), stem
+    assert pages["index"]["images"] >= 3
+    assert result["dead_links"] == []
+    assert all(link.startswith("https://") for link in result["external_links"])
 
 
 def test_second_run_skips_every_stage(smoke):

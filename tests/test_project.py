@@ -74,6 +74,17 @@ def test_committed_notebooks_are_clean():
         assert "def " not in "".join(c.source for c in nb.cells if c.cell_type == "code"), "no functions in notebooks"
 
 
+def test_committed_notebooks_show_every_figure_they_save():
+    """Each cell that saves figures shows them too (the notebooks set `%matplotlib inline`, so a run under
+    MPLBACKEND=Agg, as make and the tests export, still stores them)."""
+    from crs.run.publish import figure_outputs
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        rows = figure_outputs(path)
+        assert rows and all(r["found"] >= r["expected"] for r in rows), (path.name, rows)
+        assert "%matplotlib inline" in path.read_text(), path.name
+
+
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
@@ -190,6 +201,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "device",
             "metrics",
             "n_boot",
+            "escalate",
             "n_reference",
             "reference",
             "num_processes",

@@ -625,12 +625,17 @@ def _suite_coverage_cases(n: int, dim: int, mc_draws: int, fid_target: float, di
     return cases
 
 
-def coverage_table(repeats: int = 200, n_boot: int = 1000, n: int = 256, seed: int = 0, progress: bool = True):
-    """Empirical coverage of the nominal 95 % intervals of every method on :func:`coverage_cases`."""
+def coverage_table(
+    repeats: int = 200, n_boot: int = 1000, n: int = 256, seed: int = 0, progress: bool = True, cases=None
+):
+    """Empirical coverage of the nominal 95 % intervals of every method on :func:`coverage_cases` (those whose name
+    contains one of ``cases``, when given)."""
     from crs.intervals import coverage
 
     rows = []
     for name, case in coverage_cases(n).items():
+        if cases and not any(c in name for c in cases):
+            continue
         size = case.get("size", len)
         result = coverage(
             case["draw"],
@@ -699,9 +704,13 @@ def verdict_stability(run_dir, seeds=(1, 2), progress: bool = True) -> dict:
     better / worse / not significant, for every CRS-against-baselines comparison and every CRS-trained-against-control
     comparison. (For analytic data the sliced Wasserstein directions follow the seed too.)
 
+    Each verdict carries its edge flag (:func:`crs.metrics.paired_interval`): a verdict marked at the edge in
+    either run may change; one marked in neither should not.
+
     Returns:
         ``{"comparisons": count, "model_comparisons": count, "changed": [(seed, kind, key, before, after), ...],
-        "seeds": seeds, "n_boot"}``.
+        "undecided": the changes of verdicts at the edge in neither run, "edges": {"run" or seed: count of edge
+        verdicts}, "seeds": seeds, "n_boot"}``; ``before`` and ``after`` are ``(verdict, edge)``.
     """
     import hashlib
     import json
@@ -743,7 +752,7 @@ def verdict_stability(run_dir, seeds=(1, 2), progress: bool = True) -> dict:
 
     def verdicts(result):
         def verdict(c):
-            return ("better" if c["crs_better"] else "worse") if c["significant"] else "n.s."
+            return (("better" if c["crs_better"] else "worse") if c["significant"] else "n.s.", bool(c.get("edge")))
 
         return {
             ("comparison", c["model"], c["sampler"], c["nfe"], c["metric"], c["crs"]): verdict(c)
@@ -758,7 +767,7 @@ def verdict_stability(run_dir, seeds=(1, 2), progress: bool = True) -> dict:
         for e in doc["entries"]
     ]
     before = verdicts(metrics)
-    changed = []
+    changed, edges = [], {"run": sum(e for _, e in before.values())}
     for seed in seeds:
         if progress:
             print(f"bootstrap seed {seed} ...", flush=True)
@@ -772,13 +781,19 @@ def verdict_stability(run_dir, seeds=(1, 2), progress: bool = True) -> dict:
             k=params["k"],
             which=params["metrics"],
             teachers=teachers,
+            escalate=params["escalate"],
         )
         after = verdicts(result)
-        changed += [(seed, key[0], key[1:], before[key], after[key]) for key in before if after.get(key) != before[key]]
+        edges[seed] = sum(e for _, e in after.values())
+        changed += [
+            (seed, key[0], key[1:], before[key], after[key]) for key in before if after[key][0] != before[key][0]
+        ]
     return {
         "comparisons": sum(k[0] == "comparison" for k in before),
         "model_comparisons": sum(k[0] == "model comparison" for k in before),
         "changed": changed,
+        "undecided": [c for c in changed if not (c[3][1] or c[4][1])],
+        "edges": edges,
         "seeds": list(seeds),
         "n_boot": params["n_boot"],
     }
@@ -820,6 +835,11 @@ def main() -> None:
         help="quality: the cells, e.g. 'euler:5,10;heun:5,11' (default euler, dpmpp_2m 5,10,20; heun 5,11,21)",
     )
     parser.add_argument("--coverage-repeats", type=int, default=400, help="coverage: repeats per case (default 400)")
+    parser.add_argument(
+        "--coverage-cases",
+        default=None,
+        help="coverage: only the cases whose name contains one of these (comma-separated)",
+    )
     parser.add_argument("--run", default="runs/demo", help="stability: the run folder (default runs/demo)")
     parser.add_argument("--boot-seeds", default="1,2", help="stability: the other bootstrap seeds (default 1,2)")
     args = parser.parse_args()
@@ -873,7 +893,9 @@ def main() -> None:
         for (measure, sampler, nfe), m in cells.items():
             print(f"| {measure} | {sampler} | {nfe} | {m['nll']} | {m['fid_identity']} |")
     if args.what in ("coverage", "all"):
-        rows = coverage_table(repeats=args.coverage_repeats)
+        rows = coverage_table(
+            repeats=args.coverage_repeats, cases=args.coverage_cases.split(",") if args.coverage_cases else None
+        )
         print(
             f"\nCoverage of nominal 95 % bootstrap intervals ({rows[0]['repeats']} repeats, "
             f"{rows[0]['n_boot']} replicates;"
@@ -890,10 +912,13 @@ def main() -> None:
         print(
             f"\n{args.run}: {total} verdicts ({result['comparisons']} CRS against the baselines, "
             f"{result['model_comparisons']} CRS training against the control), {result['n_boot']} replicates; "
-            f"bootstrap seeds {result['seeds']} against the run's own: {len(result['changed'])} changes"
+            f"bootstrap seeds {result['seeds']} against the run's own: {len(result['changed'])} changes, "
+            f"{len(result['undecided'])} of them of verdicts at the edge in neither run; edge verdicts per run: "
+            f"{result['edges']}"
         )
         for seed, kind, key, was, now in result["changed"]:
-            print(f"  seed {seed}: {kind} {key}: {was} -> {now}")
+            mark = lambda v: v[0] + (" (edge)" if v[1] else "")  # noqa: E731
+            print(f"  seed {seed}: {kind} {key}: {mark(was)} -> {mark(now)}")
     if args.what in ("quality", "all"):
         from crs.io import atomic_write_json
 

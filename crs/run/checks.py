@@ -297,6 +297,7 @@ def evaluation(
     plot_model,
     teacher_steps=256,
     progress=False,
+    escalate=3,
 ) -> None:
     """Notebook 05 (whether ``plot_model`` was sampled is checked against the samples' index)."""
     from crs.metrics import check_metrics, check_reference
@@ -307,6 +308,7 @@ def evaluation(
         check_int(name, value, 2)
     check_reference(reference, _features(features))
     check_int("num_processes", num_processes, 1)
+    check_int("escalate", escalate, 1)
     if check_int("teacher_steps", teacher_steps, 2) % 2:
         raise ValueError(f"`teacher_steps` must be even (the teacher's error estimate halves it), got {teacher_steps}.")
     _model_name("plot_model", plot_model)

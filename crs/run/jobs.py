@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crs.args import check_int
 from crs.io import save_tensor
 from crs.metrics import (
     METRICS,
@@ -94,11 +95,12 @@ def model_comparisons(values: dict, level: float = 0.95) -> list[dict]:
       across runs, so it is conditional on them).
 
     Returns rows ``{schedule, sampler, nfe, metric, runs, covers, crs_value, control_value, diff, diffs, diff_ci_low,
-    diff_ci_high, significant, crs_better}`` (values: means over the runs).
+    diff_ci_high, significant, crs_better, edge, n_boot}`` (values: means over the runs; ``edge`` and ``n_boot`` as in
+    :func:`crs.metrics.compare`, for the bootstrap interval of one pair; a t interval has no Monte Carlo error).
     """
     from scipy.stats import t as student_t
 
-    from crs.metrics import lower_is_better, suite_interval
+    from crs.metrics import lower_is_better, paired_interval
 
     models = {m for m, *_ in values}
     pairs = [(c, k) for c, k in finetune_models(_repeat_seeds(models)) if c in models and k in models]
@@ -119,11 +121,11 @@ def model_comparisons(values: dict, level: float = 0.95) -> list[dict]:
         diffs = [float(a[0]) - float(b[0]) for a, b in zip(c_vals, k_vals)]
         mean = float(np.mean(diffs))
         if len(found) == 1:
-            lo, hi = suite_interval(np.asarray(c_vals[0][1]) - np.asarray(k_vals[0][1]), mean, level)
+            lo, hi, edge, n_boot = paired_interval(c_vals[0][1], k_vals[0][1], mean, level)
             covers = "generated samples (one fine-tuning run per model)"
         else:
             half = float(student_t.ppf(0.5 + level / 2, len(found) - 1) * np.std(diffs, ddof=1) / np.sqrt(len(found)))
-            lo, hi = mean - half, mean + half
+            lo, hi, edge, n_boot = mean - half, mean + half, False, None
             covers = f"training runs ({len(found)} seeds per model) and generated samples"
         c_mean, k_mean = float(np.mean([v[0] for v in c_vals])), float(np.mean([v[0] for v in k_vals]))
         out.append(
@@ -142,6 +144,8 @@ def model_comparisons(values: dict, level: float = 0.95) -> list[dict]:
                 diff_ci_high=hi,
                 significant=bool(lo > 0 or hi < 0),
                 crs_better=bool(mean < 0 if lower_is_better(metric) else mean > 0),
+                edge=edge,
+                n_boot=n_boot,
             )
         )
     return out
@@ -368,6 +372,43 @@ def _entry_samples(entry: dict, features: FeatureExtractor) -> tuple[torch.Tenso
     return torch.load(entry["path"], weights_only=True), None
 
 
+KEEP_FEATURES = 50_000_000  # features (float64 values, 400 MB) an evaluation keeps in memory for edge verdicts
+
+
+def _entry_values(
+    entry, samples, gen_features, reference, stats, ref_features, features, idx, *, data, seed, k, kid, which, teachers
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Every metric of one sample set: ``{metric: (value, replicates over the index rows idx)}``."""
+    scores = feature_scores(
+        gen_features,
+        stats if stats is not None else ref_features,
+        idx,
+        k=k,
+        which=which,
+        kid=kid and features.images,
+    )
+    values = {f"{family}_{features.name}": v for family, v in scores.items()}
+    if "teacher_error" in which and teachers and entry["model"] in teachers and entry["sampler"] != "edm":
+        if samples is not None:
+            values["teacher_error"] = teacher_scores(samples, teachers[entry["model"]], idx)
+    if isinstance(data, AnalyticDataset) and stats is None:
+        if samples is None:
+            raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
+        values.update(analytic_scores(samples, reference, data, idx, seed, which))
+    return values
+
+
+def _comparisons(groups: dict) -> list[dict]:
+    comparisons = []
+    for (model, sampler, nfe, metric), by_schedule in groups.items():
+        fixed = {s: v for s, v in by_schedule.items() if not s.startswith("crs") and s not in SEARCH_PEERS}
+        for name in [s for s in by_schedule if s.startswith("crs")]:
+            result = compare({name: by_schedule[name], **fixed}, metric, name)
+            if result:
+                comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
+    return comparisons
+
+
 def evaluate_grid(
     index: list[dict],
     reference,
@@ -381,6 +422,7 @@ def evaluate_grid(
     which=METRICS,
     progress: bool = False,
     teachers: dict | None = None,
+    escalate: int = 3,
 ) -> dict:
     """Evaluate every entry of a sampling index (see :func:`crs.run.jobs.sample_grid`).
 
@@ -393,19 +435,28 @@ def evaluate_grid(
             :func:`reference_statistics`), from which only FID is computed.
         teachers: ``{model: teacher endpoints}`` (:func:`teacher_endpoints`) for the ``teacher_error`` rows of the
             deterministic samplers' sets (sets stored as features only have none).
+        escalate: a verdict at the edge (an end of its interval within Monte Carlo error of 0,
+            :func:`crs.metrics.paired_interval`), CRS against its best baseline or the CRS-trained model against
+            the control, is recomputed once with ``escalate * n_boot`` replicates: the two sample sets of that
+            comparison are scored again on the further rows of the same index stream, so the first ``n_boot``
+            replicates are unchanged. 1 turns this off. Rows keep ``n_boot`` replicates; each comparison records
+            its own ``n_boot`` and whether it is still at the edge (``edge_baselines`` flags the other baselines'
+            verdicts at the edge, not recomputed).
 
     CRS schedules (names starting with ``crs``, ``crs-select`` included) are compared with the best *fixed*
     baseline; the schedule-search peers (``gits``, ``optimal``, ``optimal-free``) are rows, never comparators.
 
     Returns:
-        ``{"rows": [...], "comparisons": [...], "features": name, "n_boot": n_boot, "
-           ""reference": ...}`` for ``metrics.json``.
+        ``{"rows": [...], "comparisons": [...], "model_comparisons": [...], "features": name, "n_boot": n_boot,
+        "reference": ..., "intervals": ...}`` for ``metrics.json``.
     """
     from tqdm import tqdm
 
+    check_int("escalate", escalate, 1)
     stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
     ref_features = None if stats is not None else features(reference)
-    rows, comparisons, groups, by_model = [], [], {}, {}
+    shared = dict(data=data, seed=seed, k=k, kid=kid, which=which, teachers=teachers)
+    rows, groups, by_model, entries, computed, kept = [], {}, {}, {}, {}, 0
     for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
         samples, gen_features = _entry_samples(entry, features)
         n = len(samples) if samples is not None else len(gen_features)
@@ -414,42 +465,62 @@ def evaluate_grid(
             if not torch.all(torch.isfinite(samples)):
                 raise ValueError(f"The sample set {entry['path']!r} contains NaN or inf; evaluate finite samples only.")
             gen_features = features(samples)
-        scores = feature_scores(
-            gen_features,
-            stats if stats is not None else ref_features,
-            idx,
-            k=k,
-            which=which,
-            kid=kid and features.images,
-        )
-        values = {f"{family}_{features.name}": v for family, v in scores.items()}
-        if "teacher_error" in which and teachers and entry["model"] in teachers and entry["sampler"] != "edm":
-            if samples is not None:
-                values["teacher_error"] = teacher_scores(samples, teachers[entry["model"]], idx)
-        if isinstance(data, AnalyticDataset) and stats is None:
-            if samples is None:
-                raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
-            values.update(analytic_scores(samples, reference, data, idx, seed, which))
-        key = (entry["model"], entry["sampler"], entry["nfe"])
+        values = _entry_values(entry, samples, gen_features, reference, stats, ref_features, features, idx, **shared)
+        name = (entry["model"], entry["schedule"], entry["sampler"], entry["nfe"])
+        entries[name] = entry
+        if escalate > 1 and kept + gen_features.size <= KEEP_FEATURES:  # for an edge verdict's further replicates
+            computed[name] = gen_features
+            kept += gen_features.size
         for metric, (value, boot) in values.items():
             rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
-            groups.setdefault(key + (metric,), {})[entry["schedule"]] = (value, boot)
-            by_model[(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric)] = (value, boot)
-    for (model, sampler, nfe, metric), by_schedule in groups.items():
-        fixed = {s: v for s, v in by_schedule.items() if not s.startswith("crs") and s not in SEARCH_PEERS}
-        for name in [s for s in by_schedule if s.startswith("crs")]:
-            result = compare({name: by_schedule[name], **fixed}, metric, name)
-            if result:
-                comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
+            groups.setdefault((entry["model"], entry["sampler"], entry["nfe"], metric), {})[entry["schedule"]] = (
+                value,
+                boot,
+            )
+            by_model[name + (metric,)] = (value, boot)
+    comparisons, model_rows = _comparisons(groups), model_comparisons(by_model)
+    if escalate > 1:
+        edge: dict[tuple, set] = {}  # sample set -> the metrics of its edge verdicts
+        for c in comparisons:  # the verdict against the best baseline (the others keep their edge_baselines flag)
+            for s in [c["crs"], c["best_baseline"]] if c["edge"] else []:
+                edge.setdefault((c["model"], s, c["sampler"], c["nfe"]), set()).add(c["metric"])
+        for c in model_rows:
+            for m in finetune_models()[0] if c["edge"] else []:
+                edge.setdefault((m, c["schedule"], c["sampler"], c["nfe"]), set()).add(c["metric"])
+        for name in tqdm(sorted(edge, key=str), desc="edge verdicts", disable=not progress, leave=False):
+            entry = entries[name]
+            samples, gen_features = _entry_samples(entry, features)
+            n = len(samples) if samples is not None else len(gen_features)
+            if gen_features is None:
+                gen_features = computed[name] if name in computed else features(samples)
+            more = bootstrap_indices(n, escalate * n_boot, seed)[n_boot:]
+            families = {m if m in METRICS else m.removesuffix(f"_{features.name}") for m in edge[name]}
+            values = _entry_values(
+                entry,
+                samples,
+                gen_features,
+                reference,
+                stats,
+                ref_features,
+                features,
+                more,
+                **{**shared, "which": [f for f in METRICS if f in families]},
+            )
+            for metric in edge[name]:
+                value, first = by_model[name + (metric,)]
+                by_model[name + (metric,)] = (value, np.concatenate([first, values[metric][1]]))
+                groups[(name[0], name[2], name[3], metric)][name[1]] = by_model[name + (metric,)]
+        if edge:
+            comparisons, model_rows = _comparisons(groups), model_comparisons(by_model)
     ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
     return {
         "rows": rows,
         "comparisons": comparisons,
-        "model_comparisons": model_comparisons(by_model),
+        "model_comparisons": model_rows,
         "features": features.name,
         "n_boot": int(n_boot),
         "reference": ref_name,
-        "intervals": interval_description(n_boot),
+        "intervals": interval_description(n_boot, escalate),
     }
 
 

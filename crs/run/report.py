@@ -1,8 +1,8 @@
-"""A report for publication: ``run_dir/report/index.html``.
+"""A one-page report: ``run_dir/report/index.html``.
 
-It links every executed notebook of the run, converted to HTML with nbconvert, shows the summary
-table of CRS against the best baseline (from ``metrics.json``) and the main figures. Everything it
-links is copied into ``report/``, so the folder can be published as it is.
+It links every executed notebook of the run (to its page of the tutorial site, ``run_dir/site``, when that is
+built: :mod:`crs.run.publish`; otherwise to a copy converted with nbconvert), shows the summary table of CRS
+against the best baseline (from ``metrics.json``) and the main figures.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ def summary_table(metrics: dict, metrics_shown: tuple[str, ...] | None = None) -
 
 
 def _verdict(c: dict) -> str:
-    return ("CRS better" if c["crs_better"] else "CRS worse") if c["significant"] else "not significant"
+    """The verdict; ``(edge)`` marks one still within Monte Carlo error of flipping after its extra replicates
+    (:func:`crs.metrics.paired_interval`): another bootstrap seed could turn it."""
+    verdict = ("CRS better" if c["crs_better"] else "CRS worse") if c["significant"] else "not significant"
+    return verdict + (" (edge)" if c.get("edge") else "")
 
 
 def _against_all(c: dict) -> str:
@@ -62,8 +65,9 @@ def intervals_note(metrics: dict) -> str:
     info = metrics.get("intervals")
     if not info:
         return f"{metrics.get('n_boot')} bootstrap replicates (an older metrics.json: interval method not recorded)."
+    edge = f" Edge verdicts: {info['edge']}; marked (edge)." if "edge" in info else ""
     return (
-        f"Intervals: {info['rows']}; {info['n_boot']} replicates. Comparisons: {info['comparisons']}. "
+        f"Intervals: {info['rows']}; {info['n_boot']} replicates. Comparisons: {info['comparisons']}.{edge} "
         "They cover sampling variance only: not training randomness, nor the choice of reference set."
     )
 
@@ -105,6 +109,7 @@ def training_table(metrics: dict, schedule: str = "crs") -> tuple[list[dict], di
         cells=len(headline),
         better=sum(c["significant"] and c["crs_better"] for c in headline),
         worse=sum(c["significant"] and not c["crs_better"] for c in headline),
+        edge=sum(bool(c.get("edge")) for c in headline),
         runs=sorted({c["runs"] for c in headline}),
     )
     return [c for c in headline if c["schedule"] == schedule], counts
@@ -128,7 +133,8 @@ def training_markdown(metrics: dict) -> str:
     lines += [
         "",
         f"Over every schedule ({counts['cells']} cells of the headline metrics): the CRS-trained model is "
-        f"significantly better in {counts['better']} and worse in {counts['worse']}.",
+        f"significantly better in {counts['better']} and worse in {counts['worse']}"
+        + (f"; {counts['edge']} verdicts are at the edge." if counts["edge"] else "."),
     ]
     return "\n".join(lines)
 
@@ -231,9 +237,13 @@ def build_report(run_dir) -> Path:
     report = run_dir / "report"
     report.mkdir(exist_ok=True)
     links = []
+    site = (run_dir / "site" / "index.html").is_file()  # the tutorial site (crs.run.publish): typeset formulas offline
     for nb in sorted(run_dir.glob("0*_*.ipynb")):
-        _convert(nb, report / f"{nb.stem}.html")
-        links.append(f'<li><a href="{nb.stem}.html">{html.escape(nb.stem)}</a></li>')
+        if site:
+            links.append(f'<li><a href="../site/{nb.stem}.html">{html.escape(nb.stem)}</a></li>')
+        else:
+            _convert(nb, report / f"{nb.stem}.html")
+            links.append(f'<li><a href="{nb.stem}.html">{html.escape(nb.stem)}</a></li>')
     figures = []
     for name, caption in FIGURES:
         if (run_dir / name).is_file():
@@ -268,6 +278,13 @@ def build_report(run_dir) -> Path:
         if optimum:
             table += "<h3>Teacher error as a ratio to the optimum (1: the best schedule of that budget)</h3>"
             table += _markdown_table_html(optimum)
+    site_note = (
+        '<p>Each links to its page of the <a href="../site/index.html">tutorial site</a> (formulas typeset offline, '
+        "navigation between the stages; <code>python -m crs publish</code>).</p>"
+        if site
+        else "<p>As HTML (nbconvert; its formulas need MathJax from the network: the tutorial site, "
+        "<code>python -m crs publish</code>, typesets them offline).</p>"
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>CRS report: {html.escape(run_dir.resolve().name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
@@ -278,7 +295,7 @@ figure{{display:inline-block;margin:1em}} img{{max-width:520px}}</style>
 <p>Constant Rate Scheduling (Okada et al., arXiv 2411.12188) picks the noise schedule so that the noised data
 distribution changes at a constant rate under a chosen discrepancy. This run executed the notebooks below with
 papermill.</p>
-<h2>Executed notebooks</h2><ul>{"".join(links) or "<li>none</li>"}</ul>
+<h2>Executed notebooks</h2>{site_note}<ul>{"".join(links) or "<li>none</li>"}</ul>
 <h2>Summary: CRS against the best baseline</h2>{table}
 <h2>Main figures</h2>{"".join(figures) or "<p>none</p>"}
 </body></html>
