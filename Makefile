@@ -58,7 +58,7 @@ lint: venv
 	$(PY) -m ruff check --fix crs tests
 
 # Re-execute the committed notebooks in place with their default parameters (their stored outputs). Their figures
-# are stored although MPLBACKEND=Agg is exported here: each notebook sets `%matplotlib inline` itself.
+# are stored although MPLBACKEND=Agg is exported here: crs.run.plotting.save_figure shows what it saves.
 notebooks: venv
 	rm -rf notebooks/runs
 	for nb in notebooks/0*.ipynb; do (cd notebooks && ../$(PY) -m papermill $$(basename $$nb) $$(basename $$nb) --no-progress-bar) || exit 1; done

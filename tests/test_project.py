@@ -56,7 +56,7 @@ def test_readme_commands_and_ci():
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test: venv\n\t\$\(PY\) -m pytest$", makefile, re.M)
+    assert re.search(r"^test: venv browser\n\t\$\(PY\) -m pytest$", makefile, re.M)  # browser: Chromium, best effort
 
 
 def test_committed_notebooks_are_clean():

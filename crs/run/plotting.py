@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -64,11 +65,26 @@ def _nfe_ticks(ax, values) -> None:
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def save_figure(fig, path, dpi: int = 110) -> None:
-    """Save a figure as PNG, atomically."""
+def _in_notebook() -> bool:
+    """True inside a Jupyter kernel (papermill, nbval, JupyterLab), never in a plain Python process."""
+    if "IPython" not in sys.modules:
+        return False
+    shell = sys.modules["IPython"].get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def save_figure(fig, path, dpi: int = 110, show: bool = True) -> None:
+    """Save a figure as PNG, atomically. In a notebook, also show that same PNG in the cell's output and close the
+    figure: one rendering, and the figure appears whatever matplotlib backend the environment chose
+    (``MPLBACKEND=Agg`` would otherwise keep it out of the executed notebook)."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     atomic_write_bytes(path, buf.getvalue())
+    if show and _in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(data=buf.getvalue()))
+        _plt().close(fig)
 
 
 def plot_noised_data(data, sigmas=(0.0, 0.1, 0.5, 2.0), n: int = 2000, seed: int = 0):
