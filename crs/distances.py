@@ -14,7 +14,15 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["fid_bootstrap", "fid_from_features", "fid_from_stats", "frechet_from_traces", "trace_sqrt_psd"]
+__all__ = [
+    "FID_BOOTSTRAPS",
+    "fid_bootstrap",
+    "fid_bootstrap_cost",
+    "fid_from_features",
+    "fid_from_stats",
+    "frechet_from_traces",
+    "trace_sqrt_psd",
+]
 
 
 def frechet_from_traces(mean_sq: float, tr_cov1: float, tr_cov2: float, tr_cross_root: float) -> float:
@@ -75,8 +83,26 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
     return frechet_from_traces(((mu1 - mu2) ** 2).sum(), (c1 * c1).sum() / n1, (c2 * c2).sum() / n2, nuclear)
 
 
+FID_BOOTSTRAPS = ("auto", "exact", "linear")
+EXACT_FID_BUDGET = 5e12  # floating-point operations above which "auto" linearises (minutes on a 2-core CPU)
+
+
+def fid_bootstrap_cost(n: int, f: int, n_boot: int) -> float:
+    """Floating-point operations of ``n_boot`` exact FID replicates of ``n`` rows of ``F = f`` features (about):
+    a replicate's cross matrix (``n F^2`` with more rows than features, the Gram rows otherwise) and its
+    eigenvalue problem (``4 r^3`` for its size ``r``: ``F``, or the about ``0.63 n`` distinct rows drawn)."""
+    if f > n:
+        return float(n_boot) * (n * n + 4 * (0.63 * n) ** 3)
+    return float(n_boot) * (n * f * f + 4.0 * f**3)
+
+
 def fid_bootstrap(
-    gen: np.ndarray, ref_mu: np.ndarray, ref_cov: np.ndarray, idx: np.ndarray, chunk: int = 64
+    gen: np.ndarray,
+    ref_mu: np.ndarray,
+    ref_cov: np.ndarray,
+    idx: np.ndarray,
+    chunk: int = 64,
+    method: str = "auto",
 ) -> tuple[float, np.ndarray]:
     """FID of generated features (n, F) against reference statistics, and its bootstrap replicates.
 
@@ -95,11 +121,29 @@ def fid_bootstrap(
     features take about a second. The rows are centred on their mean first (FID is translation-invariant),
     which keeps the moment formulas free of cancellation.
 
+    ``method="linear"`` replaces each replicate by FID's first-order expansion in the counts (the delta method,
+    or the linearised bootstrap; Efron and Tibshirani 1993, section 21.3): ``FID + sum_i (w_i - 1) h_i`` with
+    the influence of row ``i``
+
+        ``h_i = -2 (mu_ref - m) . (x_i - m) / n + (|x_i - m|^2 - p_i^T M^{+1/2} p_i) / (n - 1)``,
+
+    ``p_i = R (x_i - m)``, ``M = R C R`` (the derivative of ``tr(M^1/2)`` is ``M^{-1/2} / 2``; the rows lie in
+    the range of ``M``, so its pseudo-inverse is exact). One pass over the rows and one eigenvalue problem, then
+    a (B, n) x (n,) product: 1000 replicates of 50,000 x 2048 Inception features cost what one exact replicate
+    does (about 2e11 operations). It drops the second-order terms, hence the bootstrap's extra bias and the
+    skewness that the shifted interval uses: its coverage is measured apart (README, "Measured: interval
+    coverage"). ``"auto"`` (the default) is exact unless :func:`fid_bootstrap_cost` exceeds
+    :data:`EXACT_FID_BUDGET`; the value is exact either way.
+
     Returns:
         ``(fid of all rows, fid of each replicate (B,))``.
     """
+    if method not in FID_BOOTSTRAPS:
+        raise ValueError(f"Unknown FID bootstrap {method!r}; expected one of {', '.join(FID_BOOTSTRAPS)}.")
     gen = np.asarray(gen, dtype=np.float64)
     n, f = gen.shape
+    if method == "auto":
+        method = "linear" if fid_bootstrap_cost(n, f, len(idx)) > EXACT_FID_BUDGET else "exact"
     shift = gen.mean(0)
     x = gen - shift
     d_mu = np.asarray(ref_mu, dtype=np.float64) - shift
@@ -145,5 +189,27 @@ def fid_bootstrap(
         return out
 
     counts = np.array([np.bincount(np.asarray(r), minlength=n) for r in idx], dtype=np.float64).reshape(-1, n)
+    if method == "linear":
+        value, influence = _fid_influence(x, proj, d_mu, tr_ref, sq, gram)
+        return value, np.maximum(value + (counts - 1.0) @ influence, 0.0)  # counts of n rows: sum(w - 1) = 0
     value = float(fids(np.ones((1, n)))[0])
     return value, fids(counts)
+
+
+def _fid_influence(x, proj, d_mu, tr_ref, sq, gram) -> tuple[float, np.ndarray]:
+    """FID of centred rows ``x`` and each row's influence ``h_i`` (see :func:`fid_bootstrap`, ``linear``)."""
+    n = len(x)
+    if gram is not None:  # p_i^T M^{+1/2} p_i = sqrt(n - 1) (K^1/2)_ii for the Gram matrix K of the rows p_i
+        lam, v = np.linalg.eigh(0.5 * (gram + gram.T))
+        root = np.sqrt(np.clip(lam, 0, None))
+        cross = float(root.sum()) / np.sqrt(n - 1)
+        q = np.sqrt(n - 1) * (v * v) @ root
+    else:
+        lam, u = np.linalg.eigh(proj.T @ proj / (n - 1))
+        lam = np.clip(lam, 0, None)
+        keep = lam > lam.max() * 1e-12  # the range of M (zero eigenvalues: directions no row has)
+        z = proj @ (u[:, keep] * lam[keep] ** -0.25)
+        cross = float(np.sqrt(lam).sum())
+        q = (z * z).sum(1)
+    value = frechet_from_traces(float(d_mu @ d_mu), float(sq.sum()) / (n - 1), tr_ref, cross)
+    return value, -2.0 * (x @ d_mu) / n + (sq - q) / (n - 1)

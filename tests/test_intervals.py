@@ -107,15 +107,25 @@ def test_fid_needs_the_shifted_interval():
     assert result["coverage"]["percentile"] < 0.95 - tol
 
 
-@pytest.mark.parametrize("case", ["kid (suite)", "recall (suite)", "fid difference (suite)"])
-def test_suite_intervals_cover_at_test_size(case):
+@pytest.mark.parametrize(
+    "case,n,dim",
+    [
+        ("kid (suite)", 64, 8),
+        ("recall (suite)", 64, 8),
+        ("fid difference (suite)", 64, 8),
+        ("fid linear (suite)", 512, 16),
+        ("fid linear difference (suite)", 512, 16),
+    ],
+)
+def test_suite_intervals_cover_at_test_size(case, n, dim):
     """The suite's own metric code (crs.metrics: KID's count-weighted U-statistic, recall's rescaled delete-d
     replicates, the paired FID difference) in the coverage study at test size: 64 draws in 8 dimensions, 200
-    repeats of 200 replicates. The shifted interval covers within 4 binomial standard errors of 95 % plus 0.02
+    repeats of 200 replicates; FID's linearised replicates where they are meant for, many rows per feature (512
+    draws in 16 dimensions). The shifted interval covers within 4 binomial standard errors of 95 % plus 0.02
     for the quantile noise of 200 replicates (the full study: README, "Measured: interval coverage")."""
     from crs.run.bench import coverage_cases
 
-    spec = coverage_cases(n=64, dim=8, mc_draws=4000)[case]
+    spec = coverage_cases(n=n, dim=dim, mc_draws=4000, only=lambda name: name == case)[case]
     result = coverage(
         spec["draw"],
         spec.get("statistic"),
@@ -132,19 +142,26 @@ def test_suite_intervals_cover_at_test_size(case):
 
 def test_endpoint_errors_are_the_spread_of_the_ends_across_bootstrap_seeds():
     """The Monte Carlo error of an interval end, estimated from one set of replicates, against the spread of that
-    end over 400 independent sets (normal replicates, B = 2000; the 2.5 % quantile's asymptotic error is
-    sqrt(p(1 - p) / B) / phi(z_p) = 0.0473). The estimate comes from a few order statistics, so it is itself
-    noisy (relative error about 1 / sqrt(2 * sqrt(B p (1 - p))) = 0.2); the tolerance is 2.5 times that."""
+    end over 400 independent sets of normal replicates, at the 95 % level (B = 2000) and deep in the tail, at a
+    Bonferroni level over 6 baselines (B = 1000, about 4 replicates beyond the end). The asymptotic error of the
+    quantile is sqrt(p(1 - p) / B) / phi(z_p) (0.060 and 0.166); the 400 ends give their spread to about 4 %
+    (a relative standard error of 1 / sqrt(2 * 399)), hence the 12 % tolerance. The estimate is the larger of an
+    order-statistic one (noisy in the tail: alone it falls to 0.4 times the spread) and the normal-theory one,
+    so on normal replicates it is never far below the spread; its median is the spread to 15 %."""
     from crs.intervals import endpoint_errors
 
     rng = np.random.default_rng(0)
-    b, p = 2000, 0.025
-    ends = [np.quantile(rng.standard_normal(b), p) for _ in range(400)]
-    truth = np.sqrt(p * (1 - p) / b) / norm.pdf(norm.ppf(p))
-    assert np.std(ends) == pytest.approx(truth, rel=0.12)  # 400 draws: the spread itself to about 4 %
-    estimates = [endpoint_errors(rng.standard_normal(b), 0.0, 0.95, "percentile")[0] for _ in range(50)]
-    assert np.median(estimates) == pytest.approx(truth, rel=0.15)
-    assert all(abs(e / truth - 1) < 0.5 for e in estimates)
+    for b, level in ((2000, 0.95), (1000, 1 - 0.05 / 6)):
+        p = (1 - level) / 2
+        ends = [np.quantile(rng.standard_normal(b), p) for _ in range(400)]
+        truth = np.sqrt(p * (1 - p) / b) / norm.pdf(norm.ppf(p))
+        spread = np.std(ends)
+        assert spread == pytest.approx(truth, rel=0.12)
+        estimates = np.array([endpoint_errors(rng.standard_normal(b), 0.0, level, "percentile")[0] for _ in range(100)])
+        assert np.median(estimates) == pytest.approx(spread, rel=0.15), b
+        # never well below: the normal-theory estimate's own noise is that of the sample sd, 1 / sqrt(2B) = 2 %
+        assert estimates.min() >= 0.85 * spread, (b, estimates.min() / spread)
+        assert estimates.max() <= 4 * spread, (b, estimates.max() / spread)  # the order statistics' heavy-tail guard
     boot = rng.standard_normal(b)
     lo, hi = endpoint_errors(boot, 0.0, 0.95, "percentile")
     b_lo, b_hi = endpoint_errors(boot, 0.0, 0.95, "basic")

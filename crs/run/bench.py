@@ -26,6 +26,7 @@ Each prints a Markdown table measured on this machine.
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import statistics
 import time
@@ -471,7 +472,7 @@ def print_quality(result: dict) -> None:
     print("\ncrs-select chose: " + "; ".join(chosen))
 
 
-def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
+def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000, only=None) -> dict:
     """The coverage study's experiments on Gaussian data (:func:`crs.intervals.coverage`): for each, a sample
     draw, a statistic of chosen rows, and the target's exact expression or the size of its Monte Carlo estimate.
 
@@ -489,6 +490,8 @@ def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
     ``n`` draws of N(0, I) against a fixed reference set of ``n`` draws of N(0.3, 1.5 I):
 
     * ``fid (suite)``, ``fid difference (suite)``: :func:`crs.distances.fid_bootstrap` on the cases above;
+      ``fid linear (suite)``, ``fid linear difference (suite)``: the same with its linearised replicates
+      (``method="linear"``, what large feature sets get);
     * ``kid (suite)``: :func:`crs.metrics.kid_bootstrap`; target exact: for x, x' ~ N(0, I) the kernel
       ``(x.y/d + 1)^3`` has ``E k(x, x') = 1 + 3/d`` and ``E k(x, r) = 1 + 3 |r|^2 / d^2`` (odd moments vanish);
     * ``precision (suite)``: the k-NN (k = 3) precision; target: the manifold's probability under N(0, I)
@@ -498,8 +501,12 @@ def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
     * ``sliced_wasserstein (suite)``, ``mode_tv (suite)``: :func:`crs.metrics.analytic_scores` on the 2-D
       mixture, ``n`` exact samples scaled by 1.15 against ``n`` fixed exact ones; targets: expected values at
       ``n`` (Monte Carlo, ``mc_draws / 5`` sets).
+
+    ``only``: the case names wanted (a predicate); the targets of the others are not computed.
     """
     from scipy.stats import chi2
+
+    wanted = only or (lambda name: True)
 
     from crs.distances import frechet_from_traces, trace_sqrt_psd
 
@@ -516,9 +523,13 @@ def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
         return np.stack([x, 0.9 * x + 0.1 * rng.standard_normal((n, dim))])
 
     mc = np.random.default_rng(12345)
-    values = np.array([(fid(p[0]), fid(p[0]) - fid(p[1])) for p in (draw_pair(mc) for _ in range(mc_draws))])
-    fid_target, diff_target = (float(v) for v in values.mean(0))
-    small = float(np.mean([fid(mc.standard_normal((n, 4))) for _ in range(mc_draws)]))
+    fid_target = diff_target = small = math.nan
+    fid_cases = ("fid", "fid difference", "fid (suite)", "fid difference (suite)")
+    if any(wanted(c) for c in fid_cases + ("fid linear (suite)", "fid linear difference (suite)")):
+        values = np.array([(fid(p[0]), fid(p[0]) - fid(p[1])) for p in (draw_pair(mc) for _ in range(mc_draws))])
+        fid_target, diff_target = (float(v) for v in values.mean(0))
+    if wanted("fid (4-d)"):
+        small = float(np.mean([fid(mc.standard_normal((n, 4))) for _ in range(mc_draws)]))
     cases = {
         "fid (4-d)": dict(
             draw=lambda rng: rng.standard_normal((n, 4)),
@@ -549,8 +560,8 @@ def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000) -> dict:
             target=float(chi2.cdf(dim, dim)),
         ),
     }
-    cases.update(_suite_coverage_cases(n, dim, mc_draws, fid_target, diff_target, draw_pair))
-    return cases
+    cases.update(_suite_coverage_cases(n, dim, mc_draws, fid_target, diff_target, draw_pair, wanted))
+    return {name: case for name, case in cases.items() if wanted(name)}
 
 
 def _ragged(fn):
@@ -565,7 +576,9 @@ def _ragged(fn):
     return scores
 
 
-def _suite_coverage_cases(n: int, dim: int, mc_draws: int, fid_target: float, diff_target: float, draw_pair):
+def _suite_coverage_cases(
+    n: int, dim: int, mc_draws: int, fid_target: float, diff_target: float, draw_pair, wanted
+) -> dict:
     """The coverage cases that run the suite's own metric code (see :func:`coverage_cases`)."""
     import torch
 
@@ -585,12 +598,15 @@ def _suite_coverage_cases(n: int, dim: int, mc_draws: int, fid_target: float, di
         return feature_scores(x, ref, idx, which=["precision"], kid=False)["precision"]
 
     mc = np.random.default_rng(4242)
-    precision_target = float(
-        np.mean([precision(mc.standard_normal((10000, dim)), empty)[0] for _ in range(max(1, mc_draws // 200))])
-    )
-    recall_target = float(
-        np.mean([recall_bootstrap(mc.standard_normal((n, dim)), ref, empty)[0] for _ in range(mc_draws // 5)])
-    )
+    precision_target = recall_target = math.nan
+    if wanted("precision (suite)"):
+        precision_target = float(
+            np.mean([precision(mc.standard_normal((10000, dim)), empty)[0] for _ in range(max(1, mc_draws // 200))])
+        )
+    if wanted("recall (suite)"):
+        recall_target = float(
+            np.mean([recall_bootstrap(mc.standard_normal((n, dim)), ref, empty)[0] for _ in range(mc_draws // 5)])
+        )
 
     gmm = make_dataset("gmm")
     gmm_ref = gmm.sample(n, torch.Generator().manual_seed(778))
@@ -604,6 +620,7 @@ def _suite_coverage_cases(n: int, dim: int, mc_draws: int, fid_target: float, di
     analytic_targets = {
         metric: float(np.mean([analytic(metric)(gmm_draw(mc), empty)[0] for _ in range(mc_draws // 5)]))
         for metric in ("sliced_wasserstein", "mode_tv")
+        if wanted(f"{metric} (suite)")
     }
     gauss = lambda rng: rng.standard_normal((n, dim))  # noqa: E731
     cases = {
@@ -612,6 +629,21 @@ def _suite_coverage_cases(n: int, dim: int, mc_draws: int, fid_target: float, di
             draw=draw_pair,
             scores=lambda p, idx: tuple(
                 a - b for a, b in zip(fid_bootstrap(p[0], mu_r, cov_r, idx), fid_bootstrap(p[1], mu_r, cov_r, idx))
+            ),
+            size=lambda p: p.shape[1],
+            target=diff_target,
+        ),
+        "fid linear (suite)": dict(
+            draw=gauss, scores=lambda x, idx: fid_bootstrap(x, mu_r, cov_r, idx, method="linear"), target=fid_target
+        ),
+        "fid linear difference (suite)": dict(
+            draw=draw_pair,
+            scores=lambda p, idx: tuple(
+                a - b
+                for a, b in zip(
+                    fid_bootstrap(p[0], mu_r, cov_r, idx, method="linear"),
+                    fid_bootstrap(p[1], mu_r, cov_r, idx, method="linear"),
+                )
             ),
             size=lambda p: p.shape[1],
             target=diff_target,
@@ -626,16 +658,20 @@ def _suite_coverage_cases(n: int, dim: int, mc_draws: int, fid_target: float, di
 
 
 def coverage_table(
-    repeats: int = 200, n_boot: int = 1000, n: int = 256, seed: int = 0, progress: bool = True, cases=None
+    repeats: int = 200,
+    n_boot: int = 1000,
+    n: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+    cases=None,
+    dim: int = 16,
 ):
-    """Empirical coverage of the nominal 95 % intervals of every method on :func:`coverage_cases` (those whose name
-    contains one of ``cases``, when given)."""
+    """Empirical coverage of the nominal 95 % intervals of every method on :func:`coverage_cases` of ``n`` draws in
+    ``dim`` dimensions (those whose name contains one of ``cases``, when given)."""
     from crs.intervals import coverage
 
     rows = []
-    for name, case in coverage_cases(n).items():
-        if cases and not any(c in name for c in cases):
-            continue
+    for name, case in coverage_cases(n, dim, only=lambda c: not cases or any(x in c for x in cases)).items():
         size = case.get("size", len)
         result = coverage(
             case["draw"],
@@ -840,6 +876,8 @@ def main() -> None:
         default=None,
         help="coverage: only the cases whose name contains one of these (comma-separated)",
     )
+    parser.add_argument("--coverage-n", type=int, default=256, help="coverage: draws per sample (default 256)")
+    parser.add_argument("--coverage-dim", type=int, default=16, help="coverage: their dimension (default 16)")
     parser.add_argument("--run", default="runs/demo", help="stability: the run folder (default runs/demo)")
     parser.add_argument("--boot-seeds", default="1,2", help="stability: the other bootstrap seeds (default 1,2)")
     args = parser.parse_args()
@@ -894,8 +932,12 @@ def main() -> None:
             print(f"| {measure} | {sampler} | {nfe} | {m['nll']} | {m['fid_identity']} |")
     if args.what in ("coverage", "all"):
         rows = coverage_table(
-            repeats=args.coverage_repeats, cases=args.coverage_cases.split(",") if args.coverage_cases else None
+            repeats=args.coverage_repeats,
+            cases=args.coverage_cases.split(",") if args.coverage_cases else None,
+            n=args.coverage_n,
+            dim=args.coverage_dim,
         )
+        print(f"\n{args.coverage_n} draws in {args.coverage_dim} dimensions")
         print(
             f"\nCoverage of nominal 95 % bootstrap intervals ({rows[0]['repeats']} repeats, "
             f"{rows[0]['n_boot']} replicates;"

@@ -438,7 +438,8 @@ def evaluate_grid(
         escalate: a verdict at the edge (an end of its interval within Monte Carlo error of 0,
             :func:`crs.metrics.paired_interval`), CRS against its best baseline or the CRS-trained model against
             the control, is recomputed once with ``escalate * n_boot`` replicates: the two sample sets of that
-            comparison are scored again on the further rows of the same index stream, so the first ``n_boot``
+            comparison are scored again on the further rows of the same index stream (recall, whose replicates are
+            centred on their own mean, on all of them), so the first ``n_boot``
             replicates are unchanged. 1 turns this off. Rows keep ``n_boot`` replicates; each comparison records
             its own ``n_boot`` and whether it is still at the edge (``edge_baselines`` flags the other baselines'
             verdicts at the edge, not recomputed).
@@ -493,22 +494,30 @@ def evaluate_grid(
             n = len(samples) if samples is not None else len(gen_features)
             if gen_features is None:
                 gen_features = computed[name] if name in computed else features(samples)
-            more = bootstrap_indices(n, escalate * n_boot, seed)[n_boot:]
+            full = bootstrap_indices(n, escalate * n_boot, seed)
             families = {m if m in METRICS else m.removesuffix(f"_{features.name}") for m in edge[name]}
-            values = _entry_values(
-                entry,
-                samples,
-                gen_features,
-                reference,
-                stats,
-                ref_features,
-                features,
-                more,
-                **{**shared, "which": [f for f in METRICS if f in families]},
-            )
+            values, whole = {}, set()
+            # recall's replicates are centred on their own mean (crs.metrics.recall_bootstrap), so a further
+            # chunk cannot extend them: it is recomputed on every row of the longer stream; the others extend
+            for index_rows, which in ((full[n_boot:], families - {"recall"}), (full, families & {"recall"})):
+                if which:
+                    scored = _entry_values(
+                        entry,
+                        samples,
+                        gen_features,
+                        reference,
+                        stats,
+                        ref_features,
+                        features,
+                        index_rows,
+                        **{**shared, "which": [f for f in METRICS if f in which]},
+                    )
+                    values |= scored
+                    whole |= set(scored) if len(index_rows) == len(full) else set()
             for metric in edge[name]:
                 value, first = by_model[name + (metric,)]
-                by_model[name + (metric,)] = (value, np.concatenate([first, values[metric][1]]))
+                more = values[metric][1]
+                by_model[name + (metric,)] = (value, more if metric in whole else np.concatenate([first, more]))
                 groups[(name[0], name[2], name[3], metric)][name[1]] = by_model[name + (metric,)]
         if edge:
             comparisons, model_rows = _comparisons(groups), model_comparisons(by_model)
