@@ -123,8 +123,8 @@ def endpoint_errors(
       so the order statistics ``s`` ranks either side of it bracket it by about one standard error,
       distribution-free: ``(x_(r + s) - x_(r - s)) / 2`` around the quantile's rank ``r = p (B - 1)``,
       interpolated. Deep in a tail (a Bonferroni level: ``Bp`` about 4 at ``B = 1000``) it rests on a handful of
-      extreme replicates and is noisy: on the demo it once read 0.45 times the spread of the end across
-      bootstrap seeds (README, "What an interval covers");
+      extreme replicates and is noisy: on the demo it once read half the spread of the end across
+      bootstrap seeds (README, "Do the verdicts depend on the bootstrap seed?");
     * normal theory: the asymptotic error of a normal sample's quantile, ``sd sqrt(p (1 - p) / B) / phi(z_p)``,
       from every replicate through their standard deviation, so steady. It is what the order statistics estimate
       when the replicates are normal; the maximum keeps their guard against a heavier tail.

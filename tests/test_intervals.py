@@ -176,7 +176,7 @@ def test_endpoint_errors_are_the_spread_of_the_ends_across_bootstrap_seeds():
 
 @pytest.mark.skipif(
     not __import__("os").environ.get("CRS_FULL_COVERAGE"),
-    reason="the full coverage study takes about 15 minutes: run it with CRS_FULL_COVERAGE=1",
+    reason="the full coverage study takes about 16 minutes: run it with CRS_FULL_COVERAGE=1",
 )
 def test_full_coverage_study():
     """The README's coverage table, recomputed (`python -m crs.run.bench coverage` prints it): n = 256, 400
@@ -191,3 +191,14 @@ def test_full_coverage_study():
             share, se = row["coverage"]["shifted"], row["stderr"]
             high = 1.0 if row["case"].startswith("mode_tv") else 0.98 + 2 * se
             assert 0.92 - 2 * se <= share <= high, (row["case"], share)
+
+
+def test_a_subset_of_the_coverage_study_has_the_full_studys_targets():
+    """`bench coverage --coverage-cases` computes only the targets it needs, drawing the others' Monte Carlo
+    numbers all the same: each target is bit-for-bit the one of the full study (the same draws, the same code)."""
+    from crs.run.bench import coverage_cases
+
+    full = coverage_cases(64, 8, 500)
+    for name in ["fid (4-d)", "precision (suite)", "recall (suite)", "mode_tv (suite)", "fid linear (suite)"]:
+        one = coverage_cases(64, 8, 500, only=lambda c, name=name: c == name)
+        assert list(one) == [name] and one[name]["target"] == full[name]["target"], name

@@ -381,3 +381,32 @@ def test_auto_fid_bootstrap_linearises_only_above_its_budget(monkeypatch):
     assert auto[0] == pytest.approx(value, rel=1e-12)  # the exact value by another route (sums in another order)
     with pytest.raises(ValueError, match="Unknown FID bootstrap 'fast'"):
         fid_bootstrap(gen, mu, cov, idx, method="fast")
+
+
+def test_recall_replicates_with_few_distinct_rows_take_the_full_computation():
+    """A replicate drawing few distinct rows leaves some row with fewer than k drawn rows among its L nearest
+    (L = 4k + 16 = 28 here): recall_bootstrap then computes that replicate from scratch. Checked against the
+    brute-force recall of the distinct rows, with the same rescaling as every replicate (equal to round-off)."""
+    rng = np.random.default_rng(6)
+    gen, ref = rng.normal(size=(300, 2)), rng.normal(size=(200, 2))
+    sparse = np.repeat(np.arange(0, 300, 30), 30)  # 10 distinct rows, far apart in index order
+    idx = np.vstack([bootstrap_indices(300, 3, seed=1), sparse[None]])
+    value, boot = recall_bootstrap(gen, ref, idx, k=3)
+    kept = [np.unique(rows) for rows in idx]
+    raw = np.array([_inside(ref, gen[u], _knn_radii(gen[u], 3)).mean() for u in kept])
+    sizes = np.array([len(u) for u in kept])
+    np.testing.assert_allclose(boot, value + np.sqrt(sizes / (300 - sizes)) * (raw - raw.mean()), rtol=1e-12)
+
+
+def test_sliced_wasserstein_replicates_without_sorting_each_resample():
+    """A bootstrap resample sorted is each sorted row repeated by its count: the replicates computed that way
+    equal those of sorting every resample (the same numbers, summed in another order: 1e-12 relative)."""
+    from crs.metrics import _sliced_wasserstein
+
+    rng = np.random.default_rng(8)
+    x, ref = torch.from_numpy(rng.normal(size=(200, 2))), torch.from_numpy(1.2 * rng.normal(size=(150, 2)))
+    idx = bootstrap_indices(200, 20, seed=3)
+    value, fast = _sliced_wasserstein(x, ref, idx, 0, 32)
+    same, slow = _sliced_wasserstein(x, ref, list(idx), 0, 32)  # rows one by one: each resample sorted
+    assert value == same
+    np.testing.assert_allclose(fast, slow, rtol=1e-12)
