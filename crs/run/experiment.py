@@ -336,7 +336,8 @@ def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
     """The experiment at tiny size, in ``<run_dir>-dry-run``: same stages, same keys, small numbers.
 
     Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is
-    cut to its smallest budget, sampling compares CRS with one baseline on one process, a UNet keeps
+    cut to its smallest budget, sampling compares CRS with one baseline on one process and runs the schedule
+    searches for its first model only (unless ``search_models`` says which), a UNet keeps
     its levels at 8-16 channels, and ``device`` is ``device`` (``cpu`` by default; the GPU check runs it
     with ``cuda``, where training takes the GPU with bf16 through accelerate). What only the GPU machine has stands in:
     a hub model missing from the local cache becomes a tiny untrained pipeline of the same kind
@@ -370,6 +371,8 @@ def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
             if nfe is not None:
                 section["nfe"] = {k: [min(v)] for k, v in nfe.items()} if isinstance(nfe, dict) else [min(nfe)]
             section["baselines"] = list(section.get("baselines") or ["karras"])[:1]
+            if section.get("search_models") is None and len(section.get("models") or []) > 1:
+                section["search_models"] = section["models"][:1]  # every search method, for one model
         if stage == "base_model" and "block_out_channels" in section.get("model_kwargs", {}):
             levels = len(section["model_kwargs"]["block_out_channels"])
             section["model_kwargs"] = dict(
