@@ -494,14 +494,30 @@ def evaluate_samples(
 
 
 def _mode_tv(x, data, idx):
-    """Mode coverage: share of samples per component (most responsible one) against the weights (TV)."""
+    """Mode coverage: share of samples per component (most responsible one) against the weights (TV), with
+    m-out-of-n bootstrap replicates.
+
+    TV is not differentiable where a component's share equals its weight, and there the usual bootstrap is
+    inconsistent: its replicates spread more than the estimate does (the shifted interval covered 0.990 for a
+    nominal 0.95). A replicate is the TV of the first ``m = n^(2/3)`` rows of a resample (the m-out-of-n
+    bootstrap, Bickel, Goetze and van Zwet 1997; ``m -> inf``, ``m / n -> 0``), its deviation from the
+    replicates' mean scaled by ``sqrt(m / n)`` and centred on the estimate. The rows are the first ``m`` of the
+    shared index rows, so the replicates still pair across schedules (README, "Measured: interval coverage").
+    """
     onehot = np.eye(len(data.weights))[data.assign(x).numpy()]
     w = data.weights.numpy()
+    n = len(x)
 
     def tv(rows):
         return 0.5 * np.abs(onehot[rows].mean(0) - w).sum()
 
-    return float(tv(np.arange(len(x)))), np.array([tv(r) for r in idx])
+    value = float(tv(np.arange(n)))
+    m = max(2, round(n ** (2 / 3)))
+    raw = np.array([tv(np.asarray(r)[:m]) for r in idx])
+    if len(raw) == 0:
+        return value, raw
+    deviation = raw - raw.mean() if np.ptp(raw) > 0 else np.zeros_like(raw)  # no round-off when all are equal
+    return value, value + math.sqrt(m / n) * deviation
 
 
 def _sliced_wasserstein(x, reference, idx, seed: int, projections: int):

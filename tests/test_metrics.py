@@ -410,3 +410,24 @@ def test_sliced_wasserstein_replicates_without_sorting_each_resample():
     same, slow = _sliced_wasserstein(x, ref, list(idx), 0, 32)  # rows one by one: each resample sorted
     assert value == same
     np.testing.assert_allclose(fast, slow, rtol=1e-12)
+
+
+def test_mode_tv_replicates_are_m_out_of_n():
+    """Mode TV's replicates: the TV of the first m = n^(2/3) rows of each resample (40 of 256), their deviations
+    from their mean scaled by sqrt(m / n) and centred on the estimate (the same arithmetic: 1e-12 relative)."""
+    from crs.metrics import _mode_tv
+
+    data = crs.make_dataset("gmm")
+    x = 1.15 * data.sample(256, torch.Generator().manual_seed(3)).double()
+    idx = bootstrap_indices(256, 50, seed=4)
+    value, boot = _mode_tv(x, data, idx)
+    share = np.bincount(data.assign(x).numpy(), minlength=len(data.weights))
+    weights = data.weights.numpy()
+    assert value == pytest.approx(0.5 * np.abs(share / 256 - weights).sum(), rel=1e-12)
+    raw = np.array(
+        [
+            0.5 * np.abs(np.bincount(data.assign(x[r[:40]]).numpy(), minlength=len(weights)) / 40 - weights).sum()
+            for r in idx
+        ]
+    )
+    np.testing.assert_allclose(boot, value + np.sqrt(40 / 256) * (raw - raw.mean()), rtol=1e-12, atol=1e-15)

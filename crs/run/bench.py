@@ -887,6 +887,7 @@ def main() -> None:
         default=None,
         help="coverage: only the cases whose name contains one of these (comma-separated)",
     )
+    parser.add_argument("--coverage-seed", type=int, default=0, help="coverage: seed of the repeats (default 0)")
     parser.add_argument("--coverage-n", type=int, default=256, help="coverage: draws per sample (default 256)")
     parser.add_argument("--coverage-dim", type=int, default=16, help="coverage: their dimension (default 16)")
     parser.add_argument("--run", default="runs/demo", help="stability: the run folder (default runs/demo)")
@@ -947,6 +948,7 @@ def main() -> None:
             cases=args.coverage_cases.split(",") if args.coverage_cases else None,
             n=args.coverage_n,
             dim=args.coverage_dim,
+            seed=args.coverage_seed,
         )
         print(f"\n{args.coverage_n} draws in {args.coverage_dim} dimensions")
         print(

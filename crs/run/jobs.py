@@ -438,8 +438,8 @@ def evaluate_grid(
         escalate: a verdict at the edge (an end of its interval within Monte Carlo error of 0,
             :func:`crs.metrics.paired_interval`), CRS against its best baseline or the CRS-trained model against
             the control, is recomputed once with ``escalate * n_boot`` replicates: the two sample sets of that
-            comparison are scored again on the further rows of the same index stream (recall, whose replicates are
-            centred on their own mean, on all of them), so the first ``n_boot``
+            comparison are scored again on the further rows of the same index stream (recall and mode TV, whose
+            replicates are centred on their own mean, on all of them), so the first ``n_boot``
             replicates are unchanged. 1 turns this off. Rows keep ``n_boot`` replicates; each comparison records
             its own ``n_boot`` and whether it is still at the edge (``edge_baselines`` flags the other baselines'
             verdicts at the edge, not recomputed).
@@ -497,9 +497,11 @@ def evaluate_grid(
             full = bootstrap_indices(n, escalate * n_boot, seed)
             families = {m if m in METRICS else m.removesuffix(f"_{features.name}") for m in edge[name]}
             values, whole = {}, set()
-            # recall's replicates are centred on their own mean (crs.metrics.recall_bootstrap), so a further
-            # chunk cannot extend them: it is recomputed on every row of the longer stream; the others extend
-            for index_rows, which in ((full[n_boot:], families - {"recall"}), (full, families & {"recall"})):
+            # recall's and mode TV's replicates are centred on their own mean (crs.metrics.recall_bootstrap,
+            # _mode_tv), so a further chunk cannot extend them: they are recomputed on every row of the longer
+            # stream; the others extend
+            centred = {"recall", "mode_tv"}
+            for index_rows, which in ((full[n_boot:], families - centred), (full, families & centred)):
                 if which:
                     scored = _entry_values(
                         entry,
