@@ -178,7 +178,7 @@ def test_endpoint_errors_are_the_spread_of_the_ends_across_bootstrap_seeds():
 
 @pytest.mark.skipif(
     not __import__("os").environ.get("CRS_FULL_COVERAGE"),
-    reason="the full coverage study takes about 16 minutes: run it with CRS_FULL_COVERAGE=1",
+    reason="the full coverage study takes about 8 minutes: run it with CRS_FULL_COVERAGE=1",
 )
 def test_full_coverage_study():
     """The README's coverage table, recomputed (`python -m crs.run.bench coverage` prints it): n = 256, 400
