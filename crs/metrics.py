@@ -49,6 +49,7 @@ __all__ = [
     "compare",
     "paired_interval",
     "EDGE_Z",
+    "SELF_CENTRED",
     "analytic_scores",
     "evaluate_samples",
     "feature_scores",
@@ -67,6 +68,9 @@ __all__ = [
 ]
 
 METRICS = ("fid", "kid", "precision", "recall", "nll", "sliced_wasserstein", "mode_tv", "teacher_error")
+# families whose replicates are centred on their own mean (recall_bootstrap, _mode_tv): more replicates cannot be
+# appended to them, only recomputed over the whole longer index stream
+SELF_CENTRED = ("recall", "mode_tv")
 INCEPTION_PATH = "/tmp/inception-2015-12-05.pt"  # where clean-fid looks for (and would download) its weights
 EXTRACTORS = ("auto", "identity", "inception", "efficientnet-lite0")
 INTERVAL = DEFAULT_METHOD  # every row's and comparison's interval method (crs.intervals)

@@ -28,6 +28,7 @@ from crs.args import check_int
 from crs.io import save_tensor
 from crs.metrics import (
     METRICS,
+    SELF_CENTRED,
     FeatureExtractor,
     analytic_scores,
     bootstrap_indices,
@@ -497,10 +498,9 @@ def evaluate_grid(
             full = bootstrap_indices(n, escalate * n_boot, seed)
             families = {m if m in METRICS else m.removesuffix(f"_{features.name}") for m in edge[name]}
             values, whole = {}, set()
-            # recall's and mode TV's replicates are centred on their own mean (crs.metrics.recall_bootstrap,
-            # _mode_tv), so a further chunk cannot extend them: they are recomputed on every row of the longer
-            # stream; the others extend
-            centred = {"recall", "mode_tv"}
+            # self-centred replicates (crs.metrics.SELF_CENTRED) are recomputed on every row of the longer
+            # stream; the others are extended by its further rows
+            centred = set(SELF_CENTRED)
             for index_rows, which in ((full[n_boot:], families - centred), (full, families & centred)):
                 if which:
                     scored = _entry_values(
