@@ -54,8 +54,8 @@ test-fast: venv
 
 # Formatter and linter (ruff, configured in pyproject.toml; tests/test_project.py keeps the tree clean).
 lint: venv
-	$(PY) -m ruff format crs tests
-	$(PY) -m ruff check --fix crs tests
+	$(PY) -m ruff format crs tests benchmarks
+	$(PY) -m ruff check --fix crs tests benchmarks
 
 # Re-execute the committed notebooks in place with their default parameters (their stored outputs). Their figures
 # are stored although MPLBACKEND=Agg is exported here: crs.run.plotting.save_figure shows what it saves.
@@ -66,7 +66,7 @@ notebooks: venv
 # The prepared GPU check (README, "GPU check"), for a CUDA machine without network whose python lacks diffusers,
 # papermill and friends: `make gpu-wheels` here fills .whl/ (about 50 MB of cp312 wheels, requirements-gpu.txt);
 # carry .whl/ there and run `make gpu-check`: it installs them (no index, no dependency resolution), then runs
-# crs.run.gpu_check: GPU-vs-CPU consistency, every shipped experiment's dry run on cuda, per-stage timings.
+# benchmarks.gpu_check: GPU-vs-CPU consistency, every shipped experiment's dry run on cuda, per-stage timings.
 GPU_PY ?= python3
 GPU_SITE ?= /tmp/crs-gpu-site
 GPU_OUT ?= runs/gpu-check
@@ -85,13 +85,13 @@ gpu-site:
 GPU_ENV = PYTHONPATH=$(CURDIR):$(GPU_SITE)$${PYTHONPATH:+:$$PYTHONPATH} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 
 gpu-check: gpu-site
-	$(GPU_ENV) $(GPU_PY) -m crs.run.gpu_check --device cuda --out $(GPU_OUT) --jobs $(GPU_JOBS)
+	$(GPU_ENV) $(GPU_PY) -m benchmarks.gpu_check --device cuda --out $(GPU_OUT) --jobs $(GPU_JOBS)
 
 # The quality benchmark on the MNIST 16x16 UNet on a GPU (README, "Measured: schedules against the optimum"):
 # trains the UNet into runs/bench/models/mnist16 unless it is there, then searches and judges every schedule.
 GPU_BENCH_ARGS ?= --data mnist16
 gpu-bench: gpu-site
-	$(GPU_ENV) $(GPU_PY) -m crs.run.bench quality --device cuda $(GPU_BENCH_ARGS) --json $(GPU_OUT)/quality.json
+	$(GPU_ENV) $(GPU_PY) -m benchmarks.bench quality --device cuda $(GPU_BENCH_ARGS) --json $(GPU_OUT)/quality.json
 
 clean:
 	rm -rf runs notebooks/runs

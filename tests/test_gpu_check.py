@@ -1,11 +1,11 @@
-"""The prepared GPU check (crs.run.gpu_check): its parts run here on the CPU as a self-test; the real run needs CUDA."""
+"""The prepared GPU check (benchmarks.gpu_check): its parts run here on the CPU as a self-test; real runs need CUDA."""
 
 import json
 
 import pytest
 import torch
 
-from crs.run import gpu_check
+from benchmarks import gpu_check
 
 
 def test_consistency_cases_cover_models_measures_samplers_and_training():

@@ -85,11 +85,11 @@ def test_fid_interval_is_the_fid_of_the_features_with_a_seeded_interval():
 
 
 def test_fid_needs_the_shifted_interval():
-    """The coverage study at test size (the full one: `python -m crs.run.bench coverage`, README): FID of 64 draws
+    """The coverage study at test size (the full one: `python -m benchmarks.bench coverage`, README): FID of 64 draws
     in 8 dimensions, 200 repeats of 200 replicates. The bias-shifted percentile interval covers the estimator's
     expected value within 4 binomial standard errors of 95 % (plus 0.02 for the quantile noise of 200
     replicates); the plain percentile interval, centred on the replicates' upward-biased mean, covers far less."""
-    from crs.run.bench import coverage_cases
+    from benchmarks.bench import coverage_cases
 
     case = coverage_cases(n=64, dim=8, mc_draws=4000)["fid"]
     result = coverage(
@@ -125,7 +125,7 @@ def test_suite_intervals_cover_at_test_size(case, n, dim):
     draws in 16 dimensions); mode TV's m-out-of-n replicates at the study's 256 draws of the 2-D mixture. The
     shifted interval covers within 4 binomial standard errors of 95 % plus 0.02 for the quantile noise of 200
     replicates (the full study: README, "Measured: interval coverage")."""
-    from crs.run.bench import coverage_cases
+    from benchmarks.bench import coverage_cases
 
     spec = coverage_cases(n=n, dim=dim, mc_draws=4000, only=lambda name: name == case)[case]
     result = coverage(
@@ -181,11 +181,11 @@ def test_endpoint_errors_are_the_spread_of_the_ends_across_bootstrap_seeds():
     reason="the full coverage study takes about 8 minutes: run it with CRS_FULL_COVERAGE=1",
 )
 def test_full_coverage_study():
-    """The README's coverage table, recomputed (`python -m crs.run.bench coverage` prints it): n = 256, 400
+    """The README's coverage table, recomputed (`python -m benchmarks.bench coverage` prints it): n = 256, 400
     repeats of 1000 replicates. Every suite metric's shifted interval covers between 92 % and 98 %, the target,
     widened by 2 binomial standard errors (0.011 each) so that a study at the band's edge can pass on another
     machine's rounding."""
-    from crs.run.bench import coverage_table
+    from benchmarks.bench import coverage_table
 
     for row in coverage_table(repeats=400, n_boot=1000, progress=False):
         if row["case"].endswith("(suite)"):
@@ -196,7 +196,7 @@ def test_full_coverage_study():
 def test_a_subset_of_the_coverage_study_has_the_full_studys_targets():
     """`bench coverage --coverage-cases` computes only the targets it needs, drawing the others' Monte Carlo
     numbers all the same: each target is bit-for-bit the one of the full study (the same draws, the same code)."""
-    from crs.run.bench import coverage_cases
+    from benchmarks.bench import coverage_cases
 
     full = coverage_cases(64, 8, 500)
     for name in ["fid (4-d)", "precision (suite)", "recall (suite)", "mode_tv (suite)", "fid linear (suite)"]:

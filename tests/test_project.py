@@ -40,7 +40,10 @@ def test_the_tree_is_formatted_and_lint_clean():
 
     for args in (["format", "--check"], ["check"]):
         done = subprocess.run(
-            [sys.executable, "-m", "ruff", *args, "crs", "tests"], capture_output=True, text=True, cwd=ROOT
+            [sys.executable, "-m", "ruff", *args, "crs", "tests", "benchmarks"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
         )
         assert done.returncode == 0, done.stdout + done.stderr
 
@@ -94,7 +97,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 
 
 def test_rate_cost_benchmark_meets_its_target():
-    from crs.run.bench import rate_cost_table
+    from benchmarks.bench import rate_cost_table
 
     rows = rate_cost_table(repeats=1)
     assert [r["measure"] for r in rows] == ["fid", "data", "noise", "data+cosine"]
@@ -218,7 +221,7 @@ def test_notebook_parameters_are_inspectable(caplog):
 
 
 def test_training_benchmarks_run():
-    from crs.run.bench import online_overhead_table, training_speed_table
+    from benchmarks.bench import online_overhead_table, training_speed_table
 
     rows = training_speed_table(steps=3, warmup=1, cases=[("MLP", "gmm", {}, 32), ("UNet", "digits", {}, 4)])
     assert [r["model"] for r in rows] == ["MLP", "UNet"] and all(r["steps_per_second"] > 0 for r in rows)

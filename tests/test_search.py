@@ -173,7 +173,8 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
     results after every cell, and a UNet case that loads a given model and refuses an unknown case by name."""
     import json
 
-    from crs.run.bench import print_quality, quality_case, quality_table
+    from benchmarks.bench import quality_case, quality_table
+    from benchmarks.tables import quality_md
 
     saved = []
     options = {
@@ -201,7 +202,8 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
         assert set(rows) >= set(crs.BASELINES) | {"crs (data)", "crs-select", "gits", "optimal", "optimal-free"}
         assert rows["optimal"]["ratio"] == 1.0 and all(r["teacher_error"] > 0 for r in rows.values())
         assert all(r["fid_low"] <= r["fid_high"] for r in rows.values())
-    print_quality(result)
+    text = quality_md(result)
+    assert text.count("\n| euler | 3 |") >= 2 and "crs-select chose: euler@3" in text
 
     with pytest.raises(ValueError, match="Unknown quality benchmark case 'cifar'"):
         quality_case("cifar")
@@ -228,6 +230,6 @@ def test_a_shared_cache_reuses_the_teacher_and_rates_without_changing_results():
     g2 = search_schedule("gits", GMM.denoiser, GMM, "heun", 7, seed=5, cache=cache, **SMALL, grid=12)
     g_alone = search_schedule("gits", GMM.denoiser, GMM, "heun", 7, seed=5, **SMALL, grid=12)
     assert not g1.meta["jumps_reused"] and g2.meta["jumps_reused"] and g2.sigmas == g_alone.sigmas
-    from crs.run.bench import standalone_cost
+    from benchmarks.bench import standalone_cost
 
     assert standalone_cost(g2) == g_alone.evaluations and standalone_cost(g1) == g1.evaluations

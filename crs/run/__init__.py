@@ -8,8 +8,9 @@ modules here use it and never the reverse:
 * :mod:`crs.run.jobs`: the work of notebooks 03-05 on a run folder (fine-tuning, sampling, features, scoring);
 * :mod:`crs.run.launch` / :mod:`crs.run.processes`: one process or several under ``accelerate launch``;
 * :mod:`crs.run.standins`: tiny offline stand-ins for hub models (dry runs, tests);
-* :mod:`crs.run.report`, :mod:`crs.run.plotting`: the HTML report and the notebooks' figures;
-* :mod:`crs.run.bench`, :mod:`crs.run.gpu_check`: the README's measurements and the prepared GPU check.
+* :mod:`crs.run.report`, :mod:`crs.run.plotting`: the HTML report and the notebooks' figures.
+
+The benchmarks and the GPU check are not part of the package: ``benchmarks/`` in the repository.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ from __future__ import annotations
 import importlib
 
 _SUBMODULES = (
-    "bench",
     "checks",
     "experiment",
-    "gpu_check",
     "jobs",
     "launch",
     "plotting",

@@ -1,4 +1,4 @@
-"""The prepared GPU check: ``make gpu-check`` (``python -m crs.run.gpu_check``) on a machine with CUDA and no network.
+"""The prepared GPU check: ``make gpu-check`` (``python -m benchmarks.gpu_check``) on a CUDA machine without network.
 
 Three parts, all offline, meant to finish in under 8 minutes on one GPU:
 
@@ -10,7 +10,8 @@ Three parts, all offline, meant to finish in under 8 minutes on one GPU:
 2. **Every shipped experiment's dry run with ``device=cuda``** (:func:`dry_runs`): every stage, every
    measure, sampler and metric it names, training with bf16 autocast through accelerate, evaluation.
 3. **Per-stage timings** of those runs, printed as a table and written with everything else to
-   ``<out>/gpu_check.json``.
+   ``<out>/gpu_check.json``, and on a GPU as the record ``benchmarks/records/gpu-check-<gpu>.json``
+   (:mod:`benchmarks.records`), which ``python -m benchmarks.render`` puts into ``docs/results/gpu.md``.
 
 Exit status 0 when every case agrees and every dry run succeeds, 1 otherwise.
 """
@@ -21,13 +22,14 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _rel(a, b) -> float:
@@ -188,7 +190,7 @@ def environment(device: str) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m crs.run.gpu_check", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--device", default="cuda", help="device to check (default cuda; cpu runs the same code as a self-test)"
     )
@@ -197,6 +199,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", default="runs/gpu-check", help="folder for the dry runs and gpu_check.json")
     parser.add_argument("--jobs", type=int, default=4, help="dry runs at a time (default 4)")
+    parser.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the record benchmarks/records/gpu-check-<device>.json (default: on a GPU only)",
+    )
     args = parser.parse_args(argv)
     if args.device.startswith("cuda"):
         import torch
@@ -254,6 +262,14 @@ def main(argv=None) -> int:
         f"{out / 'gpu_check.json'}"
     )
     ok = all(r["ok"] for r in report["consistency"]) and all(r["ok"] for r in report["dry_runs"])
+    if args.record if args.record is not None else args.device.startswith("cuda"):
+        from benchmarks.records import write_record
+
+        gpu = report["environment"].get("gpu") or args.device
+        name = "gpu-check-" + re.sub(r"[^0-9a-z]+", "-", gpu.lower()).strip("-")
+        write_record(
+            name, "gpu-check", report, ["benchmarks.gpu_check", *(argv or sys.argv[1:])], report["seconds"], args.device
+        )
     return 0 if ok else 1
 
 

@@ -1,6 +1,9 @@
-"""Measured costs and results for the README.
+"""Measured costs and results for the documentation: each run prints its table and writes a record.
 
-``python -m crs.run.bench [rate|training|online|sampling|features|ratio|quality|coverage|stability|all]``.
+``python -m benchmarks.bench [rate|training|online|sampling|features|ratio|quality|coverage|stability|demo|all]``
+from the repository root. Every run writes ``benchmarks/records/<name>.json`` (:mod:`benchmarks.records`: the
+result with its command, commit, machine and date); ``python -m benchmarks.render`` turns the records into
+``docs/results/``.
 
 * ``rate``: every measure on the 2-D Gaussian mixture (exact denoiser) at 64 grid intervals and
   4096 samples, median wall time of a few repeats;
@@ -20,7 +23,10 @@
 * ``stability``: a run's evaluation (``--run``, e.g. ``runs/demo``) redone with other bootstrap seeds: how many
   verdicts change (:func:`verdict_stability`); not part of ``all``.
 
-Each prints a Markdown table measured on this machine.
+* ``demo``: ``make demo``'s stages timed from an empty run folder, with the run's summary table; not part of
+  ``all``.
+
+Each prints a Markdown table (:mod:`benchmarks.tables`) measured on this machine.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import re
 import statistics
 import time
 
@@ -398,78 +405,6 @@ def quality_table(
         if on_cell is not None:
             on_cell(result)
     return result
-
-
-def _geomean(values) -> float:
-    values = [v for v in values if v > 0]
-    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
-
-
-def print_quality(result: dict) -> None:
-    """The quality benchmark as Markdown: ratios to the optimum, the distribution metric, costs, a summary."""
-    order = list(dict.fromkeys(c["sampler"] for c in result["cells"]))
-    cells = sorted(result["cells"], key=lambda c: (order.index(c["sampler"]), c["nfe"]))
-    names = [k for k in cells[0]["rows"] if "teacher_error" in cells[0]["rows"][k]]
-    print(
-        f"\nTeacher error as a ratio to `optimal` ({result['data']}; search on {result['n_search']} samples, judged "
-        f"on {result['n_eval']} others; the teacher's own error {result['teacher_error']:.1e}):\n"
-    )
-    print("| sampler | nfe | optimal (RMS) | " + " | ".join(names) + " |")
-    print("|---|---:|---:|" + "---:|" * len(names))
-    for c in cells:
-        r = c["rows"]
-        best_fixed = min((k for k in names if r[k]["kind"] == "baseline"), key=lambda k: r[k]["teacher_error"])
-        vals = []
-        for k in names:
-            v = f"{r[k]['ratio']:.2f}"
-            vals.append(f"**{v}**" if k == best_fixed else v)
-        print(f"| {c['sampler']} | {c['nfe']} | {r['optimal']['teacher_error']:.3g} | " + " | ".join(vals) + " |")
-    print("\nGeometric mean of the ratio over the cells, per sampler and overall:\n")
-    samplers = sorted({c["sampler"] for c in cells}, key=[c["sampler"] for c in cells].index)
-    print("| method | " + " | ".join(samplers) + " | all |\n|---|" + "---:|" * (len(samplers) + 1))
-    for k in names + ["best baseline"]:
-        per = []
-        for s in samplers + [None]:
-            rows = [c["rows"] for c in cells if s is None or c["sampler"] == s]
-            if k == "best baseline":
-                ratios = [min(r[b]["ratio"] for b in r if r[b]["kind"] == "baseline") for r in rows]
-            else:
-                ratios = [r[k]["ratio"] for r in rows]
-            per.append(f"{_geomean(ratios):.2f}")
-        print(f"| {k} | " + " | ".join(per) + " |")
-    if "fid" in cells[0]["rows"]["optimal"]:
-        print("\nFrechet distance of the endpoints to the data (identity features, 95 % bootstrap interval):\n")
-        shown = ["best baseline", "crs (data)", "crs (noise)", "crs (solver)", "crs-select", "gits", "optimal"]
-        print("| sampler | nfe | " + " | ".join(shown) + " |\n|---|---:|" + "---|" * len(shown))
-        for c in cells:
-            r = c["rows"]
-            best_fixed = min((k for k in r if r[k]["kind"] == "baseline"), key=lambda k: r[k]["teacher_error"])
-            out = []
-            for k in shown:
-                row = r[best_fixed] if k == "best baseline" else r[k]
-                label = f"{best_fixed}: " if k == "best baseline" else ""
-                out.append(f"{label}{row['fid']:.2e} [{row['fid_low']:.1e}, {row['fid_high']:.1e}]")
-            print(f"| {c['sampler']} | {c['nfe']} | " + " | ".join(out) + " |")
-    print(
-        "\nSearch cost (network evaluations per search sample beyond a rate estimate; seconds); the two optimisers:\n"
-    )
-    costly = [k for k in cells[0]["rows"] if cells[0]["rows"][k]["kind"] in ("crs", "peer")]
-    print(
-        "| sampler | nfe | "
-        + " | ".join(costly)
-        + " | L-BFGS vs Powell objective |\n|---|---:|"
-        + "---|" * (len(costly) + 1)
-    )
-    for c in cells:
-        r = c["rows"]
-        out = [f"{r[k]['evaluations']:,} ({r[k]['seconds']:.1f} s)" for k in costly]
-        check = ""
-        if "optimal (powell)" in r:
-            a, b = r["optimal"]["search_objective"], r["optimal (powell)"]["search_objective"]
-            check = f"{a:.3g} vs {b:.3g} ({100 * (a / b - 1):+.1f} %)"
-        print(f"| {c['sampler']} | {c['nfe']} | " + " | ".join(out) + f" | {check} |")
-    chosen = [f"{c['sampler']}@{c['nfe']}: {c['rows']['crs-select']['chosen']}" for c in cells]
-    print("\ncrs-select chose: " + "; ".join(chosen))
 
 
 def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000, only=None) -> dict:
@@ -846,27 +781,31 @@ def verdict_stability(run_dir, seeds=(1, 2), progress: bool = True) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "what",
-        nargs="?",
-        default="all",
-        choices=[
-            "rate",
-            "training",
-            "online",
-            "sampling",
-            "features",
-            "ratio",
-            "quality",
-            "coverage",
-            "stability",
-            "all",
-        ],
-    )
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", default=None, help="quality: also write the full result here")
+def demo_timings(params_file: str = "params/demo.yaml", run_dir: str = "runs/bench/demo") -> dict:
+    """Run the demo experiment from an empty ``run_dir`` (refused if it exists) through the batch runner's stages,
+    as ``make demo`` does (without the report and the site): each stage's seconds and the run's summary table."""
+    from pathlib import Path
+
+    from crs.io import read_json
+    from crs.run.experiment import load_params, run_experiment
+    from crs.run.report import summary_markdown
+
+    if Path(run_dir).exists():
+        raise ValueError(f"The demo benchmark times a run from nothing: {run_dir!r} exists, remove it first.")
+    params = dict(load_params(params_file), run_dir=run_dir)
+    records = run_experiment(params, progress=False)
+    metrics = read_json(Path(run_dir) / "metrics.json", "metrics of the run")
+    return {"stages": {r["stage"]: r["seconds"] for r in records}, "summary": summary_markdown(metrics)}
+
+
+BENCHMARKS = ("rate", "training", "online", "sampling", "features", "ratio", "quality", "coverage")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", default="all", choices=[*BENCHMARKS, "stability", "demo", "all"])
+    parser.add_argument("--repeats", type=int, default=5, help="rate: repeats per measure (default 5)")
+    parser.add_argument("--json", default=None, help="quality: also write the partial result here after every cell")
     parser.add_argument(
         "--seed",
         type=int,
@@ -883,110 +822,91 @@ def main() -> None:
     )
     parser.add_argument("--coverage-repeats", type=int, default=400, help="coverage: repeats per case (default 400)")
     parser.add_argument(
-        "--coverage-cases",
-        default=None,
-        help="coverage: only the cases whose name contains one of these (comma-separated)",
+        "--coverage-cases", default=None, help="coverage: only the cases whose name contains one of these (a,b,...)"
     )
     parser.add_argument("--coverage-seed", type=int, default=0, help="coverage: seed of the repeats (default 0)")
     parser.add_argument("--coverage-n", type=int, default=256, help="coverage: draws per sample (default 256)")
     parser.add_argument("--coverage-dim", type=int, default=16, help="coverage: their dimension (default 16)")
     parser.add_argument("--run", default="runs/demo", help="stability: the run folder (default runs/demo)")
     parser.add_argument("--boot-seeds", default="1,2", help="stability: the other bootstrap seeds (default 1,2)")
-    args = parser.parse_args()
+    parser.add_argument("--run-dir", default="runs/bench/demo", help="demo: the (new) run folder to time")
+    parser.add_argument("--record-name", default=None, help="the record's name (default: from the benchmark's options)")
+    parser.add_argument("--no-record", action="store_true", help="print only; write no record under benchmarks/records")
+    return parser
+
+
+def record_name(what: str, args) -> str:
+    """The record a run writes: the benchmark's name, with the options that make it another measurement."""
+    if args.record_name:
+        return args.record_name
+    if what == "quality":
+        return f"quality-{args.data}" + (f"-nfe-{re.sub(r'[^0-9a-z]+', '-', args.nfe.lower())}" if args.nfe else "")
+    if what != "coverage":
+        return what
+    parts = []
+    if args.coverage_cases:
+        parts.append(re.sub(r"[^0-9a-z]+", "-", args.coverage_cases.lower()).strip("-"))
+    if (args.coverage_n, args.coverage_dim) != (256, 16):
+        parts.append(f"{args.coverage_n}x{args.coverage_dim}")
+    if args.coverage_seed:
+        parts.append(f"seed{args.coverage_seed}")
+    if args.coverage_repeats != 400:
+        parts.append(f"r{args.coverage_repeats}")
+    return "-".join(["coverage", *parts])
+
+
+def measure(what: str, args) -> dict | list:
+    """Run one benchmark with the command line's options; its result as recorded."""
+    simple = {
+        "rate": lambda: rate_cost_table(repeats=args.repeats),
+        "training": training_speed_table,
+        "online": online_overhead_table,
+        "sampling": sampling_cost_table,
+        "features": feature_throughput_table,
+        "ratio": crs_ratio_table,
+        "demo": lambda: demo_timings(run_dir=args.run_dir),
+    }
+    if what in simple:
+        return simple[what]()
+    if what == "coverage":
+        cases = args.coverage_cases.split(",") if args.coverage_cases else None
+        rows = coverage_table(
+            args.coverage_repeats, 1000, args.coverage_n, args.coverage_seed, True, cases, args.coverage_dim
+        )
+        return {"n": args.coverage_n, "dim": args.coverage_dim, "seed": args.coverage_seed, "rows": rows}
+    if what == "stability":
+        result = verdict_stability(args.run, [int(s) for s in args.boot_seeds.split(",")])
+        return dict(result, run=args.run)
+    from crs.io import atomic_write_json
+
+    data, denoiser, kwargs = quality_case(args.data, args.model, args.device)
+    save = (lambda result: atomic_write_json(args.json, result)) if args.json else None
+    nfe = None
+    if args.nfe:
+        nfe = {k.strip(): [int(v) for v in vs.split(",")] for k, vs in (c.split(":") for c in args.nfe.split(";"))}
+    result = quality_table(denoiser, data, nfe=nfe, seed=args.seed, on_cell=save, **kwargs)
+    return dict(result, case=args.data, model=args.model or f"runs/bench/models/{args.data}", device=args.device)
+
+
+def main(argv=None) -> None:
+    import sys
+
+    from benchmarks.records import write_record
+    from benchmarks.tables import TABLES
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    if args.what in ("rate", "all"):
-        print("| measure | network evaluations | feature evaluations | seconds (median) | seconds (worst) |")
-        print("|---|---:|---:|---:|---:|")
-        for row in rate_cost_table(repeats=args.repeats):
-            print(
-                f"| `{row['measure']}` | {row['evaluations']:,} | {row['feature_evaluations']:,} | "
-                f"{row['seconds']:.3f} | {row['worst']:.3f} |"
-            )
-    if args.what in ("training", "all"):
-        print("\n| model | parameters | batch | steps / s |\n|---|---:|---:|---:|")
-        for row in training_speed_table():
-            print(f"| {row['model']} | {row['params']:,} | {row['batch']} | {row['steps_per_second']:.1f} |")
-    if args.what in ("online", "all"):
-        print(
-            "\n| model | steps | re-estimate every | grid x samples | re-estimations | their time (s) | step time "
-            "(s) | overhead |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
-        for row in online_overhead_table():
-            print(
-                f"| {row['model']} | {row['steps']} | {row['online_every']} | {row['grid']} x {row['samples']} | "
-                f"{row['updates']} "
-                f"| {row['online_seconds']:.2f} | {row['train_seconds']:.1f} | {row['overhead']:.1f} % |"
-            )
-    if args.what in ("sampling", "all"):
-        print("\n| model | batch | ms per nfe | sample-evaluations / s |\n|---|---:|---:|---:|")
-        for row in sampling_cost_table():
-            print(f"| {row['model']} | {row['batch']} | {row['ms_per_nfe']:.1f} | {row['samples_nfe_per_s']:,.0f} |")
-    if args.what in ("features", "all"):
-        print("\n| data | features | images / s |\n|---|---|---:|")
-        for row in feature_throughput_table():
-            print(f"| {row['data']} | {row['features']} | {row['images_per_s']:.0f} |")
-    if args.what in ("ratio", "all"):
-        print(
-            "\n| CRS measure | sampler | nfe | NLL: CRS | best baseline | ratio | verdict | FID: CRS | best baseline "
-            "| ratio | verdict |"
-        )
-        print("|---|---|---:|---:|---|---:|---|---:|---|---:|---|")
-        cells = {}
-        for c in crs_ratio_table():
-            verdict = ("**better**" if c["crs_better"] else "worse") if c["significant"] else "n.s."
-            cells.setdefault((c["measure"], c["sampler"], c["nfe"]), {})[c["metric"]] = (
-                f"{c['crs_value']:.4g} | {c['best_baseline']} {c['baseline_value']:.4g} | {c['ratio']:.2f} | {verdict}"
-            )
-        for (measure, sampler, nfe), m in cells.items():
-            print(f"| {measure} | {sampler} | {nfe} | {m['nll']} | {m['fid_identity']} |")
-    if args.what in ("coverage", "all"):
-        rows = coverage_table(
-            repeats=args.coverage_repeats,
-            cases=args.coverage_cases.split(",") if args.coverage_cases else None,
-            n=args.coverage_n,
-            dim=args.coverage_dim,
-            seed=args.coverage_seed,
-        )
-        print(f"\n{args.coverage_n} draws in {args.coverage_dim} dimensions")
-        print(
-            f"\nCoverage of nominal 95 % bootstrap intervals ({rows[0]['repeats']} repeats, "
-            f"{rows[0]['n_boot']} replicates;"
-        )
-        print(f"binomial standard error {rows[0]['stderr']:.3f}; in brackets: share entirely below the target):\n")
-        methods = list(rows[0]["coverage"])
-        print("| statistic | target | " + " | ".join(methods) + " |\n|---|---:|" + "---:|" * len(methods))
-        for r in rows:
-            cells = [f"{r['coverage'][m]:.3f} ({r['below'][m]:.3f})" for m in methods]
-            print(f"| {r['case']} | {r['target']:.4g} | " + " | ".join(cells) + " |")
-    if args.what == "stability":
-        result = verdict_stability(args.run, [int(s) for s in args.boot_seeds.split(",")])
-        total = result["comparisons"] + result["model_comparisons"]
-        print(
-            f"\n{args.run}: {total} verdicts ({result['comparisons']} CRS against the baselines, "
-            f"{result['model_comparisons']} CRS training against the control), {result['n_boot']} replicates; "
-            f"bootstrap seeds {result['seeds']} against the run's own: {len(result['changed'])} changes, "
-            f"{len(result['undecided'])} of them of verdicts at the edge in neither run; edge verdicts per run: "
-            f"{result['edges']}"
-        )
-        for seed, kind, key, was, now in result["changed"]:
-            mark = lambda v: v[0] + (" (edge)" if v[1] else "")  # noqa: E731
-            print(f"  seed {seed}: {kind} {key}: {mark(was)} -> {mark(now)}")
-    if args.what in ("quality", "all"):
-        from crs.io import atomic_write_json
-
-        data, denoiser, kwargs = quality_case(args.data, args.model, args.device)
-        save = (lambda result: atomic_write_json(args.json, result)) if args.json else None
-        nfe = None
-        if args.nfe:
-            nfe = {k.strip(): [int(v) for v in vs.split(",")] for k, vs in (c.split(":") for c in args.nfe.split(";"))}
-        result = quality_table(denoiser, data, nfe=nfe, seed=args.seed, on_cell=save, **kwargs)
-        result.update(case=args.data, model=args.model or f"runs/bench/models/{args.data}", device=args.device)
-        print_quality(result)
-        if args.json:
-            atomic_write_json(args.json, result)
+    for what in BENCHMARKS if args.what == "all" else [args.what]:
+        start = time.perf_counter()
+        result = measure(what, args)
+        print(f"\n## {what}\n\n" + TABLES[what](result), flush=True)
+        if not args.no_record:
+            command = ["benchmarks.bench", *([what] if args.what == "all" else []), *argv]
+            device = args.device if what == "quality" else "cpu"
+            write_record(record_name(what, args), what, result, command, time.perf_counter() - start, device)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,312 @@
+"""Markdown tables of benchmark results: one function per benchmark, shared by the command line (which prints
+them) and the renderer of ``docs/results`` (which writes them from the records), so a page shows exactly what the
+benchmark printed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["TABLES", "geomean", "quality_summary"]
+
+
+def _table(header: list[str], align: str, rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def geomean(values) -> float:
+    """Geometric mean of the positive ``values`` (NaN when there are none)."""
+    values = [v for v in values if v > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else float("nan")
+
+
+def rate_md(rows: list[dict]) -> str:
+    return _table(
+        ["measure", "network evaluations", "feature evaluations", "seconds (median)", "seconds (worst)"],
+        ["---", "---:", "---:", "---:", "---:"],
+        [
+            [f"`{r['measure']}`", f"{r['evaluations']:,}", f"{r['feature_evaluations']:,}", f"{r['seconds']:.3f}"]
+            + [f"{r['worst']:.3f}"]
+            for r in rows
+        ],
+    )
+
+
+def training_md(rows: list[dict]) -> str:
+    return _table(
+        ["model", "parameters", "batch", "steps / s"],
+        ["---", "---:", "---:", "---:"],
+        [[r["model"], f"{r['params']:,}", r["batch"], f"{r['steps_per_second']:.1f}"] for r in rows],
+    )
+
+
+def online_md(rows: list[dict]) -> str:
+    header = ["model", "steps", "re-estimate every", "grid x samples", "re-estimations", "their time (s)"]
+    return _table(
+        header + ["step time (s)", "overhead"],
+        ["---"] + ["---:"] * 7,
+        [
+            [r["model"], r["steps"], r["online_every"], f"{r['grid']} x {r['samples']}", r["updates"]]
+            + [f"{r['online_seconds']:.2f}", f"{r['train_seconds']:.1f}", f"{r['overhead']:.1f} %"]
+            for r in rows
+        ],
+    )
+
+
+def sampling_md(rows: list[dict]) -> str:
+    return _table(
+        ["model", "batch", "ms per nfe", "sample-evaluations / s"],
+        ["---", "---:", "---:", "---:"],
+        [[r["model"], r["batch"], f"{r['ms_per_nfe']:.1f}", f"{r['samples_nfe_per_s']:,.0f}"] for r in rows],
+    )
+
+
+def features_md(rows: list[dict]) -> str:
+    return _table(
+        ["data", "features", "images / s"],
+        ["---", "---", "---:"],
+        [[r["data"], r["features"], f"{r['images_per_s']:.0f}"] for r in rows],
+    )
+
+
+def ratio_md(comparisons: list[dict]) -> str:
+    """CRS against the best fixed baseline per cell, NLL and FID side by side (paired 95 % intervals)."""
+    cells = {}
+    for c in comparisons:
+        verdict = ("**better**" if c["crs_better"] else "worse") if c["significant"] else "n.s."
+        cells.setdefault((c["measure"], c["sampler"], c["nfe"]), {})[c["metric"]] = [
+            f"{c['crs_value']:.4g}",
+            f"{c['best_baseline']} {c['baseline_value']:.4g}",
+            f"{c['ratio']:.2f}",
+            verdict,
+        ]
+    head = ["CRS measure", "sampler", "nfe", "NLL: CRS", "best baseline", "ratio", "verdict", "FID: CRS"]
+    return _table(
+        head + ["best baseline", "ratio", "verdict"],
+        ["---", "---", "---:", "---:", "---", "---:", "---", "---:", "---", "---:", "---"],
+        [[m, s, n, *v["nll"], *v["fid_identity"]] for (m, s, n), v in cells.items()],
+    )
+
+
+def _cells(result: dict) -> list[dict]:
+    order = list(dict.fromkeys(c["sampler"] for c in result["cells"]))
+    return sorted(result["cells"], key=lambda c: (order.index(c["sampler"]), c["nfe"]))
+
+
+def _best_fixed(rows: dict) -> str:
+    return min((k for k in rows if rows[k]["kind"] == "baseline"), key=lambda k: rows[k]["teacher_error"])
+
+
+def quality_summary(result: dict) -> dict[str, dict[str, float]]:
+    """Geometric mean of each method's ratio to ``optimal`` over the cells: ``{method: {sampler or "all": value}}``,
+    with ``"best baseline"`` the best fixed baseline of each cell, chosen after the fact."""
+    cells = _cells(result)
+    names = [k for k in cells[0]["rows"] if "teacher_error" in cells[0]["rows"][k]]
+    samplers = list(dict.fromkeys(c["sampler"] for c in cells))
+    out = {}
+    for k in names + ["best baseline"]:
+        out[k] = {}
+        for s in samplers + ["all"]:
+            rows = [c["rows"] for c in cells if s == "all" or c["sampler"] == s]
+            pick = (lambda r: r[_best_fixed(r)]) if k == "best baseline" else (lambda r, k=k: r[k])  # noqa: E731
+            out[k][s] = geomean([pick(r)["ratio"] for r in rows])
+    return out
+
+
+def _quality_ratios(result: dict, cells: list[dict], names: list[str]) -> str:
+    rows = []
+    for c in cells:
+        r, best = c["rows"], _best_fixed(c["rows"])
+        vals = [f"**{r[k]['ratio']:.2f}**" if k == best else f"{r[k]['ratio']:.2f}" for k in names]
+        rows.append([c["sampler"], c["nfe"], f"{r['optimal']['teacher_error']:.3g}", *vals])
+    return (
+        f"Teacher error as a ratio to `optimal` ({result['data']}; search on {result['n_search']} samples, judged "
+        f"on {result['n_eval']} others; the teacher's own error {result['teacher_error']:.1e}; bold: the best "
+        "fixed baseline of the cell):\n\n"
+        + _table(["sampler", "nfe", "optimal (RMS)", *names], ["---", "---:", "---:"] + ["---:"] * len(names), rows)
+    )
+
+
+def _quality_fid(cells: list[dict]) -> str:
+    shown = ["best baseline", "crs (data)", "crs (noise)", "crs (solver)", "crs-select", "gits", "optimal"]
+    rows = []
+    for c in cells:
+        r, best = c["rows"], _best_fixed(c["rows"])
+        out = []
+        for k in shown:
+            row, label = (r[best], f"{best}: ") if k == "best baseline" else (r[k], "")
+            out.append(f"{label}{row['fid']:.2e} [{row['fid_low']:.1e}, {row['fid_high']:.1e}]")
+        rows.append([c["sampler"], c["nfe"], *out])
+    return "Frechet distance of the endpoints to the data (identity features, 95 % bootstrap interval):\n\n" + _table(
+        ["sampler", "nfe", *shown], ["---", "---:"] + ["---"] * len(shown), rows
+    )
+
+
+def _quality_costs(cells: list[dict]) -> str:
+    costly = [k for k in cells[0]["rows"] if cells[0]["rows"][k]["kind"] in ("crs", "peer")]
+    rows = []
+    for c in cells:
+        r = c["rows"]
+        check = ""
+        if "optimal (powell)" in r:
+            a, b = r["optimal"]["search_objective"], r["optimal (powell)"]["search_objective"]
+            check = f"{a:.3g} vs {b:.3g} ({100 * (a / b - 1):+.1f} %)"
+        rows.append([c["sampler"], c["nfe"], *[f"{r[k]['evaluations']:,} ({r[k]['seconds']:.1f} s)" for k in costly]])
+        rows[-1].append(check)
+    return (
+        "Search cost (network evaluations per search sample beyond a rate estimate; seconds) and the two optimisers' "
+        "objectives (L-BFGS against Powell, where checked):\n\n"
+        + _table(["sampler", "nfe", *costly, "L-BFGS vs Powell"], ["---", "---:"] + ["---"] * (len(costly) + 1), rows)
+    )
+
+
+def _quality_wins(cells: list[dict], names: list[str]) -> str:
+    """Per method, in how many cells it beats the best fixed baseline (chosen after the fact) and is within 1.2x of
+    the optimum."""
+    rows = []
+    for k in names:
+        if cells[0]["rows"][k]["kind"] == "baseline" or k == "optimal":
+            continue
+        wins = sum(c["rows"][k]["ratio"] < c["rows"][_best_fixed(c["rows"])]["ratio"] for c in cells)
+        near = sum(c["rows"][k]["ratio"] <= 1.2 for c in cells)
+        rows.append([k, f"{wins} of {len(cells)}", f"{near} of {len(cells)}"])
+    return "Where each method wins and loses:\n\n" + _table(
+        ["method", "cells better than the best fixed baseline", "cells within 1.2x of optimal"],
+        ["---", "---:", "---:"],
+        rows,
+    )
+
+
+def quality_md(result: dict) -> str:
+    """The quality benchmark: ratios to the optimum, their geometric means, the distribution metric, the costs."""
+    cells = _cells(result)
+    names = [k for k in cells[0]["rows"] if "teacher_error" in cells[0]["rows"][k]]
+    summary = quality_summary(result)
+    samplers = list(next(iter(summary.values())))
+    parts = [_quality_ratios(result, cells, names)]
+    parts.append(
+        "Geometric mean of the ratio over the cells:\n\n"
+        + _table(
+            ["method", *samplers],
+            ["---"] + ["---:"] * len(samplers),
+            [[k, *[f"{v:.2f}" for v in per.values()]] for k, per in summary.items()],
+        )
+    )
+    parts.append(_quality_wins(cells, names))
+    if "fid" in cells[0]["rows"]["optimal"]:
+        parts.append(_quality_fid(cells))
+    parts.append(_quality_costs(cells))
+    parts.append(
+        "crs-select chose: "
+        + "; ".join(f"{c['sampler']}@{c['nfe']}: {c['rows']['crs-select']['chosen']}" for c in cells)
+    )
+    return "\n\n".join(parts)
+
+
+def coverage_md(result: dict) -> str:
+    """Empirical coverage of nominal 95 % intervals; in brackets the share of intervals entirely below the target."""
+    rows = result["rows"]
+    methods = list(rows[0]["coverage"])
+    head = (
+        f"{result['n']} draws in {result['dim']} dimensions, {rows[0]['repeats']} repeats of {rows[0]['n_boot']} "
+        f"replicates (binomial standard error {rows[0]['stderr']:.3f}); in brackets the share of intervals entirely "
+        "below the target:\n\n"
+    )
+    return head + _table(
+        ["statistic", "target", *methods],
+        ["---", "---:"] + ["---:"] * len(methods),
+        [
+            [r["case"], f"{r['target']:.4g}", *[f"{r['coverage'][m]:.3f} ({r['below'][m]:.3f})" for m in methods]]
+            for r in rows
+        ],
+    )
+
+
+def stability_md(result: dict) -> str:
+    """How many of a run's verdicts change when its evaluation is redone with other bootstrap seeds."""
+    total = result["comparisons"] + result["model_comparisons"]
+    lines = [
+        f"{result['run']}: {total} verdicts ({result['comparisons']} CRS against the baselines, "
+        f"{result['model_comparisons']} CRS training against the control), {result['n_boot']} replicates; bootstrap "
+        f"seeds {result['seeds']} against the run's own: {len(result['changed'])} changes, "
+        f"{len(result['undecided'])} of them of verdicts at the edge in neither run.",
+        "",
+        _table(
+            ["bootstrap seed", "verdicts at the edge"],
+            ["---", "---:"],
+            [[k, v] for k, v in result["edges"].items()],
+        ),
+    ]
+    if result["changed"]:
+        lines += ["", "Changes:", ""]
+        for seed, kind, key, was, now in result["changed"]:
+            mark = lambda v: v[0] + (" (edge)" if v[1] else "")  # noqa: E731
+            lines.append(f"- seed {seed}: {kind} {' / '.join(map(str, key))}: {mark(was)} -> {mark(now)}")
+    return "\n".join(lines)
+
+
+GPU_STAGES = (
+    "base_model",
+    "rate_estimation",
+    "schedule_optimization",
+    "training_schedule_finetune",
+    "sampling",
+    "evaluation",
+)
+
+
+def gpu_check_md(report: dict) -> str:
+    """The GPU check: every consistency case against its tolerance, every dry run's stage times."""
+    cases = _table(
+        ["case", "difference (relative)", "tolerance", "ok"],
+        ["---", "---:", "---:", "---"],
+        [
+            [r["case"], f"{r['difference']:.2e}", f"{r['tolerance']:.0e}", "yes" if r["ok"] else "NO"]
+            for r in report["consistency"]
+        ],
+    )
+    runs = _table(
+        ["experiment (dry run)", "ok", *GPU_STAGES, "total s"],
+        ["---", "---"] + ["---:"] * (len(GPU_STAGES) + 1),
+        [
+            [r["experiment"], "yes" if r["ok"] else "NO"]
+            + [str(r["stages"].get(s, {}).get("seconds", "")) for s in GPU_STAGES]
+            + [r["seconds"]]
+            for r in report["dry_runs"]
+        ],
+    )
+    env = report["environment"]
+    return (
+        f"Python {env['python']}, torch {env['torch']}, device {env['device']}"
+        + (f" ({env['gpu']}, bf16 {'yes' if env.get('bf16') else 'no'})" if env.get("gpu") else "")
+        + f"; consistency {report['consistency_seconds']} s, everything {report['seconds']} s.\n\n"
+        + cases
+        + "\n\n"
+        + runs
+    )
+
+
+def demo_md(result: dict) -> str:
+    """The demo's stage times and its summary table (``python -m crs summary``)."""
+    times = _table(
+        ["stage", "seconds"],
+        ["---", "---:"],
+        [[s, f"{t:.0f}"] for s, t in result["stages"].items()] + [["total", f"{sum(result['stages'].values()):.0f}"]],
+    )
+    return times + "\n\n" + result["summary"]
+
+
+TABLES = {
+    "rate": rate_md,
+    "training": training_md,
+    "online": online_md,
+    "sampling": sampling_md,
+    "features": features_md,
+    "ratio": ratio_md,
+    "quality": quality_md,
+    "coverage": coverage_md,
+    "stability": stability_md,
+    "gpu-check": gpu_check_md,
+    "demo": demo_md,
+}

@@ -1,0 +1,53 @@
+"""Measured results are generated, never typed: benchmark records (benchmarks/records) and the pages rendered from
+them (docs/results, the README's headline table)."""
+
+import json
+
+import pytest
+
+from benchmarks import render
+from benchmarks.bench import main as bench_main
+from benchmarks.records import PROVENANCE, load_records, write_record
+from benchmarks.tables import TABLES
+
+
+def test_every_record_names_its_command_commit_machine_and_date():
+    records = load_records()
+    for name, record in records.items():
+        assert set(PROVENANCE) <= set(record), name
+        assert record["command"].startswith(".venv/bin/python -m benchmarks."), name
+        assert record["commit"] and record["date"] and record["machine"]["label"], name
+        assert record["benchmark"] in TABLES, name
+
+
+def test_every_results_page_and_the_readme_headline_match_their_records():
+    """`python -m benchmarks.render` has been run since the records last changed: nothing typed by hand survives."""
+    assert render.stale() == [], "run `.venv/bin/python -m benchmarks.render`"
+
+
+def test_a_benchmark_run_writes_a_record_that_renders_with_its_provenance(tmp_path, monkeypatch, capsys):
+    """A real (tiny) benchmark run: its record has the command that reproduces it, and its page shows the table the
+    command printed, with the machine and commit; a changed figure makes the page stale."""
+    monkeypatch.setattr("benchmarks.records.RECORDS", tmp_path)
+    bench_main(["rate", "--repeats", "1", "--record-name", "toy"])  # about a second
+    printed = capsys.readouterr().out
+    (record,) = load_records(tmp_path).values()
+    assert record["command"] == ".venv/bin/python -m benchmarks.bench rate --repeats 1 --record-name toy"
+    table = TABLES["rate"](record["result"])
+    assert table in printed
+    page = render.render_page("costs", {"rate": dict(record, name="rate")})
+    assert table in page and record["commit"] in page and record["machine"]["label"] in page
+    assert "No record yet (`benchmarks/records/training.json`)" in page
+
+    edited = json.loads(json.dumps(record))
+    edited["result"][0]["seconds"] *= 2
+    assert render.render_page("costs", {"rate": edited}) != page
+
+
+def test_records_missing_provenance_are_refused(tmp_path):
+    write_record("ok", "training", [], ["benchmarks.bench", "training"], 1.0, folder=tmp_path)
+    doc = json.loads((tmp_path / "ok.json").read_text())
+    del doc["commit"]
+    (tmp_path / "ok.json").write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match=r"ok.json lacks \['commit'\]"):
+        load_records(tmp_path)
