@@ -891,9 +891,10 @@ def measure(what: str, args) -> dict | list:
 def main(argv=None) -> None:
     import sys
 
-    from benchmarks.records import write_record
+    from benchmarks.records import begin, write_record
     from benchmarks.tables import TABLES
 
+    begin()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
     print(

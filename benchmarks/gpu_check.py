@@ -206,6 +206,9 @@ def main(argv=None) -> int:
         help="write the record benchmarks/records/gpu-check-<device>.json (default: on a GPU only)",
     )
     args = parser.parse_args(argv)
+    from benchmarks.records import begin
+
+    begin()
     if args.device.startswith("cuda"):
         import torch
 

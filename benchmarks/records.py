@@ -83,20 +83,34 @@ def _plain(obj):
     return obj
 
 
+_STARTED: dict = {}
+
+
+def begin() -> None:
+    """Note the commit and whether the tree is clean now, at the start of a benchmark (a record describes the code
+    that ran, not the tree at the moment it ends)."""
+    _STARTED.update(
+        commit=_git("rev-parse", "--short=12", "HEAD") or os.environ.get("CRS_COMMIT", "unknown"),
+        dirty=bool(_git("status", "--porcelain", "--untracked-files=no")),
+    )
+
+
 def write_record(
     name: str, benchmark: str, result, argv: list[str], seconds: float, device: str = "cpu", folder=None
 ) -> Path:
     """Write ``result`` as the record ``<folder>/<name>.json`` (default :data:`RECORDS`), atomically, with the
     command that reproduces it (``python -m benchmarks.<module> <argv>``; ``argv[0]`` is the module), the commit
-    (``dirty`` when tracked files differ from it), the UTC date, the machine and the wall-clock seconds."""
+    (as :func:`begin` found it; ``dirty`` when tracked files differed from it), the UTC date, the machine and the wall-clock seconds."""
     from crs.io import atomic_write_json
 
+    if not _STARTED:
+        begin()
     record = {
         "name": name,
         "benchmark": benchmark,
         "command": ".venv/bin/python -m " + shlex.join(argv),
-        "commit": _git("rev-parse", "--short=12", "HEAD") or os.environ.get("CRS_COMMIT", "unknown"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "commit": _STARTED["commit"],
+        "dirty": _STARTED["dirty"],
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(device),
         "seconds": round(float(seconds), 1),
