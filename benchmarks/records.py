@@ -100,7 +100,8 @@ def write_record(
 ) -> Path:
     """Write ``result`` as the record ``<folder>/<name>.json`` (default :data:`RECORDS`), atomically, with the
     command that reproduces it (``python -m benchmarks.<module> <argv>``; ``argv[0]`` is the module), the commit
-    (as :func:`begin` found it; ``dirty`` when tracked files differed from it), the UTC date, the machine and the wall-clock seconds."""
+    (as :func:`begin` found it; ``dirty`` when tracked files differed from it), the UTC date, the machine and the
+    wall-clock seconds."""
     from crs.io import atomic_write_json
 
     if not _STARTED:
