@@ -4,17 +4,17 @@
 folder (a model this package trained, :mod:`crs.networks`, or a diffusers pipeline or UNet,
 :mod:`crs.adapters`) or a Hugging Face hub id of either. ``fit_sigma_range`` picks the noise range to use
 with a model. The classes themselves live in :mod:`crs.networks` and :mod:`crs.adapters`; their names are
-re-exported here.
+re-exported here, lazily: the engine's analytic path (``fit_sigma_range``, exact denoisers) imports without
+diffusers (``pip install crs`` without extras).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
-from crs.adapters import DiffusersDenoiser, LatentData, model_space, pixel_features
 from crs.args import resolve_device
-from crs.networks import DENOISER_FILE, EDMDenoiser, MLPNet, build_denoiser, unet
 from crs.protocols import AnalyticDataset
 from crs.schedules import fit_range
 
@@ -32,6 +32,23 @@ __all__ = [
     "resolve_device",
     "unet",
 ]
+
+_LAZY = {
+    "DiffusersDenoiser": "crs.adapters",
+    "LatentData": "crs.adapters",
+    "model_space": "crs.adapters",
+    "pixel_features": "crs.adapters",
+    "EDMDenoiser": "crs.networks",
+    "MLPNet": "crs.networks",
+    "build_denoiser": "crs.networks",
+    "unet": "crs.networks",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'crs.models' has no attribute {name!r}")
 
 
 def locate_model(model: str, root=".") -> Path:
@@ -86,6 +103,9 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
                 f"model='analytic' needs an analytic dataset (gaussian, gmm); {data!r} has no exact denoiser."
             )
         return data.denoiser
+    from crs.adapters import DiffusersDenoiser
+    from crs.networks import DENOISER_FILE, EDMDenoiser
+
     path = locate_model(model)
     if (Path(path) / "model_index.json").is_file():
         denoiser = DiffusersDenoiser.from_pipeline_folder(path)

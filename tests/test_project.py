@@ -264,3 +264,47 @@ def test_the_engine_never_imports_the_orchestration_nor_private_names():
                     )
             if isinstance(node, ast.Import) and path.parent.name == "crs" and path.name != "__main__.py":
                 assert not any(a.name.startswith("crs.run") for a in node.names), path.name
+
+
+def test_pyproject_declares_a_small_core_and_extras_that_cover_the_lock():
+    """`pip install crs` needs only torch, numpy, scipy and tqdm; every package pinned in requirements.txt (the lock
+    `make venv` installs) is in the core or an extra, and its pinned version satisfies the declared range."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = [Requirement(r) for r in project["dependencies"]]
+    assert sorted(r.name for r in core) == ["numpy", "scipy", "torch", "tqdm"]
+    declared = {r.name.lower(): r for r in core}
+    for extra in project["optional-dependencies"].values():
+        declared.update({(r := Requirement(text)).name.lower(): r for text in extra if not text.startswith("crs[")})
+    for name, version in _pins((ROOT / "requirements.txt").read_text().splitlines()).items():
+        assert name in declared, f"{name} is pinned in requirements.txt but in no extra of pyproject.toml"
+        assert declared[name].specifier.contains(version), (name, version, str(declared[name].specifier))
+
+
+NO_EXTRAS = """
+import sys
+for name in ("diffusers", "accelerate", "cleanfid", "torchvision", "sklearn", "mlxtend", "matplotlib", "papermill",
+             "yaml", "jupyterlab", "myst_nb", "nbformat", "huggingface_hub", "safetensors", "PIL"):
+    sys.modules[name] = None  # importing any of them now fails, as in an environment without the extras
+import crs
+data = crs.make_dataset("gmm")
+rate = crs.estimate_rate("data", data, denoiser=data.denoiser, grid_size=16, n_samples=256, seed=0)
+sigmas = crs.optimize_schedule(rate, xi=1.0).discretize(6)
+err = crs.teacher_error(data.denoiser, data, "dpmpp_2m", sigmas, n=64, seed=0, steps=32)
+found = crs.search_schedule("gits", data.denoiser, data, "euler", nfe=5, seed=0, n=32, teacher_steps=32, grid=12)
+x = crs.sampling.generate(data.denoiser, data.shape, 8, found.sigmas, sampler="euler")
+print("engine ok", x.shape[0])
+"""
+
+
+def test_the_engine_works_without_the_extras():
+    """The core dependencies alone give a working engine: rate, schedule, teacher error, search and sampling on the
+    analytic mixture in a process where the extras' packages cannot be imported."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", NO_EXTRAS], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0 and "engine ok 8" in done.stdout, done.stderr[-3000:]
