@@ -18,20 +18,6 @@ from crs.args import resolve_device
 from crs.protocols import AnalyticDataset
 from crs.schedules import fit_range
 
-__all__ = [
-    "DiffusersDenoiser",
-    "EDMDenoiser",
-    "LatentData",
-    "MLPNet",
-    "build_denoiser",
-    "fit_sigma_range",
-    "load_denoiser",
-    "locate_model",
-    "model_space",
-    "pixel_features",
-    "resolve_device",
-    "unet",
-]
 
 _LAZY = {
     "DiffusersDenoiser": "crs.adapters",
@@ -43,6 +29,7 @@ _LAZY = {
     "build_denoiser": "crs.networks",
     "unet": "crs.networks",
 }
+__all__ = sorted(["fit_sigma_range", "load_denoiser", "locate_model", "resolve_device", *_LAZY])
 
 
 def __getattr__(name: str):
