@@ -18,7 +18,6 @@ from crs.args import resolve_device
 from crs.protocols import AnalyticDataset
 from crs.schedules import fit_range
 
-
 _LAZY = {
     "DiffusersDenoiser": "crs.adapters",
     "LatentData": "crs.adapters",
