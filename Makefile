@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: venv demo test test-fast lint notebooks site lab browser clean gpu-wheels gpu-site gpu-check gpu-bench
+.PHONY: venv demo test test-fast lint notebooks site docs results lab browser clean gpu-wheels gpu-site gpu-check gpu-bench
 
 venv: $(VENV)/.installed
 
@@ -34,6 +34,15 @@ test: venv browser
 # when there is one.
 site: venv
 	$(PY) -m crs publish $(RUN_DIR) $$(command -v chromium >/dev/null && echo --check)
+
+# The documentation site: docs/ (guides, concepts, reference with the API from the docstrings, results) and the
+# committed notebooks as the tutorial, into docs/_build/site, checked in headless Chromium when there is one.
+docs: venv
+	$(PY) -m crs docs $$(command -v chromium >/dev/null && echo --check)
+
+# The results pages and the README's headline table, rendered from the benchmark records (benchmarks/records).
+results: venv
+	$(PY) -m benchmarks.render
 
 # Study the notebooks in JupyterLab with the project's environment as the kernel (the notebooks' defaults are the
 # ones the tests run). Jupyter's data folder is the venv's, so a `python3` kernel of the user's own cannot shadow

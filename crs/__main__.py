@@ -1,7 +1,8 @@
 """Command line: ``python -m crs run params/demo.yaml [--stages ...] [--set stage.key=value] [--sweep key=v1,v2]``.
 
 Also ``python -m crs check params/x.yaml`` (validate only), ``python -m crs report runs/x`` (rebuild the report) and
-``python -m crs publish runs/x [--check]`` (build the tutorial site, and check it in headless Chromium).
+``python -m crs publish runs/x [--check]`` (build the tutorial site, and check it in headless Chromium) and
+``python -m crs docs [--check]`` (the documentation site).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main(argv=None) -> int:
     publish.add_argument(
         "--check", action="store_true", help="then open every page in headless Chromium: math, figures, links"
     )
+    docs = sub.add_parser("docs", help="build the documentation site (docs/ and the notebooks) into docs/_build/site")
+    docs.add_argument("--out", help="site folder (default docs/_build/site)")
+    docs.add_argument("--check", action="store_true", help="then open every page in headless Chromium")
     summary = sub.add_parser("summary", help="print the summary table of run_dir/metrics.json as Markdown")
     summary.add_argument("run_dir")
     args = parser.parse_args(argv)
@@ -78,6 +82,22 @@ def main(argv=None) -> int:
             return 0
         if args.command == "report":
             print(build_report(args.run_dir))
+            return 0
+        if args.command == "docs":
+            from crs.run.publish import browser_check, build_docs, check_report
+
+            index = build_docs(".", args.out)
+            if args.check:
+                result = browser_check(index.parent)
+                problems = check_report(result)
+                print(
+                    f"browser check: {len(result['pages'])} pages, "
+                    f"{sum(p['typeset'] for p in result['pages'])} formulas typeset, "
+                    f"{sum(p['images'] for p in result['pages'])} images, {len(problems)} problems"
+                )
+                for line in problems:
+                    print(f"  {line}", file=sys.stderr)
+                return 1 if problems else 0
             return 0
         if args.command == "publish":
             from crs.run.publish import browser_check, build_site

@@ -88,11 +88,48 @@ def test_committed_notebooks_show_every_figure_they_save():
         assert "%matplotlib inline" in path.read_text(), path.name
 
 
-def test_readme_python_example_runs(tmp_path, monkeypatch):
+def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
+    """Every Python block of the README's quick start, as written, in an empty folder (offline: the diffusers
+    block builds its own tiny pipeline)."""
     readme = (ROOT / "README.md").read_text()
-    block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    section = readme.split("## Quick start\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
     monkeypatch.chdir(tmp_path)
-    exec(compile(block, "README.md", "exec"), {})
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert "CRS " in capsys.readouterr().out
+    assert (tmp_path / "schedule.json").is_file() and (tmp_path / "tiny-schedule.json").is_file()
+
+
+def test_readme_is_a_front_door():
+    """At most 12 KB, the quick start on the first screen, a table of contents; no test counts or timings."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.encode()) <= 12 * 1024
+    assert readme.index("## Quick start") < readme.index("## The two commands")
+    assert "**Contents**" in readme.split("## Install")[0]
+    assert "## Quick start" in "\n".join(readme.splitlines()[:40])
+    assert not re.search(r"\b\d+ tests\b|\d+ min \d+ s", readme)
+
+
+def test_links_in_the_readme_and_docs_lead_somewhere():
+    """Every relative Markdown link of README.md, CHANGELOG.md and docs/ names a file that exists (and an anchor of
+    the README one of its headings)."""
+    pages = [ROOT / "README.md", ROOT / "CHANGELOG.md", *(ROOT / "docs").rglob("*.md")]
+    pages = [p for p in pages if "_build" not in p.parts]
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            if path:
+                assert (page.parent / path).exists(), f"{page.relative_to(ROOT)}: dead link {target}"
+            elif page.name == "README.md":
+                slugs = {
+                    re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-")
+                    for h in re.findall(r"^#+ (.*)$", page.read_text(), re.M)
+                }
+                assert anchor in slugs, f"README.md: dead anchor #{anchor}"
     assert (tmp_path / "schedule.json").exists()
 
 
@@ -238,6 +275,8 @@ def test_references_to_the_method_note_point_inside_the_repository():
         *ROOT.rglob("crs/**/*.py"),
         *ROOT.glob("tests/*.py"),
         ROOT / "README.md",
+        *ROOT.glob("docs/**/*.md"),
+        *ROOT.glob("benchmarks/*.py"),
         *ROOT.glob("notebooks/*.ipynb"),
     ]:
         text = path.read_text()
