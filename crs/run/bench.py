@@ -313,7 +313,7 @@ def quality_table(
     from crs.protocols import AnalyticDataset
     from crs.quality import endpoints, solve_teacher
     from crs.sampling import steps_for_nfe
-    from crs.search import METHODS, search_schedule
+    from crs.search import METHODS, SearchCache, search_schedule
 
     if data is None:
         data = crs.make_dataset("gmm")
@@ -329,7 +329,7 @@ def quality_table(
         reference = data.sample(4 * n_eval, torch.Generator().manual_seed(reference_seed(seed)))
     if reference is not None:
         reference = torch.as_tensor(reference).flatten(1).double().numpy()
-    cache = {}  # rate estimates and the search teacher serve every search; costs are reported per search alone
+    cache = SearchCache()  # rates and the search teacher serve every search; costs are reported per search alone
     idx = crs.metrics.bootstrap_indices(n_eval, n_boot, seed)
 
     def judge(sampler, sigmas):
