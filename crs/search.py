@@ -41,6 +41,7 @@ import torch
 
 from crs.args import check_choice, check_int
 from crs.io import atomic_write_json, read_json
+from crs.protocols import check_data_matches
 from crs.quality import Teacher, check_deterministic_sampler, solve_teacher
 from crs.sampling import STEPS, check_sigmas, nfe_of, run_steps, steps_for_nfe
 from crs.schedules import BASELINES, baseline_sigmas, check_sigma_range
@@ -745,7 +746,8 @@ def search_schedule(
 
     Raises:
         ValueError: unknown method or option, a stochastic sampler, an nfe the sampler cannot spend, a bad range,
-            a cache that is not a :class:`SearchCache`; before any work.
+            a model that takes samples of another shape than the data's, a cache that is not a
+            :class:`SearchCache`; before any work.
     """
     start = time.perf_counter()
     from crs.models import fit_sigma_range
@@ -756,6 +758,7 @@ def search_schedule(
     opts = check_options(method, options)
     lo, hi = fit_sigma_range(denoiser, sigma_min, sigma_max)
     check_sigma_range(lo, hi)
+    check_data_matches(denoiser, data.shape)
     store = _model_store(cache, denoiser)
     ctx = SearchContext(denoiser, data, sampler, int(nfe), steps, lo, hi, search_seed(seed), opts, store, progress)
     entry = _SEARCHES[method]

@@ -163,6 +163,11 @@ def test_search_refuses_bad_input_by_name():
         search_schedule("optimal", den, GMM, "euler", 4, grid=10)
     with pytest.raises(ValueError, match="sigma_min"):
         search_schedule("crs", den, GMM, "euler", 4, sigma_min=1.0, sigma_max=0.5)
+    wide = crs.make_dataset("gaussian", dim=3)
+    with pytest.raises(ValueError, match=r"takes samples of shape \(2,\), but the dataset gives \(3,\)"):
+        search_schedule("crs", den, wide, "euler", 4)
+    with pytest.raises(ValueError, match=r"takes samples of shape \(2,\), but the dataset gives \(3,\)"):
+        teacher_error(den, wide, "euler", crs.baseline_sigmas("karras", 4))
 
 
 def test_gits_costs_are_the_sampler_jump_errors_against_the_teacher():
