@@ -56,7 +56,7 @@ def test_teacher_starts_from_the_samples_generate_draws():
     x = crs.sampling.generate(GMM.denoiser, (2,), 16, sigmas, seed=5, sampler="euler")  # float32, as by default
     # the float64 start is the float32 draw times 80, exact in float64 and rounded once back: the same float32 start
     y = crs.quality.endpoints(GMM.denoiser, "euler", sigmas, teacher.x_T.float())
-    assert torch.equal(x, y)
+    assert x.dtype == torch.float32 and torch.equal(x, y.float())  # generate returns the dtype asked
 
 
 def test_the_reference_solution_converges():
