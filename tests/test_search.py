@@ -211,7 +211,7 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
         n_eval=32,
         n_boot=10,
         teacher_steps=32,
-        check_optimiser=False,
+        check_optimizer=False,
         progress=False,
         options=options,
         on_cell=lambda r: saved.append(json.dumps(r)),
