@@ -212,7 +212,7 @@ QUALITY_METHODS = {
 # the quality benchmark's data and models: the mixture with its exact denoiser, and the small UNets (trained with
 # the settings of the demo's base model, whose weights they are for `digits`), searched and judged at sizes that
 # fit the network's cost (the UNets' search and judging batches are smaller, and the optimiser check is left out)
-_UNET_SIZES = dict(n_search=64, n_eval=512, teacher_steps=256, check_optimiser=False)
+_UNET_SIZES = dict(n_search=64, n_eval=512, teacher_steps=256, check_optimizer=False)
 _UNET_OPTIONS = {
     "optimal": {"init": "best", "maxiter": 40},
     "optimal-free": {"init": "best", "maxiter": 40},
@@ -287,7 +287,7 @@ def quality_table(
     n_eval: int = 1024,
     n_boot: int = 200,
     seed: int = 0,
-    check_optimiser: bool = True,
+    check_optimizer: bool = True,
     progress: bool = True,
     teacher_steps: int = 512,
     options: dict | None = None,
@@ -300,7 +300,7 @@ def quality_table(
     ``n_eval`` other samples (seeds ``seed + i``), against one teacher solved for them. Per cell: the teacher
     error of every baseline, CRS variant and peer (:data:`QUALITY_METHODS`), its ratio to ``optimal``'s, the
     Frechet distance of the endpoints (identity features) to fresh samples of the data with a 95 % percentile
-    bootstrap interval (analytic data only), and the search cost. With ``check_optimiser`` ``optimal`` is
+    bootstrap interval (analytic data only), and the search cost. With ``check_optimizer`` ``optimal`` is
     repeated with the derivative-free Powell method (at most 3000 objective evaluations from each start): the
     agreement of two optimisers of the same objective.
 
@@ -320,7 +320,7 @@ def quality_table(
     from crs.protocols import AnalyticDataset
     from crs.quality import endpoints, solve_teacher
     from crs.sampling import steps_for_nfe
-    from crs.search import METHODS, search_schedule
+    from crs.search import METHODS, SearchCache, search_schedule
 
     if data is None:
         data = crs.make_dataset("gmm")
@@ -336,7 +336,7 @@ def quality_table(
         reference = data.sample(4 * n_eval, torch.Generator().manual_seed(reference_seed(seed)))
     if reference is not None:
         reference = torch.as_tensor(reference).flatten(1).double().numpy()
-    cache = {}  # rate estimates and the search teacher serve every search; costs are reported per search alone
+    cache = SearchCache()  # rates and the search teacher serve every search; costs are reported per search alone
     idx = crs.metrics.bootstrap_indices(n_eval, n_boot, seed)
 
     def judge(sampler, sigmas):
@@ -381,7 +381,7 @@ def quality_table(
                 sigmas=found.sigmas,
                 **judge(sampler, found.sigmas),
             )
-        if check_optimiser:
+        if check_optimizer:
             powell = search_schedule(
                 "optimal",
                 denoiser,

@@ -36,7 +36,7 @@ _EXPORTS = {
     "crs.models": ["load_denoiser"],
     "crs.export": ["apply_schedule"],
     "crs.quality": ["solve_teacher", "teacher_error"],
-    "crs.search": ["SearchResult", "search_schedule"],
+    "crs.search": ["SearchCache", "SearchResult", "search_schedule"],
     "crs.optimize": [
         "check_xi",
         "optimize_schedule",

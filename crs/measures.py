@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from crs.distances import fid_from_features
-from crs.sampling import STEPS, heun_step
+from crs.sampling import ORDER, STEPS, heun_step
 from crs.schedules import BASELINES, baseline_t_fn, sigma_to_alpha
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "parse_measure",
     "rms_with_stderr",
     "schedule_pass",
+    "solver_discrepancy",
     "solver_pass",
     "valid_measure_names",
 ]
@@ -249,6 +250,17 @@ def solver_pass(
                 bar.update(rows)
     bar.close()
     return ms, evaluations
+
+
+def solver_discrepancy(sampler: str, ms: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """The ``solver-<sampler>`` measure from :func:`solver_pass`'s mean squares (K, M): the RMS local error raised
+    to ``1 / (p + 1)`` for the sampler's order ``p`` (the local error scales as ``h^(p+1)``, its root is additive
+    like a distance), with its delta-method standard error; ``(discrepancy (K,), stderr (K,))``, float64."""
+    rms, rms_se = rms_with_stderr(ms)
+    power = 1.0 / (ORDER[sampler] + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.where(rms > 0, power * rms ** (power - 1.0) * rms_se, 0.0)
+    return rms**power, se
 
 
 def fid_pass(

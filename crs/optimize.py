@@ -113,9 +113,15 @@ def step_discrepancy(rate: RateEstimate, sigmas) -> np.ndarray:
 
     Returns:
         float64 array (n - 1,).
+
+    Raises:
+        ValueError: levels that are not 1-D, strictly descending and positive (with an optional final 0), fewer
+            than two non-zero levels, or levels outside the rate's grid.
     """
     s = np.asarray(sigmas.cpu() if isinstance(sigmas, torch.Tensor) else sigmas, dtype=np.float64)
-    s = s[s > 0]
+    s = s[:-1] if s.ndim == 1 and s.size and s[-1] == 0 else s
+    if s.ndim != 1 or np.any(s <= 0) or np.any(np.diff(s) >= 0):
+        raise ValueError("`sigmas` must be 1-D, strictly descending and positive, with an optional final 0.")
     lo, hi = rate.sigma[0], rate.sigma[-1]
     if s.size < 2:
         raise ValueError("A schedule needs at least two non-zero levels.")

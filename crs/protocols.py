@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["AnalyticDataset", "Dataset", "Denoiser"]
+__all__ = ["AnalyticDataset", "Dataset", "Denoiser", "check_data_matches"]
 
 
 @runtime_checkable
@@ -65,3 +65,12 @@ class AnalyticDataset(Dataset, Protocol):
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
         """Exact log-density of ``p_sigma`` at ``x`` (B, *shape) -> (B,)."""
+
+
+def check_data_matches(denoiser, shape, what: str = "the dataset gives") -> None:
+    """ValueError naming both shapes unless ``denoiser`` takes samples of ``shape`` (one sample's shape, e.g.
+    ``data.shape``); the check the entry points make before any work. ``what`` names where ``shape`` comes from
+    in the message. A plain callable ``D(x, sigma)``, which declares no :class:`Denoiser` attributes, is not checked.
+    """
+    if isinstance(denoiser, Denoiser) and tuple(denoiser.shape) != tuple(shape):
+        raise ValueError(f"The model takes samples of shape {tuple(denoiser.shape)}, but {what} {tuple(shape)}.")

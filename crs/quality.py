@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from crs.args import check_choice, check_int
+from crs.protocols import check_data_matches
 from crs.sampling import STEPS, SampleNoise, check_sigmas, nfe_of, run_steps
 from crs.schedules import baseline_sigmas, check_sigma_range
 from crs.seeds import sample_seed
@@ -215,13 +216,13 @@ def teacher_error(
         :class:`TeacherError`; a warning when the teacher's error is not below 1 % of the value.
 
     Raises:
-        ValueError: a stochastic or unknown sampler, a bad schedule, a teacher from another range.
+        ValueError: a stochastic or unknown sampler, a bad schedule, a teacher from another range, a model that
+            takes samples of another shape than the data's.
     """
     check_deterministic_sampler(sampler)
     sig = check_sigmas(sigmas)
     shape = tuple(data.shape)
-    if tuple(getattr(denoiser, "shape", shape)) != shape:
-        raise ValueError(f"The model takes samples of shape {tuple(denoiser.shape)}, the data has {shape}.")
+    check_data_matches(denoiser, shape)
     if teacher is None:
         while True:
             teacher = solve_teacher(

@@ -29,9 +29,10 @@ from crs.measures import (
     parse_measure,
     rms_with_stderr,
     schedule_pass,
+    solver_discrepancy,
     solver_pass,
 )
-from crs.sampling import ORDER
+from crs.protocols import Denoiser, check_data_matches
 from crs.schedules import check_sigma_range, sigma_to_alpha, sigma_to_logsnr
 
 __all__ = ["RateEstimate", "check_rate_inputs", "estimate_rate", "logsnr_grid"]
@@ -183,8 +184,8 @@ def estimate_rate(
     measure: str | Mapping[str, float],
     data,
     denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-    sigma_min: float = 0.002,
-    sigma_max: float = 80.0,
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
     grid_size: int = 64,
     n_samples: int = 4096,
     seed: int = 0,
@@ -202,7 +203,9 @@ def estimate_rate(
             None is allowed for baseline-implied measures, which need no samples.
         denoiser: x0-prediction ``D(x, sigma)``; needed by ``data`` and ``noise``. For analytic
             data pass ``data.denoiser`` (the exact one).
-        sigma_min, sigma_max: grid range, ``0 < sigma_min < sigma_max``.
+        sigma_min, sigma_max: grid range, ``0 < sigma_min < sigma_max``. None takes the model's own end
+            (:func:`crs.models.fit_sigma_range`, which then fits a given other end into the model's range, with a
+            warning), EDM's 0.002 / 80 without a model or for one without a range (exact denoisers).
         grid_size: number of intervals K (>= 2); the grid has K + 1 levels.
         n_samples: M, samples of x0 and eps shared by every level (common random numbers).
         seed: seeds the one torch.Generator that draws x0 and eps.
@@ -215,9 +218,11 @@ def estimate_rate(
         A :class:`RateEstimate`; model measures cost (K + 1) * M network evaluations in total.
 
     Raises:
-        ValueError: on bad input, before any work.
+        ValueError: on bad input (a model that takes samples of another shape than the data's among it),
+            before any work.
     """
     parsed = parse_measure(measure)
+    sigma_min, sigma_max = _grid_range(denoiser, sigma_min, sigma_max)
     sigma = logsnr_grid(sigma_min, sigma_max, grid_size)
     check_int("jackknife_groups", jackknife_groups, 2)
     check_rate_inputs(measure, sigma_min, sigma_max, grid_size, n_samples, jackknife_groups)
@@ -230,6 +235,8 @@ def estimate_rate(
     needs_data = bool(needs_model) or "fid" in parsed
     if needs_data and data is None:
         raise ValueError(f"The measure {format_measure(parsed)!r} needs data; only baseline-implied measures do not.")
+    if needs_model:
+        check_data_matches(denoiser, data.shape)
     start = time.perf_counter()
     if needs_data:
         gen = torch.Generator().manual_seed(int(seed))
@@ -248,11 +255,7 @@ def estimate_rate(
             sampler = name.removeprefix("solver-")
             ms, spent = solver_pass(denoiser, x0, eps, sigma, sampler, batch_size=batch_size, progress=progress)
             evaluations += spent
-            rms, rms_se = rms_with_stderr(ms)
-            power = 1.0 / (ORDER[sampler] + 1)  # local error ~ h^(p+1): its 1/(p+1) power is additive like a distance
-            with np.errstate(divide="ignore", invalid="ignore"):
-                se = np.where(rms > 0, power * rms ** (power - 1.0) * rms_se, 0.0)
-            parts[name] = (rms**power, se)
+            parts[name] = solver_discrepancy(sampler, ms)
     if "fid" in parsed:
         disc, se, floors, feature_evaluations = fid_pass(
             x0, eps, sigma, feature_fn, batch_size, jackknife_groups, progress
@@ -283,6 +286,17 @@ def estimate_rate(
         components={k: {"discrepancy": v[0], "stderr": v[1]} for k, v in parts.items()} if len(parsed) > 1 else {},
         meta={"n_samples": int(n_samples), "seed": int(seed), "dataset": data.name if data is not None else None},
     )
+
+
+def _grid_range(denoiser, sigma_min: float | None, sigma_max: float | None) -> tuple[float, float]:
+    """The rate's range: a None end is the model's own (:func:`crs.models.fit_sigma_range`), or EDM's 0.002 / 80
+    without a model, for a plain callable, or for a model without a range."""
+    ranged = isinstance(denoiser, Denoiser) and (denoiser.sigma_min is not None or denoiser.sigma_max is not None)
+    if (sigma_min is None or sigma_max is None) and ranged:
+        from crs.models import fit_sigma_range  # a model with a range: its module is loaded already
+
+        return fit_sigma_range(denoiser, sigma_min, sigma_max)
+    return (0.002 if sigma_min is None else sigma_min), (80.0 if sigma_max is None else sigma_max)
 
 
 def check_rate_inputs(

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from crs.args import check_choice, check_int
+from crs.protocols import check_data_matches
 from crs.schedules import check_steps
 from crs.seeds import sample_seed
 
@@ -222,16 +223,21 @@ def nfe_of(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler in _SECOND_ORDER else steps
 
 
+def _nfe_rule(sampler: str) -> str:
+    """The sampler's own rule for the budgets it can spend, for error messages."""
+    if sampler in _SECOND_ORDER:
+        return f"{sampler} spends 2n - 1 evaluations for n steps, so nfe must be odd and >= 3"
+    return f"{sampler} spends n evaluations for n steps, so nfe must be >= 2"
+
+
 def steps_for_nfe(sampler: str, nfe: int) -> int:
-    """Steps that spend exactly ``nfe`` evaluations; ValueError when none do (e.g. Heun with even nfe)."""
+    """Steps that spend exactly ``nfe`` evaluations; ValueError when none do (e.g. Heun with even nfe), naming
+    the sampler's rule."""
     _check_sampler(sampler)
     check_int("nfe", nfe, what="An nfe")
     steps = (nfe + 1) // 2 if sampler in _SECOND_ORDER else nfe
     if steps < 2 or nfe_of(sampler, steps) != nfe:
-        spendable = "odd numbers >= 3" if sampler in _SECOND_ORDER else "integers >= 2"
-        raise ValueError(
-            f"The sampler {sampler!r} cannot spend exactly nfe={nfe}; it spends 2n - 1 or n: use {spendable}."
-        )
+        raise ValueError(f"The sampler {sampler!r} cannot spend exactly nfe={nfe}: {_nfe_rule(sampler)}.")
     return steps
 
 
@@ -260,11 +266,13 @@ def generate(
         tensor (n, *shape) of ``dtype`` (decoded shape with ``decode``), on the CPU.
 
     Raises:
-        ValueError: unknown sampler, bad schedule, or non-finite samples (naming the first batch).
+        ValueError: unknown sampler, bad schedule, a model that takes samples of another shape than ``shape``
+            (before any work), or non-finite samples (naming the first batch).
     """
     _check_sampler(sampler)
     check_steps(len(sigmas) - 1)
     sigmas = check_sigmas(sigmas)
+    check_data_matches(denoiser, shape, "`shape` is")
     out = []
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sampling ({sampler})", leave=False):
         seeds = range(sample_seed(seed, start), sample_seed(seed, min(start + batch_size, n)))
@@ -279,8 +287,8 @@ def generate(
                 "check the model and the schedule."
             )
         if decode is not None:
-            x = decode(x).to(dtype)
-        out.append(x.cpu())
+            x = decode(x)
+        out.append(x.to(dtype).cpu())  # the dtype asked, whatever the model computes in
     return torch.cat(out)
 
 
@@ -305,17 +313,17 @@ def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
     if any(isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or not v for v in values):
         raise ValueError(f"`nfe` must be a non-empty list of budgets, or one per sampler, got {nfe!r}.")
     plan = {name: list(nfe[name]) if isinstance(nfe, dict) else list(nfe) for name in samplers}
-    bad = []
+    bad = {}  # {sampler: budgets it cannot spend}
     for name, values in plan.items():
         for v in values:
             try:
                 steps_for_nfe(name, v)
             except ValueError:
-                bad.append(f"{name}@{v}")
+                bad.setdefault(name, []).append(v)
     if bad:
         raise ValueError(
-            f"These samplers cannot spend these nfe exactly: {', '.join(bad)} "
-            "(heun and edm spend 2n - 1: odd numbers >= 3; euler and dpmpp_2m spend n >= 2)."
+            f"These samplers cannot spend these nfe exactly: {', '.join(f'{s}@{v}' for s in bad for v in bad[s])} "
+            f"({'; '.join(_nfe_rule(s) for s in bad)})."
         )
     return plan
 

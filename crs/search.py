@@ -16,6 +16,10 @@ Methods (each returns ``n`` levels descending, then 0, for the ``n`` steps the s
   relaxation), started from every baseline (the objective has several local minima); ``optimal-free`` frees
   sigma_min too. Never worse than any of its starting schedules on the search batch.
 
+Each method is one function registered by name (:func:`register_search`, with its options and their defaults);
+:func:`search_schedule` checks the arguments, solves the search teacher and runs it on a :class:`SearchContext`.
+A :class:`SearchCache` keeps teachers, rates and jump costs per model for later searches.
+
 Every method judges and searches on the *search batch*, the starting noise of seeds
 :func:`crs.seeds.search_seed`, disjoint from the seeds on which results are reported. Costs are counted as
 network evaluations per search sample (as nfe counts them; one evaluation of the whole batch is one), beyond a
@@ -24,18 +28,20 @@ rate estimate, whose own cost is reported apart (``rate_evaluations``, single-sa
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from crs.args import check_choice, check_int
 from crs.io import atomic_write_json, read_json
+from crs.protocols import check_data_matches
 from crs.quality import Teacher, check_deterministic_sampler, solve_teacher
 from crs.sampling import STEPS, check_sigmas, nfe_of, run_steps, steps_for_nfe
 from crs.schedules import BASELINES, baseline_sigmas, check_sigma_range
@@ -43,31 +49,22 @@ from crs.seeds import search_seed
 
 __all__ = [
     "METHODS",
+    "SearchCache",
+    "SearchContext",
+    "SearchMethod",
     "SearchResult",
     "check_options",
     "dp_path",
     "dp_path_history",
     "gits_costs",
+    "register_search",
     "search_schedule",
     "stored_options",
     "teacher_rms",
 ]
 
-METHODS = ("crs", "crs-select", "gits", "optimal", "optimal-free")
-
-_OPTIONS = {  # every method's options and their defaults; anything else is refused by name
-    "crs": {"measure": "data", "xi": 1.0, "grid_size": 64, "n_samples": 1024, "feature_fn": None},
-    "crs-select": {
-        "measures": ("data", "noise", "solver", "noise+exponential", "solver+exponential"),
-        "xis": (0.5, 0.75, 1.0, 1.5, 2.0),
-        "grid_size": 64,
-        "n_samples": 1024,
-        "feature_fn": None,
-    },
-    "gits": {"grid": 100, "substeps": 4},
-    "optimal": {"init": "all", "maxiter": 200, "maxfev": 2000, "optimizer": "lbfgs"},
-    "optimal-free": {"init": "all", "maxiter": 200, "maxfev": 2000, "optimizer": "lbfgs"},
-}
+# the options every method takes; each method's own are registered with it (register_search), anything else is
+# refused by name
 _COMMON = {"n": 256, "teacher_steps": 256, "batch_size": 1024}
 
 
@@ -82,7 +79,9 @@ class SearchResult:
         evaluations: network evaluations per search sample beyond a rate estimate (teacher solve included).
         batch: the search batch's size.
         rate_evaluations: single-sample evaluations of the rate estimate(s) (CRS methods), else 0.
-        seconds: wall-clock time of the search.
+        seconds: wall-clock time of the whole :func:`search_schedule` call, from entry to return: argument
+            checks, imports on first use, the teacher solve and rate estimates (those it made, not those it
+            reused from a cache) and the search itself.
     """
 
     method: str
@@ -176,6 +175,127 @@ def dp_path_history(first: np.ndarray, cost: np.ndarray, jumps: int) -> tuple[fl
     return value, path
 
 
+# ----------------------------------------------------------------------------- the cache
+class SearchCache:
+    """What searches keep for later searches, kept apart per model.
+
+    Everything is keyed by the denoiser's identity first: one cache serves several models without one model's
+    entries ever reaching another's search. The cache holds a reference to every denoiser it has seen, so no
+    other object can take its ``id`` while the cache lives. Within a model it keeps the search teacher (by sample
+    shape, search batch, seed, range, steps), the CRS methods' rate estimates (by dataset name and shape,
+    measure, range, grid, samples, seed and feature map) and GITS's jump costs (by teacher, sampler, substeps).
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[int, tuple[object, dict]] = {}
+
+    def store(self, denoiser) -> dict:
+        """The entries of ``denoiser`` (an empty store on first use), a dict the search methods fill."""
+        if id(denoiser) not in self._models:
+            self._models[id(denoiser)] = (denoiser, {})
+        return self._models[id(denoiser)][1]
+
+    def __contains__(self, denoiser) -> bool:
+        """Whether ``denoiser`` has a store here."""
+        return id(denoiser) in self._models and self._models[id(denoiser)][0] is denoiser
+
+    def __len__(self) -> int:
+        """The number of models with a store."""
+        return len(self._models)
+
+
+def _model_store(cache: SearchCache | None, denoiser) -> dict:
+    """The store a search of ``denoiser`` uses: its own in ``cache``, or a fresh one (no cache)."""
+    if cache is None:
+        return {}
+    if not isinstance(cache, SearchCache):
+        raise ValueError(
+            f"`cache` must be a crs.search.SearchCache (it keeps each model's entries apart) or None, "
+            f"got {type(cache).__name__}."
+        )
+    return cache.store(denoiser)
+
+
+# ----------------------------------------------------------------------------- the context and the registry
+@dataclass
+class SearchContext:
+    """What a search method works with, and what it reports back (its counters and ``meta``).
+
+    Attributes:
+        denoiser, data, sampler, nfe: as given to :func:`search_schedule`; ``steps`` the sampler spends ``nfe`` on.
+        lo, hi: the range searched in.
+        seed: the search batch's seed (:func:`crs.seeds.search_seed` of the run's).
+        opts: the method's options merged with the defaults (:func:`check_options`).
+        store: this model's entries in the cache (a fresh dict without one).
+        teacher, teacher_key: the search teacher and its key in ``store`` (set before the method runs).
+        evaluations: network evaluations per search sample so far (the teacher's unless reused).
+        rate_evaluations: single-sample evaluations of rate estimates.
+        meta: what the result reports beyond its fields.
+    """
+
+    denoiser: Any
+    data: Any
+    sampler: str
+    nfe: int
+    steps: int
+    lo: float
+    hi: float
+    seed: int
+    opts: dict
+    store: dict
+    progress: bool = False
+    teacher: Teacher | None = None
+    teacher_key: tuple = ()
+    evaluations: int = 0
+    rate_evaluations: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def objective(self, sigmas) -> float:
+        """The teacher error of ``sigmas`` on the search batch (:func:`teacher_rms`)."""
+        return teacher_rms(self.denoiser, self.sampler, self.teacher, sigmas)
+
+
+def _plain_teacher(ctx: SearchContext) -> tuple[int, bool]:
+    """The search teacher most methods use: ``teacher_steps`` Heun steps, no trajectory kept."""
+    return ctx.opts["teacher_steps"], False
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """A registered search method.
+
+    Attributes:
+        name: the name :func:`search_schedule` takes.
+        run: ``run(ctx) -> (sigmas, objective)``: ``n`` levels descending then 0 (float64 array), and their
+            teacher error; it adds its costs to ``ctx``'s counters and what it reports to ``ctx.meta``.
+        options: the method's own options and their defaults (beyond the common ``n``, ``teacher_steps``,
+            ``batch_size``).
+        prepare: ``prepare(ctx) -> (teacher_steps, keep_states)``: checks the method's options before any work
+            (``ctx.teacher`` is None then) and says which search teacher it needs.
+    """
+
+    name: str
+    run: Callable[[SearchContext], tuple[np.ndarray, float]]
+    options: Mapping[str, Any]
+    prepare: Callable[[SearchContext], tuple[int, bool]] = _plain_teacher
+
+
+_SEARCHES: dict[str, SearchMethod] = {}
+
+
+def register_search(name: str, options: Mapping[str, Any], prepare=_plain_teacher):
+    """Register the decorated ``run(ctx) -> (sigmas, objective)`` as the search method ``name`` (see
+    :class:`SearchMethod`); ValueError for a name taken already."""
+
+    def register(run):
+        if name in _SEARCHES:
+            raise ValueError(f"A schedule search method named {name!r} is registered already.")
+        _SEARCHES[name] = SearchMethod(name, run, dict(options), prepare)
+        return run
+
+    return register
+
+
 # ----------------------------------------------------------------------------- helpers
 def _rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).mean().sqrt()
@@ -194,6 +314,153 @@ def _levels(sigmas: np.ndarray) -> np.ndarray:
     return out
 
 
+# ----------------------------------------------------------------------------- crs, crs-select
+_RATE_OPTIONS = {"grid_size": 64, "n_samples": 1024, "feature_fn": None}
+
+
+def _base_rates(ctx: SearchContext, specs: list[dict]) -> dict:
+    """Every base measure of ``specs`` estimated once on the range (or taken from the store): ``{name: rate}``."""
+    from crs.rate import estimate_rate
+
+    opts, rates = ctx.opts, {}
+    for base in dict.fromkeys(name for spec in specs for name in spec):
+        fn = opts["feature_fn"] if base == "fid" else None  # only fid reads it
+        ctx.store.setdefault(("held", id(fn)), fn)  # held, so that its id cannot be reused while the key lives
+        data_key = (ctx.data.name, tuple(ctx.data.shape)) if base not in BASELINES else None
+        key = ("rate", base, data_key, ctx.lo, ctx.hi, opts["grid_size"], opts["n_samples"], ctx.seed, id(fn))
+        if key not in ctx.store:
+            ctx.store[key] = rate = estimate_rate(
+                base,
+                ctx.data if base not in BASELINES else None,
+                denoiser=ctx.denoiser,
+                sigma_min=ctx.lo,
+                sigma_max=ctx.hi,
+                grid_size=opts["grid_size"],
+                n_samples=opts["n_samples"],
+                seed=ctx.seed,
+                feature_fn=fn,
+                progress=ctx.progress,
+            )
+            ctx.rate_evaluations += int(rate.evaluations + rate.feature_evaluations)
+        rates[base] = ctx.store[key]
+    return rates
+
+
+def _crs_candidates(ctx: SearchContext, measures, xis) -> list[tuple[str, float, np.ndarray]]:
+    """The CRS schedule of every measure and ``xi``: ``[(measure, xi, sigmas)]``, measures outermost.
+    ``solver`` stands for the sampler's own solver measure."""
+    from crs.measures import combine_velocities, format_measure, parse_measure
+    from crs.optimize import optimize_schedule
+    from crs.rate import RateEstimate
+
+    specs = [parse_measure(re.sub(r"\bsolver\b(?!-)", f"solver-{ctx.sampler}", m)) for m in measures]
+    rates = _base_rates(ctx, specs)
+    candidates = []
+    for spec in specs:
+        name = format_measure(spec)
+        rate = rates[name] if len(spec) == 1 else None
+        if rate is None:
+            disc, se = combine_velocities(spec, {k: (rates[k].discrepancy, rates[k].stderr) for k in spec})
+            rate = RateEstimate(measure=name, sigma=rates[next(iter(spec))].sigma, discrepancy=disc, stderr=se)
+        for xi in xis:
+            candidates.append((name, float(xi), optimize_schedule(rate, xi=xi).discretize(ctx.steps).numpy()))
+    return candidates
+
+
+@register_search("crs", options={"measure": "data", "xi": 1.0, **_RATE_OPTIONS})
+def _crs(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """The paper's method: the constant-rate schedule of one measure at one ``xi``."""
+    ((name, xi, sigmas),) = _crs_candidates(ctx, [ctx.opts["measure"]], [ctx.opts["xi"]])
+    ctx.evaluations = 0  # the teacher only reports the objective; CRS itself needs nothing beyond its rate
+    objective = ctx.objective(sigmas)
+    ctx.meta.update(measure=name, xi=xi)
+    return sigmas, objective
+
+
+@register_search(
+    "crs-select",
+    options={
+        "measures": ("data", "noise", "solver", "noise+exponential", "solver+exponential"),
+        "xis": (0.5, 0.75, 1.0, 1.5, 2.0),
+        **_RATE_OPTIONS,
+    },
+)
+def _crs_select(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """CRS with the measure and ``xi`` of least teacher error among the candidates."""
+    candidates = _crs_candidates(ctx, list(ctx.opts["measures"]), list(ctx.opts["xis"]))
+    scored = [(ctx.objective(sig), name, xi, sig) for name, xi, sig in candidates]
+    ctx.evaluations += len(scored) * ctx.nfe
+    objective, name, xi, sigmas = min(scored, key=lambda c: c[0])
+    ctx.meta["candidates"] = [{"measure": m, "xi": x, "objective": o} for o, m, x, _ in scored]
+    ctx.meta.update(measure=name, xi=xi)
+    return sigmas, objective
+
+
+# ----------------------------------------------------------------------------- gits
+def _rms_to(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """RMS over samples and features per jump: pred, target (J, n, F) -> (J,)."""
+    return (pred - target).pow(2).mean(dim=(1, 2)).sqrt()
+
+
+def _denoise_rows(denoiser, pred: torch.Tensor, levels: torch.Tensor, shape, batch_size: int) -> torch.Tensor:
+    """D at the points ``pred`` (J, n, F), row ``j`` at ``levels[j]``, in batches -> (J, n, F) float64."""
+    jumps, n = pred.shape[0], pred.shape[1]
+    rows = pred.reshape(jumps * n, *shape)
+    per_row = levels.repeat_interleave(n)
+    with torch.no_grad():
+        out = torch.cat(
+            [
+                denoiser(rows[a : a + batch_size], per_row[a : a + batch_size]).double()
+                for a in range(0, len(rows), batch_size)
+            ]
+        )
+    return out.reshape(jumps, n, -1)
+
+
+def _one_step_costs(denoiser, sampler, states, den, sig_t, batch_size) -> tuple[np.ndarray, int]:
+    """Euler's or Heun's jump costs (G + 1, G + 1) and the evaluations of Heun's corrector (0 for Euler)."""
+    flat, dflat = states.flatten(2), den.flatten(2)  # (G + 1, n, F)
+    g, evaluations = len(sig_t) - 1, 0
+    cost = np.full((g + 1, g + 1), np.inf)
+    for i in range(g):
+        j = torch.arange(i + 1, g + 1)
+        dt = (sig_t[j] - sig_t[i])[:, None, None]
+        slope = (flat[i] - dflat[i]) / sig_t[i]
+        pred = flat[i][None] + dt * slope[None]
+        if sampler == "heun":  # the corrector: one evaluation per jump, all jumps from i in one pass
+            d_next = _denoise_rows(denoiser, pred, sig_t[j], states.shape[2:], batch_size)
+            slope_next = (pred - d_next) / sig_t[j][:, None, None]
+            pred = flat[i][None] + dt * 0.5 * (slope[None] + slope_next)
+            evaluations += len(j)
+        cost[i, i + 1 :] = _rms_to(pred, flat[j]).numpy()
+    return cost, evaluations
+
+
+def _two_step_costs(flat: torch.Tensor, dflat: torch.Tensor, sig_t: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """DPM-Solver++(2M)'s costs ``[k, i, j]`` (G + 1,) * 3 and its history-free first jumps (G + 1,).
+
+    ``x_j = (s_j / s_i) x_i - expm1(-h) D'``, ``h = log(s_i / s_j)``, ``D'`` from ``D_i`` and the history ``D_k``.
+    """
+    g = len(sig_t) - 1
+    cost = np.full((g + 1, g + 1, g + 1), np.inf)
+    j = torch.arange(1, g + 1)
+    h = torch.log(sig_t[0] / sig_t[j])[:, None, None]
+    pred = (sig_t[j] / sig_t[0])[:, None, None] * flat[0][None] - torch.expm1(-h) * dflat[0][None]
+    first = np.full(g + 1, np.inf)
+    first[1:] = _rms_to(pred, flat[j]).numpy()
+    for i in range(1, g):
+        j = torch.arange(i + 1, g + 1)
+        h = torch.log(sig_t[i] / sig_t[j])  # (J,)
+        for k in range(i):
+            r = torch.log(sig_t[k] / sig_t[i]) / h  # (J,)
+            a = (1 + 1 / (2 * r))[:, None, None]
+            b = (1 / (2 * r))[:, None, None]
+            d_mix = a * dflat[i][None] - b * dflat[k][None]
+            pred = (sig_t[j] / sig_t[i])[:, None, None] * flat[i][None] - torch.expm1(-h)[:, None, None] * d_mix
+            cost[k, i, i + 1 :] = _rms_to(pred, flat[j]).numpy()
+    return cost, first
+
+
 def gits_costs(
     denoiser, sampler: str, teacher: Teacher, substeps: int, batch_size: int = 4096
 ) -> tuple[np.ndarray, np.ndarray, int]:
@@ -207,71 +474,58 @@ def gits_costs(
     """
     states = teacher.states[::substeps].double()  # (G + 1, n, *shape)
     sig = teacher.sigma[::substeps]
-    g = len(sig) - 1
     with torch.no_grad():
         den = torch.stack(
             [
                 denoiser(states[i], torch.full((states.shape[1],), float(sig[i]), dtype=torch.float64))
-                for i in range(g + 1)
+                for i in range(len(sig))
             ]
         )
     den = den.double()
-    evaluations = g + 1
-    flat = states.flatten(2)  # (G + 1, n, F)
-    dflat = den.flatten(2)
     sig_t = torch.from_numpy(np.asarray(sig, dtype=np.float64))
-
-    def rms_to(pred: torch.Tensor, j: torch.Tensor) -> torch.Tensor:  # pred (J, n, F) vs states[j]
-        return (pred - flat[j]).pow(2).mean(dim=(1, 2)).sqrt()
-
     if sampler in ("euler", "heun"):
-        cost = np.full((g + 1, g + 1), np.inf)
-        for i in range(g):
-            j = torch.arange(i + 1, g + 1)
-            dt = (sig_t[j] - sig_t[i])[:, None, None]
-            slope = (flat[i] - dflat[i]) / sig_t[i]
-            pred = flat[i][None] + dt * slope[None]
-            if sampler == "heun":  # the corrector: one evaluation per jump, all jumps from i in one pass
-                n, shape = states.shape[1], states.shape[2:]
-                rows = pred.reshape(len(j) * n, *shape)
-                levels = sig_t[j].repeat_interleave(n)
-                with torch.no_grad():
-                    d_next = torch.cat(
-                        [
-                            denoiser(rows[a : a + batch_size], levels[a : a + batch_size]).double()
-                            for a in range(0, len(rows), batch_size)
-                        ]
-                    ).reshape(len(j), n, -1)
-                slope_next = (pred - d_next) / sig_t[j][:, None, None]
-                pred = flat[i][None] + dt * 0.5 * (slope[None] + slope_next)
-                evaluations += len(j)
-            cost[i, i + 1 :] = rms_to(pred, j).numpy()
-        return cost, cost[0].copy(), evaluations
-    # dpmpp_2m: x_j = (s_j / s_i) x_i - expm1(-h) D', h = log(s_i / s_j), D' from D_i and the history D_k
-    cost = np.full((g + 1, g + 1, g + 1), np.inf)
-    j = torch.arange(1, g + 1)
-    h = torch.log(sig_t[0] / sig_t[j])[:, None, None]
-    pred = (sig_t[j] / sig_t[0])[:, None, None] * flat[0][None] - torch.expm1(-h) * dflat[0][None]
-    first = np.full(g + 1, np.inf)
-    first[1:] = rms_to(pred, j).numpy()
-    for i in range(1, g):
-        j = torch.arange(i + 1, g + 1)
-        h = torch.log(sig_t[i] / sig_t[j])  # (J,)
-        for k in range(i):
-            r = torch.log(sig_t[k] / sig_t[i]) / h  # (J,)
-            a = (1 + 1 / (2 * r))[:, None, None]
-            b = (1 / (2 * r))[:, None, None]
-            d_mix = a * dflat[i][None] - b * dflat[k][None]
-            pred = (sig_t[j] / sig_t[i])[:, None, None] * flat[i][None] - torch.expm1(-h)[:, None, None] * d_mix
-            cost[k, i, i + 1 :] = rms_to(pred, j).numpy()
-    return cost, first, evaluations
+        cost, spent = _one_step_costs(denoiser, sampler, states, den, sig_t, batch_size)
+        return cost, cost[0].copy(), len(sig) + spent
+    cost, first = _two_step_costs(states.flatten(2), den.flatten(2), sig_t)
+    return cost, first, len(sig)
 
 
-def _optimise(denoiser, sampler, teacher, init: np.ndarray, lo: float, hi: float, free: bool, floor: float, opts):
-    """L-BFGS (or Powell) on the gap logits of the interior levels; returns (best sigmas, evaluations, info)."""
-    from scipy.optimize import minimize
+def _gits_teacher(ctx: SearchContext) -> tuple[int, bool]:
+    """GITS's teacher: ``grid * substeps`` steps (rounded up to even), trajectories kept."""
+    check_int("grid", ctx.opts["grid"], ctx.steps - 1)
+    check_int("substeps", ctx.opts["substeps"], 1)
+    steps = ctx.opts["grid"] * ctx.opts["substeps"]
+    return steps + steps % 2, True
 
-    steps = len(init)
+
+@register_search("gits", options={"grid": 100, "substeps": 4}, prepare=_gits_teacher)
+def _gits(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """The path of ``steps - 1`` jumps on the teacher's grid with the least summed jump error."""
+    substeps = ctx.opts["substeps"]
+    key = ("gits", ctx.teacher_key, ctx.sampler, substeps)  # jump costs do not depend on nfe: reused too
+    ctx.meta["jumps_reused"] = key in ctx.store
+    if not ctx.meta["jumps_reused"]:
+        ctx.store[key] = gits_costs(ctx.denoiser, ctx.sampler, ctx.teacher, substeps, ctx.opts["batch_size"])
+        ctx.evaluations += ctx.store[key][2]
+    cost, first, spent = ctx.store[key]
+    ctx.meta["jump_evaluations"] = spent
+    grid = ctx.teacher.sigma[::substeps]
+    if ctx.sampler == "dpmpp_2m":
+        _, path = dp_path_history(first, cost, ctx.steps - 1)
+    else:
+        _, path = dp_path(cost, ctx.steps - 1)
+    sigmas = _levels(grid[path])
+    objective = ctx.objective(sigmas)
+    ctx.meta.update(grid=int(len(grid) - 1), path=[int(p) for p in path])
+    return sigmas, objective
+
+
+# ----------------------------------------------------------------------------- optimal, optimal-free
+_OPTIMAL_OPTIONS = {"init": "all", "maxiter": 200, "maxfev": 2000, "optimizer": "lbfgs"}
+
+
+def _start_logits(init: np.ndarray, hi: float, free: bool, floor: float) -> np.ndarray:
+    """The gap logits of the levels ``init`` (descending, positive), and with ``free`` the logit of its end."""
     u0 = math.log(hi)
     gaps = -np.diff(np.log(init))
     z0 = np.log(gaps / gaps.sum())
@@ -280,55 +534,131 @@ def _optimise(denoiser, sampler, teacher, init: np.ndarray, lo: float, hi: float
         frac = (u0 - math.log(init[-1])) / span
         frac = min(max(frac, 1e-6), 1 - 1e-6)
         z0 = np.concatenate([z0, [math.log(frac / (1 - frac))]])
-    nfe = nfe_of(sampler, steps)
-    counts = {"forward": 0, "backward": 0}
-    best = {"f": math.inf, "sigmas": None}
+    return z0
 
-    def sigmas_of(z: torch.Tensor) -> torch.Tensor:
-        if free:
-            u_end = u0 - (u0 - math.log(floor)) * torch.sigmoid(z[-1])
-            z = z[:-1]
-        else:
-            u_end = torch.tensor(math.log(lo), dtype=torch.float64)
-        g = torch.softmax(z, 0) * (u0 - u_end)
-        u = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(g, 0)])
-        levels = torch.exp(u0 - u)  # the ends exactly: sigma_max, and sigma_min (or the free end)
-        levels = torch.cat([torch.tensor([hi], dtype=torch.float64), levels[1:-1], torch.exp(u_end).reshape(1)])
-        return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
 
-    def f(z_np: np.ndarray, grad: bool):
+def _logit_sigmas(z: torch.Tensor, lo: float, hi: float, free: bool, floor: float) -> torch.Tensor:
+    """The schedule of the gap logits ``z`` (float64): ``hi``, the interior levels, the end (``lo``, or free
+    between ``hi`` and ``floor``), then 0."""
+    u0 = math.log(hi)
+    if free:
+        u_end = u0 - (u0 - math.log(floor)) * torch.sigmoid(z[-1])
+        z = z[:-1]
+    else:
+        u_end = torch.tensor(math.log(lo), dtype=torch.float64)
+    g = torch.softmax(z, 0) * (u0 - u_end)
+    u = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(g, 0)])
+    levels = torch.exp(u0 - u)  # the ends exactly: sigma_max, and sigma_min (or the free end)
+    levels = torch.cat([torch.tensor([hi], dtype=torch.float64), levels[1:-1], torch.exp(u_end).reshape(1)])
+    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
+
+
+class _TeacherObjective:
+    """The teacher error of the schedule of gap logits ``z``, with its gradient by autograd through the sampler;
+    counts network evaluations and keeps the best schedule seen (a failed schedule scores 1e30)."""
+
+    def __init__(self, ctx: SearchContext, steps: int, free: bool, floor: float) -> None:
+        self.ctx, self.free, self.floor = ctx, free, floor
+        self.nfe = nfe_of(ctx.sampler, steps)
+        self.forward = self.backward = 0
+        self.best_f, self.best_sigmas = math.inf, None
+
+    def __call__(self, z_np: np.ndarray, grad: bool):
+        ctx = self.ctx
         z = torch.tensor(z_np, dtype=torch.float64, requires_grad=grad)
-        sig = sigmas_of(z)
+        sig = _logit_sigmas(z, ctx.lo, ctx.hi, self.free, self.floor)
         levels = sig.detach()[:-1]
         if not torch.all(levels[1:] < levels[:-1] * (1 - 1e-9)):  # a gap underflowed: not a schedule
             return (1e30, np.zeros_like(z_np)) if grad else 1e30
         with torch.set_grad_enabled(grad):
-            x = run_steps(STEPS[sampler], denoiser, teacher.x_T, sig)
-            value = _rms(x.double(), teacher.endpoint.double())
-        counts["forward"] += nfe
+            x = run_steps(STEPS[ctx.sampler], ctx.denoiser, ctx.teacher.x_T, sig)
+            value = _rms(x.double(), ctx.teacher.endpoint.double())
+        self.forward += self.nfe
         v = float(value.detach())
         if not math.isfinite(v):
             return (1e30, np.zeros_like(z_np)) if grad else 1e30
-        if v < best["f"]:
-            best.update(f=v, sigmas=sig.detach().numpy()[:-1].copy())
+        if v < self.best_f:
+            self.best_f, self.best_sigmas = v, sig.detach().numpy()[:-1].copy()
         if not grad:
             return v
         (g,) = torch.autograd.grad(value, z)
-        counts["backward"] += nfe
+        self.backward += self.nfe
         return v, g.numpy()
 
+
+def _optimize(ctx: SearchContext, init: np.ndarray, free: bool, floor: float) -> tuple[np.ndarray, int, dict]:
+    """L-BFGS (or Powell) on the gap logits of the interior levels from ``init`` (levels without the final 0);
+    returns the best levels seen, the forward evaluations and ``{iterations, converged, backward_evaluations}``."""
+    from scipy.optimize import minimize
+
+    z0 = _start_logits(init, ctx.hi, free, floor)
+    f = _TeacherObjective(ctx, len(init), free, floor)
     f(z0, False)  # the starting point is a candidate: the result is never worse than it
-    if opts["optimizer"] == "lbfgs":
-        res = minimize(lambda z: f(z, True), z0, jac=True, method="L-BFGS-B", options={"maxiter": opts["maxiter"]})
+    maxiter = ctx.opts["maxiter"]
+    if ctx.opts["optimizer"] == "lbfgs":
+        res = minimize(lambda z: f(z, True), z0, jac=True, method="L-BFGS-B", options={"maxiter": maxiter})
     else:
-        res = minimize(
-            lambda z: f(z, False),
-            z0,
-            method="Powell",
-            options={"maxiter": opts["maxiter"], "maxfev": opts["maxfev"], "xtol": 1e-4, "ftol": 1e-8},
-        )
-    info = {"iterations": int(res.nit), "converged": bool(res.success), "backward_evaluations": counts["backward"]}
-    return best["sigmas"], counts["forward"], info
+        options = {"maxiter": maxiter, "maxfev": ctx.opts["maxfev"], "xtol": 1e-4, "ftol": 1e-8}
+        res = minimize(lambda z: f(z, False), z0, method="Powell", options=options)
+    info = {"iterations": int(res.nit), "converged": bool(res.success), "backward_evaluations": f.backward}
+    return f.best_sigmas, f.forward, info
+
+
+def _starts(ctx: SearchContext) -> list[tuple[str, np.ndarray]]:
+    """The starting schedules ``init`` names: ``[(name, sigmas)]``; ValueError for an unknown baseline or given
+    sigmas of the wrong length."""
+    init = ctx.opts["init"]
+    if not isinstance(init, str):
+        given = check_sigmas(init).numpy()
+        if len(given) - 1 != ctx.steps:
+            raise ValueError(f"`init` has {len(given) - 1} levels; nfe={ctx.nfe} of {ctx.sampler} needs {ctx.steps}.")
+        return [("given", given)]
+    names = [b for b in BASELINES if b != "ays"] if init in ("all", "best") else [init]
+    for b in names:
+        check_choice("init", b, BASELINES, what="baseline")
+    return [(b, check_sigmas(baseline_sigmas(b, ctx.steps, ctx.lo, ctx.hi)).numpy()) for b in names]
+
+
+def _optimal_teacher(ctx: SearchContext) -> tuple[int, bool]:
+    """Checks ``optimizer`` and ``init`` before any work; the plain teacher."""
+    check_choice("optimizer", ctx.opts["optimizer"], ("lbfgs", "powell"), what="optimizer")
+    _starts(ctx)
+    return _plain_teacher(ctx)
+
+
+def _optimal_search(ctx: SearchContext, free: bool) -> tuple[np.ndarray, float]:
+    """Every start optimised (the objective has several local minima), the best result kept."""
+    starts = _starts(ctx)
+    if isinstance(ctx.opts["init"], str) and ctx.opts["init"] == "best":
+        scored = [(ctx.objective(sig), b, sig) for b, sig in starts]
+        ctx.evaluations += len(scored) * ctx.nfe
+        _, b, sig = min(scored, key=lambda c: c[0])
+        starts = [(b, sig)]
+    floor = min(ctx.denoiser.sigma_min if ctx.denoiser.sigma_min is not None else ctx.lo / 10, ctx.lo)
+    runs = []
+    for name, sig in starts:
+        best, spent, info = _optimize(ctx, sig[:-1], free, floor)
+        ctx.evaluations += spent
+        sigmas = _levels(best)
+        runs.append((ctx.objective(sigmas), name, sigmas, info))
+    objective, name, sigmas, info = min(runs, key=lambda r: r[0])
+    ctx.meta.update(init=name, starts={r[1]: r[0] for r in runs}, **info)
+    return sigmas, objective
+
+
+@register_search("optimal", options=_OPTIMAL_OPTIONS, prepare=_optimal_teacher)
+def _optimal(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """The least teacher error over the interior levels, both ends fixed."""
+    return _optimal_search(ctx, free=False)
+
+
+@register_search("optimal-free", options=_OPTIMAL_OPTIONS, prepare=_optimal_teacher)
+def _optimal_free(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """As ``optimal`` with sigma_min free too (between the model's floor, or a tenth of sigma_min, and sigma_max)."""
+    return _optimal_search(ctx, free=True)
+
+
+METHODS = tuple(_SEARCHES)  # in the order of registration
 
 
 # ----------------------------------------------------------------------------- the entry point
@@ -337,13 +667,13 @@ def check_options(method: str, options: dict) -> dict:
     check_choice("method", method, METHODS, what="schedule search method")
     if not isinstance(options, dict):
         raise ValueError(f"The options of the search method {method!r} must be a mapping, got {options!r}.")
-    unknown = sorted(set(options) - set(_OPTIONS[method]) - set(_COMMON))
+    own = _SEARCHES[method].options
+    unknown = sorted(set(options) - set(own) - set(_COMMON))
     if unknown:
         raise ValueError(
-            f"Unknown option(s) {unknown} for the search method {method!r}; valid: "
-            f"{sorted(set(_OPTIONS[method]) | set(_COMMON))}."
+            f"Unknown option(s) {unknown} for the search method {method!r}; valid: {sorted(set(own) | set(_COMMON))}."
         )
-    opts = {**_COMMON, **_OPTIONS[method], **options}
+    opts = {**_COMMON, **own, **options}
     for name in ("n", "teacher_steps", "batch_size", "grid", "substeps", "maxiter", "maxfev", "grid_size", "n_samples"):
         if name in opts:
             check_int(name, opts[name], 1)
@@ -352,6 +682,27 @@ def check_options(method: str, options: dict) -> dict:
             f"`teacher_steps` must be even (the teacher's error estimate halves it), got {opts['teacher_steps']}."
         )
     return opts
+
+
+def _solve_search_teacher(ctx: SearchContext, steps: int, keep: bool) -> None:
+    """Solve the search teacher (or take it from the store) into ``ctx``; its cost counts unless reused."""
+    key = ("teacher", tuple(ctx.data.shape), ctx.opts["n"], ctx.seed, ctx.lo, ctx.hi, steps, keep)
+    reused = key in ctx.store
+    if not reused:
+        ctx.store[key] = solve_teacher(
+            ctx.denoiser,
+            key[1],
+            ctx.opts["n"],
+            ctx.seed,
+            ctx.lo,
+            ctx.hi,
+            steps,
+            keep_states=keep,
+            batch_size=ctx.opts["batch_size"],
+        )
+    ctx.teacher, ctx.teacher_key = ctx.store[key], key
+    ctx.evaluations = 0 if reused else ctx.teacher.evaluations
+    ctx.meta.update(teacher_error=ctx.teacher.error, teacher_evaluations=ctx.teacher.evaluations, teacher_reused=reused)
 
 
 def search_schedule(
@@ -364,21 +715,22 @@ def search_schedule(
     sigma_max: float | None = None,
     seed: int = 0,
     progress: bool = False,
-    cache: dict | None = None,
+    cache: SearchCache | None = None,
     **options,
 ) -> SearchResult:
     """Search a sampling schedule for ``denoiser`` on ``data``, the deterministic ``sampler`` and budget ``nfe``.
 
     Args:
-        method: one of :data:`METHODS` (see the module docstring).
+        method: one of :data:`METHODS` (see the module docstring; each is registered with
+            :func:`register_search`).
         sigma_min, sigma_max: the range; None takes the model's own end (EDM's 0.002 / 80 without one).
         seed: the run's seed; the search batch uses :func:`crs.seeds.search_seed` of it.
-        cache: a dict in which searches keep what later calls for the same denoiser and data reuse: the CRS
-            methods' rate estimates (they depend on the measure, range and rate options, not on nfe) and the
-            teacher solve of the search batch, GITS's jump costs. The cost of a reused part is counted once, in
-            the call that made it (a reused teacher's in ``meta["teacher_evaluations"]``, with
+        cache: a :class:`SearchCache` in which searches keep, per model, what later calls for the same denoiser
+            and data reuse: the CRS methods' rate estimates (they depend on the measure, range and rate options,
+            not on nfe) and the teacher solve of the search batch, GITS's jump costs. The cost of a reused part is
+            counted once, in the call that made it (a reused teacher's in ``meta["teacher_evaluations"]``, with
             ``meta["teacher_reused"]``; GITS's jump costs in ``meta["jump_evaluations"]``, with
-            ``meta["jumps_reused"]``).
+            ``meta["jumps_reused"]``). None: nothing is kept.
         options: ``n`` (search batch, 256), ``teacher_steps`` (256), ``batch_size``; and per method:
             ``crs``: ``measure`` ("data"; "solver" means the sampler's own solver measure), ``xi`` (1),
             ``grid_size``, ``n_samples``, ``feature_fn``; ``crs-select``: ``measures``, ``xis`` (the candidate
@@ -389,10 +741,15 @@ def search_schedule(
             ``maxfev`` (Powell's objective evaluations per start, 2000), ``optimizer`` ("lbfgs", or "powell",
             derivative-free: the independent check).
 
+    Returns:
+        A :class:`SearchResult`; its ``seconds`` is the wall-clock time of this whole call, from entry to return.
+
     Raises:
-        ValueError: unknown method or option, a stochastic sampler, an nfe the sampler cannot spend, a bad range;
-            before any work.
+        ValueError: unknown method or option, a stochastic sampler, an nfe the sampler cannot spend, a bad range,
+            a model that takes samples of another shape than the data's, a cache that is not a
+            :class:`SearchCache`; before any work.
     """
+    start = time.perf_counter()
     from crs.models import fit_sigma_range
 
     check_choice("method", method, METHODS, what="schedule search method")
@@ -401,121 +758,13 @@ def search_schedule(
     opts = check_options(method, options)
     lo, hi = fit_sigma_range(denoiser, sigma_min, sigma_max)
     check_sigma_range(lo, hi)
-    start = time.perf_counter()
-    search = search_seed(seed)
-    shape = tuple(data.shape)
-    keep = method == "gits"
-    teacher_steps = opts["teacher_steps"]
-    if keep:
-        check_int("grid", opts["grid"], steps - 1)
-        check_int("substeps", opts["substeps"], 1)
-        teacher_steps = opts["grid"] * opts["substeps"]
-        teacher_steps += teacher_steps % 2
-    cache = {} if cache is None else cache
-    key = ("teacher", shape, opts["n"], search, lo, hi, teacher_steps, keep)
-    reused = key in cache
-    if not reused:
-        cache[key] = solve_teacher(
-            denoiser, shape, opts["n"], search, lo, hi, teacher_steps, keep_states=keep, batch_size=opts["batch_size"]
-        )
-    teacher = cache[key]
-    evaluations = 0 if reused else teacher.evaluations
-    rate_evaluations = 0
-    meta = {"teacher_error": teacher.error, "teacher_evaluations": teacher.evaluations, "teacher_reused": reused}
-
-    if method in ("crs", "crs-select"):
-        from crs.measures import combine_velocities, format_measure, parse_measure
-        from crs.optimize import optimize_schedule
-        from crs.rate import RateEstimate, estimate_rate
-
-        measures = [opts["measure"]] if method == "crs" else list(opts["measures"])
-        xis = [opts["xi"]] if method == "crs" else list(opts["xis"])
-        specs = [parse_measure(re.sub(r"\bsolver\b(?!-)", f"solver-{sampler}", m)) for m in measures]
-        local = {}  # every base measure is estimated once (or taken from `cache`), then combined
-        for base in dict.fromkeys(name for spec in specs for name in spec):
-            key = (base, lo, hi, opts["grid_size"], opts["n_samples"], search)
-            if key in cache:
-                local[base] = cache[key]
-                continue
-            local[base] = cache[key] = estimate_rate(
-                base,
-                data if base not in BASELINES else None,
-                denoiser=denoiser,
-                sigma_min=lo,
-                sigma_max=hi,
-                grid_size=opts["grid_size"],
-                n_samples=opts["n_samples"],
-                seed=search,
-                feature_fn=opts["feature_fn"],
-                progress=progress,
-            )
-            rate_evaluations += int(local[base].evaluations + local[base].feature_evaluations)
-        candidates = []
-        for spec in specs:
-            name = format_measure(spec)
-            if len(spec) == 1:
-                rate = local[name]
-            else:
-                parts = {k: (local[k].discrepancy, local[k].stderr) for k in spec}
-                disc, se = combine_velocities(spec, parts)
-                rate = RateEstimate(measure=name, sigma=local[next(iter(spec))].sigma, discrepancy=disc, stderr=se)
-            for xi in xis:
-                sig = optimize_schedule(rate, xi=xi).discretize(steps).numpy()
-                candidates.append((name, float(xi), sig))
-        if method == "crs":
-            evaluations = 0  # the teacher only reports the objective; CRS itself needs nothing beyond its rate
-            (name, xi, sigmas) = candidates[0]
-            objective = teacher_rms(denoiser, sampler, teacher, sigmas)
-        else:
-            scored = [(teacher_rms(denoiser, sampler, teacher, sig), name, xi, sig) for name, xi, sig in candidates]
-            evaluations += len(scored) * nfe
-            objective, name, xi, sigmas = min(scored, key=lambda c: c[0])
-            meta["candidates"] = [{"measure": m, "xi": x, "objective": o} for o, m, x, _ in scored]
-        meta.update(measure=name, xi=xi)
-    elif method == "gits":
-        costs_key = ("gits", key, sampler, opts["substeps"])  # jump costs do not depend on nfe: reused too
-        meta["jumps_reused"] = costs_key in cache
-        if not meta["jumps_reused"]:
-            cache[costs_key] = gits_costs(denoiser, sampler, teacher, opts["substeps"], opts["batch_size"])
-            evaluations += cache[costs_key][2]
-        cost, first, spent = cache[costs_key]
-        meta["jump_evaluations"] = spent
-        grid = teacher.sigma[:: opts["substeps"]]
-        if sampler == "dpmpp_2m":
-            _, path = dp_path_history(first, cost, steps - 1)
-        else:
-            _, path = dp_path(cost, steps - 1)
-        sigmas = _levels(grid[path])
-        objective = teacher_rms(denoiser, sampler, teacher, sigmas)
-        meta.update(grid=int(len(grid) - 1), path=[int(p) for p in path])
-    else:
-        init = opts["init"]
-        check_choice("optimizer", opts["optimizer"], ("lbfgs", "powell"), what="optimizer")
-        if isinstance(init, str):
-            names = [b for b in BASELINES if b != "ays"] if init in ("all", "best") else [init]
-            for b in names:
-                check_choice("init", b, BASELINES, what="baseline")
-            starts = [(b, check_sigmas(baseline_sigmas(b, steps, lo, hi)).numpy()) for b in names]
-            if init == "best":
-                scored = [(teacher_rms(denoiser, sampler, teacher, sig), b, sig) for b, sig in starts]
-                evaluations += len(scored) * nfe
-                _, b, sig = min(scored, key=lambda c: c[0])
-                starts = [(b, sig)]
-        else:
-            starts = [("given", check_sigmas(init).numpy())]
-            if len(starts[0][1]) - 1 != steps:
-                raise ValueError(f"`init` has {len(starts[0][1]) - 1} levels; nfe={nfe} of {sampler} needs {steps}.")
-        free = method == "optimal-free"
-        floor = denoiser.sigma_min if getattr(denoiser, "sigma_min", None) is not None else lo / 10
-        floor = min(floor, lo)
-        runs = []
-        for name, sig in starts:  # the objective has several local minima: every start is optimised, the best kept
-            best, spent, info = _optimise(denoiser, sampler, teacher, sig[:-1], lo, hi, free, floor, opts)
-            evaluations += spent
-            sigmas = _levels(best)
-            runs.append((teacher_rms(denoiser, sampler, teacher, sigmas), name, sigmas, info))
-        objective, name, sigmas, info = min(runs, key=lambda r: r[0])
-        meta.update(init=name, starts={r[1]: r[0] for r in runs}, **info)
+    check_data_matches(denoiser, data.shape)
+    store = _model_store(cache, denoiser)
+    ctx = SearchContext(denoiser, data, sampler, int(nfe), steps, lo, hi, search_seed(seed), opts, store, progress)
+    entry = _SEARCHES[method]
+    teacher_steps, keep = entry.prepare(ctx)
+    _solve_search_teacher(ctx, teacher_steps, keep)
+    sigmas, objective = entry.run(ctx)
     return SearchResult(
         method=method,
         sampler=sampler,
@@ -524,13 +773,13 @@ def search_schedule(
         sigma_max=float(hi),
         sigmas=[float(s) for s in sigmas],
         objective=float(objective),
-        evaluations=int(evaluations),
+        evaluations=int(ctx.evaluations),
         batch=int(opts["n"]),
-        rate_evaluations=int(rate_evaluations),
+        rate_evaluations=int(ctx.rate_evaluations),
         seconds=time.perf_counter() - start,
         seed=int(seed),
         options=stored_options(opts),
-        meta=meta,
+        meta=ctx.meta,
     )
 
 
@@ -544,18 +793,3 @@ def _jsonable(v) -> bool:
     if isinstance(v, torch.Tensor):
         return False
     return isinstance(v, (str, int, float, bool, type(None), list, tuple))
-
-
-def brute_force_path(cost: np.ndarray, jumps: int, first: np.ndarray | None = None) -> tuple[float, list[int]]:
-    """Enumerate every path (for tests of :func:`dp_path` and :func:`dp_path_history` on small problems)."""
-    g = (len(first) if first is not None else cost.shape[0]) - 1
-    best = (math.inf, [])
-    for inner in itertools.combinations(range(1, g), jumps - 1):
-        path = [0, *inner, g]
-        if first is None:
-            total = sum(cost[a, b] for a, b in itertools.pairwise(path))
-        else:
-            total = first[path[1]] + sum(cost[path[m - 1], path[m], path[m + 1]] for m in range(1, len(path) - 1))
-        if total < best[0]:
-            best = (float(total), path)
-    return best

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from crs.args import check_choice, check_int, check_number
+from crs.protocols import check_data_matches
 from crs.schedules import Schedule
 from crs.seeds import online_seed, process_seed
 
@@ -401,10 +402,7 @@ def train(
     from accelerate import Accelerator
 
     cfg.validate()
-    if tuple(data.shape) != tuple(denoiser.shape):
-        raise ValueError(
-            f"The model takes samples of shape {tuple(denoiser.shape)}, but the dataset gives {tuple(data.shape)}."
-        )
+    check_data_matches(denoiser, data.shape)
     lo, hi = denoiser.sigma_min, denoiser.sigma_max
     noise = make_noise(cfg.noise, lo, hi, cfg.schedule)
     mp = ("bf16" if torch.cuda.is_available() else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision

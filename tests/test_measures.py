@@ -114,3 +114,16 @@ def test_fid_measure_on_images_with_offline_features():
         sigma_max=10.0,
     )
     assert rate.feature_evaluations == 5 * 40 and np.all(rate.discrepancy > 0) and np.all(np.isfinite(rate.stderr))
+
+
+@pytest.mark.parametrize("sampler, power", [("euler", 1 / 2), ("heun", 1 / 3), ("dpmpp_2m", 1 / 3)])
+def test_a_solver_measure_is_the_local_errors_root_of_the_samplers_order(sampler, power):
+    """solver-<sampler>: the RMS local error to the power 1 / (p + 1); the standard error by the delta method."""
+    from crs.measures import solver_discrepancy
+
+    ms = torch.tensor([[1.0, 3.0], [4.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
+    disc, se = solver_discrepancy(sampler, ms)
+    rms, rms_se = rms_with_stderr(ms)
+    np.testing.assert_allclose(disc, rms**power)
+    np.testing.assert_allclose(se[:2], power * rms[:2] ** (power - 1) * rms_se[:2])
+    assert se[2] == 0

@@ -121,3 +121,11 @@ def test_schedule_functions_for_sampling():
     assert torch.equal(fns["karras"](7), crs.baseline_sigmas("karras", 7, 0.01, 20.0))
     with pytest.raises(ValueError, match="Unknown baseline 'karas'"):
         crs.optimize.schedule_functions(sched, ["karas"])
+
+
+@pytest.mark.parametrize("sigmas", [[0.1, 1.0, 5.0, 0.0], [0.1, 1.0, 5.0], [5.0, 1.0, 1.0, 0.0], [5.0, 0.0, 1.0]])
+def test_step_discrepancy_refuses_levels_that_are_not_descending(sigmas):
+    rate = _exact_rate("data", 1.0, lo=0.01, hi=10.0)
+    with pytest.raises(ValueError, match="`sigmas` must be 1-D, strictly descending and positive, with an optional"):
+        crs.step_discrepancy(rate, sigmas)
+    assert len(crs.step_discrepancy(rate, [5.0, 1.0, 0.1])) == len(crs.step_discrepancy(rate, [5.0, 1.0, 0.1, 0])) == 2

@@ -1,5 +1,6 @@
 """The written interfaces (crs.protocols): every denoiser and dataset of crs implements them."""
 
+import pytest
 import torch
 
 import crs
@@ -28,3 +29,13 @@ def test_every_dataset_names_its_shape_and_samples(tmp_path):
         assert tuple(data.sample(2, torch.Generator().manual_seed(0)).shape) == (2, *data.shape)
     assert isinstance(crs.make_dataset("gmm"), AnalyticDataset) and not isinstance(digits, AnalyticDataset)
     assert crs.data.held_out("digits").split == "test" and crs.data.held_out("gmm").name == "gmm"
+
+
+def test_check_data_matches_names_both_shapes():
+    from crs.protocols import check_data_matches
+
+    gmm = crs.make_dataset("gmm")
+    check_data_matches(gmm.denoiser, gmm.shape)
+    check_data_matches(lambda x, s: x, (5,))  # a plain callable declares no shape: not checked
+    with pytest.raises(ValueError, match=r"The model takes samples of shape \(2,\), but the dataset gives \(3,\)\."):
+        check_data_matches(gmm.denoiser, (3,))

@@ -129,3 +129,23 @@ def test_zero_rate_is_refused():
     data = crs.make_dataset("gmm")
     with pytest.raises(ValueError, match="zero over the whole grid"):
         crs.estimate_rate("data", data, denoiser=lambda x, s: 0 * x, grid_size=4, n_samples=16)
+
+
+def test_the_range_defaults_to_the_models_own():
+    """No range given: a model with a range uses its own ([0.01, 20] here), exact denoisers EDM's [0.002, 80]."""
+    gmm = crs.make_dataset("gmm")
+    model = crs.models.build_denoiser((2,), sigma_min=0.01, sigma_max=20.0)
+    rate = crs.estimate_rate("data", gmm, denoiser=model, grid_size=4, n_samples=16)
+    assert (rate.sigma[0], rate.sigma[-1]) == (0.01, 20.0)
+    exact = crs.estimate_rate("data", gmm, denoiser=gmm.denoiser, grid_size=4, n_samples=16)
+    assert (exact.sigma[0], exact.sigma[-1]) == (0.002, 80.0)
+    one_end = crs.estimate_rate("data", gmm, denoiser=model, sigma_max=10.0, grid_size=4, n_samples=16)
+    assert (one_end.sigma[0], one_end.sigma[-1]) == (0.01, 10.0)
+
+
+def test_a_model_of_another_shape_than_the_data_is_named_before_any_work():
+    """A 1-channel model on 3-channel data: a ValueError naming both shapes, not torch's RuntimeError."""
+    model = crs.models.build_denoiser((1, 8, 8))
+    digits = crs.make_dataset("digits", resolution=8, channels=3)
+    with pytest.raises(ValueError, match=r"takes samples of shape \(1, 8, 8\), but the dataset gives \(3, 8, 8\)"):
+        crs.estimate_rate("data", digits, denoiser=model, grid_size=4, n_samples=16)

@@ -154,3 +154,24 @@ def test_edm_churn_keeps_edms_per_step_gamma_at_any_step_count():
         churned = [s for s in sigmas[:-1].tolist() if 0.05 <= s <= 50.0]
         assert churned and all(any(abs(v - s * (1 + EDM_CHURN_PER_STEP)) < 1e-9 * s for v in seen) for s in churned)
     assert EDM_CHURN_PER_STEP == pytest.approx(0.15625)
+
+
+def test_an_nfe_error_names_only_the_rule_of_the_sampler_asked():
+    from crs.sampling import check_nfe_plan, steps_for_nfe
+
+    rule = "heun spends 2n - 1 evaluations for n steps, so nfe must be odd and >= 3"
+    with pytest.raises(ValueError, match=f"cannot spend exactly nfe=10: {rule}\\.$"):
+        steps_for_nfe("heun", 10)
+    with pytest.raises(ValueError, match="nfe=1: euler spends n evaluations for n steps, so nfe must be >= 2\\.$"):
+        steps_for_nfe("euler", 1)
+    with pytest.raises(ValueError, match=f"exactly: heun@4, heun@10 \\({rule}\\)\\.$"):
+        check_nfe_plan(["euler", "heun"], [4, 10])
+
+
+def test_generate_returns_the_dtype_asked_and_checks_the_models_shape():
+    data = crs.make_dataset("gmm")  # its exact denoiser computes in float64
+    sigmas = crs.baseline_sigmas("karras", 4)
+    for dtype in (torch.float32, torch.float64):
+        assert generate(data.denoiser, (2,), 4, sigmas, sampler="euler", dtype=dtype).dtype == dtype
+    with pytest.raises(ValueError, match=r"takes samples of shape \(2,\), but `shape` is \(3,\)"):
+        generate(data.denoiser, (3,), 4, sigmas)

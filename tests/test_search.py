@@ -1,6 +1,7 @@
 """Teacher error and schedule search (crs.quality, crs.search, the solver measures)."""
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -8,10 +9,25 @@ import torch
 
 import crs
 from crs.quality import solve_teacher, teacher_error
-from crs.search import METHODS, SearchResult, brute_force_path, dp_path, dp_path_history, search_schedule
+from crs.search import METHODS, SearchCache, SearchResult, dp_path, dp_path_history, search_schedule
 
 GMM = crs.make_dataset("gmm")
 SMALL = dict(n=32, teacher_steps=32)  # search options small enough for a unit test
+
+
+def brute_force_path(cost: np.ndarray, jumps: int, first: np.ndarray | None = None) -> tuple[float, list[int]]:
+    """Enumerate every path (the reference for dp_path and, with ``first``, dp_path_history on small problems)."""
+    g = (len(first) if first is not None else cost.shape[0]) - 1
+    best = (math.inf, [])
+    for inner in itertools.combinations(range(1, g), jumps - 1):
+        path = [0, *inner, g]
+        if first is None:
+            total = sum(cost[a, b] for a, b in itertools.pairwise(path))
+        else:
+            total = first[path[1]] + sum(cost[path[m - 1], path[m], path[m + 1]] for m in range(1, len(path) - 1))
+        if total < best[0]:
+            best = (float(total), path)
+    return best
 
 
 @pytest.mark.parametrize("g, jumps", [(4, 1), (5, 2), (6, 3), (7, 4), (7, 7)])
@@ -40,7 +56,7 @@ def test_teacher_starts_from_the_samples_generate_draws():
     x = crs.sampling.generate(GMM.denoiser, (2,), 16, sigmas, seed=5, sampler="euler")  # float32, as by default
     # the float64 start is the float32 draw times 80, exact in float64 and rounded once back: the same float32 start
     y = crs.quality.endpoints(GMM.denoiser, "euler", sigmas, teacher.x_T.float())
-    assert torch.equal(x, y)
+    assert x.dtype == torch.float32 and torch.equal(x, y.float())  # generate returns the dtype asked
 
 
 def test_the_reference_solution_converges():
@@ -147,6 +163,11 @@ def test_search_refuses_bad_input_by_name():
         search_schedule("optimal", den, GMM, "euler", 4, grid=10)
     with pytest.raises(ValueError, match="sigma_min"):
         search_schedule("crs", den, GMM, "euler", 4, sigma_min=1.0, sigma_max=0.5)
+    wide = crs.make_dataset("gaussian", dim=3)
+    with pytest.raises(ValueError, match=r"takes samples of shape \(2,\), but the dataset gives \(3,\)"):
+        search_schedule("crs", den, wide, "euler", 4)
+    with pytest.raises(ValueError, match=r"takes samples of shape \(2,\), but the dataset gives \(3,\)"):
+        teacher_error(den, wide, "euler", crs.baseline_sigmas("karras", 4))
 
 
 def test_gits_costs_are_the_sampler_jump_errors_against_the_teacher():
@@ -191,7 +212,7 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
         n_eval=32,
         n_boot=10,
         teacher_steps=32,
-        check_optimiser=False,
+        check_optimizer=False,
         progress=False,
         options=options,
         on_cell=lambda r: saved.append(json.dumps(r)),
@@ -217,7 +238,7 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
 def test_a_shared_cache_reuses_the_teacher_and_rates_without_changing_results():
     """Searches sharing `cache` solve the search teacher and estimate each rate once; the schedules are those of
     independent searches (the same deterministic computations, bit for bit), and the reused cost is reported."""
-    cache = {}
+    cache = SearchCache()
     opts = dict(SMALL, measures=["data", "noise"], xis=[1.0], grid_size=8, n_samples=64)
     first = search_schedule("crs-select", GMM.denoiser, GMM, "euler", 4, seed=5, cache=cache, **opts)
     second = search_schedule("crs-select", GMM.denoiser, GMM, "euler", 6, seed=5, cache=cache, **opts)
@@ -233,3 +254,30 @@ def test_a_shared_cache_reuses_the_teacher_and_rates_without_changing_results():
     from benchmarks.bench import standalone_cost
 
     assert standalone_cost(g2) == g_alone.evaluations and standalone_cost(g1) == g1.evaluations
+
+
+def test_one_cache_serves_several_models_without_crossing():
+    """Two models with the same sample shape and range share one SearchCache: each gets the results of a search
+    without a cache (nothing of one model's teacher, rates or jump costs reaches the other's search)."""
+    other = crs.make_dataset("gaussian", dim=2, std=0.5)
+    cache = SearchCache()
+    select = dict(SMALL, measures=["data", "noise"], xis=[1.0], grid_size=8, n_samples=64)
+    for method, options in (("crs-select", select), ("gits", dict(SMALL, grid=8))):
+        first = search_schedule(method, GMM.denoiser, GMM, "euler", 4, seed=5, cache=cache, **options)
+        second = search_schedule(method, other.denoiser, other, "euler", 4, seed=5, cache=cache, **options)
+        alone = search_schedule(method, other.denoiser, other, "euler", 4, seed=5, **options)
+        assert not second.meta["teacher_reused"] and second.meta.get("jumps_reused") in (None, False)
+        assert second.sigmas == alone.sigmas and second.objective == alone.objective != first.objective
+        assert (second.evaluations, second.rate_evaluations) == (alone.evaluations, alone.rate_evaluations)
+    assert len(cache) == 2 and GMM.denoiser in cache and other.denoiser in cache
+    with pytest.raises(ValueError, match="`cache` must be a crs.search.SearchCache .* got dict"):
+        search_schedule("crs", GMM.denoiser, GMM, "euler", 4, cache={})
+
+
+def test_seconds_count_the_whole_call():
+    import time
+
+    start = time.perf_counter()
+    result = search_schedule("gits", GMM.denoiser, GMM, "euler", 4, seed=2, **SMALL, grid=8)
+    elapsed = time.perf_counter() - start
+    assert 0 < result.seconds <= elapsed and elapsed - result.seconds < 0.05

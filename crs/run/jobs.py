@@ -235,20 +235,20 @@ def searched_schedules(
         ``{method: {(model, sampler, nfe): sigmas}}``, the form :func:`sample_grid` takes.
     """
     from crs.models import model_space
-    from crs.search import METHODS, SearchResult, check_options, search_schedule, stored_options
+    from crs.search import METHODS, SearchCache, SearchResult, check_options, search_schedule, stored_options
 
     options = dict(options or {})
     plan = check_nfe_plan(samplers, nfe)
     common = {k: v for k, v in options.items() if k not in METHODS}
     lo, hi = sigma_range
-    out, caches = {}, {}
+    out = {}
+    cache = SearchCache()  # each model's rate estimates and search teacher serve every search of that model
     for method in methods:
         own = {**common, **options.get(method, {})}
         out[method] = {}
         searched, reused, seconds = 0, 0, 0.0
         for name, den in models.items():
             space = model_space(data, den)
-            cache = caches.setdefault(name, {})  # a model's rate estimates and search teacher serve every search
             for sampler in samplers:
                 if sampler == "edm":
                     continue
