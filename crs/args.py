@@ -19,8 +19,8 @@ def check_int(name: str, value, minimum: int | None = None, what: str | None = N
     """``value`` must be an integer (not a bool) of at least ``minimum``.
 
     Args:
-        name: the argument's name, quoted in the message as `` `name` ``.
-        what: the message's subject instead of `` `name` `` (e.g. "A step count").
+        name: the argument's name, quoted in backticks in the message.
+        what: the message's subject instead of the quoted name (e.g. "A step count").
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (minimum is not None and value < minimum):
         subject = what or f"`{name}`"

@@ -190,8 +190,9 @@ def coverage(
     the suite's own code.
 
     Returns:
-        ``{"coverage": {method: share}, "stderr": binomial standard error at the nominal level, "repeats",
-        "width": {method: mean width}, "below": {method: share of intervals entirely below the target}}``.
+        A dict: ``coverage`` ({method: share}), ``stderr`` (the binomial standard error at the nominal level),
+        ``repeats``, ``width`` ({method: mean width}), ``below`` ({method: share of intervals entirely below the
+        target}).
     """
     from tqdm import tqdm
 

@@ -130,7 +130,6 @@ def test_links_in_the_readme_and_docs_lead_somewhere():
                     for h in re.findall(r"^#+ (.*)$", page.read_text(), re.M)
                 }
                 assert anchor in slugs, f"README.md: dead anchor #{anchor}"
-    assert (tmp_path / "schedule.json").exists()
 
 
 def test_rate_cost_benchmark_meets_its_target():

@@ -175,6 +175,21 @@ mathjax_path = "mathjax/tex-svg.js"
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.xref_missing", "myst.header", "toc.not_included"]
+
+
+def setup(app):
+    import re
+
+    star = re.compile(r"(?<=[(\\[])(\\*{{1,2}})(?=\\w)|(?<=, )(\\*{{1,2}})(?=\\w)")
+
+    def escape_stars(app, what, name, obj, options, lines):
+        # shapes such as (B, *shape) and **options are text, not reStructuredText emphasis (outside ``literals``)
+        for i, line in enumerate(lines):
+            parts = line.split("``")
+            parts[::2] = [star.sub(lambda m: "\\\\" + "\\\\".join(m.group(0)), p) for p in parts[::2]]
+            lines[i] = "``".join(parts)
+
+    app.connect("autodoc-process-docstring", escape_stars)
 """
 
 
