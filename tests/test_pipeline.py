@@ -201,6 +201,22 @@ def test_sweep_runs_one_folder_per_value_with_a_summary(smoke, tmp_path):
     assert json.loads((base / "sweep" / "summary_schedule_optimization.xi.json").read_text()) == rows
 
 
+def test_the_stage_kernels_run_encrypted_without_the_tcp_warning(tmp_path, capfd):
+    """A kernel started over TCP without keys warns on stderr; the runner's kernels get CurveZMQ keys instead."""
+    import nbformat
+    import papermill
+
+    from crs.run.experiment import _kernel_options
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    out = tmp_path / "out.ipynb"
+    options = dict(kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(tmp_path / "in.ipynb", out, **options, **_kernel_options())
+    assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err
+
+
 def test_cli(tmp_path, capsys):
     from crs.__main__ import main
 

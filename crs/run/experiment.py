@@ -398,6 +398,23 @@ def _fingerprint(stage: str, values: dict, upstream: str) -> str:
     return hashlib.sha256(hashlib.sha256(source).digest() + blob).hexdigest()
 
 
+def _kernel_options() -> dict:
+    """What papermill's notebook client gets so that the stage's kernel runs with CurveZMQ transport encryption.
+
+    ipykernel (7+) warns "Kernel is running over TCP without encryption" on every kernel started over TCP without
+    keys; jupyter_client (8.8+) provisions the keys itself when asked (``KernelManager.transport_encryption``) and
+    the kernelspec declares ``supported_encryption: curve`` (ipykernel's does). That option removes the cause of
+    the warning, and only it; where pyzmq lacks CurveZMQ or jupyter_client the option, nothing is set.
+    """
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    if not zmq.has("curve") or not KernelManager.class_traits().get("transport_encryption"):
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
 def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: bool = True, log=print) -> list[dict]:
     """Execute the stages of an experiment in order; returns one record per stage.
 
@@ -444,6 +461,7 @@ def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: 
                 cwd=str(run_dir),
                 progress_bar=progress,
                 kernel_name="python3",
+                **_kernel_options(),
             )
         except papermill.PapermillExecutionError as exc:
             atomic_write_json(
