@@ -62,6 +62,7 @@ def main(argv=None) -> int:
         load_params,
         preflight,
         run_experiment,
+        run_locations,
         sweep,
     )
     from crs.run.report import build_report, summary_markdown
@@ -103,7 +104,6 @@ def main(argv=None) -> int:
                         print(f"  {page}: dead link {link}", file=sys.stderr)
                     return 1
             return 0
-            return 0
         params = load_params(args.params)
         if args.run_dir:
             params["run_dir"] = args.run_dir
@@ -138,8 +138,9 @@ def main(argv=None) -> int:
             from crs.run.publish import build_site
 
             if any(Path(params["run_dir"]).glob("0*_*.ipynb")):  # a sweep's base folder has none
-                print(f"site: {build_site(params['run_dir'], log=lambda *_: None)}")
-            print(f"report: {build_report(params['run_dir'])}")
+                build_site(params["run_dir"], log=lambda *_: None)
+            build_report(params["run_dir"])
+        print("\n" + "\n".join(run_locations(params["run_dir"])))
     except (ExperimentError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

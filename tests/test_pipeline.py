@@ -188,6 +188,23 @@ def test_subset_of_stages_and_report(smoke, tmp_path):
     assert (index.parent / "05_evaluation.html").stat().st_size > 10_000 and (index.parent / "crs_ratio.png").exists()
 
 
+def test_a_run_ends_with_where_things_are(smoke, capsys):
+    from crs.__main__ import main
+
+    params, _ = smoke
+    run = params["run_dir"]
+    smoke_yaml = str(ROOT / "params" / "smoke.yaml")
+    assert main(["run", smoke_yaml, "--run-dir", run, "--stages", "base_model", "--no-report"]) == 0
+    tail = capsys.readouterr().out.strip().splitlines()[-5:]
+    assert tail[:3] == [
+        f"run folder: {run}",
+        f"metrics:    {run}/metrics.json",
+        f"summary:    python -m crs summary {run}",
+    ]
+    for name in ("report", "site"):  # named only when built
+        assert (f"{name + ':':<11} {run}/{name}/index.html" in tail) == (Path(run) / name / "index.html").is_file()
+
+
 def test_sweep_runs_one_folder_per_value_with_a_summary(smoke, tmp_path):
     params, _ = smoke
     base = tmp_path / "run"

@@ -43,6 +43,7 @@ __all__ = [
     "parse_override",
     "preflight",
     "run_experiment",
+    "run_locations",
     "sweep",
     "validate_params",
 ]
@@ -524,3 +525,20 @@ def summarise(run_dir) -> dict:
         "crs_significantly_worse": sum(c["significant"] and not c["crs_better"] for c in sel),
         "median_ratio": sorted(c["ratio"] for c in sel)[len(sel) // 2] if sel else None,
     }
+
+
+def run_locations(run_dir) -> list[str]:
+    """The lines ``python -m crs run`` ends with: where the run folder, its metrics, report and site are.
+
+    Only what exists is named: ``metrics.json`` and the summary command when the evaluation stage wrote it,
+    ``report/index.html`` and ``site/index.html`` when they were built.
+    """
+    run_dir = Path(run_dir)
+    lines = [f"run folder: {run_dir}"]
+    if (run_dir / "metrics.json").is_file():
+        lines.append(f"metrics:    {run_dir / 'metrics.json'}")
+        lines.append(f"summary:    python -m crs summary {run_dir}")
+    for name in ("report", "site"):
+        if (run_dir / name / "index.html").is_file():
+            lines.append(f"{name + ':':<11} {run_dir / name / 'index.html'}")
+    return lines
