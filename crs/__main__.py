@@ -110,8 +110,10 @@ def main(argv=None) -> int:
         params = apply_overrides(params, args.set)
         stages = args.stages.split(",") if args.stages else None
         if args.command == "check":
-            preflight(params, stages)
+            changed = preflight(params, stages)
             print(f"{args.params}: valid ({', '.join(stages or params['stages']) or 'all stages'})")
+            for stage, problem in changed.items():
+                print(f"[{stage}] {problem}: it runs again, and every stage after it")
             return 0
         if args.dry_run:
             params = dry_run(params, device=args.device)
