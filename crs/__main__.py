@@ -66,6 +66,7 @@ def main(argv=None) -> int:
         load_params,
         preflight,
         run_experiment,
+        run_locations,
         sweep,
     )
     from crs.run.report import build_report, summary_markdown
@@ -123,15 +124,16 @@ def main(argv=None) -> int:
                         print(f"  {page}: dead link {link}", file=sys.stderr)
                     return 1
             return 0
-            return 0
         params = load_params(args.params)
         if args.run_dir:
             params["run_dir"] = args.run_dir
         params = apply_overrides(params, args.set)
         stages = args.stages.split(",") if args.stages else None
         if args.command == "check":
-            preflight(params, stages)
+            changed = preflight(params, stages)
             print(f"{args.params}: valid ({', '.join(stages or params['stages']) or 'all stages'})")
+            for stage, problem in changed.items():
+                print(f"[{stage}] {problem}: it runs again, and every stage after it")
             return 0
         if args.dry_run:
             params = dry_run(params, device=args.device)
@@ -158,8 +160,9 @@ def main(argv=None) -> int:
             from crs.run.publish import build_site
 
             if any(Path(params["run_dir"]).glob("0*_*.ipynb")):  # a sweep's base folder has none
-                print(f"site: {build_site(params['run_dir'], log=lambda *_: None)}")
-            print(f"report: {build_report(params['run_dir'])}")
+                build_site(params["run_dir"], log=lambda *_: None)
+            build_report(params["run_dir"])
+        print("\n" + "\n".join(run_locations(params["run_dir"])))
     except (ExperimentError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

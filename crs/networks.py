@@ -22,6 +22,8 @@ from diffusers import ModelMixin, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
+from crs.io import plain_modes
+
 __all__ = ["DENOISER_FILE", "EDMDenoiser", "MLPNet", "build_denoiser", "unet"]
 
 DENOISER_FILE = "crs_denoiser.json"
@@ -149,7 +151,8 @@ class EDMDenoiser(nn.Module):
         """Write the network (diffusers format) and ``crs_denoiser.json`` into ``folder``, atomically.
 
         The model is written to a temporary folder first and moved into place, so a crash leaves
-        either the old model or the new one, never a mixture.
+        either the old model or the new one, never a mixture; the folder and its files get the modes
+        ``mkdir`` and ``open`` would give them (:func:`crs.io.plain_modes`).
         """
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -157,6 +160,7 @@ class EDMDenoiser(nn.Module):
         try:
             self.net.save_pretrained(tmp)
             (tmp / DENOISER_FILE).write_text(json.dumps(self.config(), indent=1) + "\n")
+            plain_modes(tmp)  # mkdtemp's folder is 0700 and safetensors' file 0600: a model folder is not private
             old = None
             if folder.exists():
                 old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from crs.args import check_choice, check_int, check_number
+from crs.io import file_mode
 from crs.protocols import check_data_matches
 from crs.schedules import Schedule
 from crs.seeds import online_seed, process_seed
@@ -232,11 +233,13 @@ class TrainResult:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
+    """``torch.save`` through a temporary file moved into place, with the mode a plain write would give it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -3,11 +3,13 @@
 import json
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
 import yaml
 
+from crs.io import dir_mode, file_mode
 from crs.run.experiment import ExperimentError, apply_overrides, load_params, run_experiment, sweep, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +105,11 @@ def test_smoke_chain_writes_every_artifact(smoke):
     assert "/" not in json.dumps(
         json.loads((run / "01_rate_estimation.ipynb").read_text())["metadata"]["papermill"]["parameters"]["run_dir"]
     )
+    # every file and folder has the mode a plain write gives (0644 and 0755 under umask 022), none mkstemp's 0600
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in run.rglob("*")}
+    assert {
+        str(p.relative_to(run)): m for p, m in modes.items() if m != (dir_mode() if p.is_dir() else file_mode())
+    } == {}
 
 
 def test_site_of_the_smoke_run_in_a_browser(smoke, tmp_path):
@@ -150,6 +157,56 @@ def test_second_run_skips_every_stage(smoke):
     assert [r["skipped"] for r in records] == [True] * 5 + [False]
 
 
+def test_a_changed_artifact_is_noticed_and_its_stage_reruns_with_those_after_it(smoke, tmp_path, capsys):
+    from crs.__main__ import main
+
+    params, _ = smoke
+    run = tmp_path / "run"
+    shutil.copytree(params["run_dir"], run)
+    params = dict(params, run_dir=str(run))
+    outputs = json.loads((run / ".stages" / "schedule_optimization.json").read_text())["outputs"]
+    assert set(outputs) == {"schedule.json"} and set(outputs["schedule.json"]) == {"size", "sha256"}
+    (run / "schedule.json").write_text("garbage")
+    smoke_yaml = str(ROOT / "params" / "smoke.yaml")
+    message = (
+        "schedule.json (written by schedule_optimization) changed since that stage ran: rerun that stage "
+        "(--stages schedule_optimization,training_schedule_finetune,sampling) or the whole experiment."
+    )
+    assert main(["check", smoke_yaml, "--run-dir", str(run), "--stages", "sampling"]) == 2
+    assert message in capsys.readouterr().err
+    sampled = (run / "04_sampling.ipynb").stat().st_mtime_ns
+    with pytest.raises(ExperimentError, match=re.escape(message)):  # refused before any stage runs
+        run_experiment(params, stages=["sampling"], progress=False, log=lambda *_: None)
+    assert (run / "04_sampling.ipynb").stat().st_mtime_ns == sampled
+    assert main(["check", smoke_yaml, "--run-dir", str(run)]) == 0
+    assert "[schedule_optimization] schedule.json (written by schedule_optimization) changed" in capsys.readouterr().out
+    records = run_experiment(params, progress=False, log=lambda *_: None)
+    assert [r["skipped"] for r in records] == [True, True, False, False, False, False]
+    assert json.loads((run / "schedule.json").read_text())["xi"] == 1.0
+    shutil.rmtree(run / "search")  # a vanished folder of a stage's outputs
+    with pytest.raises(ExperimentError, match=r"search/.* \(written by sampling\) vanished since that stage ran"):
+        run_experiment(params, stages=["evaluation"], progress=False, log=lambda *_: None)
+
+
+def test_a_record_from_before_output_hashes_is_checked_by_parsing(smoke, tmp_path):
+    from crs.run.experiment import changed_outputs
+
+    params, _ = smoke
+    run = tmp_path / "run"
+    shutil.copytree(params["run_dir"], run, ignore=shutil.ignore_patterns("samples", "search"))
+    for path in (run / ".stages").glob("*.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({k: v for k, v in record.items() if k != "outputs"}))
+    assert changed_outputs(run, ["rate_estimation", "schedule_optimization"]) == {}
+    (run / "rate.json").write_text("{")
+    assert changed_outputs(run, ["rate_estimation", "schedule_optimization"]) == {
+        "rate_estimation": "rate.json (written by rate_estimation) is not valid JSON"
+    }
+    shutil.rmtree(run / "models" / "base")
+    with pytest.raises(ExperimentError, match=r"models/base \(written by base_model\) is missing: rerun that stage"):
+        changed_outputs(run, ["rate_estimation"])
+
+
 def test_a_failing_stage_leaves_the_others_intact_and_resumes(smoke, tmp_path):
     params, _ = smoke
     run = tmp_path / "run"
@@ -188,6 +245,24 @@ def test_subset_of_stages_and_report(smoke, tmp_path):
     assert (index.parent / "05_evaluation.html").stat().st_size > 10_000 and (index.parent / "crs_ratio.png").exists()
 
 
+def test_a_run_ends_with_where_things_are(smoke, capsys):
+    from crs.__main__ import main
+
+    params, _ = smoke
+    run = params["run_dir"]
+    smoke_yaml = str(ROOT / "params" / "smoke.yaml")
+    assert main(["run", smoke_yaml, "--run-dir", run, "--stages", "base_model", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    tail = out[out.index("\n\nrun folder: ") + 2 :].splitlines()  # the last lines, after a blank one
+    assert tail[:3] == [
+        f"run folder: {run}",
+        f"metrics:    {run}/metrics.json",
+        f"summary:    python -m crs summary {run}",
+    ]
+    for name in ("report", "site"):  # named only when built
+        assert (f"{name + ':':<11} {run}/{name}/index.html" in tail) == (Path(run) / name / "index.html").is_file()
+
+
 def test_sweep_runs_one_folder_per_value_with_a_summary(smoke, tmp_path):
     params, _ = smoke
     base = tmp_path / "run"
@@ -199,6 +274,22 @@ def test_sweep_runs_one_folder_per_value_with_a_summary(smoke, tmp_path):
     s15 = json.loads((base / "sweep" / "schedule_optimization.xi=1.5" / "schedule.json").read_text())
     assert s10["xi"] == 1.0 and s15["xi"] == 1.5 and s10["sampling"] != s15["sampling"]
     assert json.loads((base / "sweep" / "summary_schedule_optimization.xi.json").read_text()) == rows
+
+
+def test_the_stage_kernels_run_encrypted_without_the_tcp_warning(tmp_path, capfd):
+    """A kernel started over TCP without keys warns on stderr; the runner's kernels get CurveZMQ keys instead."""
+    import nbformat
+    import papermill
+
+    from crs.run.experiment import _kernel_options
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
+    nbformat.write(nb, tmp_path / "in.ipynb")
+    out = tmp_path / "out.ipynb"
+    options = dict(kernel_name="python3", progress_bar=False)
+    papermill.execute_notebook(tmp_path / "in.ipynb", out, **options, **_kernel_options())
+    assert nbformat.read(out, as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    assert "without encryption" not in capfd.readouterr().err
 
 
 def test_cli(tmp_path, capsys):

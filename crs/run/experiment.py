@@ -16,8 +16,10 @@ Before anything runs, every key is checked against the parameters of the noteboo
 :func:`run_experiment` executes the stages in order into the run folder (executed notebooks named
 like their sources), every stage with ``run_dir="."`` and the run folder as working directory, so
 artifacts pass from stage to stage and no machine path enters a notebook. A stage whose notebook,
-parameters and upstream stages are unchanged since its last successful run is skipped; a failed
-stage is rerun (training resumes from its checkpoint) and earlier stages' artifacts stay as they were.
+parameters and upstream stages are unchanged since its last successful run, and whose outputs are as it left
+them (:mod:`crs.run.artifacts`), is skipped; a failed stage is rerun (training resumes from its checkpoint) and
+earlier stages' artifacts stay as they were. A stage whose outputs changed or vanished since it ran is rerun, and
+every stage after it; a run that leaves such a stage out (``--stages``) but runs a later one is refused.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from crs.io import atomic_write_json
+from crs.run.artifacts import output_problem, record_outputs
 
 __all__ = [
     "DRY_RUN",
@@ -43,6 +46,7 @@ __all__ = [
     "parse_override",
     "preflight",
     "run_experiment",
+    "run_locations",
     "sweep",
     "validate_params",
 ]
@@ -146,12 +150,16 @@ def _model_references(params: dict, wanted: list[str], run_dir: Path) -> list[tu
     return out
 
 
-def preflight(params: dict, stages: Iterable[str] | None = None) -> None:
+def preflight(params: dict, stages: Iterable[str] | None = None) -> dict[str, str]:
     """Check every value of every stage to run before the first one starts (what ``python -m crs check`` does).
 
     Each stage's values (its notebook's defaults, the common keys, its section) go through the validator its
     notebook calls (:func:`crs.run.checks.check_stage`); then every model the stages load that this run does not
-    write must be there: a folder (relative to the run folder) or a hub id in the cache or reachable.
+    write must be there: a folder (relative to the run folder) or a hub id in the cache or reachable; then the
+    outputs of the stages already run in the run folder must be as they left them (:func:`changed_outputs`).
+
+    Returns:
+        ``{stage: problem}`` for the stages to run whose outputs changed since they ran (they will run again).
 
     Raises:
         ExperimentError: naming the stage and the problem; nothing has been written.
@@ -191,6 +199,39 @@ def preflight(params: dict, stages: Iterable[str] | None = None) -> None:
             check_model_reference(model, run_dir)
         except ValueError as exc:
             raise ExperimentError(f"Stage {stage!r}, `{key}`: {exc}") from exc
+    return changed_outputs(run_dir, wanted)
+
+
+def _read_record(run_dir: Path, stage: str) -> dict:
+    """A stage's run record (``.stages/<stage>.json``); {} when there is none or it is not JSON (as never run)."""
+    try:
+        return json.loads((run_dir / RECORDS / f"{stage}.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def changed_outputs(run_dir, wanted: list[str]) -> dict[str, str]:
+    """The completed stages up to the last of ``wanted`` whose outputs changed since they ran (see crs.run.artifacts).
+
+    Returns:
+        ``{stage: problem}`` for those among ``wanted``: they (and every stage after them) must run again.
+
+    Raises:
+        ExperimentError: such a stage is not among ``wanted`` but a later stage is (it would read the changed files).
+    """
+    run_dir, names = Path(run_dir), list(STAGES)
+    last = max((names.index(s) for s in wanted), default=-1)
+    problems = {}
+    for stage in names[: last + 1]:
+        record = _read_record(run_dir, stage)
+        problem = output_problem(run_dir, dict(record, stage=stage)) if record.get("status") == "ok" else None
+        if problem is None:
+            continue
+        if stage not in wanted:
+            rerun = ",".join(names[names.index(stage) : last + 1])
+            raise ExperimentError(f"{problem}: rerun that stage (--stages {rerun}) or the whole experiment.")
+        problems[stage] = problem
+    return problems
 
 
 def _wanted(params: dict, stages: Iterable[str] | None) -> list[str]:
@@ -398,6 +439,23 @@ def _fingerprint(stage: str, values: dict, upstream: str) -> str:
     return hashlib.sha256(hashlib.sha256(source).digest() + blob).hexdigest()
 
 
+def _kernel_options() -> dict:
+    """What papermill's notebook client gets so that the stage's kernel runs with CurveZMQ transport encryption.
+
+    ipykernel (7+) warns "Kernel is running over TCP without encryption" on every kernel started over TCP without
+    keys; jupyter_client (8.8+) provisions the keys itself when asked (``KernelManager.transport_encryption``) and
+    the kernelspec declares ``supported_encryption: curve`` (ipykernel's does). That option removes the cause of
+    the warning, and only it; where pyzmq lacks CurveZMQ or jupyter_client the option, nothing is set.
+    """
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    if not zmq.has("curve") or not KernelManager.class_traits().get("transport_encryption"):
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
 def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: bool = True, log=print) -> list[dict]:
     """Execute the stages of an experiment in order; returns one record per stage.
 
@@ -413,18 +471,29 @@ def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: 
 
     run_dir = Path(params["run_dir"])
     wanted = _wanted(params, stages)
-    preflight(params, wanted)
+    changed = preflight(params, wanted)
     run_dir.mkdir(parents=True, exist_ok=True)
-    records, upstream = [], ""
+    records, upstream, forced = [], "", None
     for stage in wanted:
         declared = notebook_parameters(stage)
         values = stage_parameters(params, stage, declared)
         fingerprint = _fingerprint(stage, values, upstream)
         upstream = fingerprint
         record_path = run_dir / RECORDS / f"{stage}.json"
-        previous = json.loads(record_path.read_text()) if record_path.is_file() else {}
+        previous = _read_record(run_dir, stage)
         output = run_dir / f"{STAGES[stage]}.ipynb"
-        if previous.get("status") == "ok" and previous.get("fingerprint") == fingerprint and output.is_file():
+        if stage in changed:  # it runs again, and so does every stage after it
+            log(f"[{stage}] {changed[stage]}: running it again")
+            forced = forced or stage
+        if (
+            forced is None
+            and previous.get("status") == "ok"
+            and previous.get("fingerprint") == fingerprint
+            and output.is_file()
+        ):
+            if "outputs" not in previous:  # a record from before output hashes, its outputs checked: record them
+                previous["outputs"] = record_outputs(run_dir, stage, values)
+                atomic_write_json(record_path, previous)
             log(f"[{stage}] up to date, skipped")
             records.append(dict(previous, skipped=True))
             continue
@@ -444,6 +513,7 @@ def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: 
                 cwd=str(run_dir),
                 progress_bar=progress,
                 kernel_name="python3",
+                **_kernel_options(),
             )
         except papermill.PapermillExecutionError as exc:
             atomic_write_json(
@@ -454,7 +524,7 @@ def run_experiment(params: dict, stages: Iterable[str] | None = None, progress: 
                 f"Stage {stage!r} failed: {exc.ename}: {exc.evalue} (see {output}); "
                 "earlier stages' results are intact, rerun to resume."
             ) from exc
-        record.update(status="ok", seconds=time.perf_counter() - start)
+        record.update(status="ok", seconds=time.perf_counter() - start, outputs=record_outputs(run_dir, stage, values))
         atomic_write_json(record_path, record)
         log(f"[{stage}] done in {record['seconds']:.1f} s")
         records.append(dict(record, skipped=False))
@@ -506,3 +576,20 @@ def summarise(run_dir) -> dict:
         "crs_significantly_worse": sum(c["significant"] and not c["crs_better"] for c in sel),
         "median_ratio": sorted(c["ratio"] for c in sel)[len(sel) // 2] if sel else None,
     }
+
+
+def run_locations(run_dir) -> list[str]:
+    """The lines ``python -m crs run`` ends with: where the run folder, its metrics, report and site are.
+
+    Only what exists is named: ``metrics.json`` and the summary command when the evaluation stage wrote it,
+    ``report/index.html`` and ``site/index.html`` when they were built.
+    """
+    run_dir = Path(run_dir)
+    lines = [f"run folder: {run_dir}"]
+    if (run_dir / "metrics.json").is_file():
+        lines.append(f"metrics:    {run_dir / 'metrics.json'}")
+        lines.append(f"summary:    python -m crs summary {run_dir}")
+    for name in ("report", "site"):
+        if (run_dir / name / "index.html").is_file():
+            lines.append(f"{name + ':':<11} {run_dir / name / 'index.html'}")
+    return lines

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from crs.io import plain_modes
+
 __all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline"]
 
 
@@ -89,4 +91,4 @@ def build_tiny_pipeline(
             )
             pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // 2), scheduler=scheduler)
     pipe.save_pretrained(folder)
-    return Path(folder)
+    return plain_modes(folder)  # safetensors writes private (0600) files
