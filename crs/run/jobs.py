@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -715,3 +716,73 @@ def load_finetune_result(run_dir, name: str, data=None):
 
 
 JOBS = {"sample": sampling_job, "features": features_job, "finetune": finetune_job}
+
+
+@dataclass
+class EvaluationInputs:
+    """What notebook 05 scores: the sample index, the data, the feature extractor, the reference (samples, or
+    feature statistics ``{"mu", "cov", "name"}``), and the teachers' endpoints per model (None without the
+    ``teacher_error`` metric) with their own errors."""
+
+    index: list[dict]
+    data: object
+    extractor: FeatureExtractor
+    reference: object
+    teachers: dict | None
+    teacher_errors: dict
+
+    def describe(self) -> str:
+        """One line: how many sets, which features and reference, the teachers' own errors."""
+        ref = self.reference["name"] if isinstance(self.reference, dict) else f"{len(self.reference)} samples"
+        line = f"{len(self.index)} sample sets; features: {self.extractor.name}; reference: {ref}"
+        errors = {m: f"{e:.1e}" for m, e in self.teacher_errors.items()}
+        return line + (f"; teachers' own errors: {errors}" if errors else "")
+
+    def reference_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and covariance of the reference's features (FID's reference side)."""
+        if isinstance(self.reference, dict):
+            return self.reference["mu"], self.reference["cov"]
+        feats = self.extractor(torch.as_tensor(self.reference))
+        return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def evaluation_inputs(params: Mapping) -> EvaluationInputs:
+    """Notebook 05's inputs from its (checked) parameters: the sample index of ``run_dir``, the reference (clean-fid
+    statistics, fresh exact samples of analytic data seeded apart from the generated ones, or the held-out split of
+    images), features of every set over several processes when ``num_processes > 1``, and the teacher solves
+    behind ``teacher_error``. ValueError when ``plot_model`` was not sampled."""
+    from crs.data import held_out, make_dataset
+    from crs.io import read_json
+    from crs.metrics import make_feature_extractor, reference_statistics
+    from crs.models import resolve_device
+    from crs.seeds import reference_seed
+
+    p, run_dir = params, Path(params["run_dir"])
+    doc = read_json(run_dir / "samples" / "index.json", "sample index (run notebook 04 first)")
+    index, data = doc["entries"], make_dataset(p["dataset"], **p["dataset_kwargs"])
+    sampled = sorted({e["model"] for e in index})
+    if p["plot_model"] not in sampled:
+        raise ValueError(f"`plot_model` {p['plot_model']!r} was not sampled; sampled: {sampled}.")
+    device = resolve_device(p["device"])
+    extractor = make_feature_extractor(p["features"], data.shape, device)
+    if p["reference"] != "test":  # dataset statistics (FID only: the other metrics need reference images)
+        reference = reference_statistics(p["reference"], extractor)
+    elif isinstance(data, AnalyticDataset):
+        reference = data.sample(p["n_reference"], torch.Generator().manual_seed(reference_seed(p["seed"])))
+    else:
+        reference = held_out(p["dataset"], p["dataset_kwargs"]).images
+    if p["num_processes"] > 1:  # features of every sample set over several processes, stored beside the samples
+        from crs.run.launch import run
+
+        keys = ("dataset", "dataset_kwargs", "features", "device")
+        index = run("features", dict(run_dir=str(run_dir), **{k: p[k] for k in keys}), p["num_processes"])
+    teachers, errors = None, {}
+    if "teacher_error" in p["metrics"]:  # the fine ODE solutions from the samples' own starting noise
+        teachers, errors = teacher_endpoints(doc, run_dir, data, device, p["teacher_steps"])
+    return EvaluationInputs(index, data, extractor, reference, teachers, errors)
+
+
+def entry_features(entry: dict, extractor: FeatureExtractor) -> np.ndarray:
+    """The features (N, F) of one sample set of the index: stored ones, or computed from its samples."""
+    samples, feats = _entry_samples(entry, extractor)
+    return feats if feats is not None else extractor(samples)
