@@ -328,7 +328,7 @@ def quality_table(
     nfe = nfe or {"euler": [5, 10, 20], "heun": [5, 11, 21], "dpmpp_2m": [5, 10, 20]}
     options = dict(options or {})
     common = {k: v for k, v in options.items() if k not in METHODS}
-    lo, hi = crs.models.fit_sigma_range(denoiser)
+    lo, hi = crs.schedules.fit_model_range(denoiser)
     start = time.perf_counter()
     teacher = solve_teacher(denoiser, data.shape, n_eval, seed, lo, hi, steps=teacher_steps)
     teacher_seconds = time.perf_counter() - start

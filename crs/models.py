@@ -2,10 +2,10 @@
 
 ``load_denoiser(model, data)`` resolves ``"analytic"`` (the exact denoiser of an analytic dataset), a local
 folder (a model this package trained, :mod:`crs.networks`, or a diffusers pipeline or UNet,
-:mod:`crs.adapters`) or a Hugging Face hub id of either. ``fit_sigma_range`` picks the noise range to use
-with a model. The classes themselves live in :mod:`crs.networks` and :mod:`crs.adapters`; their names are
-re-exported here, lazily: the engine's analytic path (``fit_sigma_range``, exact denoisers) imports without
-diffusers (``pip install crs`` without extras).
+:mod:`crs.adapters`) or a Hugging Face hub id of either. The noise range to use with a model is
+:func:`crs.schedules.fit_model_range`. The classes themselves live in :mod:`crs.networks` and :mod:`crs.adapters`;
+their names are re-exported here, lazily, so that this module imports without diffusers (``pip install crs``
+without extras).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 
 from crs.args import resolve_device
 from crs.protocols import AnalyticDataset
-from crs.schedules import fit_range
 
 _LAZY = {
     "DiffusersDenoiser": "crs.adapters",
@@ -28,7 +27,7 @@ _LAZY = {
     "build_denoiser": "crs.networks",
     "unet": "crs.networks",
 }
-__all__ = sorted(["fit_sigma_range", "load_denoiser", "locate_model", "resolve_device", *_LAZY])
+__all__ = sorted(["load_denoiser", "locate_model", "resolve_device", *_LAZY])
 
 
 def __getattr__(name: str):
@@ -108,15 +107,3 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         )
         raise ValueError(f"The model at {model!r} {what}, but the dataset gives {tuple(data.shape)}.")
     return denoiser.eval().to(resolve_device(device))
-
-
-def fit_sigma_range(denoiser, sigma_min: float | None = None, sigma_max: float | None = None) -> tuple[float, float]:
-    """The noise range to use with a model: None takes the model's own end (EDM's 0.002 / 80 for models
-    without a range, e.g. exact denoisers); a range reaching outside the model's is clipped to it with a warning
-    (:func:`crs.schedules.fit_range`, the rule schedules follow too).
-    """
-    lo, hi = denoiser.sigma_min, denoiser.sigma_max
-    new_min = float(sigma_min) if sigma_min is not None else (lo if lo is not None else 0.002)
-    new_max = float(sigma_max) if sigma_max is not None else (hi if hi is not None else 80.0)
-    owner = f"the model [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "the model"
-    return fit_range(new_min, new_max, lo, hi, "The noise range", owner, stacklevel=2)

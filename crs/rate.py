@@ -33,7 +33,7 @@ from crs.measures import (
     solver_pass,
 )
 from crs.protocols import Denoiser, check_data_matches
-from crs.schedules import check_sigma_range, sigma_to_alpha, sigma_to_logsnr
+from crs.schedules import check_sigma_range, fit_model_range, sigma_to_alpha, sigma_to_logsnr
 
 __all__ = ["RateEstimate", "check_rate_inputs", "estimate_rate", "logsnr_grid"]
 
@@ -204,7 +204,7 @@ def estimate_rate(
         denoiser: x0-prediction ``D(x, sigma)``; needed by ``data`` and ``noise``. For analytic
             data pass ``data.denoiser`` (the exact one).
         sigma_min, sigma_max: grid range, ``0 < sigma_min < sigma_max``. None takes the model's own end
-            (:func:`crs.models.fit_sigma_range`, which then fits a given other end into the model's range, with a
+            (:func:`crs.schedules.fit_model_range`, which then fits a given other end into the model's range, with a
             warning), EDM's 0.002 / 80 without a model or for one without a range (exact denoisers).
         grid_size: number of intervals K (>= 2); the grid has K + 1 levels.
         n_samples: M, samples of x0 and eps shared by every level (common random numbers).
@@ -289,13 +289,11 @@ def estimate_rate(
 
 
 def _grid_range(denoiser, sigma_min: float | None, sigma_max: float | None) -> tuple[float, float]:
-    """The rate's range: a None end is the model's own (:func:`crs.models.fit_sigma_range`), or EDM's 0.002 / 80
+    """The rate's range: a None end is the model's own (:func:`crs.schedules.fit_model_range`), or EDM's 0.002 / 80
     without a model, for a plain callable, or for a model without a range."""
     ranged = isinstance(denoiser, Denoiser) and (denoiser.sigma_min is not None or denoiser.sigma_max is not None)
     if (sigma_min is None or sigma_max is None) and ranged:
-        from crs.models import fit_sigma_range  # a model with a range: its module is loaded already
-
-        return fit_sigma_range(denoiser, sigma_min, sigma_max)
+        return fit_model_range(denoiser, sigma_min, sigma_max)
     return (0.002 if sigma_min is None else sigma_min), (80.0 if sigma_max is None else sigma_max)
 
 

@@ -35,7 +35,6 @@ __all__ = [
     "SampleNoise",
     "check_nfe_plan",
     "check_sigmas",
-    "fit_schedule",
     "generate",
     "nfe_of",
     "sample_dpmpp_2m",
@@ -326,18 +325,3 @@ def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:
             f"({'; '.join(_nfe_rule(s) for s in bad)})."
         )
     return plan
-
-
-def fit_schedule(schedule, models: dict):
-    """The schedule restricted to the noise range every model covers (see :meth:`crs.Schedule.clip`).
-
-    A schedule reaching outside a model's range ``[model.sigma_min, model.sigma_max]`` is clipped, with
-    a warning naming the models; models without a range (exact denoisers) accept any schedule.
-    """
-    ranged = {name: m for name, m in models.items() if m.sigma_min is not None}
-    if not ranged:
-        return schedule
-    lo = max(m.sigma_min for m in ranged.values())
-    hi = min(m.sigma_max for m in ranged.values())
-    names = ", ".join(f"{n} [{m.sigma_min:.4g}, {m.sigma_max:.4g}]" for n, m in ranged.items())
-    return schedule.fit(lo, hi, what=f"the models ({names})")

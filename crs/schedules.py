@@ -27,6 +27,7 @@ from scipy.stats import beta as beta_dist
 
 from crs.args import check_int
 from crs.io import atomic_write_json, read_json
+from crs.protocols import Denoiser
 
 __all__ = [
     "BASELINES",
@@ -38,7 +39,9 @@ __all__ = [
     "baseline_t_fn",
     "check_sigma_range",
     "check_steps",
+    "fit_model_range",
     "fit_range",
+    "fit_schedule",
     "logsnr_to_sigma",
     "sigma_to_alpha",
     "sigma_to_logsnr",
@@ -265,8 +268,9 @@ def fit_range(
 
     Inside the range (to a relative 1e-6, so that a range read back from JSON or float32 fits) it is returned
     unchanged; reaching outside, it is cut to the range with a warning naming ``subject`` and ``owner`` (default:
-    the range itself). ``None`` for an end of the range leaves that end free. Used for schedules
-    (:meth:`Schedule.fit`) and for the range of rate estimation (:func:`crs.models.fit_sigma_range`).
+    the range itself). ``None`` for an end of the range leaves that end free. Everything fitted to a model's range
+    follows it: numbers (here), a model's range (:func:`fit_model_range`), a schedule (:meth:`Schedule.fit`) and a
+    schedule for several models (:func:`fit_schedule`).
     """
     new_lo = lo if range_min is None or lo >= range_min * (1 - 1e-6) else float(range_min)
     new_hi = hi if range_max is None or hi <= range_max * (1 + 1e-6) else float(range_max)
@@ -278,6 +282,22 @@ def fit_range(
             stacklevel=stacklevel + 1,
         )
     return new_lo, new_hi
+
+
+def fit_model_range(
+    denoiser: Denoiser, sigma_min: float | None = None, sigma_max: float | None = None
+) -> tuple[float, float]:
+    """The noise range to use with a model, fitted into its ``[denoiser.sigma_min, denoiser.sigma_max]`` by
+    :func:`fit_range` (with a warning when that cuts it).
+
+    A None end takes the model's own, or EDM's 0.002 / 80 for a model without a range (exact denoisers).
+    Returns ``(sigma_min, sigma_max)`` as floats.
+    """
+    lo, hi = denoiser.sigma_min, denoiser.sigma_max
+    new_min = float(sigma_min) if sigma_min is not None else (lo if lo is not None else 0.002)
+    new_max = float(sigma_max) if sigma_max is not None else (hi if hi is not None else 80.0)
+    owner = f"the model [{lo:.4g}, {hi:.4g}]" if lo is not None and hi is not None else "the model"
+    return fit_range(new_min, new_max, lo, hi, "The noise range", owner, stacklevel=2)
 
 
 class Schedule:
@@ -363,8 +383,8 @@ class Schedule:
         sig[0], sig[-1] = self.sigma_max, self.sigma_min
         return _finish(sig)
 
-    def clip(self, sigma_min: float, sigma_max: float) -> Schedule:
-        """The part of the schedule inside [sigma_min, sigma_max], re-timed to t in [0, 1].
+    def _restrict(self, sigma_min: float, sigma_max: float) -> Schedule:
+        """The part of the schedule inside [sigma_min, sigma_max], re-timed to t in [0, 1] (silent; see :meth:`fit`).
 
         Within the kept range the spacing is unchanged (a constant-rate schedule stays constant-rate);
         a range covering the whole schedule returns it unchanged.
@@ -383,17 +403,20 @@ class Schedule:
         return Schedule(np.linspace(0.0, 1.0, len(self.t)), sig, {**self.meta, "clipped_to": [lo, hi]})
 
     def fit(self, sigma_min: float, sigma_max: float, what: str | None = None) -> Schedule:
-        """The schedule restricted to a model's noise range (:meth:`clip`), with a warning when that cuts it.
+        """The schedule fitted to a model's noise range ``[sigma_min, sigma_max]`` by :func:`fit_range`.
 
-        Fitting follows :func:`fit_range` (sampling, ``apply_schedule``): a schedule inside ``[sigma_min,
-        sigma_max]`` (to a relative 1e-6) is returned as it is; one reaching outside is clipped and re-timed,
-        keeping its spacing inside, so no two levels fall on the same clipped value.
+        A schedule inside the range is returned as it is; one reaching outside is cut to the part inside and
+        re-timed to t in [0, 1], keeping its spacing there (a constant-rate schedule stays constant-rate, and no
+        two levels fall on the same cut value), with a warning. Used by ``apply_schedule`` and :func:`fit_schedule`.
 
         Args:
             what: names the range and its owner in the warning (default: the range itself).
+
+        Raises:
+            ValueError: the range does not overlap the schedule.
         """
         lo, hi = fit_range(self.sigma_min, self.sigma_max, sigma_min, sigma_max, "The schedule", what, stacklevel=3)
-        return self if (lo, hi) == (self.sigma_min, self.sigma_max) else self.clip(lo, hi)
+        return self if (lo, hi) == (self.sigma_min, self.sigma_max) else self._restrict(lo, hi)
 
     def sample_sigmas(self, shape: int | Sequence[int], generator: torch.Generator) -> torch.Tensor:
         """Training noise levels: ``sigma(t)`` with ``t ~ U(0, 1)`` drawn from ``generator`` (float64)."""
@@ -449,3 +472,18 @@ class Schedule:
             f"Schedule(sigma_min={self.sigma_min:.4g}, sigma_max={self.sigma_max:.4g}, knots={len(self.t)}, "
             f"meta={self.meta})"
         )
+
+
+def fit_schedule(schedule: Schedule, denoisers: dict[str, Denoiser]) -> Schedule:
+    """The schedule fitted to the noise range every model covers (:meth:`Schedule.fit`, the rule :func:`fit_range`).
+
+    The range is the intersection of the models' ``[sigma_min, sigma_max]``; the warning names the models. Models
+    without a range (exact denoisers) accept any schedule; with none ranged the schedule is returned as it is.
+    """
+    ranged = {name: m for name, m in denoisers.items() if m.sigma_min is not None}
+    if not ranged:
+        return schedule
+    lo = max(m.sigma_min for m in ranged.values())
+    hi = min(m.sigma_max for m in ranged.values())
+    names = ", ".join(f"{n} [{m.sigma_min:.4g}, {m.sigma_max:.4g}]" for n, m in ranged.items())
+    return schedule.fit(lo, hi, what=f"the models ({names})")

@@ -44,7 +44,7 @@ from crs.io import atomic_write_json, read_json
 from crs.protocols import check_data_matches
 from crs.quality import Teacher, check_deterministic_sampler, solve_teacher
 from crs.sampling import STEPS, check_sigmas, nfe_of, run_steps, steps_for_nfe
-from crs.schedules import BASELINES, baseline_sigmas, check_sigma_range
+from crs.schedules import BASELINES, baseline_sigmas, check_sigma_range, fit_model_range
 from crs.seeds import search_seed
 
 __all__ = [
@@ -750,13 +750,11 @@ def search_schedule(
             :class:`SearchCache`; before any work.
     """
     start = time.perf_counter()
-    from crs.models import fit_sigma_range
-
     check_choice("method", method, METHODS, what="schedule search method")
     check_deterministic_sampler(sampler)
     steps = steps_for_nfe(sampler, nfe)
     opts = check_options(method, options)
-    lo, hi = fit_sigma_range(denoiser, sigma_min, sigma_max)
+    lo, hi = fit_model_range(denoiser, sigma_min, sigma_max)
     check_sigma_range(lo, hi)
     check_data_matches(denoiser, data.shape)
     store = _model_store(cache, denoiser)

@@ -209,30 +209,6 @@ def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):
     assert x.shape == (6, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1.0
 
 
-def test_sigma_range_follows_the_model_and_clips_with_a_warning(ldm):
-    den = load_denoiser(str(ldm))
-    assert crs.models.fit_sigma_range(den, None, None) == (den.sigma_min, den.sigma_max)
-    assert crs.models.fit_sigma_range(den, 0.1, 10.0) == (0.1, 10.0)
-    with pytest.warns(
-        UserWarning,
-        match=r"reaches outside the noise range of the model \[0.03876, 83.82\]: clipped to \[0.03876, 80\]",
-    ):
-        assert crs.models.fit_sigma_range(den, 0.002, 80.0) == (den.sigma_min, 80.0)
-    assert crs.models.fit_sigma_range(crs.make_dataset("gmm").denoiser, None, None) == (0.002, 80.0)
-
-
-def test_a_schedule_outside_the_models_range_is_clipped_keeping_its_spacing(ldm):
-    den = load_denoiser(str(ldm))
-    wide = crs.Schedule.from_baseline("kl_optimal", 0.002, 200.0)
-    with pytest.warns(UserWarning, match=r"outside the noise range of the models \(ldm \[0.03876, 83.82\]\): clipped"):
-        fitted = crs.sampling.fit_schedule(wide, {"ldm": den})
-    assert fitted.sigma_min == pytest.approx(den.sigma_min) and fitted.sigma_max == pytest.approx(den.sigma_max)
-    # inside the kept range the schedule is the same curve: equal steps in t of the original schedule
-    t = wide.inverse(fitted.discretize(8)[:-1]).numpy()
-    assert np.allclose(np.diff(t), np.diff(t)[0], atol=1e-6)
-    assert crs.sampling.fit_schedule(fitted, {"ldm": den}) is fitted
-
-
 def test_crs_schedule_in_a_loaded_ddpm_pipeline(tmp_path):
     """From a saved pipeline to a CRS schedule to a pipeline call, all offline."""
     from diffusers import DDPMPipeline

@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -178,3 +179,32 @@ def test_fit_range_is_the_one_clipping_rule():
         assert fit_range(0.001, 100.0, 0.002, 80.0, "The schedule", "M") == (0.002, 80.0)
     with pytest.warns(UserWarning, match=r"clipped to \[0.001, 80\]"):
         assert fit_range(0.001, 100.0, None, 80.0) == (0.001, 80.0)
+
+
+def test_a_models_range_follows_the_model_and_clips_with_a_warning():
+    from crs.schedules import fit_model_range
+
+    den = SimpleNamespace(sigma_min=0.03876, sigma_max=83.82)  # the range is all a model contributes
+    assert fit_model_range(den, None, None) == (den.sigma_min, den.sigma_max)
+    assert fit_model_range(den, 0.1, 10.0) == (0.1, 10.0)
+    with pytest.warns(
+        UserWarning,
+        match=r"reaches outside the noise range of the model \[0.03876, 83.82\]: clipped to \[0.03876, 80\]",
+    ):
+        assert fit_model_range(den, 0.002, 80.0) == (den.sigma_min, 80.0)
+    assert fit_model_range(crs.make_dataset("gmm").denoiser, None, None) == (0.002, 80.0)
+
+
+def test_a_schedule_outside_the_models_range_is_clipped_keeping_its_spacing():
+    from crs.schedules import fit_schedule
+
+    den = SimpleNamespace(sigma_min=0.03876, sigma_max=83.82)
+    wide = Schedule.from_baseline("kl_optimal", 0.002, 200.0)
+    with pytest.warns(UserWarning, match=r"outside the noise range of the models \(ldm \[0.03876, 83.82\]\): clipped"):
+        fitted = fit_schedule(wide, {"ldm": den, "exact": crs.make_dataset("gmm").denoiser})
+    assert fitted.sigma_min == pytest.approx(den.sigma_min) and fitted.sigma_max == pytest.approx(den.sigma_max)
+    # inside the kept range the schedule is the same curve: equal steps in t of the original schedule
+    t = wide.inverse(fitted.discretize(8)[:-1]).numpy()
+    assert np.allclose(np.diff(t), np.diff(t)[0], atol=1e-6)
+    assert fit_schedule(fitted, {"ldm": den}) is fitted
+    assert fit_schedule(wide, {"exact": crs.make_dataset("gmm").denoiser}) is wide  # no range: any schedule

@@ -549,7 +549,7 @@ def sampling_job(spec: dict) -> list[dict]:
     from crs.io import atomic_write_json
     from crs.metrics import make_feature_extractor
     from crs.optimize import schedule_functions
-    from crs.sampling import fit_schedule
+    from crs.schedules import fit_schedule
 
     state = process_state()
     run_dir = Path(spec["run_dir"])
