@@ -346,3 +346,15 @@ def test_the_engine_works_without_the_extras():
 
     done = subprocess.run([sys.executable, "-c", NO_EXTRAS], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0 and "engine ok 8" in done.stdout, done.stderr[-3000:]
+
+
+def test_notebook_code_fits_the_page():
+    """Every code line of the committed notebooks fits 100 columns (the site and JupyterLab show it without
+    scrolling sideways); parameter cells keep each comment on its own line above the value."""
+    import nbformat
+
+    for path in sorted((ROOT / "notebooks").glob("0*.ipynb")):
+        for cell in nbformat.read(path, as_version=4).cells:
+            if cell.cell_type == "code":
+                long = [line for line in cell.source.splitlines() if len(line) > 100]
+                assert not long, f"{path.name}: {long[0][:60]}..."
