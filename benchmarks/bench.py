@@ -320,7 +320,7 @@ def quality_table(
     from crs.protocols import AnalyticDataset
     from crs.quality import endpoints, solve_teacher
     from crs.sampling import steps_for_nfe
-    from crs.search import METHODS, SearchCache, search_schedule
+    from crs.search import METHODS, SearchCache, search_kind, search_schedule
 
     if data is None:
         data = crs.make_dataset("gmm")
@@ -370,7 +370,7 @@ def quality_table(
             own = {**common, **options.get(method, {}), **method_options, "n": n_search}
             found = search_schedule(method, denoiser, data, sampler, budget, lo, hi, seed=seed, cache=cache, **own)
             rows[label] = dict(
-                kind="crs" if method.startswith("crs") else "peer",
+                kind=search_kind(method),
                 search_objective=found.objective,
                 # the cost of this search alone: a teacher reused from an earlier search counts here too
                 evaluations=standalone_cost(found),
@@ -649,7 +649,7 @@ def crs_ratio_table(
     import tempfile
 
     from crs.metrics import make_feature_extractor
-    from crs.optimize import schedule_functions
+    from crs.optimize import schedule_functions, schedule_kinds
     from crs.run.jobs import evaluate_grid, sample_grid
 
     data = crs.make_dataset("gmm")
@@ -667,6 +667,7 @@ def crs_ratio_table(
                 nfe,
                 n_samples,
                 tmp,
+                kinds=schedule_kinds(),
                 seed=seed,
                 dtype=torch.float64,
             )

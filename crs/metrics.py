@@ -677,14 +677,18 @@ RANGES = {
 }
 
 
-def row(model: str, schedule: str, sampler: str, nfe: int, metric: str, value: float, boot: np.ndarray) -> dict:
-    """One row of ``metrics.json``: the value and its interval (:func:`suite_interval`, clipped to :data:`RANGES`)."""
+def row(
+    model: str, schedule: str, sampler: str, nfe: int, metric: str, value: float, boot: np.ndarray, *, kind: str
+) -> dict:
+    """One row of ``metrics.json``: the value and its interval (:func:`suite_interval`, clipped to :data:`RANGES`);
+    ``kind`` is the schedule's role (``crs``, ``baseline`` or ``peer``, :data:`crs.search.KINDS`), kept as given."""
     lo, hi = suite_interval(boot, float(value))
     low, high = RANGES.get(metric if metric in RANGES else metric.split("_")[0], (-math.inf, math.inf))
     lo, hi = min(max(lo, low), high), min(max(hi, low), high)
     return dict(
         model=model,
         schedule=schedule,
+        kind=kind,
         sampler=sampler,
         nfe=int(nfe),
         metric=metric,

@@ -28,6 +28,7 @@ __all__ = [
     "optimize_schedule",
     "sampling_schedules",
     "schedule_functions",
+    "schedule_kinds",
     "schedule_from_velocity",
     "step_discrepancy",
 ]
@@ -145,6 +146,12 @@ def schedule_functions(schedule: Schedule, baselines: Iterable[str] = BASELINES,
         baseline_sigmas(name, 2, schedule.sigma_min, schedule.sigma_max)  # validate the name now
         out[name] = partial(baseline_sigmas, name, sigma_min=schedule.sigma_min, sigma_max=schedule.sigma_max)
     return out
+
+
+def schedule_kinds(baselines: Iterable[str] = BASELINES, crs_name: str = "crs") -> dict[str, str]:
+    """``{name: kind}`` of the schedules :func:`schedule_functions` makes with the same arguments: ``crs`` for the
+    CRS schedule, ``baseline`` for each fixed baseline (the roles :data:`crs.search.KINDS` names)."""
+    return {crs_name: "crs", **dict.fromkeys(baselines, "baseline")}
 
 
 def sampling_schedules(

@@ -16,7 +16,8 @@ Methods (each returns ``n`` levels descending, then 0, for the ``n`` steps the s
   relaxation), started from every baseline (the objective has several local minima); ``optimal-free`` frees
   sigma_min too. Never worse than any of its starting schedules on the search batch.
 
-Each method is one function registered by name (:func:`register_search`, with its options and their defaults);
+Each method is one function registered by name (:func:`register_search`, with its options and their defaults, and
+its role: ``kind`` ``crs`` for the CRS methods, ``peer`` for the others, :func:`search_kind`);
 :func:`search_schedule` checks the arguments, solves the search teacher and runs it on a :class:`SearchContext`.
 A :class:`SearchCache` keeps teachers, rates and jump costs per model for later searches.
 
@@ -48,6 +49,7 @@ from crs.schedules import BASELINES, baseline_sigmas, check_sigma_range, fit_mod
 from crs.seeds import search_seed
 
 __all__ = [
+    "KINDS",
     "METHODS",
     "SearchCache",
     "SearchContext",
@@ -58,10 +60,16 @@ __all__ = [
     "dp_path_history",
     "gits_costs",
     "register_search",
+    "search_kind",
     "search_schedule",
     "stored_options",
     "teacher_rms",
 ]
+
+# The role of a schedule in a comparison, recorded as data (the ``kind`` of a sample index entry and of a metrics row):
+# a CRS schedule (compared with the fixed baselines), a fixed baseline, or a searched peer (a row, never a comparator).
+# Each search method declares its kind when registered (register_search).
+KINDS = ("crs", "baseline", "peer")
 
 # the options every method takes; each method's own are registered with it (register_search), anything else is
 # refused by name
@@ -270,6 +278,8 @@ class SearchMethod:
             teacher error; it adds its costs to ``ctx``'s counters and what it reports to ``ctx.meta``.
         options: the method's own options and their defaults (beyond the common ``n``, ``teacher_steps``,
             ``batch_size``).
+        kind: the role of its schedules (:data:`KINDS`): ``crs`` for a CRS method (compared with the fixed
+            baselines), ``peer`` for another schedule search (reported, never a comparator).
         prepare: ``prepare(ctx) -> (teacher_steps, keep_states)``: checks the method's options before any work
             (``ctx.teacher`` is None then) and says which search teacher it needs.
     """
@@ -277,23 +287,31 @@ class SearchMethod:
     name: str
     run: Callable[[SearchContext], tuple[np.ndarray, float]]
     options: Mapping[str, Any]
+    kind: str
     prepare: Callable[[SearchContext], tuple[int, bool]] = _plain_teacher
 
 
 _SEARCHES: dict[str, SearchMethod] = {}
 
 
-def register_search(name: str, options: Mapping[str, Any], prepare=_plain_teacher):
-    """Register the decorated ``run(ctx) -> (sigmas, objective)`` as the search method ``name`` (see
-    :class:`SearchMethod`); ValueError for a name taken already."""
+def register_search(name: str, options: Mapping[str, Any], prepare=_plain_teacher, *, kind: str):
+    """Register the decorated ``run(ctx) -> (sigmas, objective)`` as the search method ``name`` of role ``kind``
+    (``crs`` or ``peer``, see :class:`SearchMethod`); ValueError for a name taken already or another kind."""
+    check_choice("kind", kind, ("crs", "peer"), what="kind of searched schedule")
 
     def register(run):
         if name in _SEARCHES:
             raise ValueError(f"A schedule search method named {name!r} is registered already.")
-        _SEARCHES[name] = SearchMethod(name, run, dict(options), prepare)
+        _SEARCHES[name] = SearchMethod(name, run, dict(options), kind, prepare)
         return run
 
     return register
+
+
+def search_kind(method: str) -> str:
+    """The role (:data:`KINDS`) of the schedules ``method`` finds, as its registration declares it."""
+    check_choice("method", method, tuple(_SEARCHES), what="schedule search method")
+    return _SEARCHES[method].kind
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -367,7 +385,7 @@ def _crs_candidates(ctx: SearchContext, measures, xis) -> list[tuple[str, float,
     return candidates
 
 
-@register_search("crs", options={"measure": "data", "xi": 1.0, **_RATE_OPTIONS})
+@register_search("crs", options={"measure": "data", "xi": 1.0, **_RATE_OPTIONS}, kind="crs")
 def _crs(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """The paper's method: the constant-rate schedule of one measure at one ``xi``."""
     ((name, xi, sigmas),) = _crs_candidates(ctx, [ctx.opts["measure"]], [ctx.opts["xi"]])
@@ -384,6 +402,7 @@ def _crs(ctx: SearchContext) -> tuple[np.ndarray, float]:
         "xis": (0.5, 0.75, 1.0, 1.5, 2.0),
         **_RATE_OPTIONS,
     },
+    kind="crs",
 )
 def _crs_select(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """CRS with the measure and ``xi`` of least teacher error among the candidates."""
@@ -498,7 +517,7 @@ def _gits_teacher(ctx: SearchContext) -> tuple[int, bool]:
     return steps + steps % 2, True
 
 
-@register_search("gits", options={"grid": 100, "substeps": 4}, prepare=_gits_teacher)
+@register_search("gits", options={"grid": 100, "substeps": 4}, prepare=_gits_teacher, kind="peer")
 def _gits(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """The path of ``steps - 1`` jumps on the teacher's grid with the least summed jump error."""
     substeps = ctx.opts["substeps"]
@@ -646,13 +665,13 @@ def _optimal_search(ctx: SearchContext, free: bool) -> tuple[np.ndarray, float]:
     return sigmas, objective
 
 
-@register_search("optimal", options=_OPTIMAL_OPTIONS, prepare=_optimal_teacher)
+@register_search("optimal", options=_OPTIMAL_OPTIONS, prepare=_optimal_teacher, kind="peer")
 def _optimal(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """The least teacher error over the interior levels, both ends fixed."""
     return _optimal_search(ctx, free=False)
 
 
-@register_search("optimal-free", options=_OPTIMAL_OPTIONS, prepare=_optimal_teacher)
+@register_search("optimal-free", options=_OPTIMAL_OPTIONS, prepare=_optimal_teacher, kind="peer")
 def _optimal_free(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """As ``optimal`` with sigma_min free too (between the model's floor, or a tenth of sigma_min, and sigma_max)."""
     return _optimal_search(ctx, free=True)

@@ -204,7 +204,9 @@ def test_rate_estimation_and_sampling_on_a_latent_pipeline(ldm, tmp_path):
     )
     assert set(seen) == {(3, 16, 16)} and fid.feature_evaluations == 3 * 40  # the fid measure sees decoded images
     schedule = crs.optimize_schedule(rate)
-    index = crs.run.jobs.sample_grid({"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], 6, tmp_path / "s")
+    index = crs.run.jobs.sample_grid(
+        {"ldm": den}, {"crs": schedule.discretize}, ["euler"], [3], 6, tmp_path / "s", kinds={"crs": "crs"}
+    )
     x = torch.load(index[0]["path"], weights_only=True)
     assert x.shape == (6, 3, 16, 16) and torch.isfinite(x).all() and x.abs().max() <= 1.0
 
@@ -263,6 +265,7 @@ def test_tiny_pipelines_load_by_hub_id_from_the_cache_offline(tmp_path, monkeypa
         [3],
         4,
         tmp_path / "samples",
+        kinds={"crs": "crs"},
     )
     x = torch.load(index[0]["path"], weights_only=True)
     assert x.shape == (4, 3, 16, 16) and torch.isfinite(x).all()

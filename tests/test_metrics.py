@@ -251,9 +251,9 @@ def test_row_intervals_stay_in_the_metrics_range():
 
     boot = np.zeros(1000)
     boot[:10] = 0.01
-    r = row("m", "s", "euler", 5, "recall_identity", 0.0, boot)
+    r = row("m", "s", "euler", 5, "recall_identity", 0.0, boot, kind="baseline")
     assert (r["ci_low"], r["ci_high"]) == (0.0, 0.0)
-    assert row("m", "s", "euler", 5, "kid_identity", 0.0, boot)["ci_low"] < 0
+    assert row("m", "s", "euler", 5, "kid_identity", 0.0, boot, kind="baseline")["ci_low"] < 0
 
 
 def test_verdicts_within_monte_carlo_error_of_zero_are_at_the_edge():
@@ -316,6 +316,94 @@ def test_edge_verdicts_are_recomputed_with_more_replicates(tmp_path):
             assert e["diff_ci_high"] == pytest.approx(f["diff_ci_high"], rel=1e-9, abs=1e-12)
     with pytest.raises(ValueError, match="escalate"):
         evaluate_grid(index, reference, extractor, escalate=0, **args)
+
+
+def _role_index(tmp_path, kinds: dict) -> list[dict]:
+    """A sample index of one cell whose sets lie at growing distances from the reference (``gits`` nearest, so
+    the best by value); ``kinds``: ``{schedule: kind}``, None for an entry written before roles were recorded."""
+    gen = torch.Generator().manual_seed(0)
+    common = torch.randn(64, 2, generator=gen)
+    index = []
+    for name, shift in [("gits", 0.0), ("crs", 0.1), ("crsfoo", 0.2), ("karras", 0.3)]:
+        path = tmp_path / f"{name}.pt"
+        torch.save(common + shift, path)
+        entry = dict(model="m", schedule=name, sampler="euler", nfe=5, path=str(path))
+        index.append(entry if kinds[name] is None else dict(entry, kind=kinds[name]))
+    return index
+
+
+def test_comparisons_take_roles_from_the_kind_not_the_name(tmp_path):
+    """A schedule named ``crsfoo`` of kind baseline is a baseline; a peer, however good, never a comparator; every
+    row records its schedule's kind."""
+    from crs.run.jobs import evaluate_grid
+
+    kinds = {"gits": "peer", "crs": "crs", "crsfoo": "baseline", "karras": "baseline"}
+    reference = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    scores = evaluate_grid(_role_index(tmp_path, kinds), reference, make_feature_extractor("identity"), which=["fid"])
+    assert {(r["schedule"], r["kind"]) for r in scores["rows"]} == set(kinds.items())
+    (c,) = scores["comparisons"]
+    assert (c["crs"], c["n_baselines"], c["best_baseline"]) == ("crs", 2, "crsfoo")
+    with pytest.raises(ValueError, match="Unknown kind of the schedule 'gits' 'searched'"):
+        evaluate_grid(
+            _role_index(tmp_path, {**kinds, "gits": "searched"}), reference, make_feature_extractor("identity")
+        )
+
+
+def test_an_index_from_before_roles_infers_them_from_the_names(tmp_path):
+    """The legacy path (crs.run.jobs.kind_of): without ``kind``, names starting with ``crs`` are CRS schedules,
+    ``gits``/``optimal``/``optimal-free`` peers, any other a baseline; rows then record the inferred kind, and an
+    old metrics.json's rows are read the same way."""
+    from crs.run.jobs import evaluate_grid, kind_of
+    from crs.run.report import ratios_to_optimal
+
+    reference = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
+    index = _role_index(tmp_path, dict.fromkeys(["gits", "crs", "crsfoo", "karras"]))
+    scores = evaluate_grid(index, reference, make_feature_extractor("identity"), which=["fid"])
+    assert {r["schedule"]: r["kind"] for r in scores["rows"]} == {
+        "gits": "peer",
+        "crs": "crs",
+        "crsfoo": "crs",
+        "karras": "baseline",
+    }
+    assert sorted((c["crs"], c["best_baseline"], c["n_baselines"]) for c in scores["comparisons"]) == [
+        ("crs", "karras", 1),
+        ("crsfoo", "karras", 1),
+    ]
+    assert [kind_of({"schedule": s}) for s in ("optimal", "optimal-free", "crs-select", "vp")] == [
+        "peer",
+        "peer",
+        "crs",
+        "baseline",
+    ]
+    assert kind_of({"schedule": "crsfoo", "kind": "baseline"}) == "baseline"  # a recorded kind wins over the name
+    values = {"optimal": 1.0, "crs": 1.5, "crsfoo": 2.0, "karras": 3.0}
+    old = [
+        dict(model="m", schedule=s, sampler="euler", nfe=5, metric="teacher_error", value=v) for s, v in values.items()
+    ]
+    (cell,) = ratios_to_optimal({"rows": old})
+    assert cell["best_baseline"] == "karras" and cell["kinds"]["crsfoo"] == "crs"
+    roles = {"optimal": "peer", "crs": "crs", "crsfoo": "baseline", "karras": "baseline"}
+    (cell,) = ratios_to_optimal({"rows": [dict(r, kind=roles[r["schedule"]]) for r in old]})
+    assert cell["best_baseline"] == "crsfoo"  # of kind baseline: the best baseline despite its name
+
+
+def test_sample_grid_records_each_schedules_kind(tmp_path):
+    """The sample index carries the role each schedule was made with; a schedule without one is refused before any
+    work."""
+    from crs.optimize import schedule_functions, schedule_kinds
+    from crs.run.jobs import sample_grid
+
+    data = crs.make_dataset("gmm")
+    schedule = crs.Schedule.from_baseline("karras", 0.002, 80.0)
+    schedules = {**schedule_functions(schedule, ["vp"]), "crsfoo": schedule_functions(schedule, ["karras"])["karras"]}
+    kinds = {**schedule_kinds(["vp"]), "crsfoo": "baseline"}
+    args = (["euler"], [3], 4, tmp_path)
+    index = sample_grid({"analytic": data.denoiser}, schedules, *args, kinds=kinds)
+    assert {e["schedule"]: e["kind"] for e in index} == {"crs": "crs", "vp": "baseline", "crsfoo": "baseline"}
+    with pytest.raises(ValueError, match=r"No kind for the schedule\(s\) \['crsfoo'\]"):
+        sample_grid({"analytic": data.denoiser}, schedules, *args, kinds=schedule_kinds(["vp"]))
+    with pytest.raises(ValueError, match="Unknown kind of the schedule 'crsfoo' 'fixed'"):
+        sample_grid({"analytic": data.denoiser}, schedules, *args, kinds={**kinds, "crsfoo": "fixed"})
 
 
 @pytest.mark.parametrize("n,f", [(300, 12), (40, 60)])

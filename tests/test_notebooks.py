@@ -201,7 +201,24 @@ def test_sampling_and_evaluation_chain(base_run):
     stamp = [p.stat().st_mtime_ns for p in searched]
     _run("05_evaluation.ipynb", base_run, run_dir="run", n_boot=10, n_reference=64)
     metrics = json.loads((base_run / "run" / "metrics.json").read_text())
-    assert set(metrics["rows"][0]) == {"model", "schedule", "sampler", "nfe", "metric", "value", "ci_low", "ci_high"}
+    assert set(metrics["rows"][0]) == {
+        "model",
+        "schedule",
+        "kind",
+        "sampler",
+        "nfe",
+        "metric",
+        "value",
+        "ci_low",
+        "ci_high",
+    }
+    assert {(e["schedule"], e["kind"]) for e in index} == {  # the roles, recorded where the schedules are made
+        ("crs", "crs"),
+        ("karras", "baseline"),
+        ("vp", "baseline"),
+        ("optimal", "peer"),
+    }
+    assert {(r["schedule"], r["kind"]) for r in metrics["rows"]} == {(e["schedule"], e["kind"]) for e in index}
     names = {r["metric"] for r in metrics["rows"]}
     assert names == {
         "fid_identity",

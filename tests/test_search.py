@@ -9,7 +9,16 @@ import torch
 
 import crs
 from crs.quality import solve_teacher, teacher_error
-from crs.search import METHODS, SearchCache, SearchResult, dp_path, dp_path_history, search_schedule
+from crs.search import (
+    METHODS,
+    SearchCache,
+    SearchResult,
+    dp_path,
+    dp_path_history,
+    register_search,
+    search_kind,
+    search_schedule,
+)
 
 GMM = crs.make_dataset("gmm")
 SMALL = dict(n=32, teacher_steps=32)  # search options small enough for a unit test
@@ -143,12 +152,28 @@ def test_every_method_returns_a_schedule_with_its_cost(method, tmp_path):
     sig = np.array(result.sigmas)
     assert len(sig) == 5 and sig[-1] == 0 and np.all(np.diff(sig) < 0) and sig[0] == 80.0
     assert result.objective > 0 and result.seconds > 0 and result.batch == SMALL["n"]
-    assert (result.rate_evaluations > 0) == method.startswith("crs")
+    assert (result.rate_evaluations > 0) == (search_kind(method) == "crs")
     assert (result.evaluations > 0) == (method != "crs")
     if method == "crs-select":
         assert len(result.meta["candidates"]) == 4 and result.meta["measure"] in ("data", "solver-dpmpp_2m")
     loaded = SearchResult.load(result.save(tmp_path / "s.json"))
     assert loaded == result
+
+
+def test_each_method_declares_its_role_when_registered():
+    """The kind of a searched schedule is the registry's: the CRS methods are ``crs``, the others ``peer``; a
+    searched schedule is never a fixed baseline."""
+    assert {m: search_kind(m) for m in METHODS} == {
+        "crs": "crs",
+        "crs-select": "crs",
+        "gits": "peer",
+        "optimal": "peer",
+        "optimal-free": "peer",
+    }
+    with pytest.raises(ValueError, match="Unknown kind of searched schedule 'baseline'"):
+        register_search("fixed", options={}, kind="baseline")
+    with pytest.raises(ValueError, match="Unknown schedule search method 'karras'"):
+        search_kind("karras")
 
 
 def test_search_refuses_bad_input_by_name():

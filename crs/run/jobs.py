@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from crs.args import check_int
+from crs.args import check_choice, check_int
 from crs.io import save_tensor
 from crs.metrics import (
     METRICS,
@@ -43,6 +43,7 @@ from crs.models import load_denoiser
 from crs.protocols import AnalyticDataset
 from crs.run.processes import gather_rows, process_device, process_state
 from crs.sampling import check_nfe_plan, generate, steps_for_nfe
+from crs.search import KINDS, search_kind
 from crs.seeds import sample_seed
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "evaluate_grid",
     "features_job",
     "finetune_job",
+    "kind_of",
     "load_finetune_result",
     "resolve_models",
     "sample_grid",
@@ -58,7 +60,22 @@ __all__ = [
 ]
 
 
-SEARCH_PEERS = ("gits", "optimal", "optimal-free")  # searched schedules that are not CRS: rows, never comparators
+_LEGACY_PEERS = ("gits", "optimal", "optimal-free")  # the searched peers of files written before `kind` was recorded
+
+
+def kind_of(record: Mapping) -> str:
+    """The role of a sample index entry or a ``metrics.json`` row: its ``kind`` (:data:`crs.search.KINDS`), which
+    :func:`sample_grid` and :func:`evaluate_grid` record; ValueError for an unknown one.
+
+    Legacy path, for a ``samples/index.json`` or ``metrics.json`` written before roles were recorded (no ``kind``):
+    the role is inferred from the schedule's name as those files were read, a name starting with ``crs`` a CRS
+    schedule, ``gits``, ``optimal`` and ``optimal-free`` searched peers, any other a fixed baseline. Nothing else
+    reads a role from a name.
+    """
+    if "kind" not in record:
+        name = record["schedule"]
+        return "crs" if name.startswith("crs") else "peer" if name in _LEGACY_PEERS else "baseline"
+    return check_choice("kind", record["kind"], KINDS, what=f"kind of the schedule {record['schedule']!r}")
 
 
 FINETUNED = ("crs", "control")  # the models notebook 03 writes at the run's seed
@@ -283,6 +300,7 @@ def sample_grid(
     n: int,
     out_dir,
     *,
+    kinds: Mapping[str, str],
     seed: int = 0,
     batch_size: int = 1024,
     dtype=torch.float32,
@@ -298,6 +316,9 @@ def sample_grid(
         schedules: ``{name: function steps -> sigmas}`` (e.g. ``Schedule.discretize``), or for schedules made for
             one model, sampler and budget (searched ones, :func:`searched_schedules`) ``{name: {(model, sampler,
             nfe): sigmas}}``; cells such a mapping lacks (e.g. the stochastic sampler) are not drawn.
+        kinds: ``{name: kind}``, every schedule's role (:data:`crs.search.KINDS`): ``crs``, ``baseline`` or
+            ``peer``, as the code that made it declares it (:func:`crs.optimize.schedule_kinds`,
+            :func:`crs.search.search_kind`); each index entry records it.
         samplers: sampler names; ``nfe``: see :func:`check_nfe_plan`.
         out_dir: samples go to ``out_dir/<model>/<sampler>/<schedule>_nfe<k>.pt`` (written atomically).
         features: a :class:`crs.metrics.FeatureExtractor`: store each set's features (n, F) in
@@ -309,10 +330,15 @@ def sample_grid(
     run to float round-off) and the main process writes the files and returns the index; the others return ``[]``.
 
     Returns:
-        The index: one dict per set with ``model``, ``schedule``, ``sampler``, ``nfe``, ``steps``, ``n``,
+        The index: one dict per set with ``model``, ``schedule``, ``kind``, ``sampler``, ``nfe``, ``steps``, ``n``,
         ``path``, ``seconds`` and, with ``features``, ``features`` (the extractor's name) and ``features_path``.
     """
     plan = check_nfe_plan(samplers, nfe)
+    missing = [s for s in schedules if s not in kinds]
+    if missing:
+        raise ValueError(f"No kind for the schedule(s) {missing}: give each its role in `kinds` ({', '.join(KINDS)}).")
+    for s in schedules:
+        check_choice("kind", kinds[s], KINDS, what=f"kind of the schedule {s!r}")
     state = process_state()
     if n < state.world:
         raise ValueError(f"{n} samples per set cannot be shared by {state.world} processes; draw at least one each.")
@@ -347,6 +373,7 @@ def sample_grid(
         entry = dict(
             model=model,
             schedule=sched,
+            kind=kinds[sched],
             sampler=sampler,
             nfe=int(value),
             steps=int(steps),
@@ -400,11 +427,14 @@ def _entry_values(
     return values
 
 
-def _comparisons(groups: dict) -> list[dict]:
+def _comparisons(groups: dict, kinds: dict) -> list[dict]:
+    """Each CRS schedule against the fixed baselines of its group (``kinds``: ``{(model, schedule, sampler, nfe):
+    kind}``); searched peers take no part."""
     comparisons = []
     for (model, sampler, nfe, metric), by_schedule in groups.items():
-        fixed = {s: v for s, v in by_schedule.items() if not s.startswith("crs") and s not in SEARCH_PEERS}
-        for name in [s for s in by_schedule if s.startswith("crs")]:
+        kind = {s: kinds[(model, s, sampler, nfe)] for s in by_schedule}
+        fixed = {s: v for s, v in by_schedule.items() if kind[s] == "baseline"}
+        for name in [s for s in by_schedule if kind[s] == "crs"]:
             result = compare({name: by_schedule[name], **fixed}, metric, name)
             if result:
                 comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
@@ -446,8 +476,10 @@ def evaluate_grid(
             its own ``n_boot`` and whether it is still at the edge (``edge_baselines`` flags the other baselines'
             verdicts at the edge, not recomputed).
 
-    CRS schedules (names starting with ``crs``, ``crs-select`` included) are compared with the best *fixed*
-    baseline; the schedule-search peers (``gits``, ``optimal``, ``optimal-free``) are rows, never comparators.
+    Each entry's role is its ``kind`` (:func:`kind_of`; an index from before roles were recorded: inferred from the
+    name). CRS schedules (kind ``crs``, ``crs-select`` included) are compared with the best *fixed* baseline (kind
+    ``baseline``); searched peers (kind ``peer``: ``gits``, ``optimal``, ``optimal-free``) are rows, never
+    comparators. Every row records its ``kind``.
 
     Returns:
         ``{"rows": [...], "comparisons": [...], "model_comparisons": [...], "features": name, "n_boot": n_boot,
@@ -459,6 +491,7 @@ def evaluate_grid(
     stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
     ref_features = None if stats is not None else features(reference)
     shared = dict(data=data, seed=seed, k=k, kid=kid, which=which, teachers=teachers)
+    kinds = {(e["model"], e["schedule"], e["sampler"], e["nfe"]): kind_of(e) for e in index}  # checked before any work
     rows, groups, by_model, entries, computed, kept = [], {}, {}, {}, {}, 0
     for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
         samples, gen_features = _entry_samples(entry, features)
@@ -475,13 +508,13 @@ def evaluate_grid(
             computed[name] = gen_features
             kept += gen_features.size
         for metric, (value, boot) in values.items():
-            rows.append(row(entry["model"], entry["schedule"], entry["sampler"], entry["nfe"], metric, value, boot))
+            rows.append(row(*name, metric, value, boot, kind=kinds[name]))
             groups.setdefault((entry["model"], entry["sampler"], entry["nfe"], metric), {})[entry["schedule"]] = (
                 value,
                 boot,
             )
             by_model[name + (metric,)] = (value, boot)
-    comparisons, model_rows = _comparisons(groups), model_comparisons(by_model)
+    comparisons, model_rows = _comparisons(groups, kinds), model_comparisons(by_model)
     if escalate > 1:
         edge: dict[tuple, set] = {}  # sample set -> the metrics of its edge verdicts
         for c in comparisons:  # the verdict against the best baseline (the others keep their edge_baselines flag)
@@ -523,7 +556,7 @@ def evaluate_grid(
                 by_model[name + (metric,)] = (value, more if metric in whole else np.concatenate([first, more]))
                 groups[(name[0], name[2], name[3], metric)][name[1]] = by_model[name + (metric,)]
         if edge:
-            comparisons, model_rows = _comparisons(groups), model_comparisons(by_model)
+            comparisons, model_rows = _comparisons(groups, kinds), model_comparisons(by_model)
     ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
     return {
         "rows": rows,
@@ -548,7 +581,7 @@ def sampling_job(spec: dict) -> list[dict]:
     import crs
     from crs.io import atomic_write_json
     from crs.metrics import make_feature_extractor
-    from crs.optimize import schedule_functions
+    from crs.optimize import schedule_functions, schedule_kinds
     from crs.schedules import fit_schedule
 
     state = process_state()
@@ -558,6 +591,7 @@ def sampling_job(spec: dict) -> list[dict]:
     denoisers = resolve_models(spec["models"], run_dir, data, device)
     schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
     schedules = schedule_functions(schedule, spec["baselines"])
+    kinds = {**schedule_kinds(spec["baselines"]), **{m: search_kind(m) for m in spec.get("search") or ()}}
     if spec.get("search"):
         chosen = spec.get("search_models")
         schedules.update(
@@ -583,6 +617,7 @@ def sampling_job(spec: dict) -> list[dict]:
         spec["nfe"],
         spec["n_samples"],
         run_dir / "samples",
+        kinds=kinds,
         seed=spec["seed"],
         batch_size=spec["batch_size"],
         device=device,

@@ -300,13 +300,17 @@ def plot_sample_grid(
 
 
 def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
-    """Metric against nfe with 95 % intervals, one panel per sampler, one line per schedule."""
+    """Metric against nfe with 95 % intervals, one panel per sampler, one line per schedule (CRS schedules, by
+    their rows' ``kind``, drawn bold)."""
+    from crs.run.jobs import kind_of
+
     plt = _plt()
     sel = [r for r in rows if r["metric"] == metric and r["model"] == model]
+    kinds = {r["schedule"]: kind_of(r) for r in sel}
     samplers = list(dict.fromkeys(r["sampler"] for r in sel))
     fig, axes = plt.subplots(1, len(samplers), figsize=(3.6 * len(samplers), 3.4), squeeze=False, sharey=True)
     for ax, sampler in zip(axes.flat, samplers):
-        for sched in dict.fromkeys(r["schedule"] for r in sel):
+        for sched in kinds:
             pts = sorted(
                 (r["nfe"], r["value"], r["ci_low"], r["ci_high"])
                 for r in sel
@@ -316,10 +320,8 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
                 continue
             nfe, val, lo, hi = map(np.asarray, zip(*pts))
             label = sched
-            if sched == "crs":
-                style = dict(color="k", lw=2.5, zorder=5)
-            elif sched.startswith("crs"):
-                style = dict(lw=2.2, zorder=5)
+            if kinds[sched] == "crs":
+                style = dict(color="k", lw=2.5, zorder=5) if sched == "crs" else dict(lw=2.2, zorder=5)
             elif sched in ("optimal", "optimal-free"):  # the floor a schedule of that budget can reach
                 style = dict(color="0.35", ls="--", lw=1.8, zorder=4)
                 label = f"{sched} (floor)" if sched == "optimal" else sched
@@ -339,7 +341,10 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
 
 
 def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: int):
-    """Precision against recall (with 95 % intervals) for every schedule and sampler at one nfe."""
+    """Precision against recall (with 95 % intervals) for every schedule and sampler at one nfe (CRS schedules, by
+    their rows' ``kind``, in black)."""
+    from crs.run.jobs import kind_of
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.0, 4.2))
     pr = {}
@@ -358,7 +363,7 @@ def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: 
                 marker=markers[sampler],
                 ms=5,
                 capsize=2,
-                color="k" if sched.startswith("crs") else None,
+                color="k" if kind_of(p) == "crs" else None,
                 label=f"{sched} / {sampler}",
                 ls="none",
             )

@@ -144,19 +144,22 @@ def ratios_to_optimal(metrics: dict, metric: str = "teacher_error", optimum: str
 
     Returns:
         One dict per cell that has the optimum: ``model``, ``sampler``, ``nfe``, ``optimum`` (its value),
-        ``ratios`` (``{schedule: ratio}``), ``best_baseline`` (the fixed baseline with the smallest value).
+        ``ratios`` (``{schedule: ratio}``), ``kinds`` (``{schedule: kind}``, the rows' roles,
+        :func:`crs.run.jobs.kind_of`), ``best_baseline`` (the fixed baseline, kind ``baseline``, with the smallest
+        value).
     """
-    from crs.run.jobs import SEARCH_PEERS
+    from crs.run.jobs import kind_of
 
-    cells: dict[tuple, dict[str, float]] = {}
+    cells: dict[tuple, dict[str, tuple[float, str]]] = {}
     for r in metrics.get("rows", []):
         if r["metric"] == metric:
-            cells.setdefault((r["model"], r["sampler"], r["nfe"]), {})[r["schedule"]] = r["value"]
+            cells.setdefault((r["model"], r["sampler"], r["nfe"]), {})[r["schedule"]] = (r["value"], kind_of(r))
     out = []
-    for (model, sampler, nfe), values in cells.items():
+    for (model, sampler, nfe), found in cells.items():
+        values = {s: v for s, (v, _) in found.items()}
         if not values.get(optimum):
             continue
-        fixed = [s for s in values if not s.startswith("crs") and s not in SEARCH_PEERS]
+        fixed = [s for s, (_, kind) in found.items() if kind == "baseline"]
         out.append(
             dict(
                 model=model,
@@ -164,6 +167,7 @@ def ratios_to_optimal(metrics: dict, metric: str = "teacher_error", optimum: str
                 nfe=nfe,
                 optimum=values[optimum],
                 ratios={s: v / values[optimum] for s, v in values.items()},
+                kinds={s: kind for s, (_, kind) in found.items()},
                 best_baseline=min(fixed, key=values.get) if fixed else None,
             )
         )
@@ -171,12 +175,13 @@ def ratios_to_optimal(metrics: dict, metric: str = "teacher_error", optimum: str
 
 
 def optimum_markdown(metrics: dict) -> str:
-    """Teacher error as a ratio to ``optimal`` per cell (Markdown), or "" when the run searched no optimum."""
+    """Teacher error as a ratio to ``optimal`` per cell (Markdown), or "" when the run searched no optimum: the best
+    fixed baseline, then each CRS schedule (``crs`` first) and each searched peer but the optimum, by ``kind``."""
     cells = ratios_to_optimal(metrics)
     if not cells:
         return ""
-    shown = ["crs"] + sorted({s for c in cells for s in c["ratios"] if s.startswith("crs") and s != "crs"})
-    shown += [s for s in ("gits", "optimal-free") if any(s in c["ratios"] for c in cells)]
+    of_kind = {k: {s for c in cells for s, kind in c["kinds"].items() if kind == k} for k in ("crs", "peer")}
+    shown = ["crs"] + sorted(of_kind["crs"] - {"crs"}) + sorted(of_kind["peer"] - {"optimal"})
     lines = [
         "| model | sampler | nfe | optimal (teacher error) | best baseline | " + " | ".join(shown) + " |",
         "|---|---|---:|---:|---|" + "---:|" * len(shown),
