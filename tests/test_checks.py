@@ -136,6 +136,7 @@ def test_a_sweep_checks_every_value_before_the_base_run(smoke):
     assert not Path(smoke["run_dir"]).exists()
 
 
+@pytest.mark.slow  # python -m crs check in subprocesses
 def test_the_command_line_check(tmp_path):
     run = [sys.executable, "-m", "crs", "check", str(ROOT / "params" / "smoke.yaml"), "--run-dir", str(tmp_path / "r")]
     ok = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)

@@ -63,6 +63,7 @@ def _get(url, data=None):
         return json.loads(response.read())
 
 
+@pytest.mark.slow  # starts a JupyterLab server and a kernel
 @pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").is_file(), reason="make lab needs the project's .venv")
 def test_make_lab_serves_the_notebooks_with_the_project_kernel(tmp_path):
     """`make lab` (README, "Study in JupyterLab") starts JupyterLab on notebooks/; a kernel it starts for the
@@ -119,6 +120,7 @@ def test_make_lab_serves_the_notebooks_with_the_project_kernel(tmp_path):
         log.close()
 
 
+@pytest.mark.slow  # a Sphinx build of every page, then Chromium
 def test_the_documentation_site_builds_offline_and_reads_in_a_browser(tmp_path):
     """`python -m crs docs`: docs/ and the committed notebooks as one site, the API generated from the docstrings,
     the results pages; opened in headless Chromium: every formula typeset, every image loaded, no dead link."""
