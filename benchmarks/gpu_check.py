@@ -235,35 +235,13 @@ def main(argv=None) -> int:
     report["dry_runs"] = dry_runs(args.device, names, out, args.jobs)
     report["seconds"] = round(time.perf_counter() - start, 1)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
-    print(json.dumps(report["environment"]))
-    print("\n| case | difference (relative) | tolerance | ok |\n|---|---:|---:|---|")
-    for row in report["consistency"]:
-        print(f"| {row['case']} | {row['difference']:.2e} | {row['tolerance']:.0e} | {'yes' if row['ok'] else 'NO'} |")
-    stages = [
-        "base_model",
-        "rate_estimation",
-        "schedule_optimization",
-        "training_schedule_finetune",
-        "sampling",
-        "evaluation",
-    ]
-    print(
-        f"\n| experiment (dry run, {args.device}) | ok | "
-        + " | ".join(stages)
-        + " | total s |\n|---|---|"
-        + "---:|" * (len(stages) + 1)
-    )
+    from benchmarks.tables import gpu_check_md
+
+    print("\n" + gpu_check_md(report))
     for run in report["dry_runs"]:
-        cells = [str(run["stages"].get(s, {}).get("seconds", "")) for s in stages]
-        print(
-            f"| {run['experiment']} | {'yes' if run['ok'] else 'NO'} | " + " | ".join(cells) + f" | {run['seconds']} |"
-        )
         if run["error"]:
             print(f"  {run['experiment']} failed: ...{run['error'][-600:]}")
-    print(
-        f"\nconsistency {report['consistency_seconds']} s; everything {report['seconds']} s; written "
-        f"{out / 'gpu_check.json'}"
-    )
+    print(f"\nwritten {out / 'gpu_check.json'}")
     ok = all(r["ok"] for r in report["consistency"]) and all(r["ok"] for r in report["dry_runs"])
     if args.record if args.record is not None else args.device.startswith("cuda"):
         from benchmarks.records import write_record
