@@ -51,3 +51,18 @@ def test_records_missing_provenance_are_refused(tmp_path):
     (tmp_path / "ok.json").write_text(json.dumps(doc))
     with pytest.raises(ValueError, match=r"ok.json lacks \['commit'\]"):
         load_records(tmp_path)
+
+
+def test_a_gpu_check_record_renders_on_the_gpu_page(tmp_path):
+    """The GPU check's record (written on a GPU machine) lands on docs/results/gpu.md with its device."""
+    report = {
+        "environment": {"python": "3.12", "torch": "2.11", "device": "cuda", "gpu": "NVIDIA H100", "bf16": True},
+        "consistency": [{"case": "denoiser mlp", "difference": 4e-9, "tolerance": 1e-4, "ok": True, "why": "f32"}],
+        "consistency_seconds": 20.0,
+        "seconds": 400.0,
+        "dry_runs": [{"experiment": "smoke", "ok": True, "stages": {"sampling": {"seconds": 31.1}}, "seconds": 90.0}],
+    }
+    write_record("gpu-check-nvidia-h100", "gpu-check", report, ["benchmarks.gpu_check"], 400.0, folder=tmp_path)
+    page = render.render_page("gpu", load_records(tmp_path))
+    assert "NVIDIA H100, bf16 yes" in page and "| denoiser mlp | 4.00e-09 | 1e-04 | yes |" in page
+    assert "No record yet" not in page
