@@ -98,7 +98,7 @@ def test_readme_quick_start_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
-    assert "CRS " in capsys.readouterr().out
+    assert "teacher error: CRS " in capsys.readouterr().out
     assert (tmp_path / "schedule.json").is_file() and (tmp_path / "tiny-schedule.json").is_file()
 
 
