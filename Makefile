@@ -7,6 +7,10 @@ RUN_DIR ?= runs/demo
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
+# Tests run in TEST_WORKERS processes (pytest-xdist), one per core by default; a test file, and the notebooks, each
+# stay in one process (tests/conftest.py). TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+PARALLEL := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 .PHONY: venv demo test test-fast lint notebooks site docs results lab browser clean gpu-wheels gpu-site gpu-check gpu-bench
 
@@ -16,7 +20,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt 2>&1 | grep -v "is ignored" || true
 	$(PY) -m pip install --quiet --no-deps -e . 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, matplotlib, jupyterlab, sphinx, myst_nb"
+	$(PY) -c "import crs, torch, torchvision, diffusers, cleanfid, papermill, nbval, xdist, matplotlib, jupyterlab, sphinx, myst_nb"
 	touch $@
 
 # The main job on the embedded default: the demo experiment (params/demo.yaml: real digits, every stage
@@ -28,7 +32,7 @@ demo: venv
 
 # Every test. `browser` first: the site's browser test needs Chromium (skipped, saying how to install it, without).
 test: venv browser
-	$(PY) -m pytest
+	$(PY) -m pytest $(PARALLEL)
 
 # The tutorial site of a run (README, "Publish the tutorial"): $(RUN_DIR)/site, then checked in headless Chromium
 # when there is one.
@@ -59,7 +63,7 @@ browser:
 
 # Unit tests only (a few minutes): no notebook chains, no batch-runner runs, no multi-process launches, nothing slow.
 test-fast: venv
-	$(PY) -m pytest tests -m "not slow" --ignore=tests/test_notebooks.py --ignore=tests/test_pipeline.py --ignore=tests/test_distributed.py
+	$(PY) -m pytest $(PARALLEL) tests -m "not slow" --ignore=tests/test_notebooks.py --ignore=tests/test_pipeline.py --ignore=tests/test_distributed.py
 
 # Formatter and linter (ruff, configured in pyproject.toml; tests/test_project.py keeps the tree clean).
 lint: venv

@@ -799,7 +799,102 @@ def demo_timings(params_file: str = "params/demo.yaml", run_dir: str = "runs/ben
     return {"stages": {r["stage"]: r["seconds"] for r in records}, "summary": summary_markdown(metrics)}
 
 
-BENCHMARKS = ("rate", "training", "online", "sampling", "features", "ratio", "quality", "coverage")
+GUIDANCE_BASELINES = ("karras", "exponential", "vp", "cosine", "kl_optimal", "beta")
+GUIDANCE_NFE = {"euler": [5, 10, 20], "heun": [5, 11, 21], "dpmpp_2m": [5, 10, 20]}
+
+
+def _ratio_interval(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """RMS(a) / RMS(b) of paired per-sample errors and its 95 % percentile bootstrap interval (samples resampled)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    boot = np.sqrt((a[idx] ** 2).mean(1) / (b[idx] ** 2).mean(1))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return float(np.sqrt((a**2).mean() / (b**2).mean())), float(lo), float(hi)
+
+
+def guidance_table(
+    scales=(1.0, 2.0, 4.0),
+    labels=(0, 1, 0, 1, 0, 1, 0, 1),
+    n: int = 512,
+    seed: int = 0,
+    n_boot: int = 2000,
+    nfe=None,
+    optimal: bool = True,
+) -> dict:
+    """Which rate should define the schedule of a guided sampler (docs/method.md, section 10)?
+
+    On the labelled ring (``gmm(labels=...)``: two classes of alternate components, exact conditional denoisers),
+    for each guidance scale ``w``, deterministic sampler and budget, the teacher error of the guided ODE
+    (``crs.Guided``, each sample's label drawn from its seed) for: CRS from the rate at ``w = 0`` (the data
+    distribution), at ``w = 1`` (the conditional distributions, the suite's default) and at the target ``w``
+    (``data`` measure, ``xi = 1``, 64 intervals, 4096 samples); the fixed baselines; and ``optimal`` (the direct
+    search, on its own seeds). Judged on ``n`` samples from seed ``seed + 1`` (disjoint from the search's seeds),
+    with paired bootstrap intervals of the ratios that decide the question.
+    """
+    from crs.analytic import gmm
+    from crs.conditioning import Guided, Labels
+    from crs.sampling import steps_for_nfe
+    from crs.schedules import baseline_sigmas
+
+    data = gmm(labels=list(labels))
+    den, conditions = data.denoiser, Labels.from_data(data)
+    lo, hi = 0.002, 80.0
+    nfe = nfe or GUIDANCE_NFE
+    rate_at = {}
+
+    def crs_sigmas(w: float, steps: int):
+        if w not in rate_at:
+            model = den if w == 1.0 else Guided(den, w)
+            rate = crs.estimate_rate("data", data, denoiser=model, sigma_min=lo, sigma_max=hi, seed=seed)
+            rate_at[w] = crs.optimize_schedule(rate, xi=1.0)
+        return rate_at[w].discretize(steps)
+
+    cells = []
+    for w in scales:
+        guided = Guided(den, w)
+        teacher = crs.solve_teacher(guided, data.shape, n, seed + 1, lo, hi, steps=512, conditions=conditions)
+        for sampler, budgets in nfe.items():
+            for budget in budgets:
+                steps = steps_for_nfe(sampler, budget)
+                schedules = {f"crs w={v:g}": crs_sigmas(v, steps) for v in dict.fromkeys([0.0, 1.0, float(w)])}
+                schedules.update({b: baseline_sigmas(b, steps, lo, hi) for b in GUIDANCE_BASELINES})
+                if optimal:
+                    found = crs.search_schedule(
+                        "optimal",
+                        guided,
+                        data,
+                        sampler,
+                        budget,
+                        lo,
+                        hi,
+                        seed=seed,
+                        conditions=conditions,
+                        n=256,
+                        init="best",
+                        maxiter=50,
+                    )
+                    schedules["optimal"] = found.sigmas_tensor
+                judged = {k: crs.teacher_error(guided, data, sampler, v, teacher=teacher) for k, v in schedules.items()}
+                best = min(GUIDANCE_BASELINES, key=lambda b: judged[b].value)
+                per = {k: v.per_sample for k, v in judged.items()}
+                target = f"crs w={w:g}"
+                cells.append(
+                    {
+                        "w": float(w),
+                        "sampler": sampler,
+                        "nfe": int(budget),
+                        "values": {k: v.value for k, v in judged.items()},
+                        "best_baseline": best,
+                        "target_vs_w1": _ratio_interval(per[target], per["crs w=1"], n_boot, seed),
+                        "w0_vs_w1": _ratio_interval(per["crs w=0"], per["crs w=1"], n_boot, seed),
+                        "w1_vs_best": _ratio_interval(per["crs w=1"], per[best], n_boot, seed),
+                        "teacher_error": teacher.error,
+                    }
+                )
+    return {"labels": list(labels), "n": n, "seed": seed, "scales": [float(w) for w in scales], "cells": cells}
+
+
+BENCHMARKS = ("rate", "training", "online", "sampling", "features", "ratio", "quality", "coverage", "guidance")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -865,6 +960,7 @@ def measure(what: str, args) -> dict | list:
         "sampling": sampling_cost_table,
         "features": feature_throughput_table,
         "ratio": crs_ratio_table,
+        "guidance": guidance_table,
         "demo": lambda: demo_timings(run_dir=args.run_dir),
     }
     if what in simple:

@@ -82,6 +82,18 @@ PAGES = {
         "2n - 1 evaluations, so they run at nfe 5, 11, 21.",
         [("ratio", "2-D Gaussian mixture", "")],
     ),
+    "guidance": (
+        "Which rate for a guided sampler",
+        "Classifier-free guidance with scale w samples with D_w = D_uncond + w (D_cond - D_uncond); which "
+        "distribution's rate should define its schedule is a choice the paper leaves open (docs/method.md, section "
+        "10). On the labelled ring (the 2-D mixture's eight components in two classes, alternating; exact "
+        "conditional denoisers), each guided ODE is judged by its teacher error on 512 samples, each with the label "
+        "its seed draws: CRS from the rate at w = 0 (the data distribution), at w = 1 (the conditional "
+        "distributions, the default) and at the target w (the guided denoiser on noised data), all with the `data` "
+        "measure at xi = 1; the six fixed baselines; `optimal` (the direct search, on its own seeds). Ratios are "
+        "paired (the same samples), with 95 % bootstrap intervals; (lower) / (higher) where the interval excludes 1.",
+        [("guidance", "Labelled 2-D Gaussian mixture", "")],
+    ),
     "coverage": (
         "Interval coverage",
         "Does a nominal 95 % interval cover 95 % of the time? `crs.intervals.coverage` repeats a whole experiment and "
@@ -115,7 +127,7 @@ PAGES = {
         [("gpu-check-*", "Runs", "")],
     ),
 }
-PAGE_ORDER = ("quality", "ratio", "coverage", "demo", "costs", "gpu")
+PAGE_ORDER = ("quality", "ratio", "guidance", "coverage", "demo", "costs", "gpu")
 
 
 def provenance(record: dict) -> str:

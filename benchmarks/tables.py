@@ -89,6 +89,66 @@ def ratio_md(comparisons: list[dict]) -> str:
     )
 
 
+def guidance_md(result: dict) -> str:
+    """Per guidance scale: the teacher error of each CRS variant, the best fixed baseline and the optimum, with the
+    paired ratios (95 % intervals) that decide which rate to use; then geometric means over the cells."""
+
+    def ratio(r) -> str:
+        value, lo, hi = r
+        mark = "" if lo <= 1.0 <= hi else (" (lower)" if hi < 1.0 else " (higher)")
+        return f"{value:.2f} [{lo:.2f}, {hi:.2f}]{mark}"
+
+    rows = []
+    for c in result["cells"]:
+        v, w = c["values"], c["w"]
+        target = f"crs w={w:g}"
+        rows.append(
+            [
+                f"{w:g}",
+                c["sampler"],
+                c["nfe"],
+                f"{v['crs w=0']:.3g}",
+                f"{v['crs w=1']:.3g}",
+                f"{v[target]:.3g}" if w not in (0.0, 1.0) else "(w=1)",
+                f"{c['best_baseline']} {v[c['best_baseline']]:.3g}",
+                f"{v['optimal']:.3g}" if "optimal" in v else "",
+                ratio(c["target_vs_w1"]) if w not in (0.0, 1.0) else "",
+                ratio(c["w0_vs_w1"]),
+                ratio(c["w1_vs_best"]),
+            ]
+        )
+    head = [
+        "w",
+        "sampler",
+        "nfe",
+        "CRS w=0",
+        "CRS w=1",
+        "CRS target w",
+        "best baseline",
+        "optimal",
+        "target / w=1",
+        "w=0 / w=1",
+        "w=1 / best baseline",
+    ]
+    table = _table(head, ["---:", "---", "---:"] + ["---:"] * 3 + ["---"] + ["---:"] * 4, rows)
+    summary = []
+    for w in result["scales"]:
+        cells = [c for c in result["cells"] if c["w"] == w]
+        names = ["crs w=0", "crs w=1"] + ([f"crs w={w:g}"] if w not in (0.0, 1.0) else [])
+        best = [c["values"][c["best_baseline"]] for c in cells]
+        line = [f"{w:g}"]
+        for name in names:
+            line.append(f"{name}: {geomean([c['values'][name] / b for c, b in zip(cells, best)]):.2f}")
+        if all("optimal" in c["values"] for c in cells):
+            line.append(f"optimal: {geomean([c['values']['optimal'] / b for c, b in zip(cells, best)]):.2f}")
+        summary.append([line[0], ", ".join(line[1:])])
+    return (
+        table
+        + "\n\nGeometric mean over the cells of each schedule's teacher error over the best fixed baseline's (below 1: "
+        "better):\n\n" + _table(["w", "ratios"], ["---:", "---"], summary)
+    )
+
+
 def _cells(result: dict) -> list[dict]:
     order = list(dict.fromkeys(c["sampler"] for c in result["cells"]))
     return sorted(result["cells"], key=lambda c: (order.index(c["sampler"]), c["nfe"]))
@@ -298,6 +358,7 @@ def demo_md(result: dict) -> str:
 
 
 TABLES = {
+    "guidance": guidance_md,
     "rate": rate_md,
     "training": training_md,
     "online": online_md,

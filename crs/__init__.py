@@ -36,6 +36,7 @@ _EXPORTS = {
     "crs.models": ["load_denoiser"],
     "crs.export": ["apply_schedule"],
     "crs.quality": ["solve_teacher", "teacher_error"],
+    "crs.conditioning": ["Guided", "Labels"],
     "crs.search": ["SearchCache", "SearchResult", "search_schedule"],
     "crs.optimize": [
         "check_xi",
@@ -53,6 +54,7 @@ _SUBMODULES = (
     "adapters",
     "analytic",
     "args",
+    "conditioning",
     "data",
     "distances",
     "export",

@@ -1,7 +1,8 @@
 """The diffusers adapter: discrete-time diffusers models as denoisers on sigma, and data in a latent model's space.
 
-:class:`DiffusersDenoiser` wraps an unconditional diffusers UNet and its scheduler's noise table (optionally
-with a VQ or KL autoencoder) so that it is a :class:`crs.protocols.Denoiser` like any other;
+:class:`DiffusersDenoiser` wraps a discrete-time diffusers network (an unconditional UNet, or a class-conditional
+DiT) and its scheduler's noise table (optionally with a VQ or KL autoencoder) so that it is a
+:class:`crs.protocols.Denoiser` like any other;
 :class:`LatentData` shows a pixel dataset through such a model's encoder.
 """
 
@@ -13,7 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LATENT_KEYS", "DiffusersDenoiser", "LatentData", "model_space", "pixel_features"]
+__all__ = [
+    "LATENT_KEYS",
+    "SUPPORTED_PIPELINES",
+    "DiffusersDenoiser",
+    "LatentData",
+    "describe_pipeline",
+    "model_space",
+    "pipeline_parts",
+    "pixel_features",
+]
 
 
 class DiffusersDenoiser(nn.Module):
@@ -24,6 +34,10 @@ class DiffusersDenoiser(nn.Module):
     sigmas ``sqrt((1 - alphas_cumprod) / alphas_cumprod)`` (as k-diffusion does for such models); the
     output is turned into an x0-prediction according to ``prediction_type`` (``epsilon``,
     ``v_prediction`` or ``sample``). The noise range is the table's.
+
+    A class-conditional DiT (``DiTTransformer2DModel``, e.g. ``facebook/DiT-XL-2-256``) is a conditional denoiser
+    (:attr:`conditioning`: its ``num_embeds_ada_norm`` classes, the null label after them, as ``DiTPipeline``'s
+    ``class_null``); its learned-variance channels are dropped, as the pipeline does.
 
     A latent model (a pipeline with ``vqvae`` or ``vae``, e.g. LDM) denoises in latent space:
     :attr:`shape` is the latent shape, :attr:`pixel_shape` the image shape, and :meth:`encode` /
@@ -49,6 +63,17 @@ class DiffusersDenoiser(nn.Module):
         self.unet, self.prediction_type, self.vae = unet, prediction_type, vae
         self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
         self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
+        self.is_dit = type(unet).__name__ == "DiTTransformer2DModel"
+
+    @property
+    def conditioning(self):
+        """A DiT's classes (:class:`crs.conditioning.Conditioning`, null label ``num_classes``); None for a UNet."""
+        if not self.is_dit:
+            return None
+        from crs.conditioning import Conditioning
+
+        classes = int(self.unet.config.num_embeds_ada_norm)
+        return Conditioning("labels", classes, classes)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -123,8 +148,9 @@ class DiffusersDenoiser(nn.Module):
         lo, hi = table[idx - 1], table[idx]
         return (idx - 1) + (log_s - lo) / (hi - lo)
 
-    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """x (B, C, H, W) VE, sigma scalar or (B,) -> x0-prediction, same dtype and device as ``x``.
+    def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) VE, sigma scalar or (B,) -> x0-prediction, same dtype and device as ``x``; a DiT takes
+        class labels ``cond`` (B,) (None or the null label: its unconditional branch).
 
         The model runs on its own device: inputs from anywhere are moved there and the result back.
         """
@@ -134,7 +160,15 @@ class DiffusersDenoiser(nn.Module):
         sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
         alpha = 1.0 / torch.sqrt(1.0 + sb**2)
         x_vp = alpha * x.to(param.device, param.dtype)
-        out = self.unet(x_vp, t.to(param.dtype)).sample.to(param.dtype)
+        if self.is_dit:
+            spec = self.conditioning
+            labels = spec.null_like(x.shape[0]) if cond is None else spec.check(torch.as_tensor(cond).cpu(), len(x))
+            out = self.unet(x_vp, timestep=t.to(param.dtype), class_labels=labels.to(param.device)).sample
+            out = out[:, : x.shape[1]].to(param.dtype)  # learned variance: DiTPipeline keeps the first channels
+        elif cond is not None:
+            raise ValueError("This model is unconditional: it takes no class labels.")
+        else:
+            out = self.unet(x_vp, t.to(param.dtype)).sample.to(param.dtype)
         if self.prediction_type == "epsilon":
             x0 = (x_vp - alpha * sb * out) / alpha
         elif self.prediction_type == "v_prediction":
@@ -148,33 +182,24 @@ class DiffusersDenoiser(nn.Module):
         """Load ``unet``, ``scheduler`` and, for latent models, ``vqvae`` / ``vae`` from a saved pipeline folder.
 
         Raises:
-            ValueError: a conditional UNet, a scheduler without a discrete noise table, or a
-                pipeline without unet and scheduler (naming what is supported).
+            ValueError: a network other than an unconditional UNet2DModel or a class-conditional DiT, a scheduler
+                without a discrete noise table, or a pipeline without a network and a scheduler (naming what is
+                there and what is supported).
         """
         import diffusers
 
         folder = Path(folder)
-        index = json.loads((folder / "model_index.json").read_text())
-        supported = "unconditional pipelines with a UNet2DModel and a discrete-time scheduler (DDPM, DDIM, LDM)"
-        if "unet" not in index or "scheduler" not in index:
-            raise ValueError(
-                f"The pipeline at {str(folder)!r} has no unet and scheduler ({sorted(index)}); supported: {supported}."
-            )
-        unet_name, sched_name = index["unet"][1], index["scheduler"][1]
-        if unet_name != "UNet2DModel":
-            raise ValueError(
-                f"The pipeline at {str(folder)!r} has a {unet_name} (conditional models are not supported); "
-                f"supported: {supported}."
-            )
-        unet = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+        parts, net_key = pipeline_parts(folder)
+        net_name, sched_name, supported = parts[net_key], parts["scheduler"], SUPPORTED_PIPELINES
+        unet = getattr(diffusers, net_name).from_pretrained(folder / net_key).eval()
         scheduler = getattr(diffusers, sched_name).from_pretrained(folder / "scheduler")
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(
                 f"Unsupported scheduler {sched_name} (no discrete noise table `alphas_cumprod`); supported: "
                 f"{supported}."
             )
-        vae_key = next((k for k in LATENT_KEYS if index.get(k) and index[k][1]), None)
-        vae = getattr(diffusers, index[vae_key][1]).from_pretrained(folder / vae_key).eval() if vae_key else None
+        vae_key = next((k for k in LATENT_KEYS if k in parts), None)
+        vae = getattr(diffusers, parts[vae_key]).from_pretrained(folder / vae_key).eval() if vae_key else None
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"), vae)
 
     @classmethod
@@ -212,6 +237,63 @@ class DiffusersDenoiser(nn.Module):
 LATENT_KEYS = ("vqvae", "vae")
 
 
+SUPPORTED_PIPELINES = (
+    "pipelines with a discrete-time scheduler (DDPM, DDIM, ...) and an unconditional UNet2DModel (DDPM, LDM) "
+    "or a class-conditional DiTTransformer2DModel (DiT)"
+)
+
+
+def pipeline_parts(folder) -> tuple[dict[str, str], str]:
+    """A saved pipeline's parts from its ``model_index.json`` alone (no weights read): ``({part: class name},
+    network key)``, the network key ``unet`` or ``transformer``.
+
+    Raises:
+        ValueError: no network or no scheduler, or a network this adapter does not support (naming what is there
+            and what is supported): the check :meth:`DiffusersDenoiser.from_pipeline_folder` and the batch runner's
+            preflight share.
+    """
+    folder = Path(folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    parts = {k: v[1] for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[1]}
+    net_key = next((k for k in ("unet", "transformer") if k in parts), None)
+    if net_key is None or "scheduler" not in parts:
+        missing = [w for w, ok in (("unet or transformer", net_key), ("scheduler", "scheduler" in parts)) if not ok]
+        raise ValueError(
+            f"The pipeline at {str(folder)!r} has no {' and no '.join(missing)} (it has: "
+            f"{', '.join(sorted(parts))}); supported: {SUPPORTED_PIPELINES}."
+        )
+    net_name = parts[net_key]
+    if net_name not in ("UNet2DModel", "DiTTransformer2DModel"):
+        kind = {
+            "UNet2DConditionModel": "a text-conditional UNet (Stable Diffusion style), not supported yet",
+            "SD3Transformer2DModel": "a flow-matching transformer (SD3), not supported yet",
+            "FluxTransformer2DModel": "a flow-matching transformer (Flux), not supported yet",
+        }.get(net_name, "not supported")
+        raise ValueError(
+            f"The pipeline at {str(folder)!r} has a {net_name} ({kind}); supported: {SUPPORTED_PIPELINES}."
+        )
+    return parts, net_key
+
+
+def describe_pipeline(folder) -> dict:
+    """What a saved pipeline is, from its JSON files alone (no weights read): ``{"network", "shape",
+    "pixel_shape", "num_classes"}`` (``num_classes`` None for an unconditional network). ValueError as
+    :func:`pipeline_parts`."""
+    folder = Path(folder)
+    parts, net_key = pipeline_parts(folder)
+    cfg = json.loads((folder / net_key / "config.json").read_text())
+    size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+    shape = (cfg["in_channels"], size, size)
+    pixel_shape = shape
+    vae_key = next((k for k in LATENT_KEYS if k in parts), None)
+    if vae_key is not None:
+        vae = json.loads((folder / vae_key / "config.json").read_text())
+        factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        pixel_shape = (vae["in_channels"], size * factor, size * factor)
+    classes = cfg.get("num_embeds_ada_norm") if parts[net_key] == "DiTTransformer2DModel" else None
+    return {"network": parts[net_key], "shape": shape, "pixel_shape": pixel_shape, "num_classes": classes}
+
+
 class LatentData:
     """A pixel dataset seen through a latent model's VAE: ``sample`` returns encoded latents.
 
@@ -231,6 +313,19 @@ class LatentData:
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` images drawn from the dataset with ``generator``, encoded: float32 (n, *shape) on the CPU."""
         return self.denoiser.encode(self.data.sample(n, generator), self.batch_size).cpu()
+
+    @property
+    def num_classes(self) -> int | None:
+        """The image dataset's classes (None: unlabelled)."""
+        return getattr(self.data, "num_classes", None)
+
+    def label_shares(self) -> torch.Tensor:
+        return self.data.label_shares()
+
+    def sample_labeled(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`sample`, with the images' labels: ``(latents, labels (n,))``."""
+        images, labels = self.data.sample_labeled(n, generator)
+        return self.denoiser.encode(images, self.batch_size).cpu(), labels
 
 
 def model_space(data, denoiser):

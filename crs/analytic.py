@@ -47,6 +47,16 @@ class ExactDenoiser:
         self.data = data
 
     @property
+    def conditioning(self):
+        """A labelled mixture's classes (:class:`crs.conditioning.Conditioning`, null label ``num_classes``): the
+        exact conditional denoiser ``E[x0 | x, c]``; None for an unlabelled mixture."""
+        if self.data.labels is None:
+            return None
+        from crs.conditioning import Conditioning
+
+        return Conditioning("labels", self.data.num_classes, self.data.num_classes)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         return self.data.shape
 
@@ -54,9 +64,10 @@ class ExactDenoiser:
     def pixel_shape(self) -> tuple[int, ...]:
         return self.data.shape
 
-    def __call__(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """x (B, dim), sigma scalar or (B,) -> exact D(x; sigma), float64 on the device of ``x``."""
-        return self.data.posterior_mean(x, sigma)
+    def __call__(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, dim), sigma scalar or (B,) -> exact D(x; sigma), float64 on the device of ``x``; with ``cond``
+        (labels (B,), a labelled mixture only) the exact ``E[x0 | x, c]``, the null label giving ``D(x; sigma)``."""
+        return self.data.posterior_mean(x, sigma, cond)
 
     def decode(self, latents: torch.Tensor, batch_size: int = 64, quantize: bool = True) -> torch.Tensor:
         raise ValueError("The exact denoiser works on the data itself: there is nothing to decode.")
@@ -79,12 +90,14 @@ class GaussianMixture:
         stds: per-component standard deviations, K positive values.
         weights: mixture weights, K non-negative values (normalised here).
         name: dataset name recorded in artifacts.
+        labels: a class label per component (``0 .. C - 1``), or None: a labelled mixture is class-conditional data
+            (``p(x | c)`` is the mixture of class ``c``'s components), with exact conditional denoisers.
 
     All computations are float64. ``denoiser(x, sigma)`` is the exact x0-prediction
-    ``E[x0 | x0 + sigma * eps = x]``.
+    ``E[x0 | x0 + sigma * eps = x]``; for a labelled mixture ``denoiser(x, sigma, c)`` is ``E[x0 | x, c]``.
     """
 
-    def __init__(self, means, stds, weights, name: str = "gmm"):
+    def __init__(self, means, stds, weights, name: str = "gmm", labels: Sequence[int] | None = None):
         means = torch.as_tensor(means, dtype=torch.float64)
         if means.ndim != 2:
             raise ValueError(f"`means` must have shape (components, dim), got {tuple(means.shape)}.")
@@ -100,6 +113,13 @@ class GaussianMixture:
         if not bool(torch.all(torch.isfinite(means))):
             raise ValueError("`means` must be finite.")
         self.means, self.stds, self.weights, self.name = means, stds, weights / weights.sum(), name
+        self.labels = self.num_classes = None
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+            c = int(labels.max()) + 1 if len(labels) else 0
+            if labels.shape[0] != k or bool((labels < 0).any()) or set(labels.tolist()) != set(range(c)):
+                raise ValueError(f"`labels` needs one class per component ({k}), the classes 0..C-1 each used.")
+            self.labels, self.num_classes = labels, c
         self.denoiser = ExactDenoiser(self)
 
     @property
@@ -129,13 +149,27 @@ class GaussianMixture:
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[comp] + self.stds[comp, None] * noise
 
+    def sample_labeled(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` exact samples and their classes: ``(x (n, dim) float64, labels (n,) int64)``; ``x`` is what
+        :meth:`sample` draws with the same generator."""
+        if self.labels is None:
+            raise ValueError(f"The mixture {self.name!r} has no class labels (give `labels`).")
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[comp] + self.stds[comp, None] * noise, self.labels[comp]
+
+    def label_shares(self) -> torch.Tensor:
+        """Each class's probability, (C,) float64."""
+        return torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, self.labels, self.weights)
+
     def sample_noised(self, n: int, sigma: float, generator: torch.Generator) -> torch.Tensor:
         """``n`` exact samples of ``p_sigma`` (VE: x0 + sigma * eps), float64 (n, dim)."""
         x0 = self.sample(n, generator)
         return x0 + sigma * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
 
-    def _log_joint(self, x: torch.Tensor, sigma: torch.Tensor):
-        """Per-component log w_k N(x; m_k, (s_k^2 + sigma^2) I) and the variances, each (B, K)."""
+    def _log_joint(self, x: torch.Tensor, sigma: torch.Tensor, cond: torch.Tensor | None = None):
+        """Per-component log w_k N(x; m_k, (s_k^2 + sigma^2) I) and the variances, each (B, K); with ``cond`` (B,)
+        the components of other classes get weight 0 (log -inf) in each row, except rows with the null label."""
         var = self.stds[None, :] ** 2 + sigma[:, None] ** 2
         sq = (x * x).sum(1, keepdim=True) - 2.0 * x @ self.means.T + (self.means * self.means).sum(1)[None, :]
         logp = (
@@ -143,6 +177,10 @@ class GaussianMixture:
             - 0.5 * sq.clamp_min(0.0) / var
             - 0.5 * self.dim * torch.log(2 * math.pi * var)
         )
+        if cond is not None:
+            cond = self.denoiser.conditioning.check(torch.as_tensor(cond).cpu(), x.shape[0])
+            other = (self.labels[None, :] != cond[:, None]) & (cond[:, None] != self.num_classes)
+            logp = logp.masked_fill(other, -math.inf)
         return logp, var
 
     def _as_batch(self, x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,19 +189,23 @@ class GaussianMixture:
         sigma = torch.as_tensor(sigma, dtype=torch.float64).cpu().reshape(-1).expand(x.shape[0])
         return x, sigma
 
-    def posterior_mean(self, x: torch.Tensor, sigma) -> torch.Tensor:
+    def posterior_mean(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Exact x0-prediction ``D(x; sigma) = E[x0 | x0 + sigma eps = x]`` (what :attr:`denoiser` calls).
 
         Args:
             x: noised samples (B, dim).
             sigma: scalar or (B,) noise levels (sigma = 0 returns x).
+            cond: class labels (B,) of a labelled mixture: ``E[x0 | x, c]`` (the null label ``num_classes``: the
+                unconditional mean); None: unconditional.
 
         Returns:
             float64 tensor (B, dim) on the device of ``x`` (computed on the CPU).
         """
         device = torch.as_tensor(x).device
         x, sigma = self._as_batch(x, sigma)
-        logp, var = self._log_joint(x, sigma)
+        if cond is not None and self.labels is None:
+            raise ValueError(f"The mixture {self.name!r} has no class labels: its denoiser takes no conditions.")
+        logp, var = self._log_joint(x, sigma, cond)
         resp = torch.softmax(logp, dim=1)  # (B, K)
         shrink = self.stds[None, :] ** 2 / var  # (B, K): per-component linear denoiser slope
         # sum_k r_k [m_k + c_k (x - m_k)] = (sum_k r_k c_k) x + sum_k r_k (1 - c_k) m_k
@@ -188,7 +230,8 @@ class GaussianMixture:
 
     def kwargs(self) -> dict:
         """The constructor arguments as JSON-serialisable values."""
-        return {"means": self.means.tolist(), "stds": self.stds.tolist(), "weights": self.weights.tolist()}
+        out = {"means": self.means.tolist(), "stds": self.stds.tolist(), "weights": self.weights.tolist()}
+        return out if self.labels is None else {**out, "labels": self.labels.tolist()}
 
     def __repr__(self) -> str:
         return f"GaussianMixture(name={self.name!r}, dim={self.dim}, components={len(self.weights)})"
@@ -201,6 +244,7 @@ def gmm(
     stds: float | Sequence[float] = 0.2,
     n_components: int = 8,
     radius: float = 2.0,
+    labels: Sequence[int] | None = None,
 ) -> GaussianMixture:
     """A Gaussian mixture; by default 8 equal components on a circle of radius 2, std 0.2.
 
@@ -210,6 +254,8 @@ def gmm(
         means: K x dim component means (default: ``n_components`` points on a circle of ``radius``).
         stds: one std for all components, or K values.
         n_components, radius: shape of the default ring when ``means`` is not given.
+        labels: a class per component for class-conditional data (e.g. ``[0, 1] * 4``: two classes of alternate
+            components on the ring), or None.
     """
     check_int("dim", dim, 1)
     if means is None:
@@ -223,7 +269,7 @@ def gmm(
         raise ValueError(f"`means` must have shape (components, {dim}), got {tuple(means.shape)}.")
     k = means.shape[0]
     weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else weights
-    return GaussianMixture(means, stds, weights, name="gmm")
+    return GaussianMixture(means, stds, weights, name="gmm", labels=labels)
 
 
 def gaussian(dim: int = 2, mean: float | Sequence[float] = 0.0, std: float = 1.0) -> GaussianMixture:

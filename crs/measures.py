@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crs.conditioning import bind
 from crs.distances import fid_from_features
 from crs.sampling import ORDER, STEPS, heun_step
 from crs.schedules import BASELINES, baseline_t_fn, sigma_to_alpha
@@ -151,13 +152,15 @@ def model_pass(
     sigma: np.ndarray,
     batch_size: int = 4096,
     progress: bool = False,
+    cond: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """Evaluate the denoiser once per sample at every grid level and collect squared differences.
 
     Args:
-        denoiser: ``D(x, sigma)`` with x (B, *shape) and sigma (B,) -> (B, *shape).
+        denoiser: ``D(x, sigma)`` with x (B, *shape) and sigma (B,) -> (B, *shape); a conditional one with ``cond``.
         x0, eps: common random numbers (M, *shape).
         sigma: the ascending grid (K + 1,).
+        cond: the condition of each x0 (M,) for a conditional denoiser (its class label), or None.
 
     Returns:
         ``({"data": ms, "noise": ms}, evaluations)``: per-interval, per-sample mean squares over
@@ -173,11 +176,12 @@ def model_pass(
     bar = tqdm(total=(k + 1) * m, desc="rate (model)", unit="eval", disable=not progress, leave=False)
     for sl in _batches(m, batch_size):
         prev = None
+        den = bind(denoiser, None if cond is None else cond[sl])
         for j, s in enumerate(sigma):
             s_b = torch.full((sl.stop - sl.start,), float(s), dtype=torch.float64)
             x = x0[sl] + float(s) * eps[sl]
             with torch.no_grad():
-                d = denoiser(x, s_b).to(torch.float64)
+                d = den(x, s_b).to(torch.float64)
             if not torch.all(torch.isfinite(d)):
                 raise ValueError(f"The model returned non-finite values at sigma={float(s):.6g}.")
             e = (x.to(torch.float64) - d) / float(s)
@@ -207,6 +211,7 @@ def solver_pass(
     substeps: int = SOLVER_SUBSTEPS,
     batch_size: int = 4096,
     progress: bool = False,
+    cond: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Local errors of one ``sampler`` step over every grid interval (the ``solver-<sampler>`` measures).
 
@@ -229,6 +234,7 @@ def solver_pass(
     for sl in _batches(m, batch_size):
         x0b, eb = x0[sl].double(), eps[sl].double()
         rows = x0b.shape[0]
+        denoiser_b = bind(denoiser, None if cond is None else cond[sl])
         with torch.no_grad():
             for j in range(k, 0, -1):
                 a, b = float(sigma[j]), float(sigma[j - 1])
@@ -236,13 +242,13 @@ def solver_pass(
                 if sampler == "dpmpp_2m" and j < k:
                     p = float(sigma[j + 1])
                     x_p = x0b + p * eb
-                    carry = (p, denoiser(x_p, torch.full((rows,), p, dtype=torch.float64)))
-                    x_a = _fine(denoiser, x_p, p, a, substeps)
+                    carry = (p, denoiser_b(x_p, torch.full((rows,), p, dtype=torch.float64)))
+                    x_a = _fine(denoiser_b, x_p, p, a, substeps)
                     evaluations += rows * (1 + 2 * substeps)
                 else:
                     x_a = x0b + a * eb
-                stepped, _ = step(denoiser, x_a, a, b, carry)
-                fine = _fine(denoiser, x_a, a, b, substeps)
+                stepped, _ = step(denoiser_b, x_a, a, b, carry)
+                fine = _fine(denoiser_b, x_a, a, b, substeps)
                 if not (torch.all(torch.isfinite(stepped)) and torch.all(torch.isfinite(fine))):
                     raise ValueError(f"The model returned non-finite values between sigma={b:.6g} and {a:.6g}.")
                 ms[j - 1, sl] = (stepped - fine).flatten(1).pow(2).mean(1)

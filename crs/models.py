@@ -17,6 +17,8 @@ from pathlib import Path
 from crs.args import resolve_device
 from crs.protocols import AnalyticDataset
 
+DENOISER_FILE = "crs_denoiser.json"  # beside a network this package trained: its preconditioning (crs.networks)
+
 _LAZY = {
     "DiffusersDenoiser": "crs.adapters",
     "LatentData": "crs.adapters",
@@ -27,7 +29,9 @@ _LAZY = {
     "build_denoiser": "crs.networks",
     "unet": "crs.networks",
 }
-__all__ = sorted(["load_denoiser", "locate_model", "resolve_device", *_LAZY])
+__all__ = sorted(
+    ["DENOISER_FILE", "check_model_data", "describe_model", "load_denoiser", "locate_model", "resolve_device", *_LAZY]
+)
 
 
 def __getattr__(name: str):
@@ -67,14 +71,59 @@ def _resolve_hub(model: str) -> Path:
         ) from exc
 
 
+def describe_model(path) -> dict:
+    """What the model in a folder is, from its JSON files alone (no weights read, no diffusers import): ``{"network",
+    "shape", "pixel_shape", "num_classes"}`` (``num_classes`` None for an unconditional model). The check the batch
+    runner's preflight makes before any stage runs; :func:`load_denoiser` then loads exactly what this describes.
+
+    Raises:
+        ValueError: a folder that holds no model this package loads (naming what it holds and what is supported).
+    """
+    import json
+
+    folder = Path(path)
+    if (folder / "model_index.json").is_file():
+        from crs.adapters import describe_pipeline
+
+        return describe_pipeline(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"No model at {str(folder)!r}: no model_index.json (a pipeline) or config.json (a network).")
+    cfg = json.loads((folder / "config.json").read_text())
+    if (folder / DENOISER_FILE).is_file():
+        shape = tuple(json.loads((folder / DENOISER_FILE).read_text())["shape"])
+        classes = (cfg.get("num_class_embeds") or 1) - 1 if "num_class_embeds" in cfg else cfg.get("num_classes", 0)
+        network = cfg.get("_class_name", "?")
+    elif cfg.get("_class_name") == "UNet2DModel":
+        size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+        shape, classes, network = (cfg["in_channels"], size, size), 0, "UNet2DModel"
+    else:
+        raise ValueError(
+            f"The model at {str(folder)!r} is a {cfg.get('_class_name')}; supported bare models: UNet2DModel "
+            "(or give a pipeline folder with model_index.json)."
+        )
+    return {"network": network, "shape": shape, "pixel_shape": shape, "num_classes": classes or None}
+
+
+def check_model_data(described: dict, model: str, data_shape) -> None:
+    """ValueError naming both shapes unless the described model makes samples of ``data_shape`` (one sample's)."""
+    pixels = tuple(described["pixel_shape"])
+    if data_shape is not None and tuple(data_shape) != pixels:
+        what = (
+            f"decodes to images of shape {pixels}"
+            if pixels != tuple(described["shape"])
+            else f"takes samples of shape {pixels}"
+        )
+        raise ValueError(f"The model at {model!r} {what}, but the dataset gives {tuple(data_shape)}.")
+
+
 def load_denoiser(model: str, data=None, device: str = "cpu"):
     """Return ``D(x, sigma)`` for the notebooks' ``model`` parameter.
 
     Args:
         model: ``"analytic"`` (the dataset's exact denoiser), a local folder written by
-            :meth:`EDMDenoiser.save_pretrained`, a saved unconditional diffusers pipeline (a folder
-            with ``model_index.json``: DDPM-style UNet + scheduler, eps/v/sample prediction), or a
-            hub id ``"org/name"`` of either.
+            :meth:`EDMDenoiser.save_pretrained`, a saved diffusers pipeline (a folder with ``model_index.json``:
+            a DDPM-style UNet or a class-conditional DiT, a discrete-time scheduler, eps/v/sample prediction,
+            optionally a VAE), or a hub id ``"org/name"`` of either.
         data: the dataset the model is used with; its sample shape must match the model's.
         device: where a neural model is put (see :func:`resolve_device`); it takes inputs from
             anywhere and returns outputs on the input's device.
@@ -89,7 +138,7 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
             )
         return data.denoiser
     from crs.adapters import DiffusersDenoiser
-    from crs.networks import DENOISER_FILE, EDMDenoiser
+    from crs.networks import EDMDenoiser
 
     path = locate_model(model)
     if (Path(path) / "model_index.json").is_file():
@@ -98,12 +147,6 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         denoiser = EDMDenoiser.from_pretrained(path)
     else:
         denoiser = DiffusersDenoiser.from_model_folder(path)
-    pixels = tuple(denoiser.pixel_shape)
-    if data is not None and tuple(data.shape) != pixels:
-        what = (
-            f"decodes to images of shape {pixels}"
-            if pixels != tuple(denoiser.shape)
-            else f"takes samples of shape {pixels}"
-        )
-        raise ValueError(f"The model at {model!r} {what}, but the dataset gives {tuple(data.shape)}.")
+    described = {"shape": denoiser.shape, "pixel_shape": denoiser.pixel_shape}
+    check_model_data(described, model, None if data is None else data.shape)
     return denoiser.eval().to(resolve_device(device))

@@ -23,10 +23,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
 from crs.io import plain_modes
+from crs.models import DENOISER_FILE
 
 __all__ = ["DENOISER_FILE", "EDMDenoiser", "MLPNet", "build_denoiser", "unet"]
-
-DENOISER_FILE = "crs_denoiser.json"
 
 
 class MLPNet(ModelMixin, ConfigMixin):
@@ -37,22 +36,30 @@ class MLPNet(ModelMixin, ConfigMixin):
         hidden: width of the hidden layers.
         layers: number of hidden layers.
         fourier: number of Fourier frequencies (1 .. 64, geometric) embedding ``c_noise``.
+        num_classes: class-conditional with this many classes (an embedding of ``num_classes + 1`` labels, the last
+            the null label of the unconditional branch), or 0: unconditional.
     """
 
     @register_to_config
-    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, fourier: int = 16):
+    def __init__(self, dim: int = 2, hidden: int = 128, layers: int = 3, fourier: int = 16, num_classes: int = 0):
         super().__init__()
         self.register_buffer("freqs", 2.0 ** torch.linspace(0.0, 6.0, fourier), persistent=False)
+        self.label = nn.Embedding(num_classes + 1, hidden) if num_classes else None
         widths = [dim + 2 * fourier] + [hidden] * layers
         blocks = []
         for a, b in zip(widths[:-1], widths[1:]):
             blocks += [nn.Linear(a, b), nn.SiLU()]
         self.body = nn.Sequential(*blocks, nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
-        """x (B, dim), c_noise (B,) -> (B, dim)."""
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, dim), c_noise (B,), class labels (B,) of a conditional net -> (B, dim). The label embedding is added
+        to the first hidden layer's pre-activation."""
         angle = c_noise[:, None] * self.freqs[None, :]
-        return self.body(torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1))
+        h = torch.cat([x, torch.sin(angle), torch.cos(angle)], dim=1)
+        if self.label is None:
+            return self.body(h)
+        h = self.body[0](h) + self.label(class_labels)
+        return self.body[1:](h)
 
 
 def unet(
@@ -61,6 +68,7 @@ def unet(
     layers_per_block: int = 1,
     attention: bool = True,
     norm_num_groups: int = 8,
+    num_classes: int = 0,
 ):
     """A small diffusers ``UNet2DModel`` for images of ``shape`` (C, H, W) with H = W.
 
@@ -68,6 +76,9 @@ def unet(
         block_out_channels: channels per resolution level (one down-sampling between levels).
         layers_per_block: ResNet layers per level.
         attention: self-attention at the lowest resolution.
+        num_classes: class-conditional with this many classes (diffusers' ``num_class_embeds = num_classes + 1``,
+            a label embedding added to the time embedding as in EDM's networks; the last label is the null label of
+            the unconditional branch), or 0: unconditional.
     """
     c, h, w = shape
     if h != w:
@@ -87,6 +98,7 @@ def unet(
         up_block_types=tuple(up),
         norm_num_groups=norm_num_groups,
         attention_head_dim=block_out_channels[-1] // 2,
+        num_class_embeds=num_classes + 1 if num_classes else None,
     )
 
 
@@ -108,6 +120,18 @@ class EDMDenoiser(nn.Module):
     is_latent = False
 
     @property
+    def conditioning(self):
+        """The classes of a class-conditional network (:class:`crs.conditioning.Conditioning`, null label
+        ``num_classes``), None for an unconditional one."""
+        from crs.conditioning import Conditioning
+
+        cfg = getattr(self.net, "config", None)  # any network F(x, c_noise) works; only ours declare classes
+        if cfg is None:
+            return None
+        classes = (cfg.num_class_embeds or 1) - 1 if self._is_unet else getattr(cfg, "num_classes", 0)
+        return Conditioning("labels", classes, classes) if classes else None
+
+    @property
     def pixel_shape(self) -> tuple[int, ...]:
         """The data's shape: :attr:`shape` (an EDM denoiser works on the data itself)."""
         return self.shape
@@ -124,16 +148,24 @@ class EDMDenoiser(nn.Module):
             return (cfg.in_channels, size, size)
         return (cfg.dim,)
 
-    def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """x (B, *shape), sigma scalar or (B,) -> D(x; sigma), same dtype and device as ``x``."""
+    def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, *shape), sigma scalar or (B,) -> D(x; sigma), same dtype and device as ``x``. A class-conditional
+        network takes labels ``cond`` (B,); None (or the null label) gives its unconditional branch."""
         param = next(self.net.parameters())
+        spec = self.conditioning
+        if spec is None and cond is not None:
+            raise ValueError("This model is unconditional: it takes no class labels.")
+        labels = None
+        if spec is not None:
+            labels = spec.null_like(x.shape[0]) if cond is None else spec.check(torch.as_tensor(cond).cpu(), x.shape[0])
+            labels = labels.to(param.device)
         xin = x.to(param.device, param.dtype)
         s = torch.as_tensor(sigma, device=param.device, dtype=param.dtype).reshape(-1).expand(x.shape[0])
         sb = s.reshape(-1, *([1] * (x.ndim - 1)))
         sd2 = self.sigma_data**2
         c_skip, c_out = sd2 / (sb**2 + sd2), sb * self.sigma_data / torch.sqrt(sb**2 + sd2)
         c_in, c_noise = 1.0 / torch.sqrt(sb**2 + sd2), torch.log(s) / 4.0
-        out = self.net(c_in * xin, c_noise)
+        out = self.net(c_in * xin, c_noise) if labels is None else self.net(c_in * xin, c_noise, class_labels=labels)
         out = out.sample if hasattr(out, "sample") else out
         return (c_skip * xin + c_out * out.to(param.dtype)).to(x.device, x.dtype)
 

@@ -25,6 +25,11 @@ class Denoiser(Protocol):
         sigma_min, sigma_max: the noise range the model is meant for; None: any (exact denoisers).
         sigma_data: the data standard deviation its loss weighting assumes (EDM's 0.5 where the model has none).
         is_latent: whether samples must be decoded (:meth:`decode`) into data.
+
+    A conditional model also declares ``conditioning`` (a :class:`crs.conditioning.Conditioning`; None or absent:
+    unconditional) and is called as ``D(x, sigma, cond)`` with one condition per sample; the engine reads it with
+    :func:`crs.conditioning.conditioning_of` and hands its solvers the plain ``D(x, sigma)`` of a batch
+    (:func:`crs.conditioning.bind`).
     """
 
     shape: tuple[int, ...]

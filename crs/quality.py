@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from crs.args import check_choice, check_int
+from crs.conditioning import bind, check_conditions, conditioning_of, guidance_evaluations
 from crs.protocols import check_data_matches
 from crs.sampling import STEPS, SampleNoise, check_sigmas, nfe_of, run_steps
 from crs.schedules import baseline_sigmas, check_sigma_range
@@ -60,6 +61,7 @@ class Teacher:
         evaluations: network evaluations per sample spent (fine and half solves).
         sigma: the levels of the fine solve, descending from sigma_max to sigma_min (steps + 1,).
         states: the solution at every level (steps + 1, n, *shape) when kept, else None.
+        cond: each sample's condition (n,) for a conditional model (drawn from the sample's seed), else None.
     """
 
     x_T: torch.Tensor
@@ -72,6 +74,7 @@ class Teacher:
     sigma_max: float
     seed: int
     states: torch.Tensor | None = field(default=None, repr=False)
+    cond: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -108,11 +111,13 @@ def _heun_levels(steps: int, sigma_min: float, sigma_max: float) -> torch.Tensor
     return torch.as_tensor(baseline_sigmas("karras", steps + 1, sigma_min, sigma_max), dtype=torch.float64)[:-1].clone()
 
 
-def _fine_solve(denoiser, x: torch.Tensor, levels: torch.Tensor, keep: bool, batch_size: int):
+def _fine_solve(denoiser, x: torch.Tensor, levels: torch.Tensor, keep: bool, batch_size: int, cond=None):
     heun = STEPS["heun"]
     ends, states = [], []
+    model = denoiser
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
+        denoiser = bind(model, None if cond is None else cond[start : start + batch_size])
         traj = [xb] if keep else None
         with torch.no_grad():
             for i in range(len(levels) - 1):
@@ -143,6 +148,7 @@ def solve_teacher(
     dtype=torch.float64,
     noise_dtype=torch.float32,
     device: str | torch.device = "cpu",
+    conditions=None,
 ) -> Teacher:
     """Solve the probability-flow ODE finely from ``n`` seeded starts (see the module docstring).
 
@@ -153,20 +159,24 @@ def solve_teacher(
         dtype: of the solve (float64 by default; a float32 network computes in float32 and returns float64).
         noise_dtype: of the starting noise draws: float32, as :func:`crs.sampling.generate` draws by default, so
             that the teacher starts where sampling runs do (a float64 draw gives other numbers).
+        conditions: a conditional model's condition source (:class:`crs.conditioning.Labels`): sample ``i`` gets
+            the condition :func:`crs.sampling.generate` gives it, kept in :attr:`Teacher.cond`.
     """
     check_sigma_range(sigma_min, sigma_max)
+    check_conditions(denoiser, conditions)
     check_int("n", n, 1)
     check_int("steps", steps, 2)
     if steps % 2:
         raise ValueError(f"`steps` must be even (the error estimate halves it), got {steps}.")
     x_T = _start(tuple(shape), n, seed, sigma_max, noise_dtype, dtype).to(device)
+    cond = None if conditions is None else conditions([sample_seed(seed, i) for i in range(n)])
     levels = _heun_levels(steps, sigma_min, sigma_max)
-    fine, states = _fine_solve(denoiser, x_T, levels, keep_states, batch_size)
-    half, _ = _fine_solve(denoiser, x_T, levels[::2], False, batch_size)
+    fine, states = _fine_solve(denoiser, x_T, levels, keep_states, batch_size, cond)
+    half, _ = _fine_solve(denoiser, x_T, levels[::2], False, batch_size, cond)
     if not (torch.all(torch.isfinite(fine)) and torch.all(torch.isfinite(half))):
         raise ValueError("The teacher solve produced non-finite values (NaN or inf): check the model.")
     error = float(np.sqrt((_rms(fine, half) ** 2).mean())) / 3.0
-    evaluations = (2 * steps + 1) + (steps + 1)
+    evaluations = ((2 * steps + 1) + (steps + 1)) * guidance_evaluations(denoiser)
     return Teacher(
         x_T=x_T,
         endpoint=fine,
@@ -178,16 +188,21 @@ def solve_teacher(
         sigma_max=float(sigma_max),
         seed=int(seed),
         states=states,
+        cond=cond,
     )
 
 
-def endpoints(denoiser, sampler: str, sigmas, x_T: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """The sampler's endpoints from given starts ``x_T`` (no gradients)."""
+def endpoints(
+    denoiser, sampler: str, sigmas, x_T: torch.Tensor, batch_size: int = 1024, cond: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The sampler's endpoints from given starts ``x_T`` (no gradients); ``cond``: their conditions (n,), for a
+    conditional model."""
     sigmas = check_sigmas(sigmas)
     out = []
     with torch.no_grad():
         for start in range(0, len(x_T), batch_size):
-            out.append(run_steps(STEPS[sampler], denoiser, x_T[start : start + batch_size], sigmas))
+            bound = bind(denoiser, None if cond is None else cond[start : start + batch_size])
+            out.append(run_steps(STEPS[sampler], bound, x_T[start : start + batch_size], sigmas))
     return torch.cat(out)
 
 
@@ -202,6 +217,7 @@ def teacher_error(
     steps: int = 256,
     max_steps: int = 4096,
     batch_size: int = 1024,
+    conditions=None,
 ) -> TeacherError:
     """The teacher error of the schedule ``sigmas`` (n levels descending, then 0) for ``sampler``.
 
@@ -211,6 +227,8 @@ def teacher_error(
         teacher: a :class:`Teacher` to reuse (its starts and range must match ``sigmas[0]``); when None one is
             solved with ``steps`` Heun steps and refined (doubling, up to ``max_steps``) until its own error is
             below 1 % of the error it judges.
+        conditions: a conditional model's condition source (sample ``i`` gets the condition
+            :func:`crs.sampling.generate` gives it); a given ``teacher`` brings its own conditions.
 
     Returns:
         :class:`TeacherError`; a warning when the teacher's error is not below 1 % of the value.
@@ -224,9 +242,18 @@ def teacher_error(
     shape = tuple(data.shape)
     check_data_matches(denoiser, shape)
     if teacher is None:
+        check_conditions(denoiser, conditions)
         while True:
             teacher = solve_teacher(
-                denoiser, shape, n, seed, float(sig[-2]), float(sig[0]), steps, batch_size=batch_size
+                denoiser,
+                shape,
+                n,
+                seed,
+                float(sig[-2]),
+                float(sig[0]),
+                steps,
+                batch_size=batch_size,
+                conditions=conditions,
             )
             result = _judge(denoiser, sampler, sig, teacher, batch_size)
             if teacher.error < ACCURACY * result.value or 2 * steps > max_steps:
@@ -249,7 +276,9 @@ def teacher_error(
 
 
 def _judge(denoiser, sampler: str, sigmas: torch.Tensor, teacher: Teacher, batch_size: int) -> TeacherError:
-    x = endpoints(denoiser, sampler, sigmas, teacher.x_T, batch_size)
+    if (teacher.cond is None) != (conditioning_of(denoiser) is None):
+        raise ValueError("The teacher and the model disagree on conditioning: solve the teacher with this model.")
+    x = endpoints(denoiser, sampler, sigmas, teacher.x_T, batch_size, teacher.cond)
     if not torch.all(torch.isfinite(x)):
         raise ValueError(f"The sampler {sampler!r} produced non-finite values on this schedule.")
     per = _rms(x, teacher.endpoint)

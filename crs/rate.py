@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from crs.args import check_int, check_number
+from crs.conditioning import conditioning_of, guidance_evaluations, guidance_of
 from crs.io import atomic_write_json, read_json
 from crs.measures import (
     MODEL_MEASURES,
@@ -202,7 +203,10 @@ def estimate_rate(
         data: a dataset (``sample(n, generator)``, ``shape``), e.g. from :func:`crs.make_dataset`;
             None is allowed for baseline-implied measures, which need no samples.
         denoiser: x0-prediction ``D(x, sigma)``; needed by ``data`` and ``noise``. For analytic
-            data pass ``data.denoiser`` (the exact one).
+            data pass ``data.denoiser`` (the exact one). A conditional model (plain, or guided:
+            :class:`crs.conditioning.Guided`) is evaluated at each x0's own class label, drawn with it from labelled
+            data (``data.sample_labeled``): the rate of the conditional marginals averaged over the data's classes,
+            under the guidance the denoiser applies (docs/method.md, section 10).
         sigma_min, sigma_max: grid range, ``0 < sigma_min < sigma_max``. None takes the model's own end
             (:func:`crs.schedules.fit_model_range`, which then fits a given other end into the model's range, with a
             warning), EDM's 0.002 / 80 without a model or for one without a range (exact denoisers).
@@ -235,25 +239,34 @@ def estimate_rate(
     needs_data = bool(needs_model) or "fid" in parsed
     if needs_data and data is None:
         raise ValueError(f"The measure {format_measure(parsed)!r} needs data; only baseline-implied measures do not.")
+    conditional = bool(needs_model) and conditioning_of(denoiser) is not None
     if needs_model:
         check_data_matches(denoiser, data.shape)
+    if conditional and getattr(data, "num_classes", None) is None:
+        raise ValueError(
+            f"The model is conditional but the dataset {getattr(data, 'name', data)!r} has no class labels to "
+            "condition it on."
+        )
     start = time.perf_counter()
+    cond = None
     if needs_data:
         gen = torch.Generator().manual_seed(int(seed))
-        x0 = data.sample(n_samples, gen)
+        x0, cond = data.sample_labeled(n_samples, gen) if conditional else (data.sample(n_samples, gen), None)
         eps = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     evaluations = feature_evaluations = 0
     floor = None
     if any(name in MODEL_MEASURES for name in parsed):
-        ms, evaluations = model_pass(denoiser, x0, eps, sigma, batch_size, progress)
+        ms, evaluations = model_pass(denoiser, x0, eps, sigma, batch_size, progress, cond)
         for name in MODEL_MEASURES:
             if name in parsed:
                 parts[name] = rms_with_stderr(ms[name])
     for name in parsed:
         if name in SOLVER_MEASURES:
             sampler = name.removeprefix("solver-")
-            ms, spent = solver_pass(denoiser, x0, eps, sigma, sampler, batch_size=batch_size, progress=progress)
+            ms, spent = solver_pass(
+                denoiser, x0, eps, sigma, sampler, batch_size=batch_size, progress=progress, cond=cond
+            )
             evaluations += spent
             parts[name] = solver_discrepancy(sampler, ms)
     if "fid" in parsed:
@@ -262,6 +275,7 @@ def estimate_rate(
         )
         parts["fid"] = (disc, se)
         floor = float(np.median(floors))
+    evaluations *= guidance_evaluations(denoiser)  # network calls: two per evaluation under guidance
     for name in parsed:
         if name not in parts:
             parts[name] = (schedule_pass(name, sigma), np.zeros(len(sigma) - 1))
@@ -284,7 +298,12 @@ def estimate_rate(
         seconds=time.perf_counter() - start,
         floor=floor,
         components={k: {"discrepancy": v[0], "stderr": v[1]} for k, v in parts.items()} if len(parsed) > 1 else {},
-        meta={"n_samples": int(n_samples), "seed": int(seed), "dataset": data.name if data is not None else None},
+        meta={
+            "n_samples": int(n_samples),
+            "seed": int(seed),
+            "dataset": data.name if data is not None else None,
+            **({"guidance": guidance_of(denoiser)} if conditional else {}),
+        },
     )
 
 

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from crs.args import check_choice, check_int
+from crs.conditioning import bind, check_conditions
 from crs.protocols import check_data_matches
 from crs.schedules import check_steps
 from crs.seeds import sample_seed
@@ -40,6 +41,7 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_edm",
     "sample_euler",
+    "sample_conditions",
     "sample_heun",
     "steps_for_nfe",
     "ORDER",
@@ -252,14 +254,18 @@ def generate(
     device: str | torch.device = "cpu",
     progress: bool = False,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    conditions=None,
     **sampler_kwargs,
 ) -> torch.Tensor:
-    """Draw ``n`` samples; sample i uses seed ``seed + i`` (its initial noise and any fresh noise).
+    """Draw ``n`` samples; sample i uses seed ``seed + i`` (its initial noise, any fresh noise and its condition).
 
     Results do not depend on ``batch_size``. Sampling runs without gradients.
 
     Args:
         decode: applied to each finished batch on ``device`` (a latent model's ``decode``: latents -> images).
+        conditions: for a conditional model (plain or :class:`crs.conditioning.Guided`), the seeded source of each
+            sample's condition (:class:`crs.conditioning.Labels`); :func:`sample_conditions` gives the conditions
+            the samples got. None for an unconditional model.
 
     Returns:
         tensor (n, *shape) of ``dtype`` (decoded shape with ``decode``), on the CPU.
@@ -272,14 +278,16 @@ def generate(
     check_steps(len(sigmas) - 1)
     sigmas = check_sigmas(sigmas)
     check_data_matches(denoiser, shape, "`shape` is")
+    check_conditions(denoiser, conditions)
     out = []
     for start in tqdm(range(0, n, batch_size), disable=not progress, desc=f"sampling ({sampler})", leave=False):
         seeds = range(sample_seed(seed, start), sample_seed(seed, min(start + batch_size, n)))
         noise = SampleNoise(seeds, shape, dtype)
         x = (noise() * float(sigmas[0])).to(device)
         kwargs = dict(sampler_kwargs, noise=noise) if sampler == "edm" else sampler_kwargs
+        bound = bind(denoiser, None if conditions is None else conditions(seeds))
         with torch.no_grad():
-            x = SAMPLERS[sampler](denoiser, x, sigmas, **kwargs)
+            x = SAMPLERS[sampler](bound, x, sigmas, **kwargs)
         if not torch.all(torch.isfinite(x)):
             raise ValueError(
                 f"Sampling produced non-finite values (NaN or inf) in samples {seeds.start}..{seeds.stop - 1}: "
@@ -289,6 +297,11 @@ def generate(
             x = decode(x)
         out.append(x.to(dtype).cpu())  # the dtype asked, whatever the model computes in
     return torch.cat(out)
+
+
+def sample_conditions(conditions, n: int, seed: int = 0) -> torch.Tensor:
+    """The conditions :func:`generate` gives samples ``0 .. n - 1`` of a run with ``seed`` (for scoring per class)."""
+    return conditions([sample_seed(seed, i) for i in range(n)])
 
 
 def check_nfe_plan(samplers: Sequence[str], nfe) -> dict[str, list[int]]:

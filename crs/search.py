@@ -29,6 +29,7 @@ rate estimate, whose own cost is reported apart (``rate_evaluations``, single-sa
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 
 from crs.args import check_choice, check_int
+from crs.conditioning import Bound, bind, check_conditions
 from crs.io import atomic_write_json, read_json
 from crs.protocols import check_data_matches
 from crs.quality import Teacher, check_deterministic_sampler, solve_teacher
@@ -236,6 +238,9 @@ class SearchContext:
         opts: the method's options merged with the defaults (:func:`check_options`).
         store: this model's entries in the cache (a fresh dict without one).
         teacher, teacher_key: the search teacher and its key in ``store`` (set before the method runs).
+        model, conditions: the denoiser as given and a conditional model's condition source; once the teacher is
+            solved, ``denoiser`` is ``model`` bound to the search batch's conditions (:func:`crs.conditioning.bind`),
+            the plain ``D(x, sigma)`` of the search batch every method calls.
         evaluations: network evaluations per search sample so far (the teacher's unless reused).
         rate_evaluations: single-sample evaluations of rate estimates.
         meta: what the result reports beyond its fields.
@@ -254,6 +259,8 @@ class SearchContext:
     progress: bool = False
     teacher: Teacher | None = None
     teacher_key: tuple = ()
+    model: Any = None
+    conditions: Any = None
     evaluations: int = 0
     rate_evaluations: int = 0
     meta: dict = field(default_factory=dict)
@@ -350,7 +357,7 @@ def _base_rates(ctx: SearchContext, specs: list[dict]) -> dict:
             ctx.store[key] = rate = estimate_rate(
                 base,
                 ctx.data if base not in BASELINES else None,
-                denoiser=ctx.denoiser,
+                denoiser=ctx.model,  # a conditional model at each x0's own label (estimate_rate)
                 sigma_min=ctx.lo,
                 sigma_max=ctx.hi,
                 grid_size=opts["grid_size"],
@@ -426,10 +433,14 @@ def _denoise_rows(denoiser, pred: torch.Tensor, levels: torch.Tensor, shape, bat
     jumps, n = pred.shape[0], pred.shape[1]
     rows = pred.reshape(jumps * n, *shape)
     per_row = levels.repeat_interleave(n)
+    # a model bound to the search batch's conditions: row j * n + i is sample i, with its condition
+    model, cond = (denoiser.denoiser, denoiser.cond.repeat(jumps)) if isinstance(denoiser, Bound) else (denoiser, None)
     with torch.no_grad():
         out = torch.cat(
             [
-                denoiser(rows[a : a + batch_size], per_row[a : a + batch_size]).double()
+                bind(model, None if cond is None else cond[a : a + batch_size])(
+                    rows[a : a + batch_size], per_row[a : a + batch_size]
+                ).double()
                 for a in range(0, len(rows), batch_size)
             ]
         )
@@ -705,11 +716,12 @@ def check_options(method: str, options: dict) -> dict:
 
 def _solve_search_teacher(ctx: SearchContext, steps: int, keep: bool) -> None:
     """Solve the search teacher (or take it from the store) into ``ctx``; its cost counts unless reused."""
-    key = ("teacher", tuple(ctx.data.shape), ctx.opts["n"], ctx.seed, ctx.lo, ctx.hi, steps, keep)
+    conditions = None if ctx.conditions is None else json.dumps(ctx.conditions.state(), sort_keys=True)
+    key = ("teacher", tuple(ctx.data.shape), ctx.opts["n"], ctx.seed, ctx.lo, ctx.hi, steps, keep, conditions)
     reused = key in ctx.store
     if not reused:
         ctx.store[key] = solve_teacher(
-            ctx.denoiser,
+            ctx.model,
             key[1],
             ctx.opts["n"],
             ctx.seed,
@@ -718,8 +730,10 @@ def _solve_search_teacher(ctx: SearchContext, steps: int, keep: bool) -> None:
             steps,
             keep_states=keep,
             batch_size=ctx.opts["batch_size"],
+            conditions=ctx.conditions,
         )
     ctx.teacher, ctx.teacher_key = ctx.store[key], key
+    ctx.denoiser = bind(ctx.model, ctx.teacher.cond)
     ctx.evaluations = 0 if reused else ctx.teacher.evaluations
     ctx.meta.update(teacher_error=ctx.teacher.error, teacher_evaluations=ctx.teacher.evaluations, teacher_reused=reused)
 
@@ -735,6 +749,7 @@ def search_schedule(
     seed: int = 0,
     progress: bool = False,
     cache: SearchCache | None = None,
+    conditions=None,
     **options,
 ) -> SearchResult:
     """Search a sampling schedule for ``denoiser`` on ``data``, the deterministic ``sampler`` and budget ``nfe``.
@@ -759,6 +774,8 @@ def search_schedule(
             baseline on the search batch only; a baseline name; or sigmas), ``maxiter`` (200 per start),
             ``maxfev`` (Powell's objective evaluations per start, 2000), ``optimizer`` ("lbfgs", or "powell",
             derivative-free: the independent check).
+        conditions: a conditional model's condition source (:class:`crs.conditioning.Labels`): search sample
+            ``i`` gets the condition of its seed; the CRS methods' rates condition each x0 on its own label.
 
     Returns:
         A :class:`SearchResult`; its ``seconds`` is the wall-clock time of this whole call, from entry to return.
@@ -776,8 +793,10 @@ def search_schedule(
     lo, hi = fit_model_range(denoiser, sigma_min, sigma_max)
     check_sigma_range(lo, hi)
     check_data_matches(denoiser, data.shape)
+    check_conditions(denoiser, conditions)
     store = _model_store(cache, denoiser)
     ctx = SearchContext(denoiser, data, sampler, int(nfe), steps, lo, hi, search_seed(seed), opts, store, progress)
+    ctx.model, ctx.conditions = denoiser, conditions
     entry = _SEARCHES[method]
     teacher_steps, keep = entry.prepare(ctx)
     _solve_search_teacher(ctx, teacher_steps, keep)

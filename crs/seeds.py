@@ -7,8 +7,10 @@ by one of these functions, so streams never overlap by accident and a rerun give
 from __future__ import annotations
 
 __all__ = [
+    "CONDITION_OFFSET",
     "REFERENCE_OFFSET",
     "SEARCH_OFFSET",
+    "condition_seed",
     "heldout_seed",
     "online_seed",
     "process_seed",
@@ -35,6 +37,17 @@ def search_seed(seed: int) -> int:
     ``sample_seed(search_seed(seed), i)``, disjoint from the samples a run draws and judges (``seed + i``) and from
     fresh reference samples (``seed + 10**6 + i``) while sets have fewer than a million samples."""
     return seed + SEARCH_OFFSET
+
+
+CONDITION_OFFSET = 5 * 10**6
+
+
+def condition_seed(sample: int) -> int:
+    """Seed of the condition (class label) of the sample whose own seed is ``sample`` (:func:`sample_seed`, or a
+    search or reference sample's): ``sample + 5 * 10**6``. A sample's condition is then a function of its seed alone
+    (not of the batch or the set's size), and its stream never meets the noise of a sample, a search batch or a
+    reference set while sets have fewer than a million samples."""
+    return sample + CONDITION_OFFSET
 
 
 def reference_seed(seed: int) -> int:

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from crs.args import check_choice, check_int, check_number
+from crs.conditioning import bind, conditioning_of
 from crs.io import file_mode
 from crs.protocols import check_data_matches
 from crs.schedules import Schedule
@@ -156,6 +157,9 @@ class TrainConfig:
         checkpoint_every: write a checkpoint every N steps (0: only at the end).
         seed: seeds the generator of data, noise levels and noise (offset by the process index).
         mixed_precision: ``auto`` (bf16 on a GPU, none on CPU), ``no``, ``bf16`` or ``fp16``.
+        label_dropout: for a class-conditional model, the share of training samples whose label is replaced by the
+            null label, which teaches the unconditional branch classifier-free guidance needs (0.1, as EDM2 and DiT);
+            unused for an unconditional model.
     """
 
     steps: int = 1000
@@ -174,6 +178,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     seed: int = 0
     mixed_precision: str = "auto"
+    label_dropout: float = 0.1
 
     def validate(self) -> None:
         """ValueError naming the first bad setting."""
@@ -190,6 +195,8 @@ class TrainConfig:
             raise ValueError(f"`ema_decay` must be in [0, 1), got {self.ema_decay!r}.")
         check_choice("noise", self.noise, NOISE_DISTRIBUTIONS, what="noise distribution")
         check_choice("mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
+        if not (check_number("label_dropout", self.label_dropout, minimum=0) < 1):
+            raise ValueError(f"`label_dropout` must be in [0, 1), got {self.label_dropout!r}.")
         if self.noise == "crs-online":
             check_xi(self.online_xi)
             if set(parse_measure(self.online_measure)) - set(MODEL_MEASURES):
@@ -267,9 +274,9 @@ def _online_schedule(ema, data, cfg: TrainConfig, sigma_min: float, sigma_max: f
 
 def _restore(path: Path, cfg: TrainConfig, model, ema, opt, gen, rank: int = 0):
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    saved = dict(ckpt["config"])
-    mine = asdict(cfg)
-    differ = sorted(k for k in mine if k not in ("steps", "checkpoint_every") and saved.get(k) != mine[k])
+    saved, mine, default = dict(ckpt["config"]), asdict(cfg), asdict(TrainConfig())
+    # a setting added since the checkpoint was written counts as its default
+    differ = sorted(k for k in mine if k not in ("steps", "checkpoint_every") and saved.get(k, default[k]) != mine[k])
     if differ:
         raise ValueError(
             f"The checkpoint {str(path)!r} was made with other settings ({', '.join(differ)}); "
@@ -306,10 +313,14 @@ class EDMLoss:
     Args:
         noise: the training distribution (:func:`make_noise`: log-normal, a schedule's).
         sigma_data: the data standard deviation of the weighting (EDM: 0.5).
+        conditioning: a class-conditional model's :class:`crs.conditioning.Conditioning` (then
+            :meth:`draw_labeled` draws labels with the data), or None.
+        label_dropout: the share of labels replaced by the null label (classifier-free guidance's training).
     """
 
-    def __init__(self, noise, sigma_data: float = 0.5):
+    def __init__(self, noise, sigma_data: float = 0.5, conditioning=None, label_dropout: float = 0.0):
         self.noise, self.sigma_data = noise, float(sigma_data)
+        self.conditioning, self.label_dropout = conditioning, float(label_dropout)
 
     def draw(self, data, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One batch from ``generator`` on the CPU (so draws do not depend on the device), moved to ``device``.
@@ -322,8 +333,32 @@ class EDMLoss:
         eps = torch.randn(x0.shape, generator=generator)
         return x0.to(device), sigma.to(device), eps.to(device)
 
+    def draw_labeled(
+        self, data, n: int, generator: torch.Generator, device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch of a class-conditional model, as :meth:`draw` with the images' labels (``data.sample_labeled``),
+        a ``label_dropout`` share of them (drawn last, from the same generator) replaced by the null label.
+
+        Returns:
+            ``(x0, sigma, eps, labels (n,) int64)`` on ``device``.
+        """
+        if self.conditioning is None:
+            raise ValueError("draw_labeled needs a conditional model's `conditioning`.")
+        x0, labels = data.sample_labeled(n, generator)
+        sigma = self.noise.sample(n, generator).float()
+        eps = torch.randn(x0.shape, generator=generator)
+        drop = torch.rand(n, generator=generator, dtype=torch.float64) < self.label_dropout
+        labels = torch.where(drop, self.conditioning.null, labels)
+        return x0.float().to(device), sigma.to(device), eps.to(device), labels.to(device)
+
     def __call__(
-        self, model, x0: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor, autocast=contextlib.nullcontext
+        self,
+        model,
+        x0: torch.Tensor,
+        sigma: torch.Tensor,
+        eps: torch.Tensor,
+        autocast=contextlib.nullcontext,
+        cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The loss of ``model`` on one batch, a float32 scalar on the inputs' device.
 
@@ -331,10 +366,11 @@ class EDMLoss:
             model: the denoiser being trained (on the inputs' device).
             x0, eps: (B, *shape); sigma: (B,).
             autocast: a context manager for the forward pass (accelerate's ``autocast``: bf16 on GPUs).
+            cond: a conditional model's labels (B,) (:meth:`draw_labeled`), or None.
         """
         sb = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
         with autocast():
-            pred = model(x0 + sb * eps, sigma)
+            pred = model(x0 + sb * eps, sigma) if cond is None else model(x0 + sb * eps, sigma, cond)
         return (loss_weight(sb, self.sigma_data) * (pred.float() - x0) ** 2).mean()
 
 
@@ -425,12 +461,19 @@ def train(
     if noise is None:  # crs-online without a starting schedule: estimate one from the model now
         noise = _online_schedule(ema, data, cfg, lo, hi)
         online_seconds, online_updates = time.perf_counter() - t0, 1
-    edm = EDMLoss(noise, denoiser.sigma_data)
+    spec = conditioning_of(denoiser)
+    if spec is not None and getattr(data, "num_classes", None) is None:
+        raise ValueError(f"The model is class-conditional but the dataset {data.name!r} has no class labels.")
+    edm = EDMLoss(noise, denoiser.sigma_data, spec, cfg.label_dropout)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, disable=not progress or not acc.is_main_process, leave=False)
     for step in bar:
-        x0, sigma, eps = edm.draw(data, cfg.batch_size, gen, acc.device)
-        loss = edm(model, x0, sigma, eps, acc.autocast)
+        if spec is None:
+            x0, sigma, eps = edm.draw(data, cfg.batch_size, gen, acc.device)
+            cond = None
+        else:
+            x0, sigma, eps, cond = edm.draw_labeled(data, cfg.batch_size, gen, acc.device)
+        loss = edm(model, x0, sigma, eps, acc.autocast, cond)
         if not torch.isfinite(loss):
             raise ValueError(
                 f"Non-finite loss ({loss.item()}) at step {step}: lower `lr` or check the data; "
@@ -463,7 +506,8 @@ def train(
 
 def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, batch_size: int = 1024) -> np.ndarray:
     """Held-out EDM loss at fixed noise levels: the fair comparison of models trained with different
-    noise distributions (their training losses average over different sigmas).
+    noise distributions (their training losses average over different sigmas). A class-conditional model is judged
+    at each held-out sample's own label (``data.sample_labeled``, the same samples as ``data.sample``).
 
     Args:
         denoiser: the model.
@@ -475,7 +519,9 @@ def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, 
         float64 array (L,): mean over samples and elements of ``lambda(sigma) |D - x0|^2``.
     """
     gen = torch.Generator().manual_seed(int(seed))
-    x0 = data.sample(n_samples, gen).float()
+    conditional = conditioning_of(denoiser) is not None
+    x0, labels = data.sample_labeled(n_samples, gen) if conditional else (data.sample(n_samples, gen), None)
+    x0 = x0.float()
     eps = torch.randn(x0.shape, generator=gen)
     sd = denoiser.sigma_data
     out = []
@@ -484,7 +530,8 @@ def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, 
             total = 0.0
             for start in range(0, n_samples, batch_size):
                 xb, eb = x0[start : start + batch_size], eps[start : start + batch_size]
-                pred = denoiser(xb + float(s) * eb, torch.full((len(xb),), float(s)))
+                den = bind(denoiser, None if labels is None else labels[start : start + batch_size])
+                pred = den(xb + float(s) * eb, torch.full((len(xb),), float(s)))
                 total += float(((pred.float() - xb) ** 2).sum())
             out.append(total / x0.numel() * float(loss_weight(torch.tensor(s, dtype=torch.float64), sd)))
     return np.asarray(out)

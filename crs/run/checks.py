@@ -344,16 +344,23 @@ def check_stage(stage: str, values: Mapping[str, Any]) -> None:
     check(**{n: values[n] for n in names if n in values})
 
 
-def check_model_reference(model: str, root=".") -> str:
-    """A model the notebooks load by name must be there before any stage runs.
+def check_model_reference(model: str, root=".", data_shape=None) -> str:
+    """A model the notebooks load by name must be there, and be one they can use, before any stage runs.
 
     ``"analytic"`` passes; a folder (relative to ``root``, the run folder the stages run in) must exist;
     anything else of the form ``org/name`` must be a hub id in the local cache or reachable (this
-    downloads it when there is a network; offline it fails in seconds). Returns where it was found.
+    downloads it when there is a network; offline it fails in seconds). What is found is read from its JSON files
+    (:func:`crs.models.describe_model`, no weights): a network the loaders support, making samples of
+    ``data_shape`` (one sample's shape of the stage's dataset) when given. Returns where it was found.
 
     Raises:
-        ValueError: no such folder and not a reachable hub id (the message says what to do).
+        ValueError: no such folder and not a reachable hub id, a model the loaders do not support, or one whose
+            samples have another shape than the data's (the message says what to do).
     """
-    from crs.models import locate_model
+    from crs.models import check_model_data, describe_model, locate_model
 
-    return model if _model_name("model", model) == "analytic" else str(locate_model(model, root))
+    if _model_name("model", model) == "analytic":
+        return model
+    where = locate_model(model, root)
+    check_model_data(describe_model(where), model, data_shape)
+    return str(where)

@@ -194,9 +194,13 @@ def preflight(params: dict, stages: Iterable[str] | None = None) -> dict[str, st
             f"Stage 'evaluation': `plot_model` {values['evaluation']['plot_model']!r} is not among the sampled "
             f"models {values['sampling']['models']}."
         )
+    from crs.data import dataset_shape
+
     for stage, key, model in _model_references(params, wanted, run_dir):
         try:
-            check_model_reference(model, run_dir)
+            data = values[stage].get("dataset")
+            shape = dataset_shape(data, values[stage].get("dataset_kwargs") or {}) if data else None
+            check_model_reference(model, run_dir, shape)
         except ValueError as exc:
             raise ExperimentError(f"Stage {stage!r}, `{key}`: {exc}") from exc
     return changed_outputs(run_dir, wanted)
@@ -376,14 +380,14 @@ def _stand_in_data(params: dict, run_dir: Path, log) -> None:
 def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
     """The experiment at tiny size, in ``<run_dir>-dry-run``: same stages, same keys, small numbers.
 
-    Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is
-    cut to its smallest budget, sampling compares CRS with one baseline on one process and runs the schedule
-    searches for its first model only (unless ``search_models`` says which), a UNet keeps
-    its levels at 8-16 channels, and ``device`` is ``device`` (``cpu`` by default; the GPU check runs it
-    with ``cuda``, where training takes the GPU with bf16 through accelerate). What only the GPU machine has stands in:
-    a hub model missing from the local cache becomes a tiny untrained pipeline of the same kind
-    and shape (:data:`crs.run.standins.KNOWN_PIPELINES`), a missing image folder becomes real digits of
-    the same size, clean-fid statistics become the held-out split and Inception features
+    Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is cut to its
+    smallest budget, sampling compares CRS with one baseline on one process and runs the schedule searches for its
+    first model only (unless ``search_models`` says which), a UNet keeps its levels at 8-16 channels and one layer
+    per block, and ``device`` is ``device`` (``cpu`` by default; the GPU check runs it with ``cuda``, where training
+    takes the GPU with bf16 through accelerate). What only the GPU machine has stands in: a hub model missing from
+    the local cache becomes a tiny untrained pipeline of the same kind and shape
+    (:data:`crs.run.standins.KNOWN_PIPELINES`), a missing image folder becomes real digits of the same size,
+    clean-fid statistics become the held-out split and Inception features
     EfficientNet-Lite0 when clean-fid's weights are absent. All names are still validated by every stage.
     """
     from crs.metrics import INCEPTION_PATH
@@ -419,6 +423,8 @@ def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
             section["model_kwargs"] = dict(
                 section["model_kwargs"], block_out_channels=[8 * min(i + 1, 2) for i in range(levels)]
             )
+            if "layers_per_block" in section["model_kwargs"]:
+                section["model_kwargs"]["layers_per_block"] = 1
     for section in [params["common"], *params["stages"].values()]:
         if section.get("features") == "inception" and not Path(INCEPTION_PATH).is_file():
             section["features"] = "efficientnet-lite0"

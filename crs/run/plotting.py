@@ -87,21 +87,29 @@ def save_figure(fig, path, dpi: int = 110, show: bool = True) -> None:
         _plt().close(fig)
 
 
-def plot_noised_data(data, sigmas=(0.0, 0.1, 0.5, 2.0), n: int = 2000, seed: int = 0):
-    """Scatter of 2-D data noised at a few levels (first two coordinates)."""
+def plot_noised_data(data, sigmas=(0.0, 0.1, 0.5, 2.0), n: int = 2000, seed: int = 0, n_images: int = 9):
+    """The data noised at a few levels: 2-D data as a scatter of ``n`` samples (first two coordinates), images as
+    ``n_images`` samples per level, VP-scaled (``x / sqrt(1 + sigma^2)``, the scale a VP model sees) and clipped to
+    the data range."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(sigmas), figsize=(3.0 * len(sigmas), 3.0), sharex=True, sharey=True)
     gen = torch.Generator().manual_seed(seed)
-    x0 = data.sample(n, gen)
+    images = len(data.shape) > 1
+    x0 = data.sample(n_images if images else n, gen)
     eps = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     for ax, s in zip(np.atleast_1d(axes), sigmas):
+        if images:
+            _show_canvas(ax, _image_canvas((x0 + s * eps) / math.sqrt(1.0 + s * s)))
+            ax.set_title(f"sigma = {s:g}")
+            continue
         x = (x0 + s * eps).flatten(1).numpy()
         ax.scatter(x[:, 0], x[:, 1] if x.shape[1] > 1 else np.zeros(len(x)), s=2, alpha=0.4)
         ax.set_title(f"sigma = {s:g}")
         ax.set_aspect("equal")
-    lim = float(np.abs(x0.flatten(1)[:, :2]).max()) + 2.5 * max(sigmas)
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
+    if not images:
+        lim = float(np.abs(x0.flatten(1)[:, :2]).max()) + 2.5 * max(sigmas)
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
     fig.tight_layout()
     return fig
 

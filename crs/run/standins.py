@@ -13,7 +13,7 @@ from crs.io import plain_modes
 __all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline"]
 
 
-TINY_KINDS = ("ddpm", "ldm")
+TINY_KINDS = ("ddpm", "ldm", "dit")
 
 # Hub pipelines the GPU experiments use: kind and image shape, so that a dry run can stand in for them.
 KNOWN_PIPELINES = {
@@ -38,13 +38,25 @@ def build_tiny_pipeline(
     they load through exactly the path a downloaded pipeline takes.
 
     Args:
-        kind: ``ddpm`` (``DDPMPipeline``: UNet on pixels, linear betas) or ``ldm`` (``LDMPipeline``:
-            ``VQModel`` halving each side, UNet on its latents, ``DDIMScheduler`` with LDM's betas).
+        kind: ``ddpm`` (``DDPMPipeline``: UNet on pixels, linear betas), ``ldm`` (``LDMPipeline``:
+            ``VQModel`` halving each side, UNet on its latents, ``DDIMScheduler`` with LDM's betas) or ``dit``
+            (``DiTPipeline``: a class-conditional ``DiTTransformer2DModel`` over 10 classes with learned variance,
+            on the latents of an ``AutoencoderKL`` halving each side, ``DDIMScheduler`` with DiT's linear betas).
         shape: image shape (C, H, W).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         channels: UNet (and VAE) widths per level.
     """
-    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, LDMPipeline, UNet2DModel, VQModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        DDPMPipeline,
+        DDPMScheduler,
+        DiTPipeline,
+        DiTTransformer2DModel,
+        LDMPipeline,
+        UNet2DModel,
+        VQModel,
+    )
 
     if kind not in TINY_KINDS:
         raise ValueError(f"Unknown pipeline kind {kind!r}; valid choices: {', '.join(TINY_KINDS)}.")
@@ -68,6 +80,30 @@ def build_tiny_pipeline(
 
         if kind == "ddpm":
             pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
+        elif kind == "dit":
+            vae = AutoencoderKL(
+                in_channels=c,
+                out_channels=c,
+                down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2,
+                block_out_channels=(channels[0], channels[0]),
+                latent_channels=4,
+                norm_num_groups=4,
+                sample_size=h,
+                mid_block_add_attention=False,
+            )
+            dit = DiTTransformer2DModel(
+                num_attention_heads=2,
+                attention_head_dim=8,
+                in_channels=4,
+                out_channels=8,  # learned variance, as DiT's
+                num_layers=1,
+                sample_size=h // 2,
+                patch_size=2,
+                num_embeds_ada_norm=10,
+            )
+            scheduler = DDIMScheduler(beta_schedule="linear", prediction_type=prediction_type, clip_sample=False)
+            pipe = DiTPipeline(transformer=dit, vae=vae, scheduler=scheduler, id2label={i: str(i) for i in range(10)})
         else:
             vq = VQModel(
                 in_channels=c,
