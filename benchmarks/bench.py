@@ -852,7 +852,7 @@ def guidance_table(
     cells = []
     for w in scales:
         guided = Guided(den, w)
-        teacher = crs.solve_teacher(guided, data.shape, n, seed + 1, lo, hi, steps=512, conditions=conditions)
+        teacher = crs.solve_teacher(guided, data.shape, n, seed + 1, lo, hi, steps=1024, conditions=conditions)
         for sampler, budgets in nfe.items():
             for budget in budgets:
                 steps = steps_for_nfe(sampler, budget)
