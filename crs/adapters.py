@@ -39,6 +39,11 @@ class DiffusersDenoiser(nn.Module):
     (:attr:`conditioning`: its ``num_embeds_ada_norm`` classes, the null label after them, as ``DiTPipeline``'s
     ``class_null``); its learned-variance channels are dropped, as the pipeline does.
 
+    A text-conditional UNet (``UNet2DConditionModel`` without added conditioning, Stable Diffusion 1.x / 2.x style)
+    denoises with prompt embeddings given once by :meth:`set_prompts` (the text encoder's output, computed where it
+    runs): its condition is a prompt's index in that table, the empty prompt's embedding its null (unconditional)
+    branch.
+
     A latent model (a pipeline with ``vqvae`` or ``vae``, e.g. LDM) denoises in latent space:
     :attr:`shape` is the latent shape, :attr:`pixel_shape` the image shape, and :meth:`encode` /
     :meth:`decode` map between them with the VAE's ``scaling_factor`` (as the diffusers pipelines do).
@@ -64,16 +69,45 @@ class DiffusersDenoiser(nn.Module):
         self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
         self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
         self.is_dit = type(unet).__name__ == "DiTTransformer2DModel"
+        self.is_text = type(unet).__name__ == "UNet2DConditionModel"
+        self.prompt_table = None
+
+    def set_prompts(self, prompt_embeds: torch.Tensor, null_embeds: torch.Tensor) -> DiffusersDenoiser:
+        """Give a text-conditional UNet its prompts: ``prompt_embeds`` (P, L, D), the text encoder's output for P
+        prompts, and ``null_embeds`` (L, D) or (1, L, D), the empty prompt's (the unconditional branch). Condition
+        ``i`` is then prompt ``i``, condition ``P`` the empty prompt. Returns the denoiser."""
+        if not self.is_text:
+            raise ValueError("Only a text-conditional UNet (UNet2DConditionModel) takes prompt embeddings.")
+        prompt_embeds, null_embeds = torch.as_tensor(prompt_embeds), torch.as_tensor(null_embeds)
+        null_embeds = null_embeds.reshape(1, *null_embeds.shape[-2:])
+        dim = self.unet.config.cross_attention_dim
+        if prompt_embeds.ndim != 3 or prompt_embeds.shape[1:] != null_embeds.shape[1:] or prompt_embeds.shape[2] != dim:
+            raise ValueError(
+                f"Prompt embeddings must be (P, L, {dim}) with a null embedding (L, {dim}) of the same L; got "
+                f"{tuple(prompt_embeds.shape)} and {tuple(null_embeds.shape)}."
+            )
+        param = next(self.unet.parameters())
+        self.prompt_table = torch.cat([prompt_embeds, null_embeds]).to(param.device, param.dtype)
+        return self
 
     @property
     def conditioning(self):
-        """A DiT's classes (:class:`crs.conditioning.Conditioning`, null label ``num_classes``); None for a UNet."""
-        if not self.is_dit:
-            return None
+        """A DiT's classes, or a text UNet's prompts (:class:`crs.conditioning.Conditioning`, the null after them);
+        None for an unconditional UNet. ValueError for a text UNet not yet given its prompts (:meth:`set_prompts`)."""
         from crs.conditioning import Conditioning
 
-        classes = int(self.unet.config.num_embeds_ada_norm)
-        return Conditioning("labels", classes, classes)
+        if self.is_dit:
+            classes = int(self.unet.config.num_embeds_ada_norm)
+            return Conditioning("labels", classes, classes)
+        if self.is_text:
+            if self.prompt_table is None:
+                raise ValueError(
+                    "This text-conditional UNet has no prompts yet: give it prompt embeddings with "
+                    "den.set_prompts(prompt_embeds, null_embeds) (the text encoder's output)."
+                )
+            prompts = len(self.prompt_table) - 1
+            return Conditioning("prompts", prompts, prompts)
+        return None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -160,11 +194,15 @@ class DiffusersDenoiser(nn.Module):
         sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
         alpha = 1.0 / torch.sqrt(1.0 + sb**2)
         x_vp = alpha * x.to(param.device, param.dtype)
-        if self.is_dit:
+        if self.is_dit or self.is_text:
             spec = self.conditioning
             labels = spec.null_like(x.shape[0]) if cond is None else spec.check(torch.as_tensor(cond).cpu(), len(x))
-            out = self.unet(x_vp, timestep=t.to(param.dtype), class_labels=labels.to(param.device)).sample
-            out = out[:, : x.shape[1]].to(param.dtype)  # learned variance: DiTPipeline keeps the first channels
+            if self.is_dit:
+                out = self.unet(x_vp, timestep=t.to(param.dtype), class_labels=labels.to(param.device)).sample
+                out = out[:, : x.shape[1]].to(param.dtype)  # learned variance: DiTPipeline keeps the first channels
+            else:
+                context = self.prompt_table[labels.to(param.device)]
+                out = self.unet(x_vp, t.to(param.dtype), encoder_hidden_states=context).sample.to(param.dtype)
         elif cond is not None:
             raise ValueError("This model is unconditional: it takes no class labels.")
         else:
@@ -238,8 +276,9 @@ LATENT_KEYS = ("vqvae", "vae")
 
 
 SUPPORTED_PIPELINES = (
-    "pipelines with a discrete-time scheduler (DDPM, DDIM, ...) and an unconditional UNet2DModel (DDPM, LDM) "
-    "or a class-conditional DiTTransformer2DModel (DiT)"
+    "pipelines with a discrete-time scheduler (DDPM, DDIM, PNDM, ...) and an unconditional UNet2DModel (DDPM, LDM), "
+    "a class-conditional DiTTransformer2DModel (DiT) or a text-conditional UNet2DConditionModel without added "
+    "conditioning (Stable Diffusion 1.x / 2.x; prompt embeddings given with set_prompts)"
 )
 
 
@@ -263,9 +302,18 @@ def pipeline_parts(folder) -> tuple[dict[str, str], str]:
             f"{', '.join(sorted(parts))}); supported: {SUPPORTED_PIPELINES}."
         )
     net_name = parts[net_key]
-    if net_name not in ("UNet2DModel", "DiTTransformer2DModel"):
+    if net_name == "UNet2DConditionModel":
+        if not (folder / net_key / "config.json").is_file():
+            raise ValueError(f"The pipeline at {str(folder)!r} names a {net_key} but has no {net_key}/config.json.")
+        added = json.loads((folder / net_key / "config.json").read_text()).get("addition_embed_type")
+        if added is not None:
+            raise ValueError(
+                f"The pipeline at {str(folder)!r} has a UNet2DConditionModel with added conditioning "
+                f"({added!r}: SDXL style, pooled text embeddings and time ids), not supported yet; supported: "
+                f"{SUPPORTED_PIPELINES}."
+            )
+    elif net_name not in ("UNet2DModel", "DiTTransformer2DModel"):
         kind = {
-            "UNet2DConditionModel": "a text-conditional UNet (Stable Diffusion style), not supported yet",
             "SD3Transformer2DModel": "a flow-matching transformer (SD3), not supported yet",
             "FluxTransformer2DModel": "a flow-matching transformer (Flux), not supported yet",
         }.get(net_name, "not supported")

@@ -47,9 +47,12 @@ class Conditioning:
     """What a conditional denoiser takes.
 
     Attributes:
-        kind: ``"labels"`` (class labels, int64 (B,)).
-        num_classes: labels ``0 .. num_classes - 1``.
-        null: the label of the unconditional branch (``num_classes`` for the models this package trains).
+        kind: ``"labels"`` (class labels, int64 (B,)) or ``"prompts"`` (a text-conditional model given a table of
+            prompt embeddings: the condition is a prompt's index in the table, int64 (B,), so prompts are drawn,
+            bound and guided exactly as labels are).
+        num_classes: labels (or prompts) ``0 .. num_classes - 1``.
+        null: the label of the unconditional branch (``num_classes`` for the models this package trains; the empty
+            prompt's embedding for a text model).
     """
 
     kind: str
@@ -57,8 +60,8 @@ class Conditioning:
     null: int
 
     def __post_init__(self):
-        if self.kind != "labels":
-            raise ValueError(f"Unknown conditioning kind {self.kind!r}; valid: labels.")
+        if self.kind not in ("labels", "prompts"):
+            raise ValueError(f"Unknown conditioning kind {self.kind!r}; valid: labels, prompts.")
         check_int("num_classes", self.num_classes, 1)
         if 0 <= self.null < self.num_classes:
             raise ValueError(f"The null label {self.null} is one of the classes 0..{self.num_classes - 1}.")

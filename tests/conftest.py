@@ -22,14 +22,28 @@ import pytest  # noqa: E402
 matplotlib.use("Agg")
 
 
+# The work units that take longest on 2 cores (minutes), started first so that none is left running alone at the end
+# (longest processing time first); the other units follow with the most tests first.
+LONGEST_FIRST = (
+    "notebooks",
+    "tests/test_notebooks.py",
+    "tests/test_pipeline.py",
+    "tests/test_dry_runs.py",
+    "tests/test_distributed.py",
+    "tests/test_training.py",
+)
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """One work unit per test file, and one for all the committed notebooks (run in order: each reads the run folder
-    its predecessor wrote), so that tests sharing a module's fixtures (a run made once) stay in one process.
+    its predecessor wrote), so that tests sharing a module's fixtures (a run made once) stay in one process; the
+    longest units first (:data:`LONGEST_FIRST`).
 
-    pytest-xdist's ``--dist loadgroup`` would do this with marks, but with pytest 9 its group suffix no longer
-    reaches the node ids, so the grouping is written here on the node ids themselves. Units with the most tests go
-    first (``loadscope``'s order). Whatever ``--dist`` says (but ``each``), this scheduler is the one used.
+    pytest-xdist's ``--dist loadgroup`` would group with marks, but with pytest 9 its group suffix no longer reaches
+    the node ids, so the grouping is written here on the node ids themselves, and the order in :meth:`schedule` (as
+    ``LoadScopeScheduling.schedule``, the queue ordered here). Whatever ``--dist`` says (but ``each``), this
+    scheduler is the one used.
     """
     if config.getvalue("dist") == "each":
         return None
@@ -39,5 +53,32 @@ def pytest_xdist_make_scheduler(config, log):
         def _split_scope(self, nodeid: str) -> str:
             path = nodeid.split("::", 1)[0]
             return "notebooks" if path.startswith("notebooks/") else path
+
+        def schedule(self) -> None:
+            assert self.collection_is_completed
+            if self.collection is not None:
+                for node in self.nodes:
+                    self._reschedule(node)
+                return
+            if not self._check_nodes_have_same_collection():
+                self.log("**Different tests collected, aborting run**")
+                return
+            self.collection = list(next(iter(self.registered_collections.values())))
+            if not self.collection:
+                return
+            units: dict[str, dict[str, bool]] = {}
+            for nodeid in self.collection:
+                units.setdefault(self._split_scope(nodeid), {})[nodeid] = False
+            rank = {scope: i for i, scope in enumerate(LONGEST_FIRST)}
+            for scope in sorted(units, key=lambda u: (rank.get(u, len(rank)), -len(units[u]))):
+                self.workqueue[scope] = units[scope]
+            for _ in range(len(self.nodes) - len(self.workqueue)):  # more workers than work: shut the rest down
+                unused, _assigned = self.assigned_work.popitem()
+                unused.shutdown()
+            for node in self.nodes:
+                self._assign_work_unit(node)
+            if not self.workqueue:
+                for node in self.nodes:
+                    node.shutdown()
 
     return FileScheduling(config, log)

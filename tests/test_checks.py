@@ -145,9 +145,9 @@ def test_models_the_stages_cannot_use_are_named_before_any_stage(smoke, tmp_path
     with pytest.raises(ExperimentError, match=r"decodes to images of shape \(3, 16, 16\), but the dataset gives "):
         preflight(apply_overrides(smoke, [*rgb_digits, f"rate_estimation.model={dit}"]), ["rate_estimation"])
     index = json.loads((dit / "model_index.json").read_text())
-    index["unet"] = index.pop("transformer")[:1] + ["UNet2DConditionModel"]
+    index["transformer"] = ["diffusers", "FluxTransformer2DModel"]
     (dit / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ExperimentError, match=r"has a UNet2DConditionModel \(a text-conditional UNet"):
+    with pytest.raises(ExperimentError, match=r"has a FluxTransformer2DModel \(a flow-matching transformer \(Flux\)"):
         preflight(apply_overrides(smoke, [*rgb16, f"rate_estimation.model={dit}"]), ["rate_estimation"])
 
 

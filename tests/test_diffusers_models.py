@@ -94,10 +94,12 @@ def test_unsupported_pipelines_are_named(tmp_path):
     path = tmp_path / "pipe" / "model_index.json"
     index = json.loads(path.read_text())
     json.dump({**index, "unet": ["diffusers", "UNet2DConditionModel"]}, open(path, "w"))
-    with pytest.raises(
-        ValueError, match="UNet2DConditionModel \\(a text-conditional UNet .*, not supported yet\\); supported: pipe"
-    ):
+    config = tmp_path / "pipe" / "unet" / "config.json"
+    saved = config.read_text()
+    config.write_text(json.dumps({**json.loads(saved), "addition_embed_type": "text_time"}))
+    with pytest.raises(ValueError, match="UNet2DConditionModel with added conditioning \\('text_time': SDXL style"):
         load_denoiser(str(tmp_path / "pipe"))
+    config.write_text(saved)
     unet = index.pop("unet")
     json.dump({**index, "transformer": ["diffusers", "SD3Transformer2DModel"]}, open(path, "w"))
     with pytest.raises(
@@ -345,3 +347,34 @@ def test_a_bare_unet_folder_assumes_ddpm_betas_with_a_warning(tmp_path):
     )  # scheduler_config.json beside it
     den = load_denoiser(str(tmp_path / "unet"))
     assert den.prediction_type == "v_prediction" and den.sigma_max < 100
+
+
+def test_a_text_conditional_unet_guides_with_a_table_of_prompt_embeddings(tmp_path):
+    """A Stable-Diffusion-style pipeline (UNet2DConditionModel with cross-attention, KL latents, PNDM): conditions are
+    indices into the prompt embeddings given with set_prompts, the last one the empty prompt's; the x0-prediction is
+    the UNet's own eps-prediction with those embeddings, turned into x0."""
+    from crs.conditioning import Guided, Labels
+    from crs.run.standins import build_tiny_pipeline
+
+    build_tiny_pipeline(tmp_path / "sd", kind="sd", shape=(3, 16, 16))
+    assert crs.models.describe_model(tmp_path / "sd")["network"] == "UNet2DConditionModel"
+    den = load_denoiser(str(tmp_path / "sd"))
+    with pytest.raises(ValueError, match="has no prompts yet: give it prompt embeddings"):
+        den(torch.zeros(1, 4, 8, 8), 1.0)
+    g = torch.Generator().manual_seed(0)
+    prompts, empty = torch.randn(3, 5, 16, generator=g), torch.randn(5, 16, generator=g)
+    den.set_prompts(prompts, empty)
+    assert den.conditioning.kind == "prompts" and den.conditioning.num_classes == 3 and den.conditioning.null == 3
+    t = 400
+    ac = float(torch.exp(-torch.log1p(torch.exp(2 * den.log_sigmas[t]))))
+    sigma, x, cond = float(den.log_sigmas[t].exp()), torch.randn(4, 4, 8, 8, generator=g), torch.tensor([0, 2, 1, 3])
+    context = torch.cat([prompts, empty[None]])[cond]
+    with torch.no_grad():
+        eps = den.unet(x * ac**0.5, torch.full((4,), t), encoder_hidden_states=context).sample
+    expected = (x * ac**0.5 - (1 - ac) ** 0.5 * eps) / ac**0.5
+    torch.testing.assert_close(den(x, sigma, cond), expected, rtol=1e-4, atol=1e-4)  # float32 network
+    sigmas = crs.baseline_sigmas("karras", 4, den.sigma_min, den.sigma_max)
+    z = crs.sampling.generate(Guided(den, 7.5), den.shape, 3, sigmas, sampler="euler", conditions=Labels(3))
+    assert z.shape == (3, 4, 8, 8) and torch.isfinite(z).all()
+    with pytest.raises(ValueError, match=r"must be \(P, L, 16\)"):
+        den.set_prompts(torch.zeros(2, 5, 8), torch.zeros(5, 8))

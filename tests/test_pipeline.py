@@ -264,16 +264,32 @@ def test_a_run_ends_with_where_things_are(smoke, capsys):
 
 
 def test_sweep_runs_one_folder_per_value_with_a_summary(smoke, tmp_path):
+    """A sweep over an evaluation setting (only stage 05 reruns per value: the claim needs no retraining), each
+    value in its own folder that starts from the base run, and a summary of every value."""
     params, _ = smoke
     base = tmp_path / "run"
     shutil.copytree(params["run_dir"], base)
-    rows = sweep(dict(params, run_dir=str(base)), "schedule_optimization.xi", [1.0, 1.5], log=lambda *_: None)
-    assert [r["value"] for r in rows] == [1.0, 1.5]
+    rows = sweep(dict(params, run_dir=str(base)), "evaluation.k", [2, 5], log=lambda *_: None)
+    assert [r["value"] for r in rows] == [2, 5]
     assert all(r["comparisons"] > 0 for r in rows)
-    s10 = json.loads((base / "sweep" / "schedule_optimization.xi=1.0" / "schedule.json").read_text())
-    s15 = json.loads((base / "sweep" / "schedule_optimization.xi=1.5" / "schedule.json").read_text())
-    assert s10["xi"] == 1.0 and s15["xi"] == 1.5 and s10["sampling"] != s15["sampling"]
-    assert json.loads((base / "sweep" / "summary_schedule_optimization.xi.json").read_text()) == rows
+    folders = [base / "sweep" / f"evaluation.k={k}" for k in (2, 5)]
+    metrics = [json.loads((f / "metrics.json").read_text()) for f in folders]
+    params_05 = [
+        json.loads((f / "05_evaluation.ipynb").read_text())["metadata"]["papermill"]["parameters"] for f in folders
+    ]
+    assert [p["k"] for p in params_05] == [2, 5]
+    precision = [
+        {
+            (r["model"], r["schedule"], r["sampler"], r["nfe"]): r["value"]
+            for r in m["rows"]
+            if r["metric"].startswith("precision")
+        }
+        for m in metrics
+    ]
+    assert precision[0] and precision[0] != precision[1]  # k changes the precision estimate
+    for f in folders:  # the stages before evaluation were taken from the base run, not rerun
+        assert (f / "schedule.json").read_bytes() == (base / "schedule.json").read_bytes()
+    assert json.loads((base / "sweep" / "summary_evaluation.k.json").read_text()) == rows
 
 
 def test_the_stage_kernels_run_encrypted_without_the_tcp_warning(tmp_path, capfd):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from crs.io import plain_modes
 __all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline"]
 
 
-TINY_KINDS = ("ddpm", "ldm", "dit")
+TINY_KINDS = ("ddpm", "ldm", "dit", "sd")
 
 # Hub pipelines the GPU experiments use: kind and image shape, so that a dry run can stand in for them.
 KNOWN_PIPELINES = {
@@ -41,7 +42,10 @@ def build_tiny_pipeline(
         kind: ``ddpm`` (``DDPMPipeline``: UNet on pixels, linear betas), ``ldm`` (``LDMPipeline``:
             ``VQModel`` halving each side, UNet on its latents, ``DDIMScheduler`` with LDM's betas) or ``dit``
             (``DiTPipeline``: a class-conditional ``DiTTransformer2DModel`` over 10 classes with learned variance,
-            on the latents of an ``AutoencoderKL`` halving each side, ``DDIMScheduler`` with DiT's linear betas).
+            on the latents of an ``AutoencoderKL`` halving each side, ``DDIMScheduler`` with DiT's linear betas) or
+            ``sd`` (Stable Diffusion 1.x's layout: a text-conditional ``UNet2DConditionModel`` with cross-attention
+            over 16-dimensional embeddings, ``AutoencoderKL`` latents, ``PNDMScheduler`` with scaled-linear betas;
+            no text encoder, whose output :meth:`crs.adapters.DiffusersDenoiser.set_prompts` takes instead).
         shape: image shape (C, H, W).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         channels: UNet (and VAE) widths per level.
@@ -54,6 +58,8 @@ def build_tiny_pipeline(
         DiTPipeline,
         DiTTransformer2DModel,
         LDMPipeline,
+        PNDMScheduler,
+        UNet2DConditionModel,
         UNet2DModel,
         VQModel,
     )
@@ -80,7 +86,7 @@ def build_tiny_pipeline(
 
         if kind == "ddpm":
             pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
-        elif kind == "dit":
+        elif kind in ("dit", "sd"):
             vae = AutoencoderKL(
                 in_channels=c,
                 out_channels=c,
@@ -92,6 +98,38 @@ def build_tiny_pipeline(
                 sample_size=h,
                 mid_block_add_attention=False,
             )
+            if kind == "sd":
+                unet = UNet2DConditionModel(
+                    sample_size=h // 2,
+                    in_channels=4,
+                    out_channels=4,
+                    layers_per_block=1,
+                    block_out_channels=tuple(channels),
+                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                    cross_attention_dim=16,
+                    attention_head_dim=4,
+                    norm_num_groups=4,
+                )
+                scheduler = PNDMScheduler(
+                    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type
+                )
+                vae.save_pretrained(Path(folder) / "vae")
+                unet.save_pretrained(Path(folder) / "unet")
+                scheduler.save_pretrained(Path(folder) / "scheduler")
+                index = {
+                    "_class_name": "StableDiffusionPipeline",
+                    "_diffusers_version": "0.0.0",
+                    "unet": ["diffusers", "UNet2DConditionModel"],
+                    "vae": ["diffusers", "AutoencoderKL"],
+                    "scheduler": ["diffusers", "PNDMScheduler"],
+                    "text_encoder": [None, None],
+                    "tokenizer": [None, None],
+                    "safety_checker": [None, None],
+                    "feature_extractor": [None, None],
+                }
+                (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+                return plain_modes(folder)
             dit = DiTTransformer2DModel(
                 num_attention_heads=2,
                 attention_head_dim=8,
