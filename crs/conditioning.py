@@ -37,6 +37,7 @@ __all__ = [
     "bind",
     "check_conditions",
     "conditioning_of",
+    "default_conditions",
     "guidance_evaluations",
     "guidance_of",
 ]
@@ -140,6 +141,12 @@ class Labels:
 
     def __repr__(self) -> str:
         return f"Labels(num_classes={self.num_classes})"
+
+
+def default_conditions(denoiser, data) -> Labels | None:
+    """The condition source a stage uses when none is given: the data's label shares (:meth:`Labels.from_data`) for
+    a conditional model, None for an unconditional one."""
+    return Labels.from_data(data) if conditioning_of(denoiser) is not None else None
 
 
 def check_conditions(denoiser, conditions) -> None:

@@ -124,7 +124,11 @@ def test_schedule_stage_refuses_bad_input(kernel, tmp_path):
 
 
 def test_full_chain_on_real_digits_with_a_unet(tmp_path):
-    """00 -> 01 -> 02 -> 03 on scikit-learn's digits with a tiny UNet and the online CRS schedule."""
+    """00 -> 01 -> 02 -> 03 on scikit-learn's digits with a tiny class-conditional UNet (label dropout in training,
+    samples drawn with the data's labels, the rate of the conditional distributions) and the online CRS schedule.
+    (The unconditional UNet goes through every stage in the dry runs of tests/test_dry_runs.py.)"""
+    import crs
+
     digits = dict(dataset="digits", dataset_kwargs={})
     _run(
         "00_base_model.ipynb",
@@ -135,11 +139,13 @@ def test_full_chain_on_real_digits_with_a_unet(tmp_path):
         checkpoint_every=2,
         sample_steps=3,
         n_show=16,
-        model_kwargs={"block_out_channels": [16, 32]},
+        model_kwargs={"block_out_channels": [16, 32], "num_classes": 10},
         **digits,
     )
     base = tmp_path / "run" / "models" / "base"
-    assert json.loads((base / "config.json").read_text())["_class_name"] == "UNet2DModel"
+    config = json.loads((base / "config.json").read_text())
+    assert config["_class_name"] == "UNet2DModel" and config["num_class_embeds"] == 11  # 10 classes and the null
+    assert crs.models.describe_model(base)["num_classes"] == 10
     _run(
         "01_rate_estimation.ipynb",
         tmp_path,
@@ -151,7 +157,8 @@ def test_full_chain_on_real_digits_with_a_unet(tmp_path):
         compare_measures=["noise", "fid"],
         **digits,
     )
-    assert json.loads((tmp_path / "run" / "rate.json").read_text())["evaluations"] == 9 * 48
+    rate = json.loads((tmp_path / "run" / "rate.json").read_text())
+    assert rate["evaluations"] == 9 * 48 and rate["meta"]["guidance"] == 1.0  # each x0 at its own label
     _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", steps=[4])
     _run(
         "03_training_schedule_finetune.ipynb",
