@@ -40,6 +40,7 @@ __all__ = [
     "default_conditions",
     "guidance_evaluations",
     "guidance_of",
+    "with_guidance",
 ]
 
 
@@ -141,6 +142,16 @@ class Labels:
 
     def __repr__(self) -> str:
         return f"Labels(num_classes={self.num_classes})"
+
+
+def with_guidance(denoiser, scale: float | None):
+    """``denoiser`` guided with ``scale`` (:class:`Guided`), or unchanged for None (a conditional model then acts as
+    itself, ``w = 1``); ValueError for a scale given to an unconditional model (naming the parameter)."""
+    if scale is None:
+        return denoiser
+    if conditioning_of(denoiser) is None:
+        raise ValueError(f"`guidance` = {scale!r} needs a conditional model; this one is unconditional (give None).")
+    return Guided(denoiser, scale)
 
 
 def default_conditions(denoiser, data) -> Labels | None:

@@ -98,6 +98,8 @@ def test_chain_with_other_parameters(tmp_path):
         (dict(sigma_min=80.0, sigma_max=0.002), "must be smaller than"),
         (dict(grid_size=1), "grid_size"),
         (dict(model="no/such/checkpoint"), "No model at 'no/such/checkpoint'"),
+        (dict(guidance=-1.0), "`guidance` must be a finite number >= 0"),
+        (dict(guidance=2.0), "`guidance` = 2.0 needs a conditional model; this one is unconditional"),
     ],
 )
 def test_bad_parameters_stop_before_work_and_keep_earlier_results(kernel, tmp_path, params, msg):
@@ -107,6 +109,16 @@ def test_bad_parameters_stop_before_work_and_keep_earlier_results(kernel, tmp_pa
     assert re.search(msg, _refusal(kernel, "01_rate_estimation.ipynb", tmp_path, run_dir="run", **params))
     assert json.loads((run / "rate.json").read_text()) == {"kept": True}
     assert sorted(os.listdir(run)) == ["rate.json"]
+
+
+def test_rate_of_a_guided_model_chosen_by_a_parameter(tmp_path):
+    """Notebook 01 on class-conditional data (the labelled ring, exact conditional denoisers) with `guidance`: the
+    rate is that of the guided denoiser, recorded with its scale, at two network calls per evaluation."""
+    labelled = {"labels": [0, 1, 0, 1, 0, 1, 0, 1]}
+    small = dict(run_dir="run", dataset_kwargs=labelled, grid_size=8, n_samples=256, compare_measures=["data"])
+    _run("01_rate_estimation.ipynb", tmp_path, guidance=3.0, **small)
+    rate = json.loads((tmp_path / "run" / "rate.json").read_text())
+    assert rate["meta"]["guidance"] == 3.0 and rate["evaluations"] == 2 * 9 * 256
 
 
 def test_schedule_stage_refuses_bad_input(kernel, tmp_path):

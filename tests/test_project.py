@@ -155,6 +155,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "dataset",
             "dataset_kwargs",
             "model",
+            "guidance",
             "measure",
             "compare_measures",
             "sigma_min",

@@ -122,8 +122,10 @@ def rate_estimation(
     features,
     device,
     progress=False,
+    guidance=None,
 ) -> None:
-    """Notebook 01 (``sigma_min`` / ``sigma_max`` may be None: the model's own)."""
+    """Notebook 01 (``sigma_min`` / ``sigma_max`` may be None: the model's own; ``guidance`` None or a scale >= 0,
+    whether the model is conditional is checked when it is loaded)."""
     from crs.analytic import ANALYTIC
     from crs.rate import check_rate_inputs
 
@@ -134,6 +136,8 @@ def rate_estimation(
         )
     measures = [measure, *_str_list("compare_measures", compare_measures, allow_empty=True)]
     check_rate_inputs(measures, sigma_min, sigma_max, grid_size, n_samples)
+    if guidance is not None:
+        check_number("guidance", guidance, minimum=0)
     _features(features)
     _device(device)
 
