@@ -61,7 +61,7 @@ browser:
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "browser: no chromium (apt-get install -y chromium); the site's browser test will be skipped"
 
-# Unit tests only (a few minutes): no notebook chains, no batch-runner runs, no multi-process launches, nothing slow.
+# Unit tests only (under a minute on 2 cores): no notebook chains, no batch-runner runs, no multi-process launches, nothing slow.
 test-fast: venv
 	$(PY) -m pytest $(PARALLEL) tests -m "not slow" --ignore=tests/test_notebooks.py --ignore=tests/test_pipeline.py --ignore=tests/test_distributed.py
 

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from crs.models import sample_side
+
 __all__ = [
     "LATENT_KEYS",
     "SUPPORTED_PIPELINES",
@@ -113,7 +115,7 @@ class DiffusersDenoiser(nn.Module):
     def shape(self) -> tuple[int, ...]:
         """Shape of one sample the UNet denoises (latent shape for latent models)."""
         cfg = self.unet.config
-        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        size = sample_side(cfg.sample_size)
         return (cfg.in_channels, size, size)
 
     @property
@@ -184,7 +186,8 @@ class DiffusersDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, C, H, W) VE, sigma scalar or (B,) -> x0-prediction, same dtype and device as ``x``; a DiT takes
-        class labels ``cond`` (B,) (None or the null label: its unconditional branch).
+        class labels ``cond`` (B,), a text UNet prompt indices (:meth:`set_prompts`); None or the null label: the
+        unconditional branch.
 
         The model runs on its own device: inputs from anywhere are moved there and the result back.
         """
@@ -195,13 +198,12 @@ class DiffusersDenoiser(nn.Module):
         alpha = 1.0 / torch.sqrt(1.0 + sb**2)
         x_vp = alpha * x.to(param.device, param.dtype)
         if self.is_dit or self.is_text:
-            spec = self.conditioning
-            labels = spec.null_like(x.shape[0]) if cond is None else spec.check(torch.as_tensor(cond).cpu(), len(x))
+            labels = self.conditioning.labels(cond, x.shape[0], param.device)
             if self.is_dit:
-                out = self.unet(x_vp, timestep=t.to(param.dtype), class_labels=labels.to(param.device)).sample
+                out = self.unet(x_vp, timestep=t.to(param.dtype), class_labels=labels).sample
                 out = out[:, : x.shape[1]].to(param.dtype)  # learned variance: DiTPipeline keeps the first channels
             else:
-                context = self.prompt_table[labels.to(param.device)]
+                context = self.prompt_table[labels]
                 out = self.unet(x_vp, t.to(param.dtype), encoder_hidden_states=context).sample.to(param.dtype)
         elif cond is not None:
             raise ValueError("This model is unconditional: it takes no class labels.")
@@ -330,7 +332,7 @@ def describe_pipeline(folder) -> dict:
     folder = Path(folder)
     parts, net_key = pipeline_parts(folder)
     cfg = json.loads((folder / net_key / "config.json").read_text())
-    size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+    size = sample_side(cfg["sample_size"])
     shape = (cfg["in_channels"], size, size)
     pixel_shape = shape
     vae_key = next((k for k in LATENT_KEYS if k in parts), None)

@@ -178,7 +178,7 @@ class GaussianMixture:
             - 0.5 * self.dim * torch.log(2 * math.pi * var)
         )
         if cond is not None:
-            cond = self.denoiser.conditioning.check(torch.as_tensor(cond).cpu(), x.shape[0])
+            cond = self.denoiser.conditioning.labels(cond, x.shape[0])
             other = (self.labels[None, :] != cond[:, None]) & (cond[:, None] != self.num_classes)
             logp = logp.masked_fill(other, -math.inf)
         return logp, var

@@ -87,6 +87,11 @@ class Conditioning:
             )
         return cond
 
+    def labels(self, cond: torch.Tensor | None, n: int, device=None) -> torch.Tensor:
+        """The labels a model's forward uses: ``cond`` checked (:meth:`check`), or ``n`` null labels (the
+        unconditional branch) when it is None; int64 on ``device``."""
+        return self.null_like(n, device) if cond is None else self.check(torch.as_tensor(cond).cpu(), n).to(device)
+
 
 def conditioning_of(denoiser) -> Conditioning | None:
     """The denoiser's :class:`Conditioning`, or None for an unconditional model (or a plain callable)."""
@@ -197,10 +202,12 @@ class Bound:
         return getattr(self.denoiser, name)
 
 
-def bind(denoiser, cond: torch.Tensor | None):
-    """``denoiser`` with the batch's conditions fixed (:class:`Bound`); unchanged when ``cond`` is None."""
+def bind(denoiser, cond: torch.Tensor | None, rows: slice | None = None):
+    """``denoiser`` with the batch's conditions fixed (:class:`Bound`): ``cond``, or its ``rows`` when given (the
+    batch a loop is at); unchanged when ``cond`` is None."""
     if cond is None:
         return denoiser
+    cond = cond if rows is None else cond[rows]
     spec = conditioning_of(denoiser)
     if spec is None:
         raise ValueError("The model is unconditional: it takes no conditions.")
@@ -228,7 +235,7 @@ class Guided:
     def __call__(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         spec = self.model.conditioning
         n = x.shape[0]
-        cond = spec.null_like(n, x.device) if cond is None else spec.check(cond, n).to(x.device)
+        cond = spec.labels(cond, n, x.device)
         if self.scale == 1.0:
             return self.model(x, sigma, cond)
         null = spec.null_like(n, x.device)

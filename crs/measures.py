@@ -176,7 +176,7 @@ def model_pass(
     bar = tqdm(total=(k + 1) * m, desc="rate (model)", unit="eval", disable=not progress, leave=False)
     for sl in _batches(m, batch_size):
         prev = None
-        den = bind(denoiser, None if cond is None else cond[sl])
+        den = bind(denoiser, cond, sl)
         for j, s in enumerate(sigma):
             s_b = torch.full((sl.stop - sl.start,), float(s), dtype=torch.float64)
             x = x0[sl] + float(s) * eps[sl]
@@ -234,7 +234,7 @@ def solver_pass(
     for sl in _batches(m, batch_size):
         x0b, eb = x0[sl].double(), eps[sl].double()
         rows = x0b.shape[0]
-        denoiser_b = bind(denoiser, None if cond is None else cond[sl])
+        denoiser_b = bind(denoiser, cond, sl)
         with torch.no_grad():
             for j in range(k, 0, -1):
                 a, b = float(sigma[j]), float(sigma[j - 1])

@@ -30,7 +30,16 @@ _LAZY = {
     "unet": "crs.networks",
 }
 __all__ = sorted(
-    ["DENOISER_FILE", "check_model_data", "describe_model", "load_denoiser", "locate_model", "resolve_device", *_LAZY]
+    [
+        "DENOISER_FILE",
+        "check_model_data",
+        "describe_model",
+        "load_denoiser",
+        "locate_model",
+        "resolve_device",
+        "sample_side",
+        *_LAZY,
+    ]
 )
 
 
@@ -71,6 +80,11 @@ def _resolve_hub(model: str) -> Path:
         ) from exc
 
 
+def sample_side(sample_size) -> int:
+    """The side of a square model's samples from a diffusers config's ``sample_size`` (an int, or (H, W))."""
+    return sample_size if isinstance(sample_size, int) else sample_size[0]
+
+
 def describe_model(path) -> dict:
     """What the model in a folder is, from its JSON files alone (no weights read, no diffusers import): ``{"network",
     "shape", "pixel_shape", "num_classes"}`` (``num_classes`` None for an unconditional model). The check the batch
@@ -94,7 +108,7 @@ def describe_model(path) -> dict:
         classes = (cfg.get("num_class_embeds") or 1) - 1 if "num_class_embeds" in cfg else cfg.get("num_classes", 0)
         network = cfg.get("_class_name", "?")
     elif cfg.get("_class_name") == "UNet2DModel":
-        size = cfg["sample_size"] if isinstance(cfg["sample_size"], int) else cfg["sample_size"][0]
+        size = sample_side(cfg["sample_size"])
         shape, classes, network = (cfg["in_channels"], size, size), 0, "UNet2DModel"
     else:
         raise ValueError(

@@ -23,7 +23,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
 
 from crs.io import plain_modes
-from crs.models import DENOISER_FILE
+from crs.models import DENOISER_FILE, sample_side
 
 __all__ = ["DENOISER_FILE", "EDMDenoiser", "MLPNet", "build_denoiser", "unet"]
 
@@ -144,7 +144,7 @@ class EDMDenoiser(nn.Module):
         """Shape of one sample the network takes."""
         cfg = self.net.config
         if self._is_unet:
-            size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+            size = sample_side(cfg.sample_size)
             return (cfg.in_channels, size, size)
         return (cfg.dim,)
 
@@ -155,10 +155,7 @@ class EDMDenoiser(nn.Module):
         spec = self.conditioning
         if spec is None and cond is not None:
             raise ValueError("This model is unconditional: it takes no class labels.")
-        labels = None
-        if spec is not None:
-            labels = spec.null_like(x.shape[0]) if cond is None else spec.check(torch.as_tensor(cond).cpu(), x.shape[0])
-            labels = labels.to(param.device)
+        labels = None if spec is None else spec.labels(cond, x.shape[0], param.device)
         xin = x.to(param.device, param.dtype)
         s = torch.as_tensor(sigma, device=param.device, dtype=param.dtype).reshape(-1).expand(x.shape[0])
         sb = s.reshape(-1, *([1] * (x.ndim - 1)))

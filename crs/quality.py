@@ -30,7 +30,7 @@ import torch
 from crs.args import check_choice, check_int
 from crs.conditioning import bind, check_conditions, conditioning_of, guidance_evaluations
 from crs.protocols import check_data_matches
-from crs.sampling import STEPS, SampleNoise, check_sigmas, nfe_of, run_steps
+from crs.sampling import STEPS, SampleNoise, check_sigmas, nfe_of, run_steps, sample_conditions
 from crs.schedules import baseline_sigmas, check_sigma_range
 from crs.seeds import sample_seed
 
@@ -117,7 +117,7 @@ def _fine_solve(denoiser, x: torch.Tensor, levels: torch.Tensor, keep: bool, bat
     model = denoiser
     for start in range(0, len(x), batch_size):
         xb = x[start : start + batch_size]
-        denoiser = bind(model, None if cond is None else cond[start : start + batch_size])
+        denoiser = bind(model, cond, slice(start, start + batch_size))
         traj = [xb] if keep else None
         with torch.no_grad():
             for i in range(len(levels) - 1):
@@ -169,7 +169,7 @@ def solve_teacher(
     if steps % 2:
         raise ValueError(f"`steps` must be even (the error estimate halves it), got {steps}.")
     x_T = _start(tuple(shape), n, seed, sigma_max, noise_dtype, dtype).to(device)
-    cond = None if conditions is None else conditions([sample_seed(seed, i) for i in range(n)])
+    cond = None if conditions is None else sample_conditions(conditions, n, seed)
     levels = _heun_levels(steps, sigma_min, sigma_max)
     fine, states = _fine_solve(denoiser, x_T, levels, keep_states, batch_size, cond)
     half, _ = _fine_solve(denoiser, x_T, levels[::2], False, batch_size, cond)
@@ -201,7 +201,7 @@ def endpoints(
     out = []
     with torch.no_grad():
         for start in range(0, len(x_T), batch_size):
-            bound = bind(denoiser, None if cond is None else cond[start : start + batch_size])
+            bound = bind(denoiser, cond, slice(start, start + batch_size))
             out.append(run_steps(STEPS[sampler], bound, x_T[start : start + batch_size], sigmas))
     return torch.cat(out)
 

@@ -438,7 +438,7 @@ def _denoise_rows(denoiser, pred: torch.Tensor, levels: torch.Tensor, shape, bat
     with torch.no_grad():
         out = torch.cat(
             [
-                bind(model, None if cond is None else cond[a : a + batch_size])(
+                bind(model, cond, slice(a, a + batch_size))(
                     rows[a : a + batch_size], per_row[a : a + batch_size]
                 ).double()
                 for a in range(0, len(rows), batch_size)

@@ -530,7 +530,7 @@ def loss_by_sigma(denoiser, data, sigmas, n_samples: int = 1024, seed: int = 0, 
             total = 0.0
             for start in range(0, n_samples, batch_size):
                 xb, eb = x0[start : start + batch_size], eps[start : start + batch_size]
-                den = bind(denoiser, None if labels is None else labels[start : start + batch_size])
+                den = bind(denoiser, labels, slice(start, start + batch_size))
                 pred = den(xb + float(s) * eb, torch.full((len(xb),), float(s)))
                 total += float(((pred.float() - xb) ** 2).sum())
             out.append(total / x0.numel() * float(loss_weight(torch.tensor(s, dtype=torch.float64), sd)))

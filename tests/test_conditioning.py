@@ -87,11 +87,12 @@ def test_generate_pairs_conditions_with_seeds_whatever_the_batch(labelled):
     sigmas = crs.baseline_sigmas("karras", 8, 0.002, 80.0)
     a = generate(den, (2,), 12, sigmas, seed=5, sampler="heun", batch_size=12, conditions=labels)
     b = generate(den, (2,), 12, sigmas, seed=5, sampler="heun", batch_size=5, conditions=labels)
-    # the exact denoiser computes each row on its own in float64; batches of other sizes may take other matmul
-    # kernels, so agreement is to float64 round-off over the 15 evaluations (not bit for bit)
-    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    # the exact denoiser computes each row on its own in float64, but batches of other sizes may take other matmul
+    # kernels on another CPU: a float64 round-off can flip the last bit of the float32 samples returned, so the
+    # agreement asked is float32's (a few ulp of values of order 1), not bit for bit
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     first = generate(den, (2,), 4, sigmas, seed=5, sampler="heun", conditions=labels)
-    torch.testing.assert_close(first, a[:4], rtol=1e-12, atol=1e-12)  # sample i does not depend on n
+    torch.testing.assert_close(first, a[:4], rtol=1e-6, atol=1e-6)  # sample i does not depend on n
     assert torch.equal(sample_conditions(labels, 12, seed=5)[:4], sample_conditions(labels, 4, seed=5))
     with pytest.raises(ValueError, match="give `conditions`"):
         generate(den, (2,), 4, sigmas, sampler="heun")

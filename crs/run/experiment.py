@@ -164,6 +164,7 @@ def preflight(params: dict, stages: Iterable[str] | None = None) -> dict[str, st
     Raises:
         ExperimentError: naming the stage and the problem; nothing has been written.
     """
+    from crs.data import dataset_shape
     from crs.run.checks import check_model_reference, check_stage
 
     run_dir = Path(params["run_dir"])
@@ -194,8 +195,6 @@ def preflight(params: dict, stages: Iterable[str] | None = None) -> dict[str, st
             f"Stage 'evaluation': `plot_model` {values['evaluation']['plot_model']!r} is not among the sampled "
             f"models {values['sampling']['models']}."
         )
-    from crs.data import dataset_shape
-
     for stage, key, model in _model_references(params, wanted, run_dir):
         try:
             data = values[stage].get("dataset")

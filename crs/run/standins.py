@@ -84,20 +84,21 @@ def build_tiny_pipeline(
                 add_attention=False,
             )
 
+        # the autoencoders of the latent kinds: two levels (each side halved), no attention over 128 x 128 positions
+        autoencoder = dict(
+            in_channels=c,
+            out_channels=c,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            block_out_channels=(channels[0], channels[0]),
+            norm_num_groups=4,
+            sample_size=h,
+            mid_block_add_attention=False,
+        )
         if kind == "ddpm":
             pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
         elif kind in ("dit", "sd"):
-            vae = AutoencoderKL(
-                in_channels=c,
-                out_channels=c,
-                down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2,
-                block_out_channels=(channels[0], channels[0]),
-                latent_channels=4,
-                norm_num_groups=4,
-                sample_size=h,
-                mid_block_add_attention=False,
-            )
+            vae = AutoencoderKL(latent_channels=4, **autoencoder)
             if kind == "sd":
                 unet = UNet2DConditionModel(
                     sample_size=h // 2,
@@ -143,19 +144,7 @@ def build_tiny_pipeline(
             scheduler = DDIMScheduler(beta_schedule="linear", prediction_type=prediction_type, clip_sample=False)
             pipe = DiTPipeline(transformer=dit, vae=vae, scheduler=scheduler, id2label={i: str(i) for i in range(10)})
         else:
-            vq = VQModel(
-                in_channels=c,
-                out_channels=c,
-                down_block_types=("DownEncoderBlock2D",) * 2,
-                up_block_types=("UpDecoderBlock2D",) * 2,
-                block_out_channels=(channels[0], channels[0]),
-                latent_channels=3,
-                num_vq_embeddings=64,
-                norm_num_groups=4,
-                sample_size=h,
-                scaling_factor=1.0,
-                mid_block_add_attention=False,
-            )  # no attention over 128 x 128 positions in a stand-in
+            vq = VQModel(latent_channels=3, num_vq_embeddings=64, scaling_factor=1.0, **autoencoder)
             scheduler = DDIMScheduler(
                 beta_schedule="scaled_linear",
                 beta_start=0.0015,
