@@ -783,8 +783,9 @@ def verdict_stability(run_dir, seeds=(1, 2), progress: bool = True) -> dict:
 
 
 def demo_timings(params_file: str = "params/demo.yaml", run_dir: str = "runs/bench/demo") -> dict:
-    """Run the demo experiment from an empty ``run_dir`` (refused if it exists) through the batch runner's stages,
-    as ``make demo`` does (without the report and the site): each stage's seconds and the run's summary table."""
+    """Run the demo experiment (or another params file: ``digits-cond`` runs ``params/digits-cond.yaml``) from an
+    empty ``run_dir`` (refused if it exists) through the batch runner's stages, as ``make demo`` does (without the
+    report and the site): each stage's seconds and the run's summary table."""
     from pathlib import Path
 
     from crs.io import read_json
@@ -899,7 +900,9 @@ BENCHMARKS = ("rate", "training", "online", "sampling", "features", "ratio", "qu
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", default="all", choices=[*BENCHMARKS, "stability", "demo", "all"])
+    parser.add_argument(
+        "what", nargs="?", default="all", choices=[*BENCHMARKS, "stability", "demo", "digits-cond", "all"]
+    )
     parser.add_argument("--repeats", type=int, default=5, help="rate: repeats per measure (default 5)")
     parser.add_argument("--json", default=None, help="quality: also write the partial result here after every cell")
     parser.add_argument(
@@ -925,7 +928,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--coverage-dim", type=int, default=16, help="coverage: their dimension (default 16)")
     parser.add_argument("--run", default="runs/demo", help="stability: the run folder (default runs/demo)")
     parser.add_argument("--boot-seeds", default="1,2", help="stability: the other bootstrap seeds (default 1,2)")
-    parser.add_argument("--run-dir", default="runs/bench/demo", help="demo: the (new) run folder to time")
+    parser.add_argument(
+        "--run-dir", default=None, help="demo, digits-cond: the (new) run folder to time (default runs/bench/<name>)"
+    )
     parser.add_argument("--record-name", default=None, help="the record's name (default: from the benchmark's options)")
     parser.add_argument("--no-record", action="store_true", help="print only; write no record under benchmarks/records")
     return parser
@@ -961,7 +966,8 @@ def measure(what: str, args) -> dict | list:
         "features": feature_throughput_table,
         "ratio": crs_ratio_table,
         "guidance": guidance_table,
-        "demo": lambda: demo_timings(run_dir=args.run_dir),
+        "demo": lambda: demo_timings(run_dir=args.run_dir or "runs/bench/demo"),
+        "digits-cond": lambda: demo_timings("params/digits-cond.yaml", args.run_dir or "runs/bench/digits-cond"),
     }
     if what in simple:
         return simple[what]()

@@ -370,4 +370,5 @@ TABLES = {
     "stability": stability_md,
     "gpu-check": gpu_check_md,
     "demo": demo_md,
+    "digits-cond": demo_md,
 }

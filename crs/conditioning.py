@@ -26,16 +26,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from crs.args import check_int, check_number
+from crs.args import check_choice, check_int, check_number
 from crs.seeds import condition_seed
 
 __all__ = [
     "Bound",
     "Conditioning",
     "Guided",
+    "LABEL_SOURCES",
     "Labels",
     "bind",
     "check_conditions",
+    "check_label_source",
+    "condition_source",
     "conditioning_of",
     "default_conditions",
     "guidance_evaluations",
@@ -101,18 +104,28 @@ def conditioning_of(denoiser) -> Conditioning | None:
 class Labels:
     """Seeded class labels for generated samples: sample seed ``s`` gets one label drawn with a generator seeded
     :func:`crs.seeds.condition_seed` ``(s)``, from ``probs`` over ``0 .. num_classes - 1`` (uniform by default) or
-    uniformly from ``choices``.
+    uniformly from ``choices``; or, ``balanced``, the label ``s mod num_classes``.
 
     Args:
         num_classes: the model's classes.
         probs: one probability per class (normalised here), e.g. :meth:`from_data` gives the data's label shares.
         choices: the labels to draw from, uniformly (``[3]``: every sample a 3).
+        balanced: every class equally often, exactly: any run of consecutive seeds (a sample set, ``seed + i``)
+            holds each class ``n // num_classes`` or one more times, as the class-balanced FID protocol of
+            conditional ImageNet models draws 50 samples per class. Still a function of the sample's seed alone.
     """
 
-    def __init__(self, num_classes: int, probs: Sequence[float] | None = None, choices: Sequence[int] | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        probs: Sequence[float] | None = None,
+        choices: Sequence[int] | None = None,
+        balanced: bool = False,
+    ):
         check_int("num_classes", num_classes, 1)
-        if probs is not None and choices is not None:
-            raise ValueError("Give `probs` or `choices`, not both.")
+        if sum(x is not None for x in (probs, choices)) + bool(balanced) > 1:
+            raise ValueError("Give one of `probs`, `choices` and `balanced`, not several.")
+        self.balanced = bool(balanced)
         if choices is not None:
             choices = [int(c) for c in choices]
             if not choices or any(not 0 <= c < num_classes for c in choices):
@@ -135,6 +148,8 @@ class Labels:
 
     def __call__(self, seeds: Sequence[int]) -> torch.Tensor:
         """One label per sample seed, int64 (B,), on the CPU."""
+        if self.balanced:
+            return torch.tensor([int(s) % self.num_classes for s in seeds], dtype=torch.int64)
         out = torch.empty(len(seeds), dtype=torch.int64)
         for i, s in enumerate(seeds):
             gen = torch.Generator().manual_seed(condition_seed(int(s)))
@@ -143,10 +158,57 @@ class Labels:
 
     def state(self) -> dict:
         """JSON-serialisable description (artifacts record it)."""
+        if self.balanced:
+            return {"kind": "labels", "num_classes": self.num_classes, "balanced": True}
         return {"kind": "labels", "num_classes": self.num_classes, "probs": self.probs.tolist()}
 
     def __repr__(self) -> str:
-        return f"Labels(num_classes={self.num_classes})"
+        return f"Labels(num_classes={self.num_classes}{', balanced' if self.balanced else ''})"
+
+
+LABEL_SOURCES = ("data", "balanced")  # the named condition sources of the stages' `labels` parameter
+
+
+def check_label_source(labels) -> None:
+    """ValueError unless ``labels`` is a stage's condition source: ``"data"`` (the dataset's label shares),
+    ``"balanced"`` (every class equally often) or a non-empty list of class labels (drawn uniformly)."""
+    if isinstance(labels, str):
+        check_choice("labels", labels, LABEL_SOURCES, what="label source")
+        return
+    if (
+        not isinstance(labels, (list, tuple))
+        or not labels
+        or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in labels)
+    ):
+        raise ValueError(
+            f"`labels` must be 'data', 'balanced' or a non-empty list of class labels (ints >= 0), got {labels!r}."
+        )
+
+
+def condition_source(denoiser, data, labels="data") -> Labels | None:
+    """The condition source of a stage's ``labels`` parameter for ``denoiser`` (None for an unconditional model):
+    ``"data"``, the data's label shares (:meth:`Labels.from_data`); ``"balanced"``, every one of the model's classes
+    equally often; a list, those labels drawn uniformly.
+
+    Raises:
+        ValueError: a bad ``labels``, ``"data"`` with a dataset that has no labels or another number of classes than
+            the model, or a listed label the model does not have.
+    """
+    check_label_source(labels)
+    spec = conditioning_of(denoiser)
+    if spec is None:
+        return None
+    if labels == "balanced":
+        return Labels(spec.num_classes, balanced=True)
+    if labels == "data":
+        found = Labels.from_data(data)
+        if found.num_classes != spec.num_classes:
+            raise ValueError(
+                f"The dataset {getattr(data, 'name', data)!r} has {found.num_classes} classes and the model "
+                f"{spec.num_classes}: give `labels` 'balanced' or a list of the model's labels."
+            )
+        return found
+    return Labels(spec.num_classes, choices=labels)
 
 
 def with_guidance(denoiser, scale: float | None):
@@ -161,8 +223,8 @@ def with_guidance(denoiser, scale: float | None):
 
 def default_conditions(denoiser, data) -> Labels | None:
     """The condition source a stage uses when none is given: the data's label shares (:meth:`Labels.from_data`) for
-    a conditional model, None for an unconditional one."""
-    return Labels.from_data(data) if conditioning_of(denoiser) is not None else None
+    a conditional model, None for an unconditional one (:func:`condition_source` with ``"data"``)."""
+    return condition_source(denoiser, data, "data")
 
 
 def check_conditions(denoiser, conditions) -> None:

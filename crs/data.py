@@ -280,6 +280,17 @@ def dataset_shape(name: str, kwargs: dict | None = None) -> tuple[int, ...]:
     return (int(value["channels"]), int(side), int(side))
 
 
+def dataset_classes(name: str, kwargs: dict | None = None) -> int | None:
+    """The number of class labels of ``make_dataset(name, **kwargs)`` without reading the data (None: unlabelled);
+    what the batch runner's preflight compares with a conditional model's classes."""
+    check_dataset(name, kwargs)
+    kwargs = dict(kwargs or {})
+    if name in ("digits", "mnist"):
+        return 10
+    labels = kwargs.get("labels") if name in analytic.ANALYTIC else None
+    return int(max(labels)) + 1 if labels else None
+
+
 def check_dataset(name: str, kwargs: dict | None = None) -> None:
     """What can be checked of a dataset without reading it: the name, the keywords, a folder's ``path``.
 

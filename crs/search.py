@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from crs.args import check_choice, check_int
-from crs.conditioning import Bound, bind, check_conditions
+from crs.conditioning import Bound, bind, check_conditions, guidance_of
 from crs.io import atomic_write_json, read_json
 from crs.protocols import check_data_matches
 from crs.quality import Teacher, check_deterministic_sampler, solve_teacher
@@ -801,6 +801,8 @@ def search_schedule(
     teacher_steps, keep = entry.prepare(ctx)
     _solve_search_teacher(ctx, teacher_steps, keep)
     sigmas, objective = entry.run(ctx)
+    if conditions is not None:  # what the schedule was searched for (a stored search is reused only for the same)
+        ctx.meta.update(conditions=conditions.state(), guidance=guidance_of(denoiser))
     return SearchResult(
         method=method,
         sampler=sampler,

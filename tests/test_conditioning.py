@@ -76,7 +76,7 @@ def test_labels_are_seeded_per_sample_and_follow_their_shares():
     for bad, msg in [
         (dict(probs=[1.0]), "needs 3 non-negative values"),
         (dict(choices=[5]), r"labels in 0\.\.2"),
-        (dict(probs=[1, 1, 1], choices=[0]), "not both"),
+        (dict(probs=[1, 1, 1], choices=[0]), "not several"),
     ]:
         with pytest.raises(ValueError, match=msg):
             Labels(3, **bad)
@@ -234,3 +234,144 @@ def test_class_conditional_training_learns_both_branches():
     torch.testing.assert_close(x0, x_plain)  # the labelled draw takes the same data as the plain one
     with pytest.raises(ValueError, match="`label_dropout` must be in"):
         TrainConfig(label_dropout=1.0).validate()
+
+
+def test_balanced_labels_hold_every_class_equally_often_in_any_run_of_seeds():
+    labels = Labels(3, balanced=True)
+    for start, n in ((0, 9), (7, 10), (1000, 31)):
+        counts = torch.bincount(labels(range(start, start + n)), minlength=3)
+        assert counts.max() - counts.min() <= 1 and counts.sum() == n
+    torch.testing.assert_close(labels([5, 6]), labels(range(7))[5:])  # a function of the seed alone
+    assert labels.state() == {"kind": "labels", "num_classes": 3, "balanced": True}
+    with pytest.raises(ValueError, match="not several"):
+        Labels(3, probs=[1, 1, 1], balanced=True)
+
+
+def test_condition_source_names_what_does_not_fit(labelled):
+    from crs.conditioning import condition_source
+
+    den = labelled.denoiser
+    assert condition_source(crs.make_dataset("gmm").denoiser, labelled, "balanced") is None  # unconditional
+    assert condition_source(den, labelled, "data").state() == Labels.from_data(labelled).state()
+    assert condition_source(den, labelled, "balanced").balanced
+    assert condition_source(den, labelled, [1]).probs.tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="has no class labels"):
+        condition_source(den, crs.make_dataset("gmm"), "data")
+    with pytest.raises(ValueError, match="has 3 classes and the model 2"):
+        condition_source(den, gmm(labels=[0, 1, 2, 0, 1, 2, 0, 1], **RING), "data")
+    with pytest.raises(ValueError, match="Unknown label source 'balance'"):
+        condition_source(den, labelled, "balance")
+    with pytest.raises(ValueError, match=r"`choices` must be labels in 0..1, got \[2\]"):
+        condition_source(den, labelled, [2])
+
+
+def _guided_grid(data, tmp_path, guidance, labels="data", log=lambda *_: None):
+    """Notebook 04's sample grid for the labelled ring's exact denoiser at each guidance scale, with a searched
+    schedule: the index as sampling_job writes it."""
+    from crs.conditioning import condition_source
+    from crs.optimize import schedule_functions, schedule_kinds
+    from crs.run.jobs import sample_grid, searched_schedules
+
+    den = data.denoiser
+    conditions = {"analytic": condition_source(den, data, labels)}
+    schedules = schedule_functions(crs.Schedule.from_baseline("karras", 0.01, 20.0), ["vp"])
+    searched = searched_schedules(
+        {"analytic": den},
+        ["gits"],
+        ["euler"],
+        [4],
+        data,
+        (0.01, 20.0),
+        tmp_path,
+        options={"n": 32, "teacher_steps": 32, "gits": {"grid": 12, "substeps": 2}},
+        guidance=guidance,
+        conditions=conditions,
+        log=log,
+    )
+    kinds = {**schedule_kinds(["vp"]), "gits": "peer"}
+    index = sample_grid(
+        {"analytic": den},
+        {**schedules, **searched},
+        ["euler"],
+        [4],
+        64,
+        tmp_path / "samples",
+        kinds=kinds,
+        guidance=guidance,
+        conditions=conditions,
+    )
+    doc = dict(seed=0, n_samples=64, schedule_range=[0.01, 20.0], labels=labels, guidance=guidance, entries=index)
+    return index, doc, searched
+
+
+def test_a_guided_grid_samples_searches_and_scores_each_guidance_scale(labelled, tmp_path):
+    """Notebooks 04-05 on a guided conditional model: one sample set, one searched schedule and one teacher per
+    guidance scale; each set equals generate() with the guided model and the data's labels; rows and comparisons
+    carry the scale."""
+    from crs.metrics import make_feature_extractor
+    from crs.run.jobs import evaluate_grid, teacher_endpoints
+
+    index, doc, searched = _guided_grid(labelled, tmp_path, [1.0, 3.0])
+    assert sorted(searched["gits"]) == [("analytic@w=1", "euler", 4), ("analytic@w=3", "euler", 4)]
+    assert not torch.equal(*searched["gits"].values())  # the schedule moves with the scale
+    assert {(e["schedule"], e["guidance"]) for e in index} == {(s, w) for s in ("crs", "vp", "gits") for w in (1, 3)}
+    assert all(f"/analytic/w{e['guidance']:g}/euler/" in e["path"] for e in index)
+    one = next(e for e in index if e["schedule"] == "vp" and e["guidance"] == 3.0)
+    sigmas = crs.Schedule.from_baseline("vp", 0.01, 20.0).discretize(4)
+    expected = generate(
+        Guided(labelled.denoiser, 3.0), (2,), 64, sigmas, sampler="euler", conditions=Labels.from_data(labelled)
+    )
+    # float32 samples: the grid's levels come from the schedule functions (float64), so a last bit may differ
+    torch.testing.assert_close(torch.load(one["path"], weights_only=True), expected)
+    ends, errors = teacher_endpoints(doc, tmp_path, labelled, steps=32)
+    assert sorted(ends) == ["analytic@w=1", "analytic@w=3"]
+    # the teacher of w = 3 is the guided ODE from the samples' own noise and labels (same code path: exact)
+    own = crs.quality.solve_teacher(
+        Guided(labelled.denoiser, 3.0), (2,), 64, 0, 0.01, 20.0, 32, conditions=Labels.from_data(labelled)
+    )
+    torch.testing.assert_close(ends["analytic@w=3"], own.endpoint.cpu(), rtol=0, atol=0)
+    scores = evaluate_grid(
+        index,
+        labelled.sample(256, torch.Generator().manual_seed(9)),
+        make_feature_extractor("identity"),
+        data=labelled,
+        n_boot=20,
+        which=["fid", "teacher_error"],
+        teachers=ends,
+    )
+    te = {(r["schedule"], r["guidance"]): r["value"] for r in scores["rows"] if r["metric"] == "teacher_error"}
+    by_hand = (torch.load(one["path"], weights_only=True).double() - own.endpoint.double()).pow(2).mean().sqrt()
+    assert len(te) == 6 and te[("vp", 3.0)] == pytest.approx(float(by_hand), rel=1e-12)  # float64 sums of 128 terms
+    assert sorted((c["guidance"], c["metric"]) for c in scores["comparisons"]) == [
+        (1.0, "fid_identity"),
+        (1.0, "teacher_error"),
+        (3.0, "fid_identity"),
+        (3.0, "teacher_error"),
+    ]
+    # a stored search is reused for the same conditions only
+    said = []
+    _guided_grid(labelled, tmp_path, [3.0], log=said.append)
+    _guided_grid(labelled, tmp_path, [3.0], labels="balanced", log=said.append)
+    assert [line.split(": ")[1] for line in said] == [
+        "0 schedules searched in 0.0 s, 1 reused from run_dir/search/",
+        said[1].split(": ")[1],
+    ] and said[1].split(": ")[1].startswith("1 schedules searched")
+
+
+def test_guidance_needs_a_conditional_model(tmp_path):
+    from crs.run.jobs import model_variants
+
+    with pytest.raises(ValueError, match=r"`guidance` \[2\.0\] needs a conditional model"):
+        model_variants({"analytic": crs.make_dataset("gmm").denoiser}, [2.0])
+
+
+def test_the_crs_trained_model_is_compared_with_the_control_at_each_scale():
+    from crs.run.jobs import model_comparisons
+
+    boot = lambda v: np.full(50, v) + np.random.default_rng(0).normal(0, 0.01, 50)  # noqa: E731
+    values = {}
+    for w, (c, k) in {2.0: (1.0, 2.0), 4.0: (3.0, 1.0)}.items():
+        values[(f"crs@w={w:g}", "karras", "euler", 5, "fid_identity")] = (c, boot(c))
+        values[(f"control@w={w:g}", "karras", "euler", 5, "fid_identity")] = (k, boot(k))
+    rows = model_comparisons(values)
+    assert [(r["guidance"], r["crs_better"], r["significant"]) for r in rows] == [(2.0, True, True), (4.0, False, True)]

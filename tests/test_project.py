@@ -182,6 +182,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "lr",
             "ema_decay",
             "noise",
+            "label_dropout",
             "checkpoint_every",
             "sample_steps",
             "n_show",
@@ -233,6 +234,8 @@ def test_notebook_parameters_are_inspectable(caplog):
             "search",
             "search_options",
             "search_models",
+            "guidance",
+            "labels",
             "progress",
         },
         "05_evaluation.ipynb": {

@@ -15,6 +15,7 @@ experiment names that no stage of the run produces.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -83,6 +84,7 @@ def base_model(
     sample_steps,
     n_show,
     progress=False,
+    label_dropout=0.1,
 ) -> None:
     """Notebook 00."""
     from crs.schedules import check_sigma_range, check_steps
@@ -102,10 +104,18 @@ def base_model(
         noise=noise,
         checkpoint_every=checkpoint_every,
         seed=seed,
+        label_dropout=label_dropout,
     ).validate()
     make_noise(noise, sigma_min, sigma_max)  # e.g. 'crs' needs a schedule, which a base model has not
     check_steps(sample_steps)
     check_int("n_show", n_show, 1)
+    if model == "train" and model_kwargs.get("num_classes") is not None:  # a class-conditional model to train
+        from crs.data import dataset_classes
+
+        check_int("num_classes", model_kwargs["num_classes"], 1)
+        check_model_conditioning(
+            "The model to train", model_kwargs["num_classes"], dataset_classes(dataset, dataset_kwargs)
+        )
 
 
 def rate_estimation(
@@ -227,6 +237,24 @@ def check_finetune_seeds(finetune_seeds, seed) -> list[int]:
     return [int(s) for s in finetune_seeds]
 
 
+def check_guidance_scales(guidance) -> list[float] | None:
+    """``guidance``: None (each model as it is) or a non-empty list of distinct scales >= 0; ValueError otherwise."""
+    if guidance is None:
+        return None
+    if (
+        not isinstance(guidance, (list, tuple))
+        or not guidance
+        or any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in guidance)
+        or any(not math.isfinite(w) or w < 0 for w in guidance)
+    ):
+        raise ValueError(
+            f"`guidance` must be None or a non-empty list of guidance scales >= 0 (e.g. [1, 2, 4]), got {guidance!r}."
+        )
+    if len({float(w) for w in guidance}) < len(guidance):
+        raise ValueError(f"`guidance` lists a scale twice: {list(guidance)}.")
+    return [float(w) for w in guidance]
+
+
 def sampling(
     seed,
     dataset,
@@ -248,12 +276,18 @@ def sampling(
     search_options=None,
     search_models=None,
     progress=False,
+    guidance=None,
+    labels="data",
 ) -> None:
-    """Notebook 04."""
+    """Notebook 04 (whether a model is conditional, for ``guidance`` and ``labels``, is checked when it is loaded, and
+    by the batch runner's preflight from its files)."""
+    from crs.conditioning import check_label_source
     from crs.sampling import check_nfe_plan
     from crs.search import METHODS, check_options
 
     _common(seed, dataset, dataset_kwargs, progress)
+    check_guidance_scales(guidance)
+    check_label_source(labels)
     for name in _str_list("models", models):
         _model_name("models", name)
     if not isinstance(schedule, str):
@@ -346,6 +380,32 @@ def check_stage(stage: str, values: Mapping[str, Any]) -> None:
     if missing:
         raise ValueError(f"The values of stage {stage!r} lack {missing}.")
     check(**{n: values[n] for n in names if n in values})
+
+
+def check_model_conditioning(
+    model: str, num_classes: int | None, data_classes: int | None, *, labels="data", guidance=None
+) -> None:
+    """A model's conditioning against what a stage gives it, before any work: a class-conditional model
+    (``num_classes``) drawing its labels from the data (``labels="data"``, as rate estimation and training always do)
+    needs a dataset with as many classes (``data_classes``, None: unlabelled); listed labels must be the model's; a
+    guidance scale needs a conditional model.
+
+    Raises:
+        ValueError: naming the model, both counts and what to change.
+    """
+    if num_classes is None:
+        if guidance is not None:
+            raise ValueError(f"`guidance` = {guidance!r} needs a conditional model; {model!r} is unconditional.")
+        return
+    if labels == "data" and data_classes is None:
+        raise ValueError(
+            f"{model!r} is class-conditional ({num_classes} classes) and takes its labels from the data, which has "
+            "none: use a labelled dataset, or (sampling) labels 'balanced' or a list."
+        )
+    if labels == "data" and data_classes != num_classes:
+        raise ValueError(f"{model!r} has {num_classes} classes and the dataset {data_classes}.")
+    if isinstance(labels, (list, tuple)) and labels and max(labels) >= num_classes:
+        raise ValueError(f"`labels` {list(labels)} name classes {model!r} does not have (it has {num_classes}).")
 
 
 def check_model_reference(model: str, root=".", data_shape=None) -> str:

@@ -202,7 +202,82 @@ def preflight(params: dict, stages: Iterable[str] | None = None) -> dict[str, st
             check_model_reference(model, run_dir, shape)
         except ValueError as exc:
             raise ExperimentError(f"Stage {stage!r}, `{key}`: {exc}") from exc
+    _check_conditioning(values, run_dir)
     return changed_outputs(run_dir, wanted)
+
+
+_UNKNOWN = object()  # a model whose conditioning preflight cannot read (e.g. a hub id not in the cache)
+
+
+def _model_classes(model: str, values: dict, run_dir: Path, stage: str):
+    """A model's classes as the stages will load it (None: unconditional; :data:`_UNKNOWN`: not readable here): the
+    exact denoiser's from the data's labels, the models this run trains from stage 00's ``model_kwargs``, any other
+    from its files (:func:`crs.models.describe_model`)."""
+    from crs.data import dataset_classes
+    from crs.models import describe_model, locate_model
+
+    if model == "analytic":
+        return dataset_classes(values[stage]["dataset"], values[stage].get("dataset_kwargs") or {})
+    name = model[len("models/") :] if model.startswith("models/") else model
+    base = values.get("base_model")
+    if base is not None and (name in PRODUCES["base_model"] or name in _finetuned(values)):
+        if base.get("model", "train") == "train":
+            return base.get("model_kwargs", {}).get("num_classes")
+        return _model_classes(base["model"], values, run_dir, stage) if base["model"] != model else _UNKNOWN
+    for where in (run_dir / "models" / name, run_dir / model, Path(model)):
+        if where.is_dir():
+            try:
+                return describe_model(where)["num_classes"]
+            except ValueError:
+                return _UNKNOWN  # the model-reference check names it
+    if name in _finetuned(values) and "base_model" not in values:  # fine-tuned in this run from another base
+        source = values.get("training_schedule_finetune", {}).get("base_model") or "models/base"
+        return _model_classes(source, values, run_dir, stage) if source != model else _UNKNOWN
+    try:
+        return describe_model(locate_model(model, run_dir))["num_classes"]
+    except ValueError:
+        return _UNKNOWN
+
+
+def _finetuned(values: dict) -> set[str]:
+    """The models stage 03 of these values writes."""
+    from crs.run.jobs import finetune_models
+
+    seeds = values.get("training_schedule_finetune", {}).get("finetune_seeds") or []
+    return {name for pair in finetune_models(seeds if isinstance(seeds, list) else []) for name in pair}
+
+
+def _check_conditioning(values: dict, run_dir: Path) -> None:
+    """Conditional models against the data and the guidance the stages give them (ExperimentError before any
+    stage): stage 01's model and stage 04's models (:func:`crs.run.checks.check_model_conditioning`)."""
+    from crs.data import dataset_classes
+    from crs.run.checks import check_model_conditioning
+
+    def data_classes(stage):
+        return dataset_classes(values[stage]["dataset"], values[stage].get("dataset_kwargs") or {})
+
+    if "rate_estimation" in values:
+        v = values["rate_estimation"]
+        found = _model_classes(v["model"], values, run_dir, "rate_estimation")
+        if found is not _UNKNOWN:
+            try:
+                check_model_conditioning(v["model"], found, data_classes("rate_estimation"), guidance=v.get("guidance"))
+            except ValueError as exc:
+                raise ExperimentError(f"Stage 'rate_estimation', `model`: {exc}") from exc
+    if "sampling" in values:
+        v = values["sampling"]
+        found = {m: _model_classes(m, values, run_dir, "sampling") for m in v["models"]}
+        labels, guidance = v.get("labels", "data"), v.get("guidance")
+        try:
+            for m, classes in found.items():
+                if classes is not _UNKNOWN:
+                    check_model_conditioning(m, classes, data_classes("sampling"), labels=labels)
+            if guidance is not None and all(c is None for c in found.values()):
+                raise ValueError(
+                    f"`guidance` {guidance} needs a conditional model; every one of {v['models']} is unconditional."
+                )
+        except ValueError as exc:
+            raise ExperimentError(f"Stage 'sampling': {exc}") from exc
 
 
 def _read_record(run_dir: Path, stage: str) -> dict:

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from crs.args import check_choice, check_int
+from crs.conditioning import with_guidance
 from crs.io import save_tensor
 from crs.metrics import (
     METRICS,
@@ -103,7 +104,9 @@ def model_comparisons(values: dict, level: float = 0.95) -> list[dict]:
     """The CRS-trained model against the control, per schedule, sampler, nfe and metric.
 
     ``values``: ``{(model, schedule, sampler, nfe, metric): (value, bootstrap replicates)}``, replicates paired
-    across models (the same sample seeds). The pairs are those of :func:`finetune_models` found in ``values``.
+    across models (the same sample seeds). The pairs are those of :func:`finetune_models` found in ``values``; a
+    model sampled with guidance is keyed by :func:`variant_key` and compared with the control at the same scale
+    (the row records ``guidance``).
 
     * One pair (one fine-tuning run each): the paired bootstrap interval of the difference (the suite's
       method, :data:`crs.metrics.INTERVAL`). It covers the generated samples only: training randomness is
@@ -122,12 +125,20 @@ def model_comparisons(values: dict, level: float = 0.95) -> list[dict]:
     from crs.metrics import lower_is_better, paired_interval
 
     models = {m for m, *_ in values}
-    pairs = [(c, k) for c, k in finetune_models(_repeat_seeds(models)) if c in models and k in models]
+    names = {key_fields(m)["model"] for m in models}
+    scales = sorted({key_fields(m).get("guidance", -1.0) for m in models})  # -1: not guided
     cells = sorted(
-        {key[1:] for key in values if key[0] == FINETUNED[0]}, key=lambda c: (str(c[0]), str(c[1]), int(c[2]), c[3])
+        {(w, *key[1:]) for key in values for w in scales if key[0] == variant_key(FINETUNED[0], None if w < 0 else w)},
+        key=lambda c: (c[0], str(c[1]), str(c[2]), int(c[3]), c[4]),
     )
     out = []
-    for schedule, sampler, nfe, metric in cells:
+    for w, schedule, sampler, nfe, metric in cells:
+        scale = None if w < 0 else w
+        pairs = [
+            (variant_key(c, scale), variant_key(k, scale))
+            for c, k in finetune_models(_repeat_seeds(names))
+            if variant_key(c, scale) in models and variant_key(k, scale) in models
+        ]
         found = [
             (c, k)
             for c, k in pairs
@@ -153,6 +164,7 @@ def model_comparisons(values: dict, level: float = 0.95) -> list[dict]:
                 sampler=sampler,
                 nfe=int(nfe),
                 metric=metric,
+                **({} if scale is None else {"guidance": scale}),
                 runs=len(found),
                 covers=covers,
                 crs_value=c_mean,
@@ -175,24 +187,126 @@ def _repeat_seeds(models) -> list[int]:
     return sorted(int(m[len("crs-s") :]) for m in models if re.fullmatch(r"crs-s\d+", m))
 
 
+def variant_key(model: str, guidance: float | None) -> str:
+    """A model at a guidance scale as one key: its name, with ``@w=<scale>`` when it is sampled guided."""
+    if guidance is None:
+        return model
+    w = float(guidance)
+    return f"{model}@w={w:g}" if float(f"{w:g}") == w else f"{model}@w={w!r}"
+
+
+def entry_key(record: Mapping) -> str:
+    """The :func:`variant_key` of a sample index entry or a ``metrics.json`` row (``guidance`` absent: none)."""
+    return variant_key(record["model"], record.get("guidance"))
+
+
+def key_fields(key: str) -> dict:
+    """The inverse of :func:`variant_key`: ``{"model": name}``, with ``"guidance": scale`` for a guided one."""
+    model, sep, w = key.rpartition("@w=")
+    return {"model": model, "guidance": float(w)} if sep else {"model": key}
+
+
+@dataclass
+class Variant:
+    """One model as a stage samples it: its name, the guidance scale (None: the model as it is), the denoiser
+    (guided, :func:`crs.conditioning.with_guidance`) and a conditional model's condition source."""
+
+    model: str
+    guidance: float | None
+    denoiser: object
+    conditions: object = None
+
+    @property
+    def key(self) -> str:
+        return variant_key(self.model, self.guidance)
+
+    @property
+    def folder(self) -> Path:
+        """Where its files go below a stage's folder: ``<model>`` or ``<model>/w<scale>``."""
+        top = Path(_folder_name(self.model))
+        return top if self.guidance is None else top / f"w{self.key.rsplit('@w=', 1)[1]}"
+
+    def fields(self) -> dict:
+        """What an index entry or a row records of it: ``model``, and ``guidance`` when guided."""
+        return {"model": self.model, **({} if self.guidance is None else {"guidance": self.guidance})}
+
+
+def model_variants(models: Mapping, guidance: Sequence[float] | None = None, conditions: Mapping | None = None) -> dict:
+    """Every model at every guidance scale it is sampled with: ``{key: Variant}`` (:func:`variant_key`).
+
+    Args:
+        models: ``{name: denoiser}``.
+        guidance: the scales each *conditional* model is sampled with (classifier-free guidance,
+            :class:`crs.conditioning.Guided`); unconditional models are sampled once, as they are. None: every model
+            as it is (a conditional one at w = 1, recording no scale).
+        conditions: ``{name: condition source}`` for the conditional models (:func:`crs.conditioning.condition_source`).
+
+    Raises:
+        ValueError: ``guidance`` with no conditional model among ``models``, or a model whose condition source is
+            missing or not wanted (:func:`crs.conditioning.check_conditions`).
+    """
+    from crs.conditioning import check_conditions, conditioning_of, with_guidance
+
+    conditions = dict(conditions or {})
+    if guidance is not None and not any(conditioning_of(d) is not None for d in models.values()):
+        raise ValueError(
+            f"`guidance` {list(guidance)} needs a conditional model; every one of {list(models)} is unconditional "
+            "(give None)."
+        )
+    out = {}
+    for name, den in models.items():
+        check_conditions(den, conditions.get(name))
+        scales = [None] if guidance is None or conditioning_of(den) is None else [float(w) for w in guidance]
+        for w in scales:
+            v = Variant(name, w, with_guidance(den, w), conditions.get(name))
+            out[v.key] = v
+    return out
+
+
+def index_conditions(doc: Mapping, models: Mapping, data) -> dict:
+    """The condition source of every conditional model of a sample index (its ``labels``, ``"data"`` for an index
+    written before it was recorded): ``{name: Labels}``."""
+    from crs.conditioning import condition_source
+
+    labels = doc.get("labels", "data")
+    return {n: c for n, d in models.items() if (c := condition_source(d, data, labels)) is not None}
+
+
 def teacher_endpoints(doc: dict, run_dir, data, device: str = "cpu", steps: int = 256) -> tuple[dict, dict]:
     """The teacher's endpoints for every model of a sample index (``samples/index.json``): the same starting noise
     as its samples (seeds ``seed + i``), solved finely over the index's ``schedule_range``
     (:func:`crs.quality.solve_teacher`), decoded for latent models as their samples are.
 
+    A conditional model's teacher solves the ODE of the model at each guidance scale it was sampled with, every
+    sample with the condition it was sampled with (the index's ``labels``).
+
     Returns:
-        ``({model: endpoints (n, *sample shape)}, {model: the teacher's own estimated error})``.
+        ``({key: endpoints (n, *sample shape)}, {key: the teacher's own estimated error})``, keyed by
+        :func:`entry_key` (the model's name, with ``@w=<scale>`` for a guided one).
     """
     from crs.quality import solve_teacher
 
     names = sorted({e["model"] for e in doc["entries"]})
     models = resolve_models(names, run_dir, data, device)
+    conditions = index_conditions(doc, models, data)
     lo, hi = doc["schedule_range"]
     ends, errors = {}, {}
-    for name, den in models.items():
-        teacher = solve_teacher(den, tuple(den.shape), doc["n_samples"], doc["seed"], lo, hi, steps, device=device)
-        ends[name] = (den.decode(teacher.endpoint.float()) if den.is_latent else teacher.endpoint).cpu()
-        errors[name] = teacher.error
+    for key in sorted({entry_key(e) for e in doc["entries"]}):
+        fields = key_fields(key)
+        den = with_guidance(models[fields["model"]], fields.get("guidance"))
+        teacher = solve_teacher(
+            den,
+            tuple(den.shape),
+            doc["n_samples"],
+            doc["seed"],
+            lo,
+            hi,
+            steps,
+            device=device,
+            conditions=conditions.get(fields["model"]),
+        )
+        ends[key] = (den.decode(teacher.endpoint.float()) if den.is_latent else teacher.endpoint).cpu()
+        errors[key] = teacher.error
     return ends, errors
 
 
@@ -237,6 +351,8 @@ def searched_schedules(
     options: dict | None = None,
     write: bool = True,
     log=print,
+    guidance: Sequence[float] | None = None,
+    conditions: Mapping | None = None,
 ) -> dict[str, dict[tuple, torch.Tensor]]:
     """Searched schedules (:func:`crs.search.search_schedule`) per model, deterministic sampler and budget.
 
@@ -248,9 +364,13 @@ def searched_schedules(
         options: the common search options (``n``, ``teacher_steps``) and, under a method's name, that
             method's (e.g. ``{"n": 128, "gits": {"grid": 60}}``).
         write: save new results (False in the non-main processes of a parallel run).
+        guidance, conditions: as in :func:`model_variants`: a conditional model gets one schedule per guidance
+            scale (searched for the guided ODE, under ``search/<model>/w<scale>/``), its search samples conditioned
+            from its condition source; a stored search is reused only for the same conditions.
 
     Returns:
-        ``{method: {(model, sampler, nfe): sigmas}}``, the form :func:`sample_grid` takes.
+        ``{method: {(key, sampler, nfe): sigmas}}`` (``key``: :func:`variant_key`), the form :func:`sample_grid`
+        takes.
     """
     from crs.models import model_space
     from crs.search import METHODS, SearchCache, SearchResult, check_options, search_schedule, stored_options
@@ -261,31 +381,44 @@ def searched_schedules(
     lo, hi = sigma_range
     out = {}
     cache = SearchCache()  # each model's rate estimates and search teacher serve every search of that model
+    variants = model_variants(models, guidance, conditions)
     for method in methods:
         own = {**common, **options.get(method, {})}
         out[method] = {}
         searched, reused, seconds = 0, 0, 0.0
-        for name, den in models.items():
-            space = model_space(data, den)
+        for v in variants.values():
+            space = model_space(data, v.denoiser)
+            wanted = None if v.conditions is None else v.conditions.state()
             for sampler in samplers:
                 if sampler == "edm":
                     continue
                 for value in plan[sampler]:
-                    path = Path(run_dir) / "search" / _folder_name(name) / sampler / f"{method}_nfe{value}.json"
+                    path = Path(run_dir) / "search" / v.folder / sampler / f"{method}_nfe{value}.json"
                     found = SearchResult.load(path) if path.is_file() else None
                     fresh = found is not None and (found.seed, found.sigma_min, found.sigma_max) == (seed, lo, hi)
+                    fresh = fresh and found.meta.get("conditions") == wanted
                     if fresh and found.options == stored_options(check_options(method, own)):
                         reused += 1
                     else:
                         start = time.perf_counter()
                         found = search_schedule(
-                            method, den, space, sampler, value, lo, hi, seed=seed, cache=cache, **own
+                            method,
+                            v.denoiser,
+                            space,
+                            sampler,
+                            value,
+                            lo,
+                            hi,
+                            seed=seed,
+                            cache=cache,
+                            conditions=v.conditions,
+                            **own,
                         )
                         seconds += time.perf_counter() - start
                         searched += 1
                         if write:
                             found.save(path)
-                    out[method][(name, sampler, value)] = found.sigmas_tensor
+                    out[method][(v.key, sampler, value)] = found.sigmas_tensor
         log(
             f"[search] {method}: {searched} schedules searched in {seconds:.1f} s, {reused} reused from run_dir/search/"
         )
@@ -308,8 +441,11 @@ def sample_grid(
     progress: bool = False,
     features=None,
     keep: int = 64,
+    guidance: Sequence[float] | None = None,
+    conditions: Mapping | None = None,
 ) -> list[dict]:
-    """Sample every model x schedule x sampler x nfe with the same per-sample seeds, saving each set.
+    """Sample every model x schedule x sampler x nfe (x guidance scale) with the same per-sample seeds, saving each
+    set.
 
     Args:
         models: ``{name: denoiser}`` (:class:`crs.protocols.Denoiser`); a latent model's samples are decoded.
@@ -324,6 +460,9 @@ def sample_grid(
         features: a :class:`crs.metrics.FeatureExtractor`: store each set's features (n, F) in
             ``<...>.features.pt`` and only its first ``keep`` samples, for experiments whose samples
             would not fit on disk (50k images of 256 px are 10 GB per set).
+        guidance, conditions: as in :func:`model_variants`: each conditional model is sampled at every guidance
+            scale (``out_dir/<model>/w<scale>/...``, entries with ``guidance``), sample i with the condition of its
+            seed; a searched table's keys are then :func:`variant_key` s.
 
     Under ``accelerate launch`` with several processes (see :mod:`crs.run.launch`) every process
     draws its share of each set (sample i keeps seed ``seed + i``, so the files equal a one-process
@@ -331,7 +470,8 @@ def sample_grid(
 
     Returns:
         The index: one dict per set with ``model``, ``schedule``, ``kind``, ``sampler``, ``nfe``, ``steps``, ``n``,
-        ``path``, ``seconds`` and, with ``features``, ``features`` (the extractor's name) and ``features_path``.
+        ``path``, ``seconds``, ``guidance`` for a guided set, and, with ``features``, ``features`` (the extractor's
+        name) and ``features_path``.
     """
     plan = check_nfe_plan(samplers, nfe)
     missing = [s for s in schedules if s not in kinds]
@@ -343,27 +483,34 @@ def sample_grid(
     if n < state.world:
         raise ValueError(f"{n} samples per set cannot be shared by {state.world} processes; draw at least one each.")
     lo, hi = n * state.rank // state.world, n * (state.rank + 1) // state.world
+    variants = model_variants(models, guidance, conditions)
     index = []
     jobs = [
         (m, s, name, v)
-        for m in models
+        for m in variants
         for name in samplers
         for v in plan[name]
         for s in schedules
         if not isinstance(schedules[s], Mapping) or (m, name, v) in schedules[s]
     ]
-    for model, sched, sampler, value in tqdm(
-        jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False
-    ):
+    for key, sched, sampler, value in tqdm(jobs, desc="sampling", disable=not progress or state.rank > 0, leave=False):
         steps = steps_for_nfe(sampler, value)
-        den = models[model]
+        variant = variants[key]
+        den = variant.denoiser
         decode = den.decode if den.is_latent else None
         start = time.perf_counter()
-        draw = dict(sampler=sampler, batch_size=batch_size, dtype=dtype, device=device, decode=decode)
+        draw = dict(
+            sampler=sampler,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=device,
+            decode=decode,
+            conditions=variant.conditions,
+        )
         table = schedules[sched]
-        sigmas = table[(model, sampler, value)] if isinstance(table, Mapping) else table(steps)
+        sigmas = table[(key, sampler, value)] if isinstance(table, Mapping) else table(steps)
         x, feats = _draw_rows(den, tuple(den.shape), sigmas, seed, lo, hi, features, keep, draw)
-        path = Path(out_dir) / _folder_name(model) / sampler / f"{sched}_nfe{value}.pt"
+        path = Path(out_dir) / variant.folder / sampler / f"{sched}_nfe{value}.pt"
         x = gather_rows(x, state, path.with_suffix(".part"))
         feats = gather_rows(feats, state, path.with_suffix(".fpart")) if feats is not None else None
         seconds = time.perf_counter() - start
@@ -371,7 +518,7 @@ def sample_grid(
             continue
         save_tensor(path, x)
         entry = dict(
-            model=model,
+            **variant.fields(),
             schedule=sched,
             kind=kinds[sched],
             sampler=sampler,
@@ -417,9 +564,9 @@ def _entry_values(
         kid=kid and features.images,
     )
     values = {f"{family}_{features.name}": v for family, v in scores.items()}
-    if "teacher_error" in which and teachers and entry["model"] in teachers and entry["sampler"] != "edm":
+    if "teacher_error" in which and teachers and entry_key(entry) in teachers and entry["sampler"] != "edm":
         if samples is not None:
-            values["teacher_error"] = teacher_scores(samples, teachers[entry["model"]], idx)
+            values["teacher_error"] = teacher_scores(samples, teachers[entry_key(entry)], idx)
     if isinstance(data, AnalyticDataset) and stats is None:
         if samples is None:
             raise ValueError("The exact metrics of analytic data need the samples, not only their features.")
@@ -429,7 +576,7 @@ def _entry_values(
 
 def _comparisons(groups: dict, kinds: dict) -> list[dict]:
     """Each CRS schedule against the fixed baselines of its group (``kinds``: ``{(model, schedule, sampler, nfe):
-    kind}``); searched peers take no part."""
+    kind}``, ``model`` a :func:`variant_key`); searched peers take no part."""
     comparisons = []
     for (model, sampler, nfe, metric), by_schedule in groups.items():
         kind = {s: kinds[(model, s, sampler, nfe)] for s in by_schedule}
@@ -437,8 +584,16 @@ def _comparisons(groups: dict, kinds: dict) -> list[dict]:
         for name in [s for s in by_schedule if kind[s] == "crs"]:
             result = compare({name: by_schedule[name], **fixed}, metric, name)
             if result:
-                comparisons.append(dict(model=model, sampler=sampler, nfe=int(nfe), metric=metric, **result))
+                comparisons.append(dict(**key_fields(model), sampler=sampler, nfe=int(nfe), metric=metric, **result))
     return comparisons
+
+
+def _row(name: tuple, metric: str, value, boot, kind: str) -> dict:
+    """A ``metrics.json`` row of the set ``name`` (``(key, schedule, sampler, nfe)``): :func:`crs.metrics.row`, with
+    the set's ``guidance`` when it was sampled guided."""
+    fields = key_fields(name[0])
+    out = row(fields["model"], *name[1:], metric, value, boot, kind=kind)
+    return out if "guidance" not in fields else {**out, "guidance": fields["guidance"]}
 
 
 def evaluate_grid(
@@ -491,7 +646,7 @@ def evaluate_grid(
     stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
     ref_features = None if stats is not None else features(reference)
     shared = dict(data=data, seed=seed, k=k, kid=kid, which=which, teachers=teachers)
-    kinds = {(e["model"], e["schedule"], e["sampler"], e["nfe"]): kind_of(e) for e in index}  # checked before any work
+    kinds = {(entry_key(e), e["schedule"], e["sampler"], e["nfe"]): kind_of(e) for e in index}  # checked before work
     rows, groups, by_model, entries, computed, kept = [], {}, {}, {}, {}, 0
     for entry in tqdm(index, desc="evaluate", disable=not progress, leave=False):
         samples, gen_features = _entry_samples(entry, features)
@@ -502,14 +657,14 @@ def evaluate_grid(
                 raise ValueError(f"The sample set {entry['path']!r} contains NaN or inf; evaluate finite samples only.")
             gen_features = features(samples)
         values = _entry_values(entry, samples, gen_features, reference, stats, ref_features, features, idx, **shared)
-        name = (entry["model"], entry["schedule"], entry["sampler"], entry["nfe"])
+        name = (entry_key(entry), entry["schedule"], entry["sampler"], entry["nfe"])
         entries[name] = entry
         if escalate > 1 and kept + gen_features.size <= KEEP_FEATURES:  # for an edge verdict's further replicates
             computed[name] = gen_features
             kept += gen_features.size
         for metric, (value, boot) in values.items():
-            rows.append(row(*name, metric, value, boot, kind=kinds[name]))
-            groups.setdefault((entry["model"], entry["sampler"], entry["nfe"], metric), {})[entry["schedule"]] = (
+            rows.append(_row(name, metric, value, boot, kinds[name]))
+            groups.setdefault((name[0], entry["sampler"], entry["nfe"], metric), {})[entry["schedule"]] = (
                 value,
                 boot,
             )
@@ -519,10 +674,11 @@ def evaluate_grid(
         edge: dict[tuple, set] = {}  # sample set -> the metrics of its edge verdicts
         for c in comparisons:  # the verdict against the best baseline (the others keep their edge_baselines flag)
             for s in [c["crs"], c["best_baseline"]] if c["edge"] else []:
-                edge.setdefault((c["model"], s, c["sampler"], c["nfe"]), set()).add(c["metric"])
+                edge.setdefault((entry_key(c), s, c["sampler"], c["nfe"]), set()).add(c["metric"])
         for c in model_rows:
             for m in finetune_models()[0] if c["edge"] else []:
-                edge.setdefault((m, c["schedule"], c["sampler"], c["nfe"]), set()).add(c["metric"])
+                key = variant_key(m, c.get("guidance"))
+                edge.setdefault((key, c["schedule"], c["sampler"], c["nfe"]), set()).add(c["metric"])
         for name in tqdm(sorted(edge, key=str), desc="edge verdicts", disable=not progress, leave=False):
             entry = entries[name]
             samples, gen_features = _entry_samples(entry, features)
@@ -576,9 +732,12 @@ def sampling_job(spec: dict) -> list[dict]:
     ``baselines``, ``samplers``, ``nfe``, ``n_samples``, ``batch_size``, ``seed``, ``device``,
     ``store`` (``samples`` or ``features``), ``features``, ``keep``; optionally ``search`` (methods of
     :mod:`crs.search`, searched per model, deterministic sampler and nfe, see :func:`searched_schedules`),
-    ``search_options`` and ``search_models`` (the models searched for; None: all).
+    ``search_options`` and ``search_models`` (the models searched for; None: all); ``guidance`` (the scales
+    conditional models are sampled with, :func:`model_variants`; None: as they are) and ``labels`` (their condition
+    source, :func:`crs.conditioning.condition_source`; ``"data"``).
     """
     import crs
+    from crs.conditioning import condition_source, conditioning_of
     from crs.io import atomic_write_json
     from crs.metrics import make_feature_extractor
     from crs.optimize import schedule_functions, schedule_kinds
@@ -592,11 +751,15 @@ def sampling_job(spec: dict) -> list[dict]:
     schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
     schedules = schedule_functions(schedule, spec["baselines"])
     kinds = {**schedule_kinds(spec["baselines"]), **{m: search_kind(m) for m in spec.get("search") or ()}}
+    labels, guidance = spec.get("labels", "data"), spec.get("guidance")
+    conditions = {n: c for n, d in denoisers.items() if (c := condition_source(d, data, labels)) is not None}
     if spec.get("search"):
         chosen = spec.get("search_models")
+        searched = denoisers if chosen is None else {k: v for k, v in denoisers.items() if k in chosen}
+        guided = any(conditioning_of(d) is not None for d in searched.values())
         schedules.update(
             searched_schedules(
-                denoisers if chosen is None else {k: v for k, v in denoisers.items() if k in chosen},
+                searched,
                 spec["search"],
                 spec["samplers"],
                 spec["nfe"],
@@ -607,6 +770,8 @@ def sampling_job(spec: dict) -> list[dict]:
                 options=spec.get("search_options", {}),
                 write=state.rank == 0,
                 log=print if state.rank == 0 else (lambda *_: None),
+                guidance=guidance if guided else None,
+                conditions=conditions,
             )
         )
     extractor = make_feature_extractor(spec["features"], data.shape, device) if spec["store"] == "features" else None
@@ -624,6 +789,8 @@ def sampling_job(spec: dict) -> list[dict]:
         progress=spec.get("progress", False),
         features=extractor,
         keep=spec["keep"],
+        guidance=guidance,
+        conditions=conditions,
     )
     if state.rank == 0:
         atomic_write_json(
@@ -634,6 +801,7 @@ def sampling_job(spec: dict) -> list[dict]:
                 "store": spec["store"],
                 "processes": state.world,
                 "schedule_range": [schedule.sigma_min, schedule.sigma_max],
+                **({"labels": labels, "guidance": guidance} if conditions else {}),
                 "entries": index,
             },
         )
@@ -765,13 +933,26 @@ class EvaluationInputs:
     reference: object
     teachers: dict | None
     teacher_errors: dict
+    labels: object = None
 
     def describe(self) -> str:
-        """One line: how many sets, which features and reference, the teachers' own errors."""
+        """One line: how many sets, which features and reference, the conditional models' labels and guidance
+        scales, the teachers' own errors."""
         ref = self.reference["name"] if isinstance(self.reference, dict) else f"{len(self.reference)} samples"
         line = f"{len(self.index)} sample sets; features: {self.extractor.name}; reference: {ref}"
+        if self.labels is not None:
+            scales = sorted({e["guidance"] for e in self.index if "guidance" in e})
+            line += f"; conditional models' labels: {self.labels!r}" + (
+                " (class-balanced)" if self.labels == "balanced" else ""
+            )
+            line += f", guidance scales {[f'{w:g}' for w in scales]}" if scales else ""
         errors = {m: f"{e:.1e}" for m, e in self.teacher_errors.items()}
         return line + (f"; teachers' own errors: {errors}" if errors else "")
+
+    def keys(self, model: str) -> list[str]:
+        """The sample sets' keys of ``model`` (:func:`variant_key`): its name, or one per guidance scale."""
+        found = {(e.get("guidance", -1.0), entry_key(e)) for e in self.index if e["model"] == model}
+        return [key for _, key in sorted(found)]
 
     def reference_moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and covariance of the reference's features (FID's reference side)."""
@@ -814,7 +995,7 @@ def evaluation_inputs(params: Mapping) -> EvaluationInputs:
     teachers, errors = None, {}
     if "teacher_error" in p["metrics"]:  # the fine ODE solutions from the samples' own starting noise
         teachers, errors = teacher_endpoints(doc, run_dir, data, device, p["teacher_steps"])
-    return EvaluationInputs(index, data, extractor, reference, teachers, errors)
+    return EvaluationInputs(index, data, extractor, reference, teachers, errors, doc.get("labels"))
 
 
 def entry_features(entry: dict, extractor: FeatureExtractor) -> np.ndarray:

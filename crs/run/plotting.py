@@ -13,6 +13,7 @@ import torch
 from crs.io import atomic_write_bytes
 from crs.optimize import step_discrepancy
 from crs.rate import RateEstimate
+from crs.run.jobs import entry_key
 
 __all__ = [
     "plot_crs_ratio",
@@ -313,7 +314,7 @@ def plot_metric_vs_nfe(rows: Sequence[dict], metric: str, model: str):
     from crs.run.jobs import kind_of
 
     plt = _plt()
-    sel = [r for r in rows if r["metric"] == metric and r["model"] == model]
+    sel = [r for r in rows if r["metric"] == metric and entry_key(r) == model]
     kinds = {r["schedule"]: kind_of(r) for r in sel}
     samplers = list(dict.fromkeys(r["sampler"] for r in sel))
     fig, axes = plt.subplots(1, len(samplers), figsize=(3.6 * len(samplers), 3.4), squeeze=False, sharey=True)
@@ -357,7 +358,7 @@ def plot_precision_recall(rows: Sequence[dict], features: str, model: str, nfe: 
     fig, ax = plt.subplots(figsize=(5.0, 4.2))
     pr = {}
     for r in rows:
-        if r["model"] == model and r["nfe"] == nfe and r["metric"] in (f"precision_{features}", f"recall_{features}"):
+        if entry_key(r) == model and r["nfe"] == nfe and r["metric"] in (f"precision_{features}", f"recall_{features}"):
             pr.setdefault((r["schedule"], r["sampler"]), {})[r["metric"].split("_")[0]] = r
     markers = dict(zip(dict.fromkeys(s for _, s in pr), "osD^v<>"))
     for (sched, sampler), v in pr.items():
@@ -398,7 +399,7 @@ def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     sel = [c for c in comparisons if c["metric"] == metric and c["ratio"] is not None]
-    for key in dict.fromkeys((c["model"], c["sampler"]) for c in sel):
+    for key in dict.fromkeys((entry_key(c), c["sampler"]) for c in sel):
         pts = sorted(
             (
                 c["nfe"],
@@ -408,7 +409,7 @@ def plot_crs_ratio(comparisons: Sequence[dict], metric: str):
                 c["diff_ci_high"] / c["baseline_value"],
             )
             for c in sel
-            if (c["model"], c["sampler"]) == key and c["baseline_value"] != 0
+            if (entry_key(c), c["sampler"]) == key and c["baseline_value"] != 0
         )
         nfe, ratio, sig, lo, hi = map(np.asarray, zip(*pts))
         (line,) = ax.plot(nfe, ratio, label=f"{key[0]} / {key[1]}")

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from crs.io import atomic_write_bytes
+from crs.run.jobs import entry_key
 
 __all__ = [
     "FIGURES",
@@ -82,7 +83,7 @@ def summary_markdown(metrics: dict) -> str:
     for c in summary_table(metrics):
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
         lines.append(
-            f"| {c['model']} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs']} {c['crs_value']:.4g} | "
+            f"| {entry_key(c)} | {c['sampler']} | {c['nfe']} | {c['metric']} | {c['crs']} {c['crs_value']:.4g} | "
             f"{c['best_baseline']} "
             f"{c['baseline_value']:.4g} | {ratio} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} "
             f"| {_against_all(c)} |"
@@ -120,13 +121,17 @@ def training_markdown(metrics: dict) -> str:
     rows, counts = training_table(metrics)
     if not counts["cells"]:
         return ""
+    guided = any("guidance" in c for c in rows)  # a conditional model sampled at several guidance scales
     lines = [
-        "| sampler | nfe | metric | runs | CRS-trained | control | 95 % CI of the difference | verdict | covers |",
-        "|---|---:|---|---:|---:|---:|---|---|---|",
+        "| " + ("guidance | " if guided else "") + "sampler | nfe | metric | runs | CRS-trained | control | "
+        "95 % CI of the difference | verdict | covers |",
+        "|" + ("---:|" if guided else "") + "---|---:|---|---:|---:|---:|---|---|---|",
     ]
     for c in rows:
         lines.append(
-            f"| {c['sampler']} | {c['nfe']} | {c['metric']} | {c['runs']} | {c['crs_value']:.4g} | "
+            "| "
+            + (f"{c['guidance']:g} | " if guided else "")
+            + f"{c['sampler']} | {c['nfe']} | {c['metric']} | {c['runs']} | {c['crs_value']:.4g} | "
             f"{c['control_value']:.4g} | [{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}] | {_verdict(c)} | "
             f"{c['covers']} |"
         )
@@ -153,7 +158,7 @@ def ratios_to_optimal(metrics: dict, metric: str = "teacher_error", optimum: str
     cells: dict[tuple, dict[str, tuple[float, str]]] = {}
     for r in metrics.get("rows", []):
         if r["metric"] == metric:
-            cells.setdefault((r["model"], r["sampler"], r["nfe"]), {})[r["schedule"]] = (r["value"], kind_of(r))
+            cells.setdefault((entry_key(r), r["sampler"], r["nfe"]), {})[r["schedule"]] = (r["value"], kind_of(r))
     out = []
     for (model, sampler, nfe), found in cells.items():
         values = {s: v for s, (v, _) in found.items()}
@@ -206,7 +211,7 @@ def _table_html(rows: list[dict]) -> str:
         verdict = _verdict(c)
         ratio = "" if c["ratio"] is None else f"{c['ratio']:.2f}"
         body.append(
-            f"<tr><td>{html.escape(c['model'])}</td><td>{c['sampler']}</td><td>{c['nfe']}</td><td>{c['metric']}</td>"
+            f"<tr><td>{html.escape(entry_key(c))}</td><td>{c['sampler']}</td><td>{c['nfe']}</td><td>{c['metric']}</td>"
             f"<td>{html.escape(c['crs'])} {c['crs_value']:.4g}</td><td>{html.escape(c['best_baseline'])} "
             f"{c['baseline_value']:.4g}</td><td>{ratio}</td>"
             f"<td>[{c['diff_ci_low']:.3g}, {c['diff_ci_high']:.3g}]</td><td>{verdict}</td>"
