@@ -813,55 +813,114 @@ def _ratio_interval(a: np.ndarray, b: np.ndarray, n_boot: int, seed: int) -> tup
     return float(np.sqrt((a**2).mean() / (b**2).mean())), float(lo), float(hi)
 
 
+GUIDANCE_CASES = {
+    # the labelled ring: two classes of alternate components, exact conditional denoisers
+    "ring": dict(n=512, teacher_steps=1024, rate={}, optimal=dict(n=256, init="best", maxiter=50), peers=False),
+    # the class-conditional digits UNet (label dropout 0.1): the base model of params/digits-cond.yaml
+    "digits": dict(
+        n=256,
+        teacher_steps=256,
+        rate=dict(grid_size=32, n_samples=1024),
+        optimal=dict(n=64, init="best", maxiter=40),
+        peers=True,
+        nfe={"euler": [5, 10], "heun": [5, 11], "dpmpp_2m": [5, 10]},
+        train=dict(steps=1500, batch_size=64, lr=1e-3, ema_decay=0.999),
+    ),
+}
+GUIDANCE_PEERS = {  # searched per cell for the guided ODE (the digits case), at the quality benchmark's UNet sizes
+    "crs-select": {"grid_size": 32, "n_samples": 256, "n": 64, "teacher_steps": 256},
+    "gits": {"grid": 60, "n": 64, "teacher_steps": 256},
+}
+
+
+def guidance_model(case: str, model: str | None = None, cache="runs/bench/models", log=print):
+    """The data and conditional denoiser of :data:`GUIDANCE_CASES` ``case``: the ring's exact one, or the digits'
+    class-conditional UNet (``model``, e.g. ``runs/bench/digits-cond/models/base``; by default trained once with
+    the case's settings, seed 0, into ``cache/digits-cond``)."""
+    from pathlib import Path
+
+    from crs.analytic import gmm
+    from crs.args import check_choice
+    from crs.models import build_denoiser, load_denoiser
+    from crs.training import TrainConfig, train
+
+    check_choice("case", case, GUIDANCE_CASES, what="guidance benchmark case")
+    if case == "ring":
+        data = gmm(labels=[0, 1] * 4)
+        return data, data.denoiser
+    data = crs.make_dataset("digits")
+    folder = Path(model) if model else Path(cache) / "digits-cond"
+    if model is None and not folder.is_dir():
+        log(f"training the class-conditional digits UNet into {folder}")
+        den = build_denoiser(data.shape, seed=0, num_classes=data.num_classes)
+        result = train(den, data, TrainConfig(seed=0, **GUIDANCE_CASES[case]["train"]), progress=True, desc=case)
+        result.ema.save_pretrained(folder)
+    return data, load_denoiser(str(folder), data)
+
+
 def guidance_table(
     scales=(1.0, 2.0, 4.0),
-    labels=(0, 1, 0, 1, 0, 1, 0, 1),
-    n: int = 512,
+    case: str = "ring",
+    model: str | None = None,
     seed: int = 0,
     n_boot: int = 2000,
     nfe=None,
     optimal: bool = True,
+    figure_steps: int = 10,
 ) -> dict:
-    """Which rate should define the schedule of a guided sampler (docs/method.md, section 10)?
+    """Which rate should define the schedule of a guided sampler (docs/method.md, section 10), and does the best
+    schedule move with guidance?
 
-    On the labelled ring (``gmm(labels=...)``: two classes of alternate components, exact conditional denoisers),
-    for each guidance scale ``w``, deterministic sampler and budget, the teacher error of the guided ODE
-    (``crs.Guided``, each sample's label drawn from its seed) for: CRS from the rate at ``w = 0`` (the data
-    distribution), at ``w = 1`` (the conditional distributions, the suite's default) and at the target ``w``
-    (``data`` measure, ``xi = 1``, 64 intervals, 4096 samples); the fixed baselines; and ``optimal`` (the direct
-    search, on its own seeds). Judged on ``n`` samples from seed ``seed + 1`` (disjoint from the search's seeds),
-    with paired bootstrap intervals of the ratios that decide the question.
+    For each guidance scale ``w``, deterministic sampler and budget, the teacher error of the guided ODE
+    (``crs.Guided``, each sample's label drawn from its seed with the data's label shares) for: CRS from the rate
+    at ``w = 0`` (the data distribution), at ``w = 1`` (the conditional distributions, the suite's default) and at
+    the target ``w`` (``data`` measure, ``xi = 1``); the fixed baselines; ``optimal`` (the direct search, on its
+    own seeds); and for the digits case ``crs-select`` and ``gits`` searched for that guided ODE, with their costs.
+    Judged on ``n`` samples from seed ``seed + 1`` (disjoint from the search's seeds), with paired bootstrap
+    intervals of the ratios that decide the question. ``case``: :data:`GUIDANCE_CASES` (``ring``: the labelled
+    2-D mixture with exact denoisers; ``digits``: the class-conditional digits UNet, ``model`` or trained once).
+    The record keeps the CRS schedules of ``figure_steps`` steps at every rate (the page's figure).
     """
-    from crs.analytic import gmm
     from crs.conditioning import Guided, Labels
     from crs.sampling import steps_for_nfe
     from crs.schedules import baseline_sigmas
+    from crs.search import SearchCache
 
-    data = gmm(labels=list(labels))
-    den, conditions = data.denoiser, Labels.from_data(data)
-    lo, hi = 0.002, 80.0
-    nfe = nfe or GUIDANCE_NFE
+    settings = GUIDANCE_CASES[case]
+    data, den = guidance_model(case, model)
+    conditions = Labels.from_data(data)
+    lo, hi = crs.schedules.fit_model_range(den)
+    nfe = nfe or settings.get("nfe") or GUIDANCE_NFE
+    n = settings["n"]
     rate_at = {}
 
     def crs_sigmas(w: float, steps: int):
         if w not in rate_at:
-            model = den if w == 1.0 else Guided(den, w)
-            rate = crs.estimate_rate("data", data, denoiser=model, sigma_min=lo, sigma_max=hi, seed=seed)
+            model_w = den if w == 1.0 else Guided(den, w)
+            rate = crs.estimate_rate(
+                "data", data, denoiser=model_w, sigma_min=lo, sigma_max=hi, seed=seed, **settings["rate"]
+            )
             rate_at[w] = crs.optimize_schedule(rate, xi=1.0)
         return rate_at[w].discretize(steps)
 
     cells = []
+    cache = SearchCache()
     for w in scales:
         guided = Guided(den, w)
-        teacher = crs.solve_teacher(guided, data.shape, n, seed + 1, lo, hi, steps=1024, conditions=conditions)
+        teacher = crs.solve_teacher(
+            guided, data.shape, n, seed + 1, lo, hi, steps=settings["teacher_steps"], conditions=conditions
+        )
         for sampler, budgets in nfe.items():
             for budget in budgets:
                 steps = steps_for_nfe(sampler, budget)
                 schedules = {f"crs w={v:g}": crs_sigmas(v, steps) for v in dict.fromkeys([0.0, 1.0, float(w)])}
                 schedules.update({b: baseline_sigmas(b, steps, lo, hi) for b in GUIDANCE_BASELINES})
-                if optimal:
+                costs = {}
+                searched = (["optimal"] if optimal else []) + (list(GUIDANCE_PEERS) if settings["peers"] else [])
+                for method in searched:
+                    opts = settings["optimal"] if method == "optimal" else GUIDANCE_PEERS[method]
                     found = crs.search_schedule(
-                        "optimal",
+                        method,
                         guided,
                         data,
                         sampler,
@@ -870,11 +929,13 @@ def guidance_table(
                         hi,
                         seed=seed,
                         conditions=conditions,
-                        n=256,
-                        init="best",
-                        maxiter=50,
+                        cache=cache,
+                        **opts,
                     )
-                    schedules["optimal"] = found.sigmas_tensor
+                    schedules[method] = found.sigmas_tensor
+                    costs[method] = {"evaluations": standalone_cost(found), "seconds": found.seconds}
+                    if method == "crs-select":
+                        costs[method]["chosen"] = f"{found.meta.get('measure')} xi={found.meta.get('xi')}"
                 judged = {k: crs.teacher_error(guided, data, sampler, v, teacher=teacher) for k, v in schedules.items()}
                 best = min(GUIDANCE_BASELINES, key=lambda b: judged[b].value)
                 per = {k: v.per_sample for k, v in judged.items()}
@@ -890,9 +951,16 @@ def guidance_table(
                         "w0_vs_w1": _ratio_interval(per["crs w=0"], per["crs w=1"], n_boot, seed),
                         "w1_vs_best": _ratio_interval(per["crs w=1"], per[best], n_boot, seed),
                         "teacher_error": teacher.error,
+                        **({"costs": costs} if settings["peers"] else {}),
                     }
                 )
-    return {"labels": list(labels), "n": n, "seed": seed, "scales": [float(w) for w in scales], "cells": cells}
+    out = {"case": case, "n": n, "seed": seed, "scales": [float(w) for w in scales], "cells": cells}
+    if case == "ring":
+        out["labels"] = [0, 1] * 4
+    else:
+        out["model"] = model or "runs/bench/models/digits-cond"
+        out["schedules"] = {f"{w:g}": [float(s) for s in crs_sigmas(w, figure_steps)] for w in sorted(rate_at)}
+    return out
 
 
 BENCHMARKS = ("rate", "training", "online", "sampling", "features", "ratio", "quality", "coverage", "guidance")
@@ -919,6 +987,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="quality: the cells, e.g. 'euler:5,10;heun:5,11' (default euler, dpmpp_2m 5,10,20; heun 5,11,21)",
     )
+    parser.add_argument(
+        "--case",
+        default="ring",
+        choices=["ring", "digits"],
+        help="guidance: the case (default ring; --model for digits)",
+    )
+    parser.add_argument("--guidance-seed", type=int, default=0, help="guidance: the run's seed (default 0)")
     parser.add_argument("--coverage-repeats", type=int, default=400, help="coverage: repeats per case (default 400)")
     parser.add_argument(
         "--coverage-cases", default=None, help="coverage: only the cases whose name contains one of these (a,b,...)"
@@ -942,6 +1017,8 @@ def record_name(what: str, args) -> str:
         return args.record_name
     if what == "quality":
         return f"quality-{args.data}" + (f"-nfe-{re.sub(r'[^0-9a-z]+', '-', args.nfe.lower())}" if args.nfe else "")
+    if what == "guidance" and (args.case, args.guidance_seed) != ("ring", 0):
+        return f"guidance-{args.case}" + (f"-seed{args.guidance_seed}" if args.guidance_seed else "")
     if what != "coverage":
         return what
     parts = []
@@ -965,7 +1042,7 @@ def measure(what: str, args) -> dict | list:
         "sampling": sampling_cost_table,
         "features": feature_throughput_table,
         "ratio": crs_ratio_table,
-        "guidance": guidance_table,
+        "guidance": lambda: guidance_table(case=args.case, model=args.model, seed=args.guidance_seed),
         "demo": lambda: demo_timings(run_dir=args.run_dir or "runs/bench/demo"),
         "digits-cond": lambda: demo_timings("params/digits-cond.yaml", args.run_dir or "runs/bench/digits-cond"),
     }

@@ -142,10 +142,58 @@ def guidance_md(result: dict) -> str:
         if all("optimal" in c["values"] for c in cells):
             line.append(f"optimal: {geomean([c['values']['optimal'] / b for c, b in zip(cells, best)]):.2f}")
         summary.append([line[0], ", ".join(line[1:])])
-    return (
+    out = (
         table
         + "\n\nGeometric mean over the cells of each schedule's teacher error over the best fixed baseline's (below 1: "
         "better):\n\n" + _table(["w", "ratios"], ["---:", "---"], summary)
+    )
+    if any("costs" in c for c in result["cells"]):
+        out += "\n\n" + _guidance_search_md(result)
+    return out
+
+
+def _guidance_search_md(result: dict) -> str:
+    """Does the best schedule move with guidance? Each schedule's teacher error as a ratio to ``optimal``'s (searched
+    for that guided ODE), the searched peers with their cost, and geometric means per guidance scale."""
+    shown = ["crs w=0", "crs w=1", "target", "crs-select", "gits"]
+    rows, ratios = [], {}
+    for c in result["cells"]:
+        v, w, costs = c["values"], c["w"], c["costs"]
+        opt = v["optimal"]
+        cell = {
+            "best baseline": v[c["best_baseline"]] / opt,
+            "crs w=0": v["crs w=0"] / opt,
+            "crs w=1": v["crs w=1"] / opt,
+            "target": v[f"crs w={w:g}"] / opt,
+            "crs-select": v["crs-select"] / opt,
+            "gits": v["gits"] / opt,
+        }
+        for k, r in cell.items():
+            ratios.setdefault(w, {}).setdefault(k, []).append(r)
+        rows.append(
+            [
+                f"{w:g}",
+                c["sampler"],
+                c["nfe"],
+                f"{opt:.3g}",
+                f"{c['best_baseline']} {cell['best baseline']:.2f}",
+                *[f"{cell[k]:.2f}" for k in shown],
+                costs["crs-select"].get("chosen", ""),
+                f"{costs['optimal']['evaluations']:,} / {costs['crs-select']['evaluations']:,} / "
+                f"{costs['gits']['evaluations']:,}",
+            ]
+        )
+    head = ["w", "sampler", "nfe", "optimal (teacher error)", "best baseline", *shown, "crs-select chose"]
+    head.append("cost per search sample: optimal / crs-select / gits")
+    table = _table(head, ["---:", "---", "---:", "---:", "---"] + ["---:"] * len(shown) + ["---", "---:"], rows)
+    names = ["best baseline", *shown]
+    summary = [[f"{w:g}", *[f"{geomean(r[k]):.2f}" for k in names]] for w, r in ratios.items()]
+    return (
+        "Against the optimum of each guided ODE (ratios of teacher errors; 1 is the best schedule of the budget; "
+        "`target`: CRS from the rate at the target w):\n\n"
+        + table
+        + "\n\nGeometric means over the cells of each scale:\n\n"
+        + _table(["w", *names], ["---:"] * (len(names) + 1), summary)
     )
 
 

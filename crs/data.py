@@ -48,6 +48,8 @@ class ImageDataset:
         test_fraction: share of the images held out as ``test`` (a fixed, seeded permutation).
         split_seed: seed of that permutation; keep it fixed so train and test never mix.
         labels: a class label per image (int, ``0 .. C - 1``), or None; kept through the split.
+        num_classes: the number of classes (default: the largest label + 1; give it when some class may have no
+            image here, e.g. a subset of a labelled folder).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class ImageDataset:
         test_fraction: float = 0.1,
         split_seed: int = 0,
         labels=None,
+        num_classes: int | None = None,
     ):
         if split not in _SPLITS:
             raise ValueError(f"Unknown split {split!r}; valid choices: {', '.join(_SPLITS)}.")
@@ -77,7 +80,10 @@ class ImageDataset:
             labels = torch.tensor(np.asarray(labels), dtype=torch.int64).reshape(-1)  # a copy: the source is read-only
             if len(labels) != len(images) or bool((labels < 0).any()):
                 raise ValueError(f"`labels` needs one class >= 0 per image ({len(images)}), got {len(labels)}.")
-            self.num_classes = int(labels.max()) + 1
+            top = int(labels.max()) + 1
+            self.num_classes = top if num_classes is None else check_int("num_classes", num_classes, 1)
+            if int(labels.max()) >= self.num_classes:
+                raise ValueError(f"A label {int(labels.max())} for {self.num_classes} classes.")
             self.labels = labels[index].contiguous()
 
     @property
@@ -180,6 +186,7 @@ def folder(
     split: str = "train",
     test_fraction: float = 0.1,
     limit: int | None = None,
+    labels: bool = False,
 ) -> ImageDataset:
     """Every image file in a folder (recursively, sorted by path), as the user's own dataset.
 
@@ -190,6 +197,9 @@ def folder(
         channels: 3 (RGB) or 1 (grayscale).
         limit: read only this many files, a fixed seeded choice (for large datasets: rate
             estimation needs a few thousand images, and they are held in memory).
+        labels: class labels from the folder's layout, one subfolder per class (ImageNet's ``train/`` and
+            ``val/`` after the usual preparation: ``n01440764/...``): class ``k`` is the ``k``-th subfolder in sorted
+            order, which for ImageNet's 1000 synset folders is the class index of ImageNet models (DiT's included).
     """
     from PIL import Image
 
@@ -201,6 +211,14 @@ def folder(
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES)
     if not files:
         raise ValueError(f"No images ({', '.join(_IMAGE_SUFFIXES)}) under {str(path)!r}.")
+    classes = folder_classes(root) if labels else None
+    if labels:
+        loose = [p for p in files if p.parent == root]
+        if loose:
+            raise ValueError(
+                f"`labels` takes one subfolder per class, but {len(loose)} images lie directly in {str(path)!r} "
+                f"(e.g. {loose[0].name!r})."
+            )
     if limit is not None:
         check_int("limit", limit, 1)
         keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(0))[:limit].sort().values
@@ -220,7 +238,19 @@ def folder(
             f"The images under {str(path)!r} have different sizes {sorted(sizes)[:3]}...; set `resolution`."
         )
     images = _to_model_range(np.stack(arrays).transpose(0, 3, 1, 2), 255.0)
-    return ImageDataset(images, f"folder:{root.name}", split, test_fraction)
+    if not labels:
+        return ImageDataset(images, f"folder:{root.name}", split, test_fraction)
+    index = {name: k for k, name in enumerate(classes)}
+    y = [index[p.relative_to(root).parts[0]] for p in files]
+    return ImageDataset(images, f"folder:{root.name}", split, test_fraction, labels=y, num_classes=len(classes))
+
+
+def folder_classes(path) -> list[str]:
+    """The class names of a labelled image folder: its subfolders that hold images, sorted."""
+    root = Path(path)
+    return sorted(
+        d.name for d in root.iterdir() if d.is_dir() and any(p.suffix.lower() in _IMAGE_SUFFIXES for p in d.rglob("*"))
+    )
 
 
 DATASETS = {
@@ -287,6 +317,8 @@ def dataset_classes(name: str, kwargs: dict | None = None) -> int | None:
     kwargs = dict(kwargs or {})
     if name in ("digits", "mnist"):
         return 10
+    if name == "folder":
+        return len(folder_classes(kwargs["path"])) if kwargs.get("labels") else None
     labels = kwargs.get("labels") if name in analytic.ANALYTIC else None
     return int(max(labels)) + 1 if labels else None
 

@@ -207,3 +207,52 @@ def test_defaults_parse_as_literals():
     for stage in STAGES:
         for p in notebook_parameters(stage).values():
             ast.literal_eval(p["default"])
+
+
+def test_conditional_mismatches_are_named_before_any_stage(smoke, tmp_path):
+    """Whether each model is conditional, and with how many classes, is read from the params (a model this run
+    trains) or from the model's JSON files; mismatches with the data, the labels or the guidance stop the run before
+    any stage."""
+    cond = load_params(ROOT / "params" / "digits-cond.yaml")
+    cond["run_dir"] = str(tmp_path / "cond")
+    preflight(cond)
+    bad = [
+        (
+            ["base_model.model_kwargs={num_classes: 5}"],
+            "'base_model'",
+            "The model to train' has 5 classes and the dataset 10",
+        ),
+        (["dataset=gmm", "base_model.model_kwargs={num_classes: 2}"], "'base_model'", "data, which has none"),
+        (
+            ["sampling.labels=[3, 12]"],
+            "'sampling'",
+            r"`labels` \[3, 12\] name classes 'crs' does not have \(it has 10\)",
+        ),
+        (["sampling.labels=some"], "'sampling'", "Unknown label source 'some'; valid choices: data, balanced"),
+        (["sampling.guidance=[1, 1]"], "'sampling'", r"`guidance` lists a scale twice: \[1, 1\]"),
+        (
+            ["sampling.guidance=[-1]"],
+            "'sampling'",
+            "`guidance` must be None or a non-empty list of guidance scales >= 0",
+        ),
+        (["base_model.model_kwargs={}"], "'sampling'", r"`guidance` \[1, 2, 4\] needs a conditional model; every one"),
+        (
+            ["base_model.model_kwargs={}", "rate_estimation.guidance=2"],
+            "'rate_estimation'",
+            "needs a conditional model",
+        ),
+    ]
+    for overrides, stage, msg in bad:
+        with pytest.raises(ExperimentError, match=f"Stage {stage}.*{msg}"):
+            preflight(apply_overrides(cond, overrides))
+    assert not Path(cond["run_dir"]).exists()  # nothing written
+    # a saved conditional model, read from its files: balanced labels need no labelled data
+    folder = tmp_path / "cond-model"
+    crs.models.build_denoiser((1, 8, 8), block_out_channels=(8, 16), num_classes=3).save_pretrained(folder)
+    alone = apply_overrides(
+        smoke,
+        ["dataset=digits", f"sampling.models=[{folder}]", "sampling.search=[]", f"evaluation.plot_model={folder}"],
+    )
+    with pytest.raises(ExperimentError, match=r"Stage 'sampling'.*has 3 classes and the dataset 10"):
+        preflight(alone, ["sampling"])
+    preflight(apply_overrides(alone, ["sampling.labels=balanced", "sampling.guidance=[2]"]), ["sampling"])

@@ -123,3 +123,27 @@ def test_dataset_shape_without_reading_the_data(tmp_path):
     ]
     for name, kwargs in cases:
         assert dataset_shape(name, kwargs) == crs.make_dataset(name, **kwargs).shape, (name, kwargs)
+
+
+def test_a_folder_with_one_subfolder_per_class_is_labelled_in_sorted_order(tmp_path):
+    """ImageNet's layout (one folder per synset): class k is the k-th subfolder in sorted order; a subset keeps the
+    number of classes of the whole folder, and the preflight counts them without reading an image."""
+    from PIL import Image
+
+    from crs.data import dataset_classes
+
+    for k, name in enumerate(["n02", "n01", "n03"]):  # sorted: n01 -> 0, n02 -> 1, n03 -> 2
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (6, 6), (80 * k, 10 * i, 0)).save(tmp_path / name / f"{i}.png")
+    (tmp_path / "empty").mkdir()  # holds no image: not a class
+    data = crs.data.folder(str(tmp_path), split="all", labels=True)
+    red = ((data.images[:, 0, 0, 0] + 1) * 127.5).round().long()  # the red channel encodes the folder
+    assert data.num_classes == 3 and data.labels.tolist() == [{0: 1, 80: 0, 160: 2}[int(r)] for r in red]
+    assert dataset_classes("folder", {"path": str(tmp_path), "labels": True}) == 3
+    assert dataset_classes("folder", {"path": str(tmp_path)}) is None
+    one = crs.data.folder(str(tmp_path), split="all", labels=True, limit=2)
+    assert one.num_classes == 3 and len(one.label_shares()) == 3  # classes without an image here still count
+    Image.new("RGB", (6, 6)).save(tmp_path / "loose.png")
+    with pytest.raises(ValueError, match=r"`labels` takes one subfolder per class, but 1 images lie directly in"):
+        crs.data.folder(str(tmp_path), labels=True)

@@ -431,10 +431,10 @@ def _stand_in_models(params: dict, run_dir: Path, log) -> dict[str, str]:
                 f"The hub model {name!r} is not in the local cache and has no stand-in for a dry run; "
                 f"known: {', '.join(KNOWN_PIPELINES)}. Download it once or point at a local folder."
             )
-        kind, shape = KNOWN_PIPELINES[name]
+        kind, shape, *extra = KNOWN_PIPELINES[name]
         folder = Path("standins") / name.replace("/", "--")
         if not (run_dir / folder / "model_index.json").is_file():
-            build_tiny_pipeline(run_dir / folder, kind, shape)
+            build_tiny_pipeline(run_dir / folder, kind, shape, **(extra[0] if extra else {}))
         log(f"[dry run] {name} is not here: a tiny untrained {kind} pipeline of the same shape stands in ({folder})")
         mapping[name] = str(folder)
     return mapping

@@ -22,6 +22,7 @@ KNOWN_PIPELINES = {
     "google/ddpm-church-256": ("ddpm", (3, 256, 256)),
     "google/ddpm-bedroom-256": ("ddpm", (3, 256, 256)),
     "CompVis/ldm-celebahq-256": ("ldm", (3, 256, 256)),
+    "facebook/DiT-XL-2-256": ("dit", (3, 256, 256), {"latent_factor": 8}),  # 32 x 32 latents, as DiT's
 }
 
 
@@ -32,6 +33,7 @@ def build_tiny_pipeline(
     prediction_type: str = "epsilon",
     channels: tuple[int, ...] = (8, 16),
     seed: int = 0,
+    latent_factor: int = 2,
 ) -> Path:
     """Save a randomly initialised, tiny diffusers pipeline of a given kind into ``folder``.
 
@@ -49,6 +51,8 @@ def build_tiny_pipeline(
         shape: image shape (C, H, W).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         channels: UNet (and VAE) widths per level.
+        latent_factor: how much the latent kinds' autoencoder shrinks each side (a power of 2; Stable Diffusion's
+            and DiT's: 8).
     """
     from diffusers import (
         AutoencoderKL,
@@ -84,13 +88,17 @@ def build_tiny_pipeline(
                 add_attention=False,
             )
 
-        # the autoencoders of the latent kinds: two levels (each side halved), no attention over 128 x 128 positions
+        # the autoencoders of the latent kinds: log2(latent_factor) + 1 levels (two by default: each side halved), no
+        # attention over 128 x 128 positions
+        levels = int(latent_factor).bit_length()
+        if latent_factor < 2 or 2 ** (levels - 1) != latent_factor:
+            raise ValueError(f"`latent_factor` must be a power of 2 >= 2, got {latent_factor!r}.")
         autoencoder = dict(
             in_channels=c,
             out_channels=c,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            block_out_channels=(channels[0], channels[0]),
+            down_block_types=("DownEncoderBlock2D",) * levels,
+            up_block_types=("UpDecoderBlock2D",) * levels,
+            block_out_channels=(channels[0],) * levels,
             norm_num_groups=4,
             sample_size=h,
             mid_block_add_attention=False,
@@ -101,7 +109,7 @@ def build_tiny_pipeline(
             vae = AutoencoderKL(latent_channels=4, **autoencoder)
             if kind == "sd":
                 unet = UNet2DConditionModel(
-                    sample_size=h // 2,
+                    sample_size=h // latent_factor,
                     in_channels=4,
                     out_channels=4,
                     layers_per_block=1,
@@ -137,7 +145,7 @@ def build_tiny_pipeline(
                 in_channels=4,
                 out_channels=8,  # learned variance, as DiT's
                 num_layers=1,
-                sample_size=h // 2,
+                sample_size=h // latent_factor,
                 patch_size=2,
                 num_embeds_ada_norm=10,
             )
@@ -152,6 +160,6 @@ def build_tiny_pipeline(
                 prediction_type=prediction_type,
                 clip_sample=False,
             )
-            pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // 2), scheduler=scheduler)
+            pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // latent_factor), scheduler=scheduler)
     pipe.save_pretrained(folder)
     return plain_modes(folder)  # safetensors writes private (0600) files
