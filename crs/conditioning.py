@@ -140,11 +140,14 @@ class Labels:
         self.probs = torch.as_tensor(probs / probs.sum(), dtype=torch.float64)
 
     @classmethod
-    def from_data(cls, data) -> Labels:
-        """Labels drawn with the shares the dataset's classes have (``data.label_shares()``)."""
+    def from_data(cls, data, num_classes: int | None = None) -> Labels:
+        """Labels drawn with the shares the dataset's classes have (``data.label_shares()``), over ``num_classes``
+        (a model's; default the data's own count), the classes the data lacks at share 0."""
         if getattr(data, "num_classes", None) is None:
             raise ValueError(f"The dataset {getattr(data, 'name', data)!r} has no class labels.")
-        return cls(int(data.num_classes), probs=np.asarray(data.label_shares(), dtype=np.float64))
+        shares = np.asarray(data.label_shares(), dtype=np.float64)
+        total = len(shares) if num_classes is None else check_int("num_classes", num_classes, len(shares))
+        return cls(total, probs=np.pad(shares, (0, total - len(shares))))
 
     def __call__(self, seeds: Sequence[int]) -> torch.Tensor:
         """One label per sample seed, int64 (B,), on the CPU."""
@@ -191,8 +194,8 @@ def condition_source(denoiser, data, labels="data") -> Labels | None:
     equally often; a list, those labels drawn uniformly.
 
     Raises:
-        ValueError: a bad ``labels``, ``"data"`` with a dataset that has no labels or another number of classes than
-            the model, or a listed label the model does not have.
+        ValueError: a bad ``labels``, ``"data"`` with a dataset that has no labels or more classes than the model
+            (fewer are the model's first ones: a labelled subset), or a listed label the model does not have.
     """
     check_label_source(labels)
     spec = conditioning_of(denoiser)
@@ -201,13 +204,13 @@ def condition_source(denoiser, data, labels="data") -> Labels | None:
     if labels == "balanced":
         return Labels(spec.num_classes, balanced=True)
     if labels == "data":
-        found = Labels.from_data(data)
-        if found.num_classes != spec.num_classes:
+        found = getattr(data, "num_classes", None)
+        if found is not None and found > spec.num_classes:
             raise ValueError(
-                f"The dataset {getattr(data, 'name', data)!r} has {found.num_classes} classes and the model "
+                f"The dataset {getattr(data, 'name', data)!r} has {found} classes and the model only "
                 f"{spec.num_classes}: give `labels` 'balanced' or a list of the model's labels."
             )
-        return found
+        return Labels.from_data(data, spec.num_classes)  # data labels are the model's labels 0 .. found - 1
     return Labels(spec.num_classes, choices=labels)
 
 

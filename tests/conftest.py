@@ -29,6 +29,7 @@ LONGEST_FIRST = (
     "tests/test_notebooks.py",
     "tests/test_pipeline.py",
     "tests/test_dry_runs.py",
+    "tests/test_dry_runs_conditional.py",
     "tests/test_distributed.py",
     "tests/test_training.py",
 )

@@ -220,7 +220,7 @@ def test_conditional_mismatches_are_named_before_any_stage(smoke, tmp_path):
         (
             ["base_model.model_kwargs={num_classes: 5}"],
             "'base_model'",
-            "The model to train' has 5 classes and the dataset 10",
+            "The model to train' has 5 classes and the dataset more, 10",
         ),
         (["dataset=gmm", "base_model.model_kwargs={num_classes: 2}"], "'base_model'", "data, which has none"),
         (
@@ -251,8 +251,13 @@ def test_conditional_mismatches_are_named_before_any_stage(smoke, tmp_path):
     crs.models.build_denoiser((1, 8, 8), block_out_channels=(8, 16), num_classes=3).save_pretrained(folder)
     alone = apply_overrides(
         smoke,
-        ["dataset=digits", f"sampling.models=[{folder}]", "sampling.search=[]", f"evaluation.plot_model={folder}"],
+        [
+            "dataset=digits",
+            f"sampling.models=[{folder}]",
+            "sampling.search_models=null",
+            f"evaluation.plot_model={folder}",
+        ],
     )
-    with pytest.raises(ExperimentError, match=r"Stage 'sampling'.*has 3 classes and the dataset 10"):
+    with pytest.raises(ExperimentError, match=r"Stage 'sampling'.*has 3 classes and the dataset more, 10"):
         preflight(alone, ["sampling"])
     preflight(apply_overrides(alone, ["sampling.labels=balanced", "sampling.guidance=[2]"]), ["sampling"])

@@ -255,9 +255,12 @@ def test_condition_source_names_what_does_not_fit(labelled):
     assert condition_source(den, labelled, "data").state() == Labels.from_data(labelled).state()
     assert condition_source(den, labelled, "balanced").balanced
     assert condition_source(den, labelled, [1]).probs.tolist() == [0.0, 1.0]
+    # data with fewer classes than the model: its labels are the model's first classes, the others at share 0
+    wide = gmm(labels=[0, 1, 2, 0, 1, 2, 0, 1], **RING).denoiser
+    assert condition_source(wide, labelled, "data").probs.tolist() == [0.5, 0.5, 0.0]
     with pytest.raises(ValueError, match="has no class labels"):
         condition_source(den, crs.make_dataset("gmm"), "data")
-    with pytest.raises(ValueError, match="has 3 classes and the model 2"):
+    with pytest.raises(ValueError, match="has 3 classes and the model only 2"):
         condition_source(den, gmm(labels=[0, 1, 2, 0, 1, 2, 0, 1], **RING), "data")
     with pytest.raises(ValueError, match="Unknown label source 'balance'"):
         condition_source(den, labelled, "balance")

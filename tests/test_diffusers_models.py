@@ -126,28 +126,28 @@ def test_a_class_conditional_dit_pipeline_is_a_guided_denoiser(tmp_path):
 
     build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16))
     den = load_denoiser(str(tmp_path / "dit"), crs.make_dataset("digits", resolution=16, channels=3))
-    assert den.conditioning.num_classes == 10 and den.conditioning.null == 10 and den.is_latent
+    assert den.conditioning.num_classes == 1000 and den.conditioning.null == 1000 and den.is_latent  # DiT's
     assert den.shape == (4, 8, 8) and den.pixel_shape == (3, 16, 16)
     assert crs.models.describe_model(tmp_path / "dit") == {  # what the preflight reads, from the JSON files alone
         "network": "DiTTransformer2DModel",
         "shape": den.shape,
         "pixel_shape": den.pixel_shape,
-        "num_classes": 10,
+        "num_classes": 1000,
     }
     t = 500
     ac = den_ac = float(torch.exp(-torch.log1p(torch.exp(2 * den.log_sigmas[t]))))  # alpha_bar_t from the table
     sigma = float(den.log_sigmas[t].exp())
     x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    labels = torch.tensor([0, 7, 10])
+    labels = torch.tensor([0, 7, 1000])
     x_vp = x * ac**0.5
     with torch.no_grad():
         eps = den.unet(x_vp, timestep=torch.full((3,), t), class_labels=labels).sample[:, :4]
     expected = (x_vp - (1 - den_ac) ** 0.5 * eps) / ac**0.5
     # float32 network; the timestep interpolated in float64 lands on t to round-off: float32 tolerance
     torch.testing.assert_close(den(x, sigma, labels), expected, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(den(x, sigma), den(x, sigma, torch.full((3,), 10)))  # no labels: the null label
+    torch.testing.assert_close(den(x, sigma), den(x, sigma, torch.full((3,), 1000)))  # no labels: the null label
     guided, sigmas = Guided(den, 4.0), crs.baseline_sigmas("karras", 4, den.sigma_min, den.sigma_max)
-    z = crs.sampling.generate(guided, den.shape, 3, sigmas, sampler="euler", conditions=Labels(10))
+    z = crs.sampling.generate(guided, den.shape, 3, sigmas, sampler="euler", conditions=Labels(1000))
     assert z.shape == (3, 4, 8, 8) and torch.isfinite(z).all()
     rate = crs.estimate_rate(
         "data",
@@ -378,3 +378,90 @@ def test_a_text_conditional_unet_guides_with_a_table_of_prompt_embeddings(tmp_pa
     assert z.shape == (3, 4, 8, 8) and torch.isfinite(z).all()
     with pytest.raises(ValueError, match=r"must be \(P, L, 16\)"):
         den.set_prompts(torch.zeros(2, 5, 8), torch.zeros(5, 8))
+
+
+def _guided_chain(den, space, pipe, tmp_path, conditions, w):
+    """rate -> CRS schedule -> a schedule searched for the guided ODE -> apply_schedule on the pipeline: the parts a
+    user chains, on a conditional pipeline. Returns the CRS schedule and the searched one."""
+    from crs.conditioning import Guided
+
+    rate = crs.estimate_rate("data", space, denoiser=den, grid_size=3, n_samples=8)  # each x0 at its own label
+    assert rate.meta["guidance"] == 1.0 and np.all(np.isfinite(rate.discrepancy))
+    schedule = crs.optimize_schedule(rate)
+    schedule.save(tmp_path / "schedule.json")
+    found = crs.search_schedule(
+        "gits", Guided(den, w), space, "euler", 3, conditions=conditions, n=4, teacher_steps=8, grid=6, substeps=1
+    )
+    assert found.meta["guidance"] == w and found.meta["conditions"] == conditions.state()
+    assert len(found.sigmas) == 4 and np.all(np.diff(found.sigmas) < 0)
+    crs.apply_schedule(pipe, str(tmp_path / "schedule.json"))
+    return schedule, found
+
+
+def test_a_dit_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
+    """A class-conditional DiT pipeline end to end, offline: load -> conditional rate -> CRS schedule -> search for
+    the guided ODE -> apply_schedule -> DiTPipeline's own call with class labels and guidance, on the CRS levels."""
+    from diffusers import DiTPipeline, DPMSolverMultistepScheduler
+
+    from crs.run.standins import build_tiny_pipeline
+
+    build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16))
+    data = crs.make_dataset("digits", resolution=16, channels=3)
+    den = load_denoiser(str(tmp_path / "dit"), data)
+    pipe = DiTPipeline.from_pretrained(tmp_path / "dit")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)  # DDIM takes no custom levels
+    labels = crs.conditioning.condition_source(den, data, "data")  # the digits' 10 labels among DiT's 1000
+    schedule, _ = _guided_chain(den, crs.adapters.model_space(data, den), pipe, tmp_path, labels, 4.0)
+    out = pipe(
+        class_labels=[1, 7],
+        guidance_scale=4.0,
+        num_inference_steps=5,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    assert out.shape == (2, 16, 16, 3) and np.isfinite(out).all()
+    expect = crs.export.sigmas_to_timesteps(
+        schedule.fit(*crs.export.scheduler_sigma_range(pipe.scheduler)).discretize(5), pipe.scheduler
+    )
+    assert pipe.scheduler.timesteps.tolist() == expect.tolist()
+
+
+def test_a_text_conditional_pipeline_from_its_rate_to_its_guided_diffusers_loop(tmp_path):
+    """A Stable-Diffusion-style pipeline end to end, offline, with one prompt per class of the digits (prompt
+    embeddings given as tensors): load -> the rate of the prompt-conditional distributions -> CRS schedule -> search
+    for the guided ODE -> apply_schedule on the pipeline's scheduler -> StableDiffusionPipeline's denoising loop
+    (scale_model_input, the UNet on the embeddings with classifier-free guidance, scheduler.step), which lands where
+    the suite's own guided Euler sampler does from the same noise. The pipeline class itself needs `transformers`
+    (its text encoder and tokenizer), which this environment does not install: its loop is written out here."""
+    from diffusers import EulerDiscreteScheduler
+
+    from crs.conditioning import Guided, Labels
+    from crs.run.standins import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "sd", kind="sd", shape=(3, 16, 16))
+    data = crs.make_dataset("digits", resolution=16, channels=3)
+    den = load_denoiser(str(folder), data)
+    g = torch.Generator().manual_seed(0)
+    prompts, empty = torch.randn(10, 5, 16, generator=g), torch.randn(5, 16, generator=g)  # prompt k: digit k
+    den.set_prompts(prompts, empty)
+    scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler")  # as a user swaps it into the pipeline
+    schedule, _ = _guided_chain(den, crs.adapters.model_space(data, den), scheduler, tmp_path, Labels(10), 7.5)
+    scheduler.set_timesteps(4)
+    w, chosen = 7.5, torch.tensor([1, 7])
+    x_T = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
+    latents = (x_T * scheduler.init_noise_sigma).float()
+    context = torch.cat([prompts[chosen], empty.expand(2, -1, -1)])  # StableDiffusionPipeline: [cond, uncond]
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            both = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            eps = den.unet(both, t, encoder_hidden_states=context).sample
+            eps_c, eps_u = eps.chunk(2)
+            latents = scheduler.step(eps_u + w * (eps_c - eps_u), t, latents).prev_sample
+    levels = schedule.fit(*crs.export.scheduler_sigma_range(scheduler)).discretize(4)
+    torch.testing.assert_close(scheduler.sigmas.double(), levels, rtol=1e-5, atol=0)  # the CRS levels (float32)
+    # from the pipeline's own start (SD's schedulers scale the noise by init_noise_sigma, sqrt(sigma_max^2 + 1) with
+    # its `leading` spacing, not sigma_max)
+    start = (x_T * scheduler.init_noise_sigma).float().double()
+    ours = crs.sampling.sample_euler(lambda x, s: Guided(den, w)(x, s, chosen), start, levels)
+    # float32 network in both loops, diffusers' timestep found from its sigma: float32 tolerance on O(1) latents
+    torch.testing.assert_close(latents.double(), ours.double(), rtol=1e-3, atol=1e-3)

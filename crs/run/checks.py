@@ -387,8 +387,8 @@ def check_model_conditioning(
 ) -> None:
     """A model's conditioning against what a stage gives it, before any work: a class-conditional model
     (``num_classes``) drawing its labels from the data (``labels="data"``, as rate estimation and training always do)
-    needs a dataset with as many classes (``data_classes``, None: unlabelled); listed labels must be the model's; a
-    guidance scale needs a conditional model.
+    needs a labelled dataset (``data_classes``, None: unlabelled) with at most as many classes (its labels are the
+    model's); listed labels must be the model's; a guidance scale needs a conditional model.
 
     Raises:
         ValueError: naming the model, both counts and what to change.
@@ -402,8 +402,8 @@ def check_model_conditioning(
             f"{model!r} is class-conditional ({num_classes} classes) and takes its labels from the data, which has "
             "none: use a labelled dataset, or (sampling) labels 'balanced' or a list."
         )
-    if labels == "data" and data_classes != num_classes:
-        raise ValueError(f"{model!r} has {num_classes} classes and the dataset {data_classes}.")
+    if labels == "data" and data_classes > num_classes:  # fewer: the data's labels are the model's first classes
+        raise ValueError(f"{model!r} has {num_classes} classes and the dataset more, {data_classes}.")
     if isinstance(labels, (list, tuple)) and labels and max(labels) >= num_classes:
         raise ValueError(f"`labels` {list(labels)} name classes {model!r} does not have (it has {num_classes}).")
 

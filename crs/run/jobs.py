@@ -245,7 +245,7 @@ def model_variants(models: Mapping, guidance: Sequence[float] | None = None, con
         ValueError: ``guidance`` with no conditional model among ``models``, or a model whose condition source is
             missing or not wanted (:func:`crs.conditioning.check_conditions`).
     """
-    from crs.conditioning import check_conditions, conditioning_of, with_guidance
+    from crs.conditioning import check_conditions, conditioning_of
 
     conditions = dict(conditions or {})
     if guidance is not None and not any(conditioning_of(d) is not None for d in models.values()):

@@ -43,7 +43,8 @@ def build_tiny_pipeline(
     Args:
         kind: ``ddpm`` (``DDPMPipeline``: UNet on pixels, linear betas), ``ldm`` (``LDMPipeline``:
             ``VQModel`` halving each side, UNet on its latents, ``DDIMScheduler`` with LDM's betas) or ``dit``
-            (``DiTPipeline``: a class-conditional ``DiTTransformer2DModel`` over 10 classes with learned variance,
+            (``DiTPipeline``: a class-conditional ``DiTTransformer2DModel`` over ImageNet's 1000 classes, as
+            ``DiTPipeline`` assumes (its null label is 1000), with learned variance,
             on the latents of an ``AutoencoderKL`` halving each side, ``DDIMScheduler`` with DiT's linear betas) or
             ``sd`` (Stable Diffusion 1.x's layout: a text-conditional ``UNet2DConditionModel`` with cross-attention
             over 16-dimensional embeddings, ``AutoencoderKL`` latents, ``PNDMScheduler`` with scaled-linear betas;
@@ -147,10 +148,10 @@ def build_tiny_pipeline(
                 num_layers=1,
                 sample_size=h // latent_factor,
                 patch_size=2,
-                num_embeds_ada_norm=10,
+                num_embeds_ada_norm=1000,
             )
             scheduler = DDIMScheduler(beta_schedule="linear", prediction_type=prediction_type, clip_sample=False)
-            pipe = DiTPipeline(transformer=dit, vae=vae, scheduler=scheduler, id2label={i: str(i) for i in range(10)})
+            pipe = DiTPipeline(transformer=dit, vae=vae, scheduler=scheduler, id2label={i: str(i) for i in range(1000)})
         else:
             vq = VQModel(latent_channels=3, num_vq_embeddings=64, scaling_factor=1.0, **autoencoder)
             scheduler = DDIMScheduler(

@@ -1,0 +1,70 @@
+"""Conditional experiments at toy size through the batch runner: the class-conditional digits (every stage, with
+guidance) and the class-conditional DiT's GPU experiment with a tiny stand-in (crs.run.experiment.dry_run). Apart
+from tests/test_dry_runs.py so that the parallel runner can give them their own worker."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from crs.run.experiment import load_params, run_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each runs every stage through papermill
+
+
+def test_the_class_conditional_digits_experiment_chains_every_stage_with_guidance(tmp_path):
+    """params/digits-cond.yaml at toy size: a class-conditional UNet through 00-05, sampled and scored at each
+    guidance scale with balanced labels."""
+    from crs.run.experiment import dry_run
+
+    params = load_params(ROOT / "params" / "digits-cond.yaml")
+    params["run_dir"] = str(tmp_path / "digits-cond")
+    tiny = dry_run(params, log=lambda *_: None)
+    records = run_experiment(tiny, progress=False, log=lambda *_: None)
+    assert [r["status"] for r in records] == ["ok"] * 6
+    run = Path(tiny["run_dir"])
+    assert json.loads((run / "models" / "base" / "config.json").read_text())["num_class_embeds"] == 11
+    assert json.loads((run / "rate.json").read_text())["meta"]["guidance"] == 1.0
+    index = json.loads((run / "samples" / "index.json").read_text())
+    assert index["labels"] == "balanced" and index["guidance"] == [1, 2, 4]
+    assert {(e["model"], e["guidance"]) for e in index["entries"]} == {
+        (m, w) for m in ("crs", "control") for w in (1, 2, 4)
+    }
+    assert sorted(p.name for p in (run / "search" / "crs").iterdir()) == ["w1", "w2", "w4"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {r["guidance"] for r in metrics["rows"]} == {1.0, 2.0, 4.0}
+    assert {r["metric"] for r in metrics["rows"]} == {
+        "fid_efficientnet-lite0",
+        "precision_efficientnet-lite0",
+        "recall_efficientnet-lite0",
+        "kid_efficientnet-lite0",
+        "teacher_error",
+    }
+    assert {c["guidance"] for c in metrics["model_comparisons"]} == {1.0, 2.0, 4.0}
+    assert (run / "teacher_error_w4.png").is_file() and (run / "metric_fid_efficientnet-lite0_w2.png").is_file()
+
+
+def test_the_class_conditional_dit_experiment_dry_runs_with_a_stand_in(tmp_path):
+    """params/imagenet-dit.yaml with no network: a tiny class-conditional DiT pipeline (32 x 32 latents of 256 px
+    images, as DiT-XL-2-256's) and labelled digits stand in; sampling at both guidance scales with balanced labels."""
+    from crs.run.experiment import dry_run
+
+    params = load_params(ROOT / "params" / "imagenet-dit.yaml")
+    params["run_dir"] = str(tmp_path / "imagenet-dit")
+    said = []
+    tiny = dry_run(params, log=said.append)
+    assert any("facebook/DiT-XL-2-256 is not here: a tiny untrained dit pipeline" in line for line in said)
+    records = run_experiment(tiny, progress=False, log=lambda *_: None)
+    assert [r["status"] for r in records] == ["ok"] * 4
+    run = Path(tiny["run_dir"])
+    rate = json.loads((run / "rate.json").read_text())
+    assert rate["meta"]["latent"] and rate["meta"]["guidance"] == 1.0
+    index = json.loads((run / "samples" / "index.json").read_text())
+    assert index["labels"] == "balanced" and {e["guidance"] for e in index["entries"]} == {1.5, 4.0}
+    assert all("features_path" in e for e in index["entries"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert {(r["metric"], r["guidance"]) for r in metrics["rows"]} == {
+        ("fid_efficientnet-lite0", 1.5),
+        ("fid_efficientnet-lite0", 4.0),
+    }
