@@ -867,6 +867,7 @@ def guidance_table(
     nfe=None,
     optimal: bool = True,
     figure_steps: int = 10,
+    n: int | None = None,
 ) -> dict:
     """Which rate should define the schedule of a guided sampler (docs/method.md, section 10), and does the best
     schedule move with guidance?
@@ -879,7 +880,8 @@ def guidance_table(
     Judged on ``n`` samples from seed ``seed + 1`` (disjoint from the search's seeds), with paired bootstrap
     intervals of the ratios that decide the question. ``case``: :data:`GUIDANCE_CASES` (``ring``: the labelled
     2-D mixture with exact denoisers; ``digits``: the class-conditional digits UNet, ``model`` or trained once).
-    The record keeps the CRS schedules of ``figure_steps`` steps at every rate (the page's figure).
+    The record keeps the CRS schedules of ``figure_steps`` steps at every rate (the page's figure). ``n``: judged
+    samples per cell (default the case's).
     """
     from crs.conditioning import Guided, Labels
     from crs.sampling import steps_for_nfe
@@ -891,7 +893,7 @@ def guidance_table(
     conditions = Labels.from_data(data)
     lo, hi = crs.schedules.fit_model_range(den)
     nfe = nfe or settings.get("nfe") or GUIDANCE_NFE
-    n = settings["n"]
+    n = settings["n"] if n is None else n
     rate_at = {}
 
     def crs_sigmas(w: float, steps: int):

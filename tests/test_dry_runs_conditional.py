@@ -14,18 +14,31 @@ pytestmark = pytest.mark.slow  # each runs every stage through papermill
 
 
 def test_the_class_conditional_digits_experiment_chains_every_stage_with_guidance(tmp_path):
-    """params/digits-cond.yaml at toy size: a class-conditional UNet through 00-05, sampled and scored at each
-    guidance scale with balanced labels."""
-    from crs.run.experiment import dry_run
+    """params/digits-cond.yaml at toy size: a class-conditional UNet through 00-05 (label dropout in training, samples
+    drawn with the data's labels, the rate of the conditional distributions), sampled and scored at each guidance
+    scale with balanced labels. Two overrides widen what the chain covers: stage 01 compares the `noise` and `fid`
+    measures on the conditional model, and stage 03 fine-tunes with the online CRS schedule."""
+    from crs.models import describe_model
+    from crs.run.experiment import apply_overrides, dry_run
 
     params = load_params(ROOT / "params" / "digits-cond.yaml")
     params["run_dir"] = str(tmp_path / "digits-cond")
+    params = apply_overrides(
+        params, ["rate_estimation.compare_measures=[noise, fid]", "training_schedule_finetune.crs_noise=crs-online"]
+    )
     tiny = dry_run(params, log=lambda *_: None)
     records = run_experiment(tiny, progress=False, log=lambda *_: None)
     assert [r["status"] for r in records] == ["ok"] * 6
     run = Path(tiny["run_dir"])
-    assert json.loads((run / "models" / "base" / "config.json").read_text())["num_class_embeds"] == 11
-    assert json.loads((run / "rate.json").read_text())["meta"]["guidance"] == 1.0
+    config = json.loads((run / "models" / "base" / "config.json").read_text())
+    assert config["_class_name"] == "UNet2DModel" and config["num_class_embeds"] == 11  # 10 classes and the null
+    assert describe_model(run / "models" / "base")["num_classes"] == 10
+    rate = json.loads((run / "rate.json").read_text())
+    grid, n = tiny["stages"]["rate_estimation"]["grid_size"], tiny["stages"]["rate_estimation"]["n_samples"]
+    assert rate["meta"]["guidance"] == 1.0 and rate["evaluations"] == (grid + 1) * n  # each x0 at its own label
+    finetune = json.loads((run / "finetune.json").read_text())
+    assert finetune["runs"]["crs"]["noise"] == "crs-online" and finetune["runs"]["crs"]["online_updates"] >= 1
+    assert set(finetune["heldout_loss"]) == {"base", "crs", "control"}
     index = json.loads((run / "samples" / "index.json").read_text())
     assert index["labels"] == "balanced" and index["guidance"] == [1, 2, 4]
     assert {(e["model"], e["guidance"]) for e in index["entries"]} == {

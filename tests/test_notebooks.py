@@ -135,66 +135,6 @@ def test_schedule_stage_refuses_bad_input(kernel, tmp_path):
     assert not (tmp_path / "run" / "schedule.json").exists()
 
 
-def test_full_chain_on_real_digits_with_a_unet(tmp_path):
-    """00 -> 01 -> 02 -> 03 on scikit-learn's digits with a tiny class-conditional UNet (label dropout in training,
-    samples drawn with the data's labels, the rate of the conditional distributions) and the online CRS schedule.
-    (The unconditional UNet goes through every stage in the dry runs of tests/test_dry_runs.py.)"""
-    import crs
-
-    digits = dict(dataset="digits", dataset_kwargs={})
-    _run(
-        "00_base_model.ipynb",
-        tmp_path,
-        run_dir="run",
-        train_steps=4,
-        batch_size=8,
-        checkpoint_every=2,
-        sample_steps=3,
-        n_show=16,
-        model_kwargs={"block_out_channels": [16, 32], "num_classes": 10},
-        **digits,
-    )
-    base = tmp_path / "run" / "models" / "base"
-    config = json.loads((base / "config.json").read_text())
-    assert config["_class_name"] == "UNet2DModel" and config["num_class_embeds"] == 11  # 10 classes and the null
-    assert crs.models.describe_model(base)["num_classes"] == 10
-    _run(
-        "01_rate_estimation.ipynb",
-        tmp_path,
-        run_dir="run",
-        model="run/models/base",
-        measure="noise",
-        grid_size=8,
-        n_samples=48,
-        compare_measures=["noise", "fid"],
-        **digits,
-    )
-    rate = json.loads((tmp_path / "run" / "rate.json").read_text())
-    assert rate["evaluations"] == 9 * 48 and rate["meta"]["guidance"] == 1.0  # each x0 at its own label
-    _run("02_schedule_optimization.ipynb", tmp_path, run_dir="run", steps=[4])
-    _run(
-        "03_training_schedule_finetune.ipynb",
-        tmp_path,
-        run_dir="run",
-        finetune_steps=4,
-        batch_size=8,
-        checkpoint_every=2,
-        crs_noise="crs-online",
-        online_every=2,
-        online_grid=4,
-        online_samples=16,
-        eval_levels=4,
-        eval_samples=16,
-        **digits,
-    )
-    result = json.loads((tmp_path / "run" / "finetune.json").read_text())
-    assert result["runs"]["crs"]["noise"] == "crs-online" and result["runs"]["crs"]["online_updates"] == 1
-    assert len(result["runs"]["crs"]["losses"]) == len(result["runs"]["control"]["losses"]) == 4
-    assert set(result["heldout_loss"]) == {"base", "crs", "control"}
-    for name in ("crs", "control"):
-        assert (tmp_path / "run" / "models" / name / "diffusion_pytorch_model.safetensors").exists()
-
-
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("base")
