@@ -23,8 +23,11 @@ result = train(
 )
 state = PartialState()
 digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in result.ema.parameters())).hexdigest()[:16]
-print(
+line = (
     f"RESULT rank={state.process_index} world={state.num_processes} step={result.steps_done} "
-    f"first_loss={result.losses[0]:.6f} ema={digest}",
-    flush=True,
+    f"first_loss={result.losses[0]:.6f} ema={digest}"
 )
+print(line, flush=True)
+# each process's own file too: the two processes share one stdout pipe, where their lines may interleave
+with open(f"{sys.argv[1]}.result{state.process_index}", "w") as f:
+    f.write(line + "\n")

@@ -222,9 +222,9 @@ def _launch(tmp_path, *args):
         cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [
-        dict(kv.split("=") for kv in line.split()[1:]) for line in out.stdout.splitlines() if line.startswith("RESULT")
-    ]
+    # each process's RESULT line from its own file (on the shared stdout pipe two lines can interleave)
+    lines = [Path(f"{args[0]}.result{rank}").read_text().strip() for rank in (0, 1)]
+    rows = [dict(kv.split("=") for kv in line.split()[1:]) for line in lines if line.startswith("RESULT")]
     return sorted(rows, key=lambda r: r["rank"])
 
 
