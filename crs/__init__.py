@@ -64,6 +64,7 @@ _SUBMODULES = (
     "models",
     "networks",
     "optimize",
+    "prompts",
     "protocols",
     "quality",
     "rate",

@@ -73,6 +73,7 @@ class DiffusersDenoiser(nn.Module):
         self.is_dit = type(unet).__name__ == "DiTTransformer2DModel"
         self.is_text = type(unet).__name__ == "UNet2DConditionModel"
         self.prompt_table = None
+        self.prompt_texts = None  # the prompts behind the table, when known (crs.prompts)
 
     def set_prompts(self, prompt_embeds: torch.Tensor, null_embeds: torch.Tensor) -> DiffusersDenoiser:
         """Give a text-conditional UNet its prompts: ``prompt_embeds`` (P, L, D), the text encoder's output for P
@@ -91,6 +92,16 @@ class DiffusersDenoiser(nn.Module):
         param = next(self.unet.parameters())
         self.prompt_table = torch.cat([prompt_embeds, null_embeds]).to(param.device, param.dtype)
         return self
+
+    @property
+    def prompt_digest(self) -> str | None:
+        """A short SHA-256 digest of the prompt table (None before :meth:`set_prompts`): what a condition source
+        records, so that results for other prompts are not taken for these."""
+        if self.prompt_table is None:
+            return None
+        import hashlib
+
+        return hashlib.sha256(self.prompt_table.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
 
     @property
     def conditioning(self):
@@ -304,6 +315,18 @@ def pipeline_parts(folder) -> tuple[dict[str, str], str]:
             f"{', '.join(sorted(parts))}); supported: {SUPPORTED_PIPELINES}."
         )
     net_name = parts[net_key]
+    extra = {  # parts that steer the network with more than a class or a prompt: refused, not silently dropped
+        "controlnet": "a ControlNet",
+        "adapter": "a T2I-Adapter",
+        "image_encoder": "an image encoder (IP-Adapter or image variation)",
+        "prior": "a prior",
+    }
+    steering = [f"{what} ({k}: {parts[k]})" for k, what in extra.items() if k in parts]
+    if steering:
+        raise ValueError(
+            f"The pipeline at {str(folder)!r} has {', '.join(steering)}, not supported; supported: "
+            f"{SUPPORTED_PIPELINES}."
+        )
     if net_name == "UNet2DConditionModel":
         if not (folder / net_key / "config.json").is_file():
             raise ValueError(f"The pipeline at {str(folder)!r} names a {net_key} but has no {net_key}/config.json.")
@@ -327,8 +350,9 @@ def pipeline_parts(folder) -> tuple[dict[str, str], str]:
 
 def describe_pipeline(folder) -> dict:
     """What a saved pipeline is, from its JSON files alone (no weights read): ``{"network", "shape",
-    "pixel_shape", "num_classes"}`` (``num_classes`` None for an unconditional network). ValueError as
-    :func:`pipeline_parts`."""
+    "pixel_shape", "num_classes", "text", "text_encoder"}`` (``num_classes`` None for a network without classes;
+    ``text``: a text-conditional UNet, which takes prompts; ``text_encoder``: the pipeline has a tokenizer and a
+    text encoder to embed them with). ValueError as :func:`pipeline_parts`."""
     folder = Path(folder)
     parts, net_key = pipeline_parts(folder)
     cfg = json.loads((folder / net_key / "config.json").read_text())
@@ -341,7 +365,15 @@ def describe_pipeline(folder) -> dict:
         factor = 2 ** (len(vae["block_out_channels"]) - 1)
         pixel_shape = (vae["in_channels"], size * factor, size * factor)
     classes = cfg.get("num_embeds_ada_norm") if parts[net_key] == "DiTTransformer2DModel" else None
-    return {"network": parts[net_key], "shape": shape, "pixel_shape": pixel_shape, "num_classes": classes}
+    text = parts[net_key] == "UNet2DConditionModel"
+    return {
+        "network": parts[net_key],
+        "shape": shape,
+        "pixel_shape": pixel_shape,
+        "num_classes": classes,
+        "text": text,
+        "text_encoder": text and all(k in parts for k in ("tokenizer", "text_encoder")),
+    }
 
 
 class LatentData:

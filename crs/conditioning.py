@@ -113,6 +113,9 @@ class Labels:
         balanced: every class equally often, exactly: any run of consecutive seeds (a sample set, ``seed + i``)
             holds each class ``n // num_classes`` or one more times, as the class-balanced FID protocol of
             conditional ImageNet models draws 50 samples per class. Still a function of the sample's seed alone.
+        prompts: for a text-conditional model, a digest of the prompt table its labels index
+            (``DiffusersDenoiser.prompt_digest``): recorded in :meth:`state`, so that what was computed for other
+            prompts (a stored search) is not taken for these.
     """
 
     def __init__(
@@ -121,8 +124,10 @@ class Labels:
         probs: Sequence[float] | None = None,
         choices: Sequence[int] | None = None,
         balanced: bool = False,
+        prompts: str | None = None,
     ):
         check_int("num_classes", num_classes, 1)
+        self.prompts = prompts
         if sum(x is not None for x in (probs, choices)) + bool(balanced) > 1:
             raise ValueError("Give one of `probs`, `choices` and `balanced`, not several.")
         self.balanced = bool(balanced)
@@ -161,9 +166,10 @@ class Labels:
 
     def state(self) -> dict:
         """JSON-serialisable description (artifacts record it)."""
+        extra = {} if self.prompts is None else {"prompts": self.prompts}
         if self.balanced:
-            return {"kind": "labels", "num_classes": self.num_classes, "balanced": True}
-        return {"kind": "labels", "num_classes": self.num_classes, "probs": self.probs.tolist()}
+            return {"kind": "labels", "num_classes": self.num_classes, "balanced": True, **extra}
+        return {"kind": "labels", "num_classes": self.num_classes, "probs": self.probs.tolist(), **extra}
 
     def __repr__(self) -> str:
         return f"Labels(num_classes={self.num_classes}{', balanced' if self.balanced else ''})"
@@ -191,7 +197,9 @@ def check_label_source(labels) -> None:
 def condition_source(denoiser, data, labels="data") -> Labels | None:
     """The condition source of a stage's ``labels`` parameter for ``denoiser`` (None for an unconditional model):
     ``"data"``, the data's label shares (:meth:`Labels.from_data`); ``"balanced"``, every one of the model's classes
-    equally often; a list, those labels drawn uniformly.
+    equally often; a list, those labels drawn uniformly. For a text-conditional model the "classes" are its prompts
+    (indices into its prompt table, :mod:`crs.prompts`); the data has no shares of them, so ``"data"`` draws them
+    uniformly.
 
     Raises:
         ValueError: a bad ``labels``, ``"data"`` with a dataset that has no labels or more classes than the model
@@ -201,8 +209,11 @@ def condition_source(denoiser, data, labels="data") -> Labels | None:
     spec = conditioning_of(denoiser)
     if spec is None:
         return None
+    digest = getattr(denoiser, "prompt_digest", None) if spec.kind == "prompts" else None
     if labels == "balanced":
-        return Labels(spec.num_classes, balanced=True)
+        return Labels(spec.num_classes, balanced=True, prompts=digest)
+    if labels == "data" and spec.kind == "prompts":
+        return Labels(spec.num_classes, prompts=digest)
     if labels == "data":
         found = getattr(data, "num_classes", None)
         if found is not None and found > spec.num_classes:
@@ -211,7 +222,7 @@ def condition_source(denoiser, data, labels="data") -> Labels | None:
                 f"{spec.num_classes}: give `labels` 'balanced' or a list of the model's labels."
             )
         return Labels.from_data(data, spec.num_classes)  # data labels are the model's labels 0 .. found - 1
-    return Labels(spec.num_classes, choices=labels)
+    return Labels(spec.num_classes, choices=labels, prompts=digest)
 
 
 def with_guidance(denoiser, scale: float | None):

@@ -34,6 +34,7 @@ __all__ = sorted(
         "DENOISER_FILE",
         "check_model_data",
         "describe_model",
+        "give_prompts",
         "load_denoiser",
         "locate_model",
         "resolve_device",
@@ -87,7 +88,8 @@ def sample_side(sample_size) -> int:
 
 def describe_model(path) -> dict:
     """What the model in a folder is, from its JSON files alone (no weights read, no diffusers import): ``{"network",
-    "shape", "pixel_shape", "num_classes"}`` (``num_classes`` None for an unconditional model). The check the batch
+    "shape", "pixel_shape", "num_classes", "text", "text_encoder"}`` (``num_classes`` None for a model without
+    classes; ``text``: a text-conditional one, see :func:`crs.adapters.describe_pipeline`). The check the batch
     runner's preflight makes before any stage runs; :func:`load_denoiser` then loads exactly what this describes.
 
     Raises:
@@ -115,7 +117,8 @@ def describe_model(path) -> dict:
             f"The model at {str(folder)!r} is a {cfg.get('_class_name')}; supported bare models: UNet2DModel "
             "(or give a pipeline folder with model_index.json)."
         )
-    return {"network": network, "shape": shape, "pixel_shape": shape, "num_classes": classes or None}
+    described = {"network": network, "shape": shape, "pixel_shape": shape, "num_classes": classes or None}
+    return {**described, "text": False, "text_encoder": False}
 
 
 def check_model_data(described: dict, model: str, data_shape) -> None:
@@ -130,7 +133,7 @@ def check_model_data(described: dict, model: str, data_shape) -> None:
         raise ValueError(f"The model at {model!r} {what}, but the dataset gives {tuple(data_shape)}.")
 
 
-def load_denoiser(model: str, data=None, device: str = "cpu"):
+def load_denoiser(model: str, data=None, device: str = "cpu", prompts=None):
     """Return ``D(x, sigma)`` for the notebooks' ``model`` parameter.
 
     Args:
@@ -141,9 +144,13 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         data: the dataset the model is used with; its sample shape must match the model's.
         device: where a neural model is put (see :func:`resolve_device`); it takes inputs from
             anywhere and returns outputs on the input's device.
+        prompts: a text-conditional pipeline's prompts (:func:`crs.prompts.prompt_table`: a list embedded with its
+            own text encoder, or the path of an embeddings file); None leaves it without (give them later with
+            ``set_prompts``).
 
     Raises:
-        ValueError: unknown or unreachable model, or a shape mismatch (naming both shapes).
+        ValueError: unknown or unreachable model, a shape mismatch (naming both shapes), or prompts for a model that
+            takes none.
     """
     if model == "analytic":
         if not isinstance(data, AnalyticDataset):
@@ -163,4 +170,19 @@ def load_denoiser(model: str, data=None, device: str = "cpu"):
         denoiser = DiffusersDenoiser.from_model_folder(path)
     described = {"shape": denoiser.shape, "pixel_shape": denoiser.pixel_shape}
     check_model_data(described, model, None if data is None else data.shape)
-    return denoiser.eval().to(resolve_device(device))
+    denoiser = denoiser.eval().to(resolve_device(device))
+    if prompts is not None:
+        if not getattr(denoiser, "is_text", False):
+            raise ValueError(f"`prompts` are for a text-conditional model; {model!r} takes none (give None).")
+        give_prompts(denoiser, path, prompts, device)
+    return denoiser
+
+
+def give_prompts(denoiser, folder, prompts, device: str = "cpu"):
+    """Give a text-conditional pipeline's denoiser (loaded from ``folder``) the table of ``prompts``
+    (:func:`crs.prompts.prompt_table`) and their texts (``prompt_texts``). Returns the denoiser."""
+    from crs.prompts import prompt_table
+
+    table = prompt_table(folder, prompts, resolve_device(device))
+    denoiser.set_prompts(table.embeds, table.null).prompt_texts = table.texts
+    return denoiser

@@ -206,7 +206,9 @@ def estimate_rate(
             data pass ``data.denoiser`` (the exact one). A conditional model (plain, or guided:
             :class:`crs.conditioning.Guided`) is evaluated at each x0's own class label, drawn with it from labelled
             data (``data.sample_labeled``): the rate of the conditional marginals averaged over the data's classes,
-            under the guidance the denoiser applies (docs/method.md, section 10).
+            under the guidance the denoiser applies (docs/method.md, section 10); guided with scale 0, it is the
+            model's unconditional branch, and the data need no labels. For a text-conditional model, label ``k`` is
+            prompt ``k`` of its table.
         sigma_min, sigma_max: grid range, ``0 < sigma_min < sigma_max``. None takes the model's own end
             (:func:`crs.schedules.fit_model_range`, which then fits a given other end into the model's range, with a
             warning), EDM's 0.002 / 80 without a model or for one without a range (exact denoisers).
@@ -239,7 +241,11 @@ def estimate_rate(
     needs_data = bool(needs_model) or "fid" in parsed
     if needs_data and data is None:
         raise ValueError(f"The measure {format_measure(parsed)!r} needs data; only baseline-implied measures do not.")
+    # a conditional model is evaluated at each x0's own label; at guidance 0 (its unconditional branch, the rate of
+    # the data distribution itself) unlabelled data will do
     conditional = bool(needs_model) and conditioning_of(denoiser) is not None
+    if conditional and guidance_of(denoiser) == 0.0 and getattr(data, "num_classes", None) is None:
+        conditional = False
     if needs_model:
         check_data_matches(denoiser, data.shape)
     if conditional and getattr(data, "num_classes", None) is None:
@@ -302,7 +308,7 @@ def estimate_rate(
             "n_samples": int(n_samples),
             "seed": int(seed),
             "dataset": data.name if data is not None else None,
-            **({"guidance": guidance_of(denoiser)} if conditional else {}),
+            **({"guidance": guidance_of(denoiser)} if needs_model and conditioning_of(denoiser) is not None else {}),
         },
     )
 

@@ -1,12 +1,14 @@
 """Every value checked before any stage runs: the stage validators (crs.run.checks) and the runner's preflight."""
 
 import ast
+import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import crs
 from crs.run.checks import STAGE_CHECKS, check_model_reference, check_stage
@@ -220,7 +222,7 @@ def test_conditional_mismatches_are_named_before_any_stage(smoke, tmp_path):
         (
             ["base_model.model_kwargs={num_classes: 5}"],
             "'base_model'",
-            "The model to train' has 5 classes and the dataset more, 10",
+            "The model to train' has 5 classes and the dataset more classes, 10",
         ),
         (["dataset=gmm", "base_model.model_kwargs={num_classes: 2}"], "'base_model'", "data, which has none"),
         (
@@ -258,6 +260,59 @@ def test_conditional_mismatches_are_named_before_any_stage(smoke, tmp_path):
             f"evaluation.plot_model={folder}",
         ],
     )
-    with pytest.raises(ExperimentError, match=r"Stage 'sampling'.*has 3 classes and the dataset more, 10"):
+    with pytest.raises(ExperimentError, match=r"Stage 'sampling'.*has 3 classes and the dataset more classes, 10"):
         preflight(alone, ["sampling"])
     preflight(apply_overrides(alone, ["sampling.labels=balanced", "sampling.guidance=[2]"]), ["sampling"])
+
+
+def test_text_conditional_mismatches_are_named_before_any_stage(tmp_path):
+    """A text-conditional pipeline (read from its model_index.json) needs `prompts`, a list only when it has its own
+    text encoder; prompts for a model without text conditioning are refused; its rate on uncaptioned images is
+    measured at guidance 0 (the unconditional branch), any other scale needs labelled data (label k: prompt k)."""
+    from crs.run.standins import build_tiny_pipeline
+
+    model = build_tiny_pipeline(tmp_path / "sd", kind="sd", shape=(3, 16, 16))
+    images = tmp_path / "images"
+    images.mkdir()
+    params = load_params(ROOT / "params" / "sd15-text.yaml")
+    params["run_dir"] = str(tmp_path / "run")
+    params = apply_overrides(
+        params,
+        [
+            f"dataset_kwargs={{path: {images}, resolution: 16, channels: 3}}",
+            f"rate_estimation.model={model}",
+            f"sampling.models=[{model}]",
+            f"evaluation.plot_model={model}",
+        ],
+    )
+    preflight(params)
+    bad = [
+        (["prompts=null"], "'rate_estimation'", "is text-conditional: give `prompts`"),
+        (["rate_estimation.guidance=7.5"], "'rate_estimation'", "takes its labels from the data, which has none"),
+        (["prompts=7"], "'rate_estimation'", "`prompts` must be a non-empty list of prompts"),
+        (["sampling.labels=[0, 16]"], "'sampling'", r"`labels` \[0, 16\] name prompts .* \(it has 16\)"),
+    ]
+    for overrides, stage, msg in bad:
+        with pytest.raises(ExperimentError, match=f"Stage {stage}.*{msg}"):
+            preflight(apply_overrides(params, overrides))
+    with pytest.raises(ExperimentError, match="Stage 'rate_estimation'.*No prompt embeddings file at 'prompts.pt'"):
+        preflight(apply_overrides(params, ["prompts=prompts.pt"]))
+    crs.prompts.PromptTable(torch.zeros(2, 16, 16), torch.zeros(16, 16)).save(tmp_path / "prompts.pt")
+    preflight(apply_overrides(params, [f"prompts={tmp_path / 'prompts.pt'}"]))  # its count is read when loaded
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps({**index, "text_encoder": [None, None]}))
+    with pytest.raises(ExperimentError, match="has no text encoder and tokenizer to embed the `prompts` list"):
+        preflight(params)
+    dit = build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16))
+    with pytest.raises(ExperimentError, match="`prompts` are for a text-conditional model"):
+        preflight(
+            apply_overrides(
+                params,
+                [
+                    f"rate_estimation.model={dit}",
+                    f"sampling.models=[{dit}]",
+                    f"evaluation.plot_model={dit}",
+                    "rate_estimation.guidance=null",
+                ],
+            )
+        )

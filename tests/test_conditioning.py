@@ -378,3 +378,18 @@ def test_the_crs_trained_model_is_compared_with_the_control_at_each_scale():
         values[(f"control@w={w:g}", "karras", "euler", 5, "fid_identity")] = (k, boot(k))
     rows = model_comparisons(values)
     assert [(r["guidance"], r["crs_better"], r["significant"]) for r in rows] == [(2.0, True, True), (4.0, False, True)]
+
+
+def test_the_rate_at_guidance_zero_needs_no_labels_and_is_the_data_rate():
+    """Guided with scale 0, a conditional model is its unconditional branch: estimate_rate takes unlabelled data for
+    it (a text model's uncaptioned images), and on the ring the exact conditional model's null branch gives the rate
+    of the unlabelled mixture's exact denoiser from the same draws (same function, same inputs: float64 round-off);
+    any other scale still asks for labels."""
+    labelled, plain = gmm(labels=[0, 1] * 4, **RING), gmm(**RING)
+    common = dict(grid_size=4, n_samples=256, seed=3)
+    null = crs.estimate_rate("data", plain, denoiser=Guided(labelled.denoiser, 0.0), **common)
+    exact = crs.estimate_rate("data", plain, denoiser=plain.denoiser, **common)
+    np.testing.assert_allclose(null.discrepancy, exact.discrepancy, rtol=1e-9)
+    assert null.meta["guidance"] == 0.0
+    with pytest.raises(ValueError, match="has no class labels"):
+        crs.estimate_rate("data", plain, denoiser=Guided(labelled.denoiser, 2.0), **common)

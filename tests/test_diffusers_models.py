@@ -1,5 +1,7 @@
 """Discrete-time diffusers models as denoisers: exact conversions, and tiny pipelines saved and loaded locally."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -133,6 +135,8 @@ def test_a_class_conditional_dit_pipeline_is_a_guided_denoiser(tmp_path):
         "shape": den.shape,
         "pixel_shape": den.pixel_shape,
         "num_classes": 1000,
+        "text": False,
+        "text_encoder": False,
     }
     t = 500
     ac = den_ac = float(torch.exp(-torch.log1p(torch.exp(2 * den.log_sigmas[t]))))  # alpha_bar_t from the table
@@ -426,42 +430,82 @@ def test_a_dit_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
     assert pipe.scheduler.timesteps.tolist() == expect.tolist()
 
 
-def test_a_text_conditional_pipeline_from_its_rate_to_its_guided_diffusers_loop(tmp_path):
-    """A Stable-Diffusion-style pipeline end to end, offline, with one prompt per class of the digits (prompt
-    embeddings given as tensors): load -> the rate of the prompt-conditional distributions -> CRS schedule -> search
-    for the guided ODE -> apply_schedule on the pipeline's scheduler -> StableDiffusionPipeline's denoising loop
-    (scale_model_input, the UNet on the embeddings with classifier-free guidance, scheduler.step), which lands where
-    the suite's own guided Euler sampler does from the same noise. The pipeline class itself needs `transformers`
-    (its text encoder and tokenizer), which this environment does not install: its loop is written out here."""
-    from diffusers import EulerDiscreteScheduler
+def test_a_text_conditional_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
+    """A Stable-Diffusion-style pipeline end to end, offline, with one prompt per class of the digits, embedded by
+    the pipeline's own text encoder: load with prompts -> the rate of the prompt-conditional distributions -> CRS
+    schedule -> search for the guided ODE -> apply_schedule on the pipeline (Euler swapped in) ->
+    StableDiffusionPipeline's own call with the prompts and classifier-free guidance, which lands where the suite's
+    own guided Euler sampler does from the same noise, on the CRS levels."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
     from crs.conditioning import Guided, Labels
     from crs.run.standins import build_tiny_pipeline
 
     folder = build_tiny_pipeline(tmp_path / "sd", kind="sd", shape=(3, 16, 16))
     data = crs.make_dataset("digits", resolution=16, channels=3)
-    den = load_denoiser(str(folder), data)
-    g = torch.Generator().manual_seed(0)
-    prompts, empty = torch.randn(10, 5, 16, generator=g), torch.randn(5, 16, generator=g)  # prompt k: digit k
-    den.set_prompts(prompts, empty)
-    scheduler = EulerDiscreteScheduler.from_pretrained(folder / "scheduler")  # as a user swaps it into the pipeline
-    schedule, _ = _guided_chain(den, crs.adapters.model_space(data, den), scheduler, tmp_path, Labels(10), 7.5)
-    scheduler.set_timesteps(4)
-    w, chosen = 7.5, torch.tensor([1, 7])
-    x_T = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
-    latents = (x_T * scheduler.init_noise_sigma).float()
-    context = torch.cat([prompts[chosen], empty.expand(2, -1, -1)])  # StableDiffusionPipeline: [cond, uncond]
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            both = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            eps = den.unet(both, t, encoder_hidden_states=context).sample
-            eps_c, eps_u = eps.chunk(2)
-            latents = scheduler.step(eps_u + w * (eps_c - eps_u), t, latents).prev_sample
-    levels = schedule.fit(*crs.export.scheduler_sigma_range(scheduler)).discretize(4)
-    torch.testing.assert_close(scheduler.sigmas.double(), levels, rtol=1e-5, atol=0)  # the CRS levels (float32)
+    prompts = [f"a handwritten digit {k}" for k in range(10)]  # prompt k: digit k (the data's label k)
+    den = load_denoiser(str(folder), data, prompts=prompts)
+    assert den.prompt_texts == prompts and den.conditioning.num_classes == 10
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)  # as a user swaps it in
+    pipe.set_progress_bar_config(disable=True)
+    schedule, _ = _guided_chain(den, crs.adapters.model_space(data, den), pipe, tmp_path, Labels(10), 7.5)
+    w, chosen, g = 7.5, [1, 7], torch.Generator().manual_seed(0)
+    x_T = torch.randn(2, 4, 8, 8, generator=g)
+    latents = pipe(
+        [prompts[k] for k in chosen], guidance_scale=w, num_inference_steps=4, latents=x_T, output_type="latent"
+    ).images
+    levels = schedule.fit(*crs.export.scheduler_sigma_range(pipe.scheduler)).discretize(4)
+    torch.testing.assert_close(pipe.scheduler.sigmas.double(), levels, rtol=1e-5, atol=0)  # the CRS levels (float32)
     # from the pipeline's own start (SD's schedulers scale the noise by init_noise_sigma, sqrt(sigma_max^2 + 1) with
     # its `leading` spacing, not sigma_max)
-    start = (x_T * scheduler.init_noise_sigma).float().double()
-    ours = crs.sampling.sample_euler(lambda x, s: Guided(den, w)(x, s, chosen), start, levels)
+    start = (x_T * pipe.scheduler.init_noise_sigma).double()
+    ours = crs.sampling.sample_euler(lambda x, s: Guided(den, w)(x, s, torch.tensor(chosen)), start, levels)
     # float32 network in both loops, diffusers' timestep found from its sigma: float32 tolerance on O(1) latents
     torch.testing.assert_close(latents.double(), ours.double(), rtol=1e-3, atol=1e-3)
+
+
+def test_prompts_are_embedded_as_the_pipeline_embeds_them_or_read_from_a_file(tmp_path):
+    """A prompt list is embedded with the pipeline's own tokenizer and text encoder exactly as
+    StableDiffusionPipeline.encode_prompt does (same code path in one process: the same floats), the empty prompt
+    the unconditional branch; a table saved to a file loads back the same; what cannot work (prompts for a DiT, no
+    text encoder, a ControlNet pipeline) is refused by name."""
+    from diffusers import StableDiffusionPipeline
+
+    from crs.prompts import PromptTable, encode_prompts
+    from crs.run.standins import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "sd", kind="sd", shape=(3, 16, 16))
+    prompts = ["a photo of a cat", "two dogs", "a very long prompt " * 8]  # the last one truncated to 16 tokens
+    table = encode_prompts(folder, prompts)
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True, None)
+    torch.testing.assert_close(table.embeds, cond, rtol=0, atol=0)
+    torch.testing.assert_close(table.null, uncond[:1], rtol=0, atol=0)
+    table.save(tmp_path / "prompts.pt")
+    den = load_denoiser(str(folder), prompts=str(tmp_path / "prompts.pt"))
+    torch.testing.assert_close(den.prompt_table, torch.cat([cond, uncond[:1]]), rtol=0, atol=0)
+    assert (
+        den.prompt_texts == prompts and den.prompt_digest == load_denoiser(str(folder), prompts=prompts).prompt_digest
+    )
+    assert crs.conditioning.condition_source(den, None, "balanced").state()["prompts"] == den.prompt_digest
+    build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16))
+    with pytest.raises(ValueError, match="takes none"):
+        load_denoiser(str(tmp_path / "dit"), prompts=prompts)
+    with pytest.raises(FileNotFoundError, match="No prompt embeddings file"):
+        load_denoiser(str(folder), prompts=str(tmp_path / "missing.pt"))
+    torch.save({"prompt_embeds": torch.zeros(2, 16, 16)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="lacks null_embeds"):
+        PromptTable.load(tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="NaN"):
+        PromptTable(torch.full((1, 16, 16), float("nan")), torch.zeros(16, 16))
+    with pytest.raises(ValueError, match="non-empty list of prompts"):
+        crs.prompts.check_prompts([])
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "text_encoder": [None, None]}))
+    assert crs.models.describe_model(folder)["text_encoder"] is False
+    with pytest.raises(ValueError, match="no text encoder and tokenizer"):
+        load_denoiser(str(folder), prompts=prompts)
+    (folder / "model_index.json").write_text(json.dumps({**index, "controlnet": ["diffusers", "ControlNetModel"]}))
+    with pytest.raises(ValueError, match=r"has a ControlNet \(controlnet: ControlNetModel\), not supported; supported"):
+        crs.models.describe_model(folder)  # refused by name, not loaded without its control

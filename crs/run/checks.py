@@ -133,10 +133,13 @@ def rate_estimation(
     device,
     progress=False,
     guidance=None,
+    prompts=None,
 ) -> None:
     """Notebook 01 (``sigma_min`` / ``sigma_max`` may be None: the model's own; ``guidance`` None or a scale >= 0,
-    whether the model is conditional is checked when it is loaded)."""
+    ``prompts`` None or a text model's prompts (:func:`crs.prompts.check_prompts`); whether the model is conditional
+    is checked when it is loaded, and by the batch runner's preflight from its files)."""
     from crs.analytic import ANALYTIC
+    from crs.prompts import check_prompts
     from crs.rate import check_rate_inputs
 
     _common(seed, dataset, dataset_kwargs, progress)
@@ -148,6 +151,7 @@ def rate_estimation(
     check_rate_inputs(measures, sigma_min, sigma_max, grid_size, n_samples)
     if guidance is not None:
         check_number("guidance", guidance, minimum=0)
+    check_prompts(prompts)
     _features(features)
     _device(device)
 
@@ -278,16 +282,19 @@ def sampling(
     progress=False,
     guidance=None,
     labels="data",
+    prompts=None,
 ) -> None:
-    """Notebook 04 (whether a model is conditional, for ``guidance`` and ``labels``, is checked when it is loaded, and
-    by the batch runner's preflight from its files)."""
+    """Notebook 04 (whether a model is conditional, for ``guidance``, ``labels`` and ``prompts``, is checked when it is
+    loaded, and by the batch runner's preflight from its files)."""
     from crs.conditioning import check_label_source
+    from crs.prompts import check_prompts
     from crs.sampling import check_nfe_plan
     from crs.search import METHODS, check_options
 
     _common(seed, dataset, dataset_kwargs, progress)
     check_guidance_scales(guidance)
     check_label_source(labels)
+    check_prompts(prompts)
     for name in _str_list("models", models):
         _model_name("models", name)
     if not isinstance(schedule, str):
@@ -383,29 +390,64 @@ def check_stage(stage: str, values: Mapping[str, Any]) -> None:
 
 
 def check_model_conditioning(
-    model: str, num_classes: int | None, data_classes: int | None, *, labels="data", guidance=None
+    model: str,
+    num_classes: int | None,
+    data_classes: int | None,
+    *,
+    labels="data",
+    guidance=None,
+    text: bool = False,
+    prompts=None,
+    text_encoder: bool = True,
+    sampling: bool = False,
 ) -> None:
     """A model's conditioning against what a stage gives it, before any work: a class-conditional model
     (``num_classes``) drawing its labels from the data (``labels="data"``, as rate estimation and training always do)
     needs a labelled dataset (``data_classes``, None: unlabelled) with at most as many classes (its labels are the
-    model's); listed labels must be the model's; a guidance scale needs a conditional model.
+    model's), unless ``guidance`` is 0 (its unconditional branch: the data's own rate); listed labels must be the
+    model's; a guidance scale needs a conditional model.
+
+    A text-conditional model (``text``) needs ``prompts`` (a list, embedded with the pipeline's own text encoder,
+    which it must then have (``text_encoder``), or an embeddings file): their count plays the classes' part (a
+    labelled dataset's label ``k`` is prompt ``k``; for ``sampling``, ``labels="data"`` draws the prompts uniformly).
+    ``prompts`` for a model without text conditioning are refused.
 
     Raises:
         ValueError: naming the model, both counts and what to change.
     """
+    if not text and prompts is not None:
+        raise ValueError(f"`prompts` are for a text-conditional model; {model!r} takes none (give None).")
+    if text:
+        if prompts is None:
+            raise ValueError(
+                f"{model!r} is text-conditional: give `prompts`, a list of prompts (embedded with its own text "
+                "encoder) or the path of a prompt embeddings file."
+            )
+        if not isinstance(prompts, str) and not text_encoder:
+            raise ValueError(
+                f"{model!r} has no text encoder and tokenizer to embed the `prompts` list with: give the path of a "
+                "prompt embeddings file (crs.prompts.PromptTable(embeds, null).save(path))."
+            )
+        if isinstance(prompts, str):
+            return  # the file's prompt count is read when it is loaded
+        num_classes = len(prompts)
+        if sampling and labels == "data":
+            return  # the prompts uniformly
     if num_classes is None:
         if guidance is not None:
             raise ValueError(f"`guidance` = {guidance!r} needs a conditional model; {model!r} is unconditional.")
         return
-    if labels == "data" and data_classes is None:
+    what = "prompts" if text else "classes"
+    if labels == "data" and data_classes is None and guidance != 0:
         raise ValueError(
-            f"{model!r} is class-conditional ({num_classes} classes) and takes its labels from the data, which has "
-            "none: use a labelled dataset, or (sampling) labels 'balanced' or a list."
+            f"{model!r} is {'text' if text else 'class'}-conditional ({num_classes} {what}) and takes its labels from "
+            "the data, which has none: use a labelled dataset, or guidance 0 (the unconditional branch: the rate of "
+            "the data itself), or (sampling) labels 'balanced' or a list."
         )
-    if labels == "data" and data_classes > num_classes:  # fewer: the data's labels are the model's first classes
-        raise ValueError(f"{model!r} has {num_classes} classes and the dataset more, {data_classes}.")
+    if labels == "data" and data_classes is not None and data_classes > num_classes:  # fewer: the model's first ones
+        raise ValueError(f"{model!r} has {num_classes} {what} and the dataset more classes, {data_classes}.")
     if isinstance(labels, (list, tuple)) and labels and max(labels) >= num_classes:
-        raise ValueError(f"`labels` {list(labels)} name classes {model!r} does not have (it has {num_classes}).")
+        raise ValueError(f"`labels` {list(labels)} name {what} {model!r} does not have (it has {num_classes}).")
 
 
 def check_model_reference(model: str, root=".", data_shape=None) -> str:

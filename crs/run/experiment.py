@@ -210,31 +210,39 @@ _UNKNOWN = object()  # a model whose conditioning preflight cannot read (e.g. a 
 
 
 def _model_classes(model: str, values: dict, run_dir: Path, stage: str):
-    """A model's classes as the stages will load it (None: unconditional; :data:`_UNKNOWN`: not readable here): the
-    exact denoiser's from the data's labels, the models this run trains from stage 00's ``model_kwargs``, any other
-    from its files (:func:`crs.models.describe_model`)."""
+    """A model's conditioning as the stages will load it, ``{"num_classes", "text", "text_encoder"}``
+    (:func:`crs.models.describe_model`; ``num_classes`` None: no classes; :data:`_UNKNOWN`: not readable here): the
+    exact denoiser's classes from the data's labels, the models this run trains from stage 00's ``model_kwargs``, any
+    other from its files."""
     from crs.data import dataset_classes
     from crs.models import describe_model, locate_model
 
+    def classes(n):
+        return {"num_classes": n, "text": False, "text_encoder": False}
+
+    def read(where):
+        found = describe_model(where)
+        return {k: found[k] for k in ("num_classes", "text", "text_encoder")}
+
     if model == "analytic":
-        return dataset_classes(values[stage]["dataset"], values[stage].get("dataset_kwargs") or {})
+        return classes(dataset_classes(values[stage]["dataset"], values[stage].get("dataset_kwargs") or {}))
     name = model[len("models/") :] if model.startswith("models/") else model
     base = values.get("base_model")
     if base is not None and (name in PRODUCES["base_model"] or name in _finetuned(values)):
         if base.get("model", "train") == "train":
-            return base.get("model_kwargs", {}).get("num_classes")
+            return classes(base.get("model_kwargs", {}).get("num_classes"))
         return _model_classes(base["model"], values, run_dir, stage) if base["model"] != model else _UNKNOWN
     for where in (run_dir / "models" / name, run_dir / model, Path(model)):
         if where.is_dir():
             try:
-                return describe_model(where)["num_classes"]
+                return read(where)
             except ValueError:
                 return _UNKNOWN  # the model-reference check names it
     if name in _finetuned(values) and "base_model" not in values:  # fine-tuned in this run from another base
         source = values.get("training_schedule_finetune", {}).get("base_model") or "models/base"
         return _model_classes(source, values, run_dir, stage) if source != model else _UNKNOWN
     try:
-        return describe_model(locate_model(model, run_dir))["num_classes"]
+        return read(locate_model(model, run_dir))
     except ValueError:
         return _UNKNOWN
 
@@ -256,26 +264,42 @@ def _check_conditioning(values: dict, run_dir: Path) -> None:
     def data_classes(stage):
         return dataset_classes(values[stage]["dataset"], values[stage].get("dataset_kwargs") or {})
 
+    def check(model, found, stage, prompts, **kwargs):
+        if isinstance(prompts, str) and not (run_dir / prompts).is_file() and not Path(prompts).is_file():
+            raise ValueError(f"No prompt embeddings file at {prompts!r} (relative to the run folder {str(run_dir)!r}).")
+        if found is not _UNKNOWN:
+            check_model_conditioning(
+                model,
+                found["num_classes"],
+                data_classes(stage),
+                text=found["text"],
+                prompts=prompts,
+                text_encoder=found["text_encoder"],
+                **kwargs,
+            )
+
     if "rate_estimation" in values:
         v = values["rate_estimation"]
         found = _model_classes(v["model"], values, run_dir, "rate_estimation")
-        if found is not _UNKNOWN:
-            try:
-                check_model_conditioning(v["model"], found, data_classes("rate_estimation"), guidance=v.get("guidance"))
-            except ValueError as exc:
-                raise ExperimentError(f"Stage 'rate_estimation', `model`: {exc}") from exc
+        try:
+            check(v["model"], found, "rate_estimation", v.get("prompts"), guidance=v.get("guidance"))
+        except ValueError as exc:
+            raise ExperimentError(f"Stage 'rate_estimation', `model`: {exc}") from exc
     if "sampling" in values:
         v = values["sampling"]
         found = {m: _model_classes(m, values, run_dir, "sampling") for m in v["models"]}
-        labels, guidance = v.get("labels", "data"), v.get("guidance")
+        labels, guidance, prompts = v.get("labels", "data"), v.get("guidance"), v.get("prompts")
+        known = {m: d for m, d in found.items() if d is not _UNKNOWN}
         try:
-            for m, classes in found.items():
-                if classes is not _UNKNOWN:
-                    check_model_conditioning(m, classes, data_classes("sampling"), labels=labels)
-            if guidance is not None and all(c is None for c in found.values()):
-                raise ValueError(
-                    f"`guidance` {guidance} needs a conditional model; every one of {v['models']} is unconditional."
-                )
+            for m, described in known.items():  # the prompts go to the text-conditional models only
+                check(m, described, "sampling", prompts if described["text"] else None, labels=labels, sampling=True)
+            if len(known) == len(found):
+                if prompts is not None and not any(d["text"] for d in known.values()):
+                    raise ValueError(f"`prompts` are for a text-conditional model; none of {v['models']} is one.")
+                if guidance is not None and all(d["num_classes"] is None and not d["text"] for d in known.values()):
+                    raise ValueError(
+                        f"`guidance` {guidance} needs a conditional model; every one of {v['models']} is unconditional."
+                    )
         except ValueError as exc:
             raise ExperimentError(f"Stage 'sampling': {exc}") from exc
 

@@ -278,7 +278,7 @@ def teacher_endpoints(doc: dict, run_dir, data, device: str = "cpu", steps: int 
     (:func:`crs.quality.solve_teacher`), decoded for latent models as their samples are.
 
     A conditional model's teacher solves the ODE of the model at each guidance scale it was sampled with, every
-    sample with the condition it was sampled with (the index's ``labels``).
+    sample with the condition it was sampled with (the index's ``labels``, and ``prompts`` for a text model).
 
     Returns:
         ``({key: endpoints (n, *sample shape)}, {key: the teacher's own estimated error})``, keyed by
@@ -287,7 +287,7 @@ def teacher_endpoints(doc: dict, run_dir, data, device: str = "cpu", steps: int 
     from crs.quality import solve_teacher
 
     names = sorted({e["model"] for e in doc["entries"]})
-    models = resolve_models(names, run_dir, data, device)
+    models = resolve_models(names, run_dir, data, device, prompts=doc.get("prompts"))
     conditions = index_conditions(doc, models, data)
     lo, hi = doc["schedule_range"]
     ends, errors = {}, {}
@@ -310,13 +310,19 @@ def teacher_endpoints(doc: dict, run_dir, data, device: str = "cpu", steps: int 
     return ends, errors
 
 
-def resolve_models(names, run_dir, data, device: str = "cpu") -> dict:
+def resolve_models(names, run_dir, data, device: str = "cpu", prompts=None) -> dict:
     """Denoisers for a list of model names: ``"analytic"``, a name under ``run_dir/models/``, or a
-    folder / hub id (see :func:`load_denoiser`). Returns ``{name: denoiser}`` in the given order."""
+    folder / hub id (see :func:`load_denoiser`); the text-conditional ones get ``prompts``
+    (:func:`crs.prompts.prompt_table`), the others none. Returns ``{name: denoiser}`` in the given order."""
+    from crs.models import give_prompts, locate_model
+
     models = {}
     for name in names:
         local = Path(run_dir) / "models" / name
-        models[name] = load_denoiser(str(local) if name != "analytic" and local.is_dir() else name, data, device)
+        where = str(local) if name != "analytic" and local.is_dir() else name
+        models[name] = den = load_denoiser(where, data, device)
+        if prompts is not None and getattr(den, "is_text", False):
+            give_prompts(den, locate_model(where), prompts, device)
     return models
 
 
@@ -733,8 +739,9 @@ def sampling_job(spec: dict) -> list[dict]:
     ``store`` (``samples`` or ``features``), ``features``, ``keep``; optionally ``search`` (methods of
     :mod:`crs.search`, searched per model, deterministic sampler and nfe, see :func:`searched_schedules`),
     ``search_options`` and ``search_models`` (the models searched for; None: all); ``guidance`` (the scales
-    conditional models are sampled with, :func:`model_variants`; None: as they are) and ``labels`` (their condition
-    source, :func:`crs.conditioning.condition_source`; ``"data"``).
+    conditional models are sampled with, :func:`model_variants`; None: as they are), ``labels`` (their condition
+    source, :func:`crs.conditioning.condition_source`; ``"data"``) and ``prompts`` (a text-conditional model's,
+    :func:`crs.prompts.prompt_table`; recorded in the index for notebook 05's teachers).
     """
     import crs
     from crs.conditioning import condition_source, conditioning_of
@@ -747,7 +754,7 @@ def sampling_job(spec: dict) -> list[dict]:
     run_dir = Path(spec["run_dir"])
     data = crs.make_dataset(spec["dataset"], **spec["dataset_kwargs"])
     device = process_device(spec["device"], state)
-    denoisers = resolve_models(spec["models"], run_dir, data, device)
+    denoisers = resolve_models(spec["models"], run_dir, data, device, prompts=spec.get("prompts"))
     schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
     schedules = schedule_functions(schedule, spec["baselines"])
     kinds = {**schedule_kinds(spec["baselines"]), **{m: search_kind(m) for m in spec.get("search") or ()}}
@@ -802,6 +809,7 @@ def sampling_job(spec: dict) -> list[dict]:
                 "processes": state.world,
                 "schedule_range": [schedule.sigma_min, schedule.sigma_max],
                 **({"labels": labels, "guidance": guidance} if conditions else {}),
+                **({"prompts": spec["prompts"]} if spec.get("prompts") is not None else {}),
                 "entries": index,
             },
         )

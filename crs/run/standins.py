@@ -5,13 +5,14 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import torch
 
 from crs.io import plain_modes
 
-__all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline"]
+__all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline", "tiny_text_encoder"]
 
 
 TINY_KINDS = ("ddpm", "ldm", "dit", "sd")
@@ -23,6 +24,7 @@ KNOWN_PIPELINES = {
     "google/ddpm-bedroom-256": ("ddpm", (3, 256, 256)),
     "CompVis/ldm-celebahq-256": ("ldm", (3, 256, 256)),
     "facebook/DiT-XL-2-256": ("dit", (3, 256, 256), {"latent_factor": 8}),  # 32 x 32 latents, as DiT's
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("sd", (3, 512, 512), {"latent_factor": 8}),  # 64 x 64 latents
 }
 
 
@@ -48,7 +50,7 @@ def build_tiny_pipeline(
             on the latents of an ``AutoencoderKL`` halving each side, ``DDIMScheduler`` with DiT's linear betas) or
             ``sd`` (Stable Diffusion 1.x's layout: a text-conditional ``UNet2DConditionModel`` with cross-attention
             over 16-dimensional embeddings, ``AutoencoderKL`` latents, ``PNDMScheduler`` with scaled-linear betas;
-            no text encoder, whose output :meth:`crs.adapters.DiffusersDenoiser.set_prompts` takes instead).
+            a tiny CLIP text encoder and tokenizer, :func:`tiny_text_encoder`).
         shape: image shape (C, H, W).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         channels: UNet (and VAE) widths per level.
@@ -109,36 +111,45 @@ def build_tiny_pipeline(
         elif kind in ("dit", "sd"):
             vae = AutoencoderKL(latent_channels=4, **autoencoder)
             if kind == "sd":
+                # attention at the deepest level only, at most 16 x 16 positions (a 64 x 64 latent gets a third
+                # level): self-attention over every latent position is what makes a UNet slow on a CPU
+                side = h // latent_factor
+                levels = max(len(channels), (max(side // 16, 1)).bit_length() + 1)
+                widths = tuple(channels) + (channels[-1],) * (levels - len(channels))
                 unet = UNet2DConditionModel(
-                    sample_size=h // latent_factor,
+                    sample_size=side,
                     in_channels=4,
                     out_channels=4,
                     layers_per_block=1,
-                    block_out_channels=tuple(channels),
-                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                    block_out_channels=widths,
+                    down_block_types=("DownBlock2D",) * (levels - 1) + ("CrossAttnDownBlock2D",),
+                    up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (levels - 1),
                     cross_attention_dim=16,
                     attention_head_dim=4,
                     norm_num_groups=4,
                 )
-                scheduler = PNDMScheduler(
-                    beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type
+                scheduler = PNDMScheduler(  # Stable Diffusion 1.5's
+                    beta_schedule="scaled_linear",
+                    beta_start=0.00085,
+                    beta_end=0.012,
+                    prediction_type=prediction_type,
+                    steps_offset=1,
+                    skip_prk_steps=True,
                 )
-                vae.save_pretrained(Path(folder) / "vae")
-                unet.save_pretrained(Path(folder) / "unet")
-                scheduler.save_pretrained(Path(folder) / "scheduler")
-                index = {
-                    "_class_name": "StableDiffusionPipeline",
-                    "_diffusers_version": "0.0.0",
-                    "unet": ["diffusers", "UNet2DConditionModel"],
-                    "vae": ["diffusers", "AutoencoderKL"],
-                    "scheduler": ["diffusers", "PNDMScheduler"],
-                    "text_encoder": [None, None],
-                    "tokenizer": [None, None],
-                    "safety_checker": [None, None],
-                    "feature_extractor": [None, None],
-                }
-                (Path(folder) / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+                tokenizer, text_encoder = tiny_text_encoder(16, seed=seed)
+                from diffusers import StableDiffusionPipeline
+
+                pipe = StableDiffusionPipeline(
+                    vae=vae,
+                    text_encoder=text_encoder,
+                    tokenizer=tokenizer,
+                    unet=unet,
+                    scheduler=scheduler,
+                    safety_checker=None,
+                    feature_extractor=None,
+                    requires_safety_checker=False,
+                )
+                pipe.save_pretrained(folder)
                 return plain_modes(folder)
             dit = DiTTransformer2DModel(
                 num_attention_heads=2,
@@ -164,3 +175,37 @@ def build_tiny_pipeline(
             pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // latent_factor), scheduler=scheduler)
     pipe.save_pretrained(folder)
     return plain_modes(folder)  # safetensors writes private (0600) files
+
+
+def tiny_text_encoder(width: int = 16, length: int = 16, seed: int = 0):
+    """A randomly initialised, tiny CLIP text encoder and its tokenizer, built offline: ``(CLIPTokenizer,
+    CLIPTextModel)``. The tokenizer is CLIP's byte-level BPE with no merges (one token per byte, with CLIP's
+    end-of-word forms), so no vocabulary file is downloaded; the encoder has one layer of ``width`` features over
+    ``length`` tokens (Stable Diffusion 1.x: 768 over 77), initialised with ``seed`` (on a fork of the global
+    generator)."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    vocab.update({c: len(vocab) + i for i, c in enumerate(chars)})
+    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(chars)})
+    with tempfile.TemporaryDirectory() as folder:  # the files a hub tokenizer has: any transformers version reads them
+        (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(folder) / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=length)
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=length,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = CLIPTextModel(config).eval()
+    return tokenizer, encoder

@@ -1,0 +1,165 @@
+"""Prompts of text-conditional models: the text encoder's embeddings of a prompt list (docs/method.md, section 10).
+
+A text-conditional denoiser (:class:`crs.adapters.DiffusersDenoiser` on a ``UNet2DConditionModel``) is conditioned
+on a *table* of prompt embeddings, and its condition is a prompt's index in the table (:meth:`set_prompts`), so
+prompts are drawn, bound and guided exactly as class labels are. The table comes from
+
+- the pipeline's own text encoder and tokenizer (:func:`encode_prompts`), computed as ``StableDiffusionPipeline``'s
+  ``encode_prompt`` does (padded to the tokenizer's length, the last hidden state, the empty prompt's embedding as
+  the unconditional branch): a list of prompts is all a params file gives; or
+- a file written by :meth:`PromptTable.save` (embeddings made elsewhere: a pipeline without its text encoder, or
+  another encoder), given by its path.
+
+:func:`prompt_table` chooses between the two from the stages' ``prompts`` parameter.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+__all__ = ["PromptTable", "check_prompts", "encode_prompts", "has_text_encoder", "prompt_table"]
+
+TEXT_PARTS = ("tokenizer", "text_encoder")
+
+
+@dataclass
+class PromptTable:
+    """Prompt embeddings for a text-conditional model.
+
+    Attributes:
+        embeds: (P, L, D) float32, the text encoder's output for P prompts.
+        null: (1, L, D), the empty prompt's (the unconditional branch of classifier-free guidance).
+        texts: the P prompts, when known.
+    """
+
+    embeds: torch.Tensor
+    null: torch.Tensor
+    texts: list[str] | None = field(default=None)
+
+    def __post_init__(self):
+        self.embeds = torch.as_tensor(self.embeds).detach().float().cpu()
+        self.null = torch.as_tensor(self.null).detach().float().cpu()
+        self.null = self.null.reshape(1, *self.null.shape[-2:]) if self.null.ndim >= 2 else self.null
+        if self.embeds.ndim != 3 or len(self.embeds) == 0 or self.null.shape != (1, *self.embeds.shape[1:]):
+            raise ValueError(
+                "Prompt embeddings must be (P, L, D) with P >= 1 and an empty prompt's embedding (L, D) of the same "
+                f"L and D; got {tuple(self.embeds.shape)} and {tuple(self.null.shape)}."
+            )
+        if not (torch.isfinite(self.embeds).all() and torch.isfinite(self.null).all()):
+            raise ValueError("Prompt embeddings hold NaN or inf.")
+        if self.texts is not None and len(self.texts) != len(self.embeds):
+            raise ValueError(f"{len(self.texts)} prompt texts for {len(self.embeds)} embeddings.")
+
+    def __len__(self) -> int:
+        return len(self.embeds)
+
+    def save(self, path) -> Path:
+        """Write the table to ``path`` (``torch.save`` of ``{"prompt_embeds", "null_embeds", "prompts"}``),
+        atomically."""
+        from crs.io import atomic_write_bytes
+
+        buf = io.BytesIO()
+        torch.save({"prompt_embeds": self.embeds, "null_embeds": self.null, "prompts": self.texts}, buf)
+        return atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path) -> PromptTable:
+        """A table written by :meth:`save` (or any ``torch.save`` of a dict with ``prompt_embeds`` (P, L, D) and
+        ``null_embeds`` (L, D); ``prompts`` optional). FileNotFoundError / ValueError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"No prompt embeddings file at {str(path)!r}.")
+        try:
+            doc = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ValueError(f"{str(path)!r} is not a prompt embeddings file (torch.save of a dict): {exc}") from exc
+        missing = [k for k in ("prompt_embeds", "null_embeds") if not isinstance(doc, dict) or k not in doc]
+        if missing:
+            raise ValueError(f"The prompt embeddings file {str(path)!r} lacks {', '.join(missing)}.")
+        try:
+            return cls(doc["prompt_embeds"], doc["null_embeds"], doc.get("prompts"))
+        except ValueError as exc:
+            raise ValueError(f"{str(path)!r}: {exc}") from exc
+
+
+def check_prompts(prompts) -> None:
+    """ValueError unless ``prompts`` is a stage's ``prompts`` value: None (no text model), a non-empty list of
+    prompts (strings; encoded with the pipeline's text encoder) or the path of an embeddings file (a string)."""
+    if prompts is None or (isinstance(prompts, str) and prompts):
+        return
+    if not isinstance(prompts, (list, tuple)) or not prompts or any(not isinstance(p, str) for p in prompts):
+        raise ValueError(
+            "`prompts` must be a non-empty list of prompts (strings), the path of a prompt embeddings file, or None; "
+            f"got {prompts!r}."
+        )
+
+
+def has_text_encoder(folder) -> bool:
+    """Whether a saved pipeline holds a tokenizer and a text encoder (its ``model_index.json`` names both)."""
+    import json
+
+    index = json.loads((Path(folder) / "model_index.json").read_text())
+    return all(isinstance(index.get(k), list) and index[k][-1] for k in TEXT_PARTS)
+
+
+@torch.no_grad()
+def encode_prompts(folder, prompts, device: str = "cpu", batch_size: int = 32) -> PromptTable:
+    """Embed ``prompts`` with a saved pipeline's own tokenizer and text encoder, as ``StableDiffusionPipeline``'s
+    ``encode_prompt`` does (no clip skip): tokens padded and truncated to the tokenizer's ``model_max_length``, the
+    encoder's last hidden state; the empty prompt's embedding is the unconditional branch.
+
+    Raises:
+        ValueError: the pipeline has no text encoder or tokenizer (give an embeddings file instead, naming how to
+            write one), or ``transformers``, which they need, is not installed.
+    """
+    check_prompts(list(prompts))
+    folder = Path(folder)
+    if not has_text_encoder(folder):
+        raise ValueError(
+            f"The pipeline at {str(folder)!r} has no text encoder and tokenizer to embed prompts with: give "
+            "`prompts` as the path of an embeddings file (crs.prompts.PromptTable(embeds, null).save(path))."
+        )
+    try:
+        import transformers
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise ValueError("Embedding prompts needs `transformers` (pip install transformers).") from exc
+    import json
+
+    index = json.loads((folder / "model_index.json").read_text())
+    tokenizer = getattr(transformers, index["tokenizer"][1]).from_pretrained(folder / "tokenizer")
+    encoder = getattr(transformers, index["text_encoder"][1]).from_pretrained(folder / "text_encoder").eval()
+    encoder = encoder.to(device)
+    use_mask = bool(getattr(encoder.config, "use_attention_mask", False))
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tokens = tokenizer(
+                texts[i : i + batch_size],
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            mask = tokens.attention_mask.to(device) if use_mask else None
+            out.append(encoder(tokens.input_ids.to(device), attention_mask=mask)[0].float().cpu())
+        return torch.cat(out)
+
+    texts = [str(p) for p in prompts]
+    return PromptTable(embed(texts), embed([""]), texts)
+
+
+def prompt_table(folder, prompts, device: str = "cpu") -> PromptTable:
+    """The table of a stage's ``prompts`` for the pipeline at ``folder``: a list is embedded with the pipeline's own
+    text encoder (:func:`encode_prompts`), a path is read (:meth:`PromptTable.load`; relative to the working
+    folder, as the stages' other paths)."""
+    check_prompts(prompts)
+    if prompts is None:
+        raise ValueError("No `prompts` given.")
+    if isinstance(prompts, str):
+        return PromptTable.load(prompts)
+    return encode_prompts(folder, prompts, device)
