@@ -58,6 +58,7 @@ _SUBMODULES = (
     "data",
     "distances",
     "export",
+    "flow",
     "io",
     "measures",
     "metrics",

@@ -6,6 +6,9 @@
   ``DDPMScheduler`` take integer ``timesteps=`` only. The sigmas are mapped to the scheduler's
   training timesteps by log-sigma interpolation and rounded, so a continuous schedule is
   *quantised* to the nearest of the model's discrete noise levels (and close levels may merge).
+* ``FlowMatchEulerDiscreteScheduler`` (flow-matching models: SD3, Flux, ...) takes flow times ``sigmas=`` and
+  shifts them itself (static ``shift``, or Flux's ``mu`` at call time): the CRS levels are mapped to flow time
+  (:mod:`crs.flow`) and un-shifted first, so the levels the model sees are exactly the CRS levels.
 * :func:`apply_schedule` makes a scheduler (or a pipeline's scheduler) use the CRS schedule for
   every later ``set_timesteps(n)`` call, which is what pipelines do inside ``__call__``.
 """
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 from pathlib import Path
 
@@ -21,7 +25,15 @@ import torch
 
 from crs.schedules import Schedule, check_steps
 
-__all__ = ["apply_schedule", "as_schedule", "scheduler_sigma_range", "sigmas_to_timesteps", "to_trained_betas"]
+__all__ = [
+    "apply_schedule",
+    "as_schedule",
+    "is_flow_scheduler",
+    "scheduler_sigma_range",
+    "sigmas_to_timesteps",
+    "to_trained_betas",
+    "unshift_flow_times",
+]
 
 
 def _training_sigmas(scheduler) -> np.ndarray:
@@ -34,10 +46,51 @@ def _training_sigmas(scheduler) -> np.ndarray:
     return np.sqrt((1.0 - ac) / ac)
 
 
+def is_flow_scheduler(scheduler) -> bool:
+    """Whether a diffusers scheduler is a flow-matching one (``FlowMatchEulerDiscreteScheduler`` and its kin: flow
+    times in ``sigmas``, a ``shift`` in its config, no ``alphas_cumprod``)."""
+    return not hasattr(scheduler, "alphas_cumprod") and "shift" in getattr(scheduler, "config", {})
+
+
 def scheduler_sigma_range(scheduler) -> tuple[float, float]:
-    """The smallest and largest training sigma of a discrete-time scheduler."""
+    """The smallest and largest training sigma of a discrete-time scheduler; for a flow-matching scheduler, its
+    smallest shifted flow time and :data:`crs.flow.S_MAX` (flow time 1 is sigma infinity), as VE sigmas."""
+    if is_flow_scheduler(scheduler):
+        from crs.flow import S_MAX, flow_to_sigma
+
+        return flow_to_sigma(float(scheduler.sigma_min)), flow_to_sigma(S_MAX)
     table = _training_sigmas(scheduler)
     return float(table.min()), float(table.max())
+
+
+FLOW_REFUSED = ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas")
+
+
+def unshift_flow_times(s, scheduler, mu: float | None = None) -> np.ndarray:
+    """The flow times to give a flow-matching scheduler's ``set_timesteps(sigmas=...)`` so that after its own shift
+    they are ``s``: the inverse of its static shift ``c u / (1 + (c - 1) u)``, or of its dynamic shift at ``mu``
+    (``exponential``: ``e^mu / (e^mu + 1/u - 1)``; ``linear``: ``mu / (mu + 1/u - 1)``).
+
+    Raises:
+        ValueError: a scheduler that changes given sigmas further (``shift_terminal``, karras / exponential / beta
+            conversion, inverted sigmas), or dynamic shifting without ``mu``.
+    """
+    cfg = scheduler.config
+    changed = [k for k in FLOW_REFUSED if cfg.get(k)]
+    if changed:
+        raise ValueError(
+            f"{type(scheduler).__name__} with {', '.join(changed)} changes given levels further; set "
+            f"{', '.join(f'{k}=False' if k != 'shift_terminal' else 'shift_terminal=None' for k in changed)} to "
+            "sample on a CRS schedule."
+        )
+    s = np.asarray(s, dtype=np.float64)
+    if cfg.get("use_dynamic_shifting"):
+        if mu is None:
+            raise ValueError(f"{type(scheduler).__name__} shifts dynamically: `mu` is needed (the pipeline gives it).")
+        c = math.exp(mu) if cfg.get("time_shift_type", "exponential") == "exponential" else float(mu)
+    else:
+        c = float(scheduler.shift)
+    return s / (c - (c - 1.0) * s)  # u with c u / (1 + (c - 1) u) = s; the exponential shift is this with c = e^mu
 
 
 def sigmas_to_timesteps(sigmas, scheduler) -> np.ndarray:
@@ -100,11 +153,24 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
         )
     lo, hi = scheduler_sigma_range(scheduler)
     sched = sched.fit(lo, hi, what=f"the scheduler ({type(scheduler).__name__} [{lo:.4g}, {hi:.4g}])")
+    flow = is_flow_scheduler(scheduler)
+    if flow:
+        unshift_flow_times([0.5], scheduler, mu=0.0)  # refuses configurations that would move the levels
 
-    def set_timesteps(num_inference_steps: int | None = None, device=None, **kwargs):
-        n = num_inference_steps or steps
+    def set_timesteps(
+        num_inference_steps: int | None = None, device=None, sigmas=None, mu=None, timesteps=None, **kwargs
+    ):
+        # flow pipelines (SD3, Flux) pass their own default `sigmas` (and `mu`): only their count is kept
+        given = sigmas if sigmas is not None else timesteps
+        n = num_inference_steps or (len(given) if given is not None else None) or steps
         check_steps(n)
-        sigmas = sched.discretize(n)
+        levels = sched.discretize(n)
+        if flow:  # n flow times, the scheduler appends the final 0 and shifts them: un-shift first
+            from crs.flow import sigma_to_flow
+
+            u = unshift_flow_times(sigma_to_flow(levels[:-1].numpy()), scheduler, mu)
+            return original(sigmas=u.tolist(), device=device, mu=mu)
+        sigmas = levels
         if "sigmas" in params:
             return original(sigmas=sigmas.tolist(), device=device)
         return original(timesteps=sigmas_to_timesteps(sigmas, scheduler).tolist(), device=device)

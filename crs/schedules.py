@@ -31,6 +31,7 @@ from crs.protocols import Denoiser
 
 __all__ = [
     "BASELINES",
+    "FLOW_BASELINES",
     "Schedule",
     "alpha_to_sigma",
     "ays_sigmas",
@@ -50,6 +51,10 @@ __all__ = [
 # Baselines of docs/method.md section 6 that are defined on any [sigma_min, sigma_max].
 # Align Your Steps (`ays`) is separate: its published lists fix their own range.
 BASELINES = ("karras", "exponential", "vp", "cosine", "kl_optimal", "beta")
+# The shipped schedules of flow-matching models (crs.flow): uniform in flow time, shifted. Accepted wherever a
+# baseline is named, but not in the default lists above (the unconditional suite's grids stay as they are).
+FLOW_BASELINES = ("flow", "sd3", "flux")
+_FLOW_PRESETS = {"flow": {}, "sd3": {"shift": 3.0}, "flux": {"mu": 1.15}}  # flux: Flux.1 at 1024 px (4096 tokens)
 
 
 # ----------------------------------------------------------------------------- conversions
@@ -150,7 +155,20 @@ def _baseline_pair(name: str, lo: float, hi: float, kwargs: dict):
         return (lambda t: lo + beta_dist.ppf(t, a, b) * (hi - lo)), (
             lambda s: beta_dist.cdf((s - lo) / (hi - lo), a, b)
         )
-    raise ValueError(f"Unknown baseline {name!r}; valid choices: {', '.join(BASELINES + ('ays',))}.")
+    if name in FLOW_BASELINES:
+        from crs.flow import flow_shift_scale
+
+        given = {k: kwargs.pop(k) for k in ("shift", "mu") if k in kwargs}
+        preset = given or _FLOW_PRESETS[name]
+        c = flow_shift_scale(preset.get("shift"), preset.get("mu"))
+        u_lo, u_hi = lo / (c + lo), hi / (c + hi)  # the ends in unshifted flow time: sigma = c u / (1 - u)
+
+        def shifted(t):
+            u = u_lo + t * (u_hi - u_lo)
+            return c * u / (1.0 - u)
+
+        return shifted, (lambda s: (s / (c + s) - u_lo) / (u_hi - u_lo))
+    raise ValueError(f"Unknown baseline {name!r}; valid choices: {', '.join(BASELINES + FLOW_BASELINES + ('ays',))}.")
 
 
 def _baseline(name: str, sigma_min: float, sigma_max: float, kwargs: dict):
@@ -172,7 +190,10 @@ def baseline_sigma_fn(name: str, sigma_min: float, sigma_max: float, **kwargs) -
             kwargs ``beta_d=19.9``, ``beta_min=0.1``), ``cosine`` (uniform time of the iDDPM cosine
             schedule, kwarg ``s=0.008``; with ``s=0`` it coincides with ``kl_optimal``),
             ``kl_optimal`` (tan interpolation, Align Your Steps), ``beta`` (Beta(a, b) quantiles,
-            diffusers ``use_beta_sigmas``, kwargs ``a=0.6``, ``b=0.6``).
+            diffusers ``use_beta_sigmas``, kwargs ``a=0.6``, ``b=0.6``); or one of :data:`FLOW_BASELINES`, the
+            schedules flow-matching models ship with (:mod:`crs.flow`), uniform in flow time and shifted: ``flow``
+            (no shift), ``sd3`` (Stable Diffusion 3's static ``shift=3``), ``flux`` (Flux's exponential shift,
+            ``mu=1.15``, 1024 px; :func:`crs.flow.flux_mu` gives other sizes'); kwarg ``shift`` or ``mu`` instead.
         sigma_min, sigma_max: the range; ``sigma(0) = sigma_min``, ``sigma(1) = sigma_max``.
 
     Returns:

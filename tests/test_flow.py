@@ -1,0 +1,181 @@
+"""Flow-matching models (crs.flow): the map between flow time and sigma, the exact equivalence of a model through
+the flow adapter and through the suite's own path, and the shifted schedules flow models ship with, against
+diffusers' FlowMatchEulerDiscreteScheduler."""
+
+import numpy as np
+import pytest
+import torch
+
+import crs
+from crs.flow import FlowDenoiser, VelocityModel, flow_sigmas, flow_to_sigma, flux_mu, sigma_to_flow
+
+RING = dict(n_components=8, radius=2.0, stds=0.2)
+
+
+def test_flow_time_and_sigma_are_one_map():
+    """sigma = s / (1 - s) and back, and x_s = (1 - s) x0 + s eps is (1 - s) times the VE sample x0 + sigma eps."""
+    s = np.array([1e-3, 0.1, 0.5, 0.9, 0.999])
+    np.testing.assert_allclose(sigma_to_flow(flow_to_sigma(s)), s, rtol=1e-14)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(4, 3, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g, dtype=torch.float64)
+    for t in s:
+        sigma = flow_to_sigma(float(t))
+        torch.testing.assert_close((1 - t) * x0 + t * eps, (1 - t) * (x0 + sigma * eps), rtol=1e-13, atol=1e-13)
+
+
+def test_the_mixture_through_the_flow_adapter_is_the_mixture():
+    """The 2-D mixture's exact denoiser written as a velocity model gives the same rates (data and noise measures),
+    samples (Euler, Heun, DPM-Solver++(2M)) and teacher errors through FlowDenoiser as through the suite's own path.
+    Both are float64 throughout; the two paths differ by a few divisions by (1 - s) and s, so they agree to
+    round-off amplified by at most sigma_max (1e-9 relative)."""
+    data = crs.make_dataset("gmm", **RING)
+    exact = data.denoiser
+    flow = FlowDenoiser(VelocityModel(exact), data.shape, s_min=1e-4)
+    common = dict(sigma_min=0.01, sigma_max=50.0, grid_size=8, n_samples=512, seed=1)
+    for measure in ("data", "noise"):
+        a = crs.estimate_rate(measure, data, denoiser=exact, **common)
+        b = crs.estimate_rate(measure, data, denoiser=flow, **common)
+        np.testing.assert_allclose(b.discrepancy, a.discrepancy, rtol=1e-9)
+    sigmas = crs.baseline_sigmas("karras", 6, 0.01, 50.0)
+    for sampler in ("euler", "heun", "dpmpp_2m"):
+        kw = dict(sampler=sampler, seed=3, dtype=torch.float64)
+        a = crs.sampling.generate(exact, data.shape, 64, sigmas, **kw)
+        b = crs.sampling.generate(flow, data.shape, 64, sigmas, **kw)
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    a = crs.teacher_error(exact, data, "euler", sigmas, n=64, steps=64)
+    b = crs.teacher_error(flow, data, "euler", sigmas, n=64, steps=64)
+    assert b.value == pytest.approx(a.value, rel=1e-9)
+
+
+def test_the_digits_unet_through_the_flow_adapter_is_the_unet():
+    """A digits UNet (float32 network, randomly initialised: the map, not the training, is under test) written as a
+    velocity model: the same rate and Euler samples through the flow adapter. The network sees inputs that went
+    through (1 - s) and back, so the two paths differ at float32 round-off (1e-4 relative)."""
+    data = crs.make_dataset("digits")
+    unet = crs.models.build_denoiser(data.shape, block_out_channels=(8, 16), layers_per_block=1).eval()
+    flow = FlowDenoiser(VelocityModel(unet), data.shape, s_min=sigma_to_flow(unet.sigma_min))
+    common = dict(sigma_min=0.01, sigma_max=50.0, grid_size=4, n_samples=64, seed=1)
+    with torch.no_grad():
+        a = crs.estimate_rate("data", data, denoiser=unet, **common)
+        b = crs.estimate_rate("data", data, denoiser=flow, **common)
+        np.testing.assert_allclose(b.discrepancy, a.discrepancy, rtol=1e-4)
+        sigmas = crs.baseline_sigmas("karras", 5, 0.01, 50.0)
+        x = crs.sampling.generate(unet, data.shape, 16, sigmas, sampler="euler", seed=2)
+        y = crs.sampling.generate(flow, data.shape, 16, sigmas, sampler="euler", seed=2)
+        torch.testing.assert_close(y, x, rtol=1e-4, atol=1e-4)
+
+
+def test_the_shipped_flow_schedules_are_diffusers_shifted_levels():
+    """SD3's static shift and Flux's dynamic (exponential) shift, as FlowMatchEulerDiscreteScheduler applies them to
+    uniform flow times, are sigma scaled by shift or e^mu: the baselines `sd3`, `flux` and `flow` (and
+    flow_sigmas) give the scheduler's levels on the same ends (float32 scheduler: 1e-6 relative)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    u = np.linspace(0.98, 0.01, 8)
+    cases = [
+        ("sd3", FlowMatchEulerDiscreteScheduler(shift=3.0), {}),
+        ("flux", FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), {"mu": 1.15}),
+        ("flow", FlowMatchEulerDiscreteScheduler(), {}),
+    ]
+    for name, scheduler, kw in cases:
+        scheduler.set_timesteps(sigmas=u.tolist(), **kw)
+        levels = flow_to_sigma(scheduler.sigmas[:-1].double().numpy())
+        ours = crs.baseline_sigmas(name, len(u), levels[-1], levels[0])[:-1].numpy()
+        np.testing.assert_allclose(ours, levels, rtol=1e-5)
+    shifted = flow_sigmas(8, 0.01, 100.0, shift=3.0)
+    np.testing.assert_allclose(shifted, crs.baseline_sigmas("sd3", 8, 0.01, 100.0)[:-1].numpy(), rtol=1e-12)
+    assert flux_mu(4096) == pytest.approx(1.15) and flux_mu(256) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="Unknown baseline 'sd4'.*flow, sd3, flux"):
+        crs.baseline_sigmas("sd4", 4)
+
+
+def test_apply_schedule_gives_a_flow_scheduler_the_crs_levels_whatever_its_shift(tmp_path):
+    """FlowMatchEulerDiscreteScheduler shifts the flow times it is given (statically by `shift`, or dynamically by
+    the `mu` a Flux pipeline passes at call time): apply_schedule un-shifts the CRS levels first, so the scheduler
+    ends on exactly the CRS levels (in flow time; float32 scheduler: 1e-5 relative), also when the pipeline passes
+    its own default sigmas, as SD3's and Flux's do. Configurations that move given levels again are refused."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    data = crs.make_dataset("gmm", **RING)
+    rate = crs.estimate_rate("data", data, denoiser=data.denoiser, sigma_min=0.01, sigma_max=50.0, n_samples=256)
+    schedule = crs.optimize_schedule(rate)
+    for scheduler, call in [
+        (FlowMatchEulerDiscreteScheduler(shift=3.0), {}),
+        (FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), {"mu": 0.8}),
+        (FlowMatchEulerDiscreteScheduler(), {}),
+    ]:
+        crs.apply_schedule(scheduler, schedule)
+        lo, hi = crs.export.scheduler_sigma_range(scheduler)
+        expect = sigma_to_flow(schedule.fit(lo, hi).discretize(6)[:-1].numpy())
+        scheduler.set_timesteps(6, **call)
+        np.testing.assert_allclose(scheduler.sigmas[:-1].double().numpy(), expect, rtol=1e-5)
+        scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / 6, 6).tolist(), **call)  # a flow pipeline's own call
+        np.testing.assert_allclose(scheduler.sigmas[:-1].double().numpy(), expect, rtol=1e-5)
+        assert float(scheduler.sigmas[-1]) == 0.0
+    with pytest.raises(ValueError, match="use_karras_sigmas changes given levels further"):
+        crs.apply_schedule(FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True), schedule)
+    dynamic = crs.apply_schedule(FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), schedule)
+    with pytest.raises(ValueError, match="`mu` is needed"):
+        dynamic.set_timesteps(6)
+
+
+def test_an_sd3_pipeline_samples_on_the_crs_levels(tmp_path):
+    """A tiny StableDiffusion3Pipeline (SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler with SD3's shift 3,
+    prompt embeddings given as tensors) after apply_schedule: the timesteps its transformer is called with, in its own
+    __call__ with classifier-free guidance, are the CRS levels in flow time (x 1000; float32: 1e-5 relative)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=8,
+    )
+    vae = AutoencoderKL(
+        latent_channels=4,
+        block_out_channels=(8, 8),
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=4,
+        mid_block_add_attention=False,
+    )
+    none = dict.fromkeys(
+        ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"]
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **none
+    )
+    pipe.set_progress_bar_config(disable=True)
+    data = crs.make_dataset("gmm", **RING)
+    rate = crs.estimate_rate("data", data, denoiser=data.denoiser, sigma_min=0.01, sigma_max=50.0, n_samples=256)
+    schedule = crs.optimize_schedule(rate)
+    crs.apply_schedule(pipe, schedule)
+    seen = []
+    transformer.register_forward_pre_hook(lambda m, a, k: seen.append(float(k["timestep"][0])), with_kwargs=True)
+    embeds, pooled = torch.randn(1, 5, 16), torch.randn(1, 8)
+    pipe(
+        prompt_embeds=embeds,
+        pooled_prompt_embeds=pooled,
+        negative_prompt_embeds=torch.zeros_like(embeds),
+        negative_pooled_prompt_embeds=torch.zeros_like(pooled),
+        guidance_scale=4.0,
+        num_inference_steps=5,
+        height=16,
+        width=16,
+        output_type="latent",
+    )
+    lo, hi = crs.export.scheduler_sigma_range(pipe.scheduler)
+    expect = 1000 * sigma_to_flow(schedule.fit(lo, hi).discretize(5)[:-1].numpy())
+    np.testing.assert_allclose(seen, expect, rtol=1e-5)
