@@ -60,36 +60,72 @@ class DiffusersDenoiser(nn.Module):
     PREDICTIONS = ("epsilon", "v_prediction", "sample")
     sigma_data = 0.5  # no preconditioning of its own: EDM's constant, used only to weight losses
 
-    def __init__(self, unet: nn.Module, alphas_cumprod, prediction_type: str = "epsilon", vae: nn.Module | None = None):
+    def __init__(
+        self,
+        unet: nn.Module,
+        alphas_cumprod,
+        prediction_type: str = "epsilon",
+        vae: nn.Module | None = None,
+        flow: tuple[float, int] | None = None,
+    ):
         super().__init__()
         if prediction_type not in self.PREDICTIONS:
             raise ValueError(
                 f"Unsupported prediction type {prediction_type!r}; supported: {', '.join(self.PREDICTIONS)}."
             )
-        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.unet, self.prediction_type, self.vae = unet, prediction_type, vae
-        self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
-        self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
+        self.is_flow = flow is not None
+        if self.is_flow:  # a flow-matching network: flow times from the scheduler's smallest one to S_MAX
+            from crs.flow import S_MAX, flow_to_sigma
+
+            s_min, self.num_train_timesteps = float(flow[0]), int(flow[1])
+            self.sigma_min, self.sigma_max = flow_to_sigma(s_min), flow_to_sigma(S_MAX)
+        else:
+            ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+            self.register_buffer("log_sigmas", torch.log(torch.sqrt((1 - ac) / ac)), persistent=False)
+            self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
         self.is_dit = type(unet).__name__ == "DiTTransformer2DModel"
-        self.is_text = type(unet).__name__ == "UNet2DConditionModel"
-        self.prompt_table = None
+        self.is_text = type(unet).__name__ in TEXT_NETWORKS
+        self.prompt_table = self.pooled_table = None
         self.prompt_texts = None  # the prompts behind the table, when known (crs.prompts)
 
-    def set_prompts(self, prompt_embeds: torch.Tensor, null_embeds: torch.Tensor) -> DiffusersDenoiser:
-        """Give a text-conditional UNet its prompts: ``prompt_embeds`` (P, L, D), the text encoder's output for P
-        prompts, and ``null_embeds`` (L, D) or (1, L, D), the empty prompt's (the unconditional branch). Condition
-        ``i`` is then prompt ``i``, condition ``P`` the empty prompt. Returns the denoiser."""
+    def set_prompts(
+        self,
+        prompt_embeds: torch.Tensor,
+        null_embeds: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+        null_pooled: torch.Tensor | None = None,
+    ) -> DiffusersDenoiser:
+        """Give a text-conditional network its prompts: ``prompt_embeds`` (P, L, D), the text encoder's output for P
+        prompts, and ``null_embeds`` (L, D) or (1, L, D), the empty prompt's (the unconditional branch); an SD3
+        transformer also takes the pooled embeddings ``pooled`` (P, Dp) and ``null_pooled`` (Dp,) or (1, Dp).
+        Condition ``i`` is then prompt ``i``, condition ``P`` the empty prompt. Returns the denoiser."""
         if not self.is_text:
-            raise ValueError("Only a text-conditional UNet (UNet2DConditionModel) takes prompt embeddings.")
+            raise ValueError(f"Only a text-conditional network ({', '.join(TEXT_NETWORKS)}) takes prompt embeddings.")
         prompt_embeds, null_embeds = torch.as_tensor(prompt_embeds), torch.as_tensor(null_embeds)
         null_embeds = null_embeds.reshape(1, *null_embeds.shape[-2:])
-        dim = self.unet.config.cross_attention_dim
+        cfg = self.unet.config
+        dim = cfg.get("cross_attention_dim") or cfg.get("joint_attention_dim")
         if prompt_embeds.ndim != 3 or prompt_embeds.shape[1:] != null_embeds.shape[1:] or prompt_embeds.shape[2] != dim:
             raise ValueError(
                 f"Prompt embeddings must be (P, L, {dim}) with a null embedding (L, {dim}) of the same L; got "
                 f"{tuple(prompt_embeds.shape)} and {tuple(null_embeds.shape)}."
             )
         param = next(self.unet.parameters())
+        pooled_dim = cfg.get("pooled_projection_dim")
+        if pooled_dim is not None:
+            if pooled is None or null_pooled is None:
+                raise ValueError(
+                    f"This {type(self.unet).__name__} also takes pooled prompt embeddings (P, {pooled_dim}) and the "
+                    "empty prompt's: give `pooled` and `null_pooled` (the pipeline's encode_prompt returns them)."
+                )
+            pooled, null_pooled = torch.as_tensor(pooled), torch.as_tensor(null_pooled).reshape(1, -1)
+            if pooled.shape != (len(prompt_embeds), pooled_dim) or null_pooled.shape != (1, pooled_dim):
+                raise ValueError(
+                    f"Pooled embeddings must be ({len(prompt_embeds)}, {pooled_dim}) and ({pooled_dim},); got "
+                    f"{tuple(pooled.shape)} and {tuple(null_pooled.shape)}."
+                )
+            self.pooled_table = torch.cat([pooled, null_pooled]).to(param.device, param.dtype)
         self.prompt_table = torch.cat([prompt_embeds, null_embeds]).to(param.device, param.dtype)
         return self
 
@@ -101,7 +137,10 @@ class DiffusersDenoiser(nn.Module):
             return None
         import hashlib
 
-        return hashlib.sha256(self.prompt_table.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+        digest = hashlib.sha256(self.prompt_table.detach().float().cpu().numpy().tobytes())
+        if self.pooled_table is not None:
+            digest.update(self.pooled_table.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @property
     def conditioning(self):
@@ -204,6 +243,8 @@ class DiffusersDenoiser(nn.Module):
         """
         param = next(self.unet.parameters())
         s = torch.as_tensor(sigma, dtype=torch.float64).to(param.device).reshape(-1).expand(x.shape[0])
+        if self.is_flow:
+            return self._flow_forward(x, s, cond, param)
         t = self.sigma_to_t(s)
         sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
         alpha = 1.0 / torch.sqrt(1.0 + sb**2)
@@ -228,6 +269,21 @@ class DiffusersDenoiser(nn.Module):
             x0 = out
         return x0.to(x.device, x.dtype)
 
+    def _flow_forward(self, x: torch.Tensor, sigma: torch.Tensor, cond, param) -> torch.Tensor:
+        """A flow-matching transformer (SD3): input ``(1 - s) x`` at timestep ``s * T``, velocity out, ``x0 = x_s -
+        s v`` (:mod:`crs.flow`), with the prompts' embeddings and pooled embeddings."""
+        s = sigma / (1.0 + sigma)
+        sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
+        x_s = (1.0 - sb) * x.to(param.device, param.dtype)
+        labels = self.conditioning.labels(cond, x.shape[0], param.device)
+        v = self.unet(
+            hidden_states=x_s,
+            timestep=(s * self.num_train_timesteps).to(param.dtype),
+            encoder_hidden_states=self.prompt_table[labels],
+            pooled_projections=self.pooled_table[labels],
+        ).sample.to(param.dtype)
+        return (x_s - sb * v).to(x.device, x.dtype)
+
     @classmethod
     def from_pipeline_folder(cls, folder) -> DiffusersDenoiser:
         """Load ``unet``, ``scheduler`` and, for latent models, ``vqvae`` / ``vae`` from a saved pipeline folder.
@@ -244,12 +300,20 @@ class DiffusersDenoiser(nn.Module):
         net_name, sched_name, supported = parts[net_key], parts["scheduler"], SUPPORTED_PIPELINES
         unet = getattr(diffusers, net_name).from_pretrained(folder / net_key).eval()
         scheduler = getattr(diffusers, sched_name).from_pretrained(folder / "scheduler")
+        vae_key = next((k for k in LATENT_KEYS if k in parts), None)
+        if net_name in FLOW_NETWORKS:
+            from crs.export import is_flow_scheduler
+
+            if not is_flow_scheduler(scheduler):
+                raise ValueError(f"A {net_name} needs a flow-matching scheduler; this pipeline has {sched_name}.")
+            vae = getattr(diffusers, parts[vae_key]).from_pretrained(folder / vae_key).eval() if vae_key else None
+            flow = (float(scheduler.sigma_min), int(scheduler.config.num_train_timesteps))
+            return cls(unet, None, "epsilon", vae, flow=flow)
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(
                 f"Unsupported scheduler {sched_name} (no discrete noise table `alphas_cumprod`); supported: "
                 f"{supported}."
             )
-        vae_key = next((k for k in LATENT_KEYS if k in parts), None)
         vae = getattr(diffusers, parts[vae_key]).from_pretrained(folder / vae_key).eval() if vae_key else None
         return cls(unet, scheduler.alphas_cumprod, scheduler.config.get("prediction_type", "epsilon"), vae)
 
@@ -286,12 +350,15 @@ class DiffusersDenoiser(nn.Module):
 
 
 LATENT_KEYS = ("vqvae", "vae")
+TEXT_NETWORKS = ("UNet2DConditionModel", "SD3Transformer2DModel")  # networks conditioned on prompt embeddings
+FLOW_NETWORKS = ("SD3Transformer2DModel",)  # flow-matching networks this adapter runs (crs.flow)
 
 
 SUPPORTED_PIPELINES = (
     "pipelines with a discrete-time scheduler (DDPM, DDIM, PNDM, ...) and an unconditional UNet2DModel (DDPM, LDM), "
     "a class-conditional DiTTransformer2DModel (DiT) or a text-conditional UNet2DConditionModel without added "
-    "conditioning (Stable Diffusion 1.x / 2.x; prompt embeddings given with set_prompts)"
+    "conditioning (Stable Diffusion 1.x / 2.x; prompt embeddings given with set_prompts); and flow-matching "
+    "pipelines (FlowMatchEulerDiscreteScheduler) with an SD3Transformer2DModel (Stable Diffusion 3)"
 )
 
 
@@ -337,9 +404,8 @@ def pipeline_parts(folder) -> tuple[dict[str, str], str]:
                 f"({added!r}: SDXL style, pooled text embeddings and time ids), not supported yet; supported: "
                 f"{SUPPORTED_PIPELINES}."
             )
-    elif net_name not in ("UNet2DModel", "DiTTransformer2DModel"):
+    elif net_name not in ("UNet2DModel", "DiTTransformer2DModel", *FLOW_NETWORKS):
         kind = {
-            "SD3Transformer2DModel": "a flow-matching transformer (SD3), not supported yet",
             "FluxTransformer2DModel": "a flow-matching transformer (Flux), not supported yet",
         }.get(net_name, "not supported")
         raise ValueError(
@@ -365,14 +431,17 @@ def describe_pipeline(folder) -> dict:
         factor = 2 ** (len(vae["block_out_channels"]) - 1)
         pixel_shape = (vae["in_channels"], size * factor, size * factor)
     classes = cfg.get("num_embeds_ada_norm") if parts[net_key] == "DiTTransformer2DModel" else None
-    text = parts[net_key] == "UNet2DConditionModel"
+    text = parts[net_key] in TEXT_NETWORKS
     return {
         "network": parts[net_key],
         "shape": shape,
         "pixel_shape": pixel_shape,
         "num_classes": classes,
         "text": text,
-        "text_encoder": text and all(k in parts for k in ("tokenizer", "text_encoder")),
+        # a prompt list is embedded by the pipeline's own CLIP text encoder (SD3's three encoders: not here)
+        "text_encoder": text
+        and "text_encoder_3" not in parts
+        and all(k in parts for k in ("tokenizer", "text_encoder")),
     }
 
 

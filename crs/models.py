@@ -184,5 +184,5 @@ def give_prompts(denoiser, folder, prompts, device: str = "cpu"):
     from crs.prompts import prompt_table
 
     table = prompt_table(folder, prompts, resolve_device(device))
-    denoiser.set_prompts(table.embeds, table.null).prompt_texts = table.texts
+    denoiser.set_prompts(table.embeds, table.null, table.pooled, table.null_pooled).prompt_texts = table.texts
     return denoiser

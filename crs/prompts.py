@@ -16,6 +16,7 @@ prompts are drawn, bound and guided exactly as class labels are. The table comes
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +35,15 @@ class PromptTable:
         embeds: (P, L, D) float32, the text encoder's output for P prompts.
         null: (1, L, D), the empty prompt's (the unconditional branch of classifier-free guidance).
         texts: the P prompts, when known.
+        pooled, null_pooled: (P, Dp) and (1, Dp), the pooled embeddings an SD3 transformer also takes (None for
+            a Stable Diffusion 1.x / 2.x UNet).
     """
 
     embeds: torch.Tensor
     null: torch.Tensor
     texts: list[str] | None = field(default=None)
+    pooled: torch.Tensor | None = field(default=None)
+    null_pooled: torch.Tensor | None = field(default=None)
 
     def __post_init__(self):
         self.embeds = torch.as_tensor(self.embeds).detach().float().cpu()
@@ -53,6 +58,16 @@ class PromptTable:
             raise ValueError("Prompt embeddings hold NaN or inf.")
         if self.texts is not None and len(self.texts) != len(self.embeds):
             raise ValueError(f"{len(self.texts)} prompt texts for {len(self.embeds)} embeddings.")
+        if (self.pooled is None) != (self.null_pooled is None):
+            raise ValueError("Give both `pooled` and `null_pooled` (the empty prompt's), or neither.")
+        if self.pooled is not None:
+            self.pooled = torch.as_tensor(self.pooled).detach().float().cpu()
+            self.null_pooled = torch.as_tensor(self.null_pooled).detach().float().cpu().reshape(1, -1)
+            if self.pooled.shape != (len(self.embeds), self.null_pooled.shape[1]):
+                raise ValueError(
+                    f"Pooled embeddings must be (P, Dp) with P = {len(self.embeds)} and the empty prompt's (Dp,); got "
+                    f"{tuple(self.pooled.shape)} and {tuple(self.null_pooled.shape)}."
+                )
 
     def __len__(self) -> int:
         return len(self.embeds)
@@ -63,13 +78,17 @@ class PromptTable:
         from crs.io import atomic_write_bytes
 
         buf = io.BytesIO()
-        torch.save({"prompt_embeds": self.embeds, "null_embeds": self.null, "prompts": self.texts}, buf)
+        doc = {"prompt_embeds": self.embeds, "null_embeds": self.null, "prompts": self.texts}
+        if self.pooled is not None:
+            doc.update(pooled_embeds=self.pooled, null_pooled_embeds=self.null_pooled)
+        torch.save(doc, buf)
         return atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path) -> PromptTable:
         """A table written by :meth:`save` (or any ``torch.save`` of a dict with ``prompt_embeds`` (P, L, D) and
-        ``null_embeds`` (L, D); ``prompts`` optional). FileNotFoundError / ValueError naming the file."""
+        ``null_embeds`` (L, D); ``prompts`` optional; ``pooled_embeds`` (P, Dp) and ``null_pooled_embeds`` (Dp,) for
+        SD3). FileNotFoundError / ValueError naming the file."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"No prompt embeddings file at {str(path)!r}.")
@@ -81,7 +100,13 @@ class PromptTable:
         if missing:
             raise ValueError(f"The prompt embeddings file {str(path)!r} lacks {', '.join(missing)}.")
         try:
-            return cls(doc["prompt_embeds"], doc["null_embeds"], doc.get("prompts"))
+            return cls(
+                doc["prompt_embeds"],
+                doc["null_embeds"],
+                doc.get("prompts"),
+                doc.get("pooled_embeds"),
+                doc.get("null_pooled_embeds"),
+            )
         except ValueError as exc:
             raise ValueError(f"{str(path)!r}: {exc}") from exc
 
@@ -100,8 +125,6 @@ def check_prompts(prompts) -> None:
 
 def has_text_encoder(folder) -> bool:
     """Whether a saved pipeline holds a tokenizer and a text encoder (its ``model_index.json`` names both)."""
-    import json
-
     index = json.loads((Path(folder) / "model_index.json").read_text())
     return all(isinstance(index.get(k), list) and index[k][-1] for k in TEXT_PARTS)
 
@@ -118,6 +141,12 @@ def encode_prompts(folder, prompts, device: str = "cpu", batch_size: int = 32) -
     """
     check_prompts(list(prompts))
     folder = Path(folder)
+    if "text_encoder_3" in json.loads((folder / "model_index.json").read_text()):
+        raise ValueError(
+            f"The pipeline at {str(folder)!r} embeds prompts with three text encoders (Stable Diffusion 3): embed "
+            "them with its own `encode_prompt` and give the path of a file, crs.prompts.PromptTable(embeds, null, "
+            "pooled=pooled, null_pooled=null_pooled).save(path)."
+        )
     if not has_text_encoder(folder):
         raise ValueError(
             f"The pipeline at {str(folder)!r} has no text encoder and tokenizer to embed prompts with: give "
@@ -127,7 +156,6 @@ def encode_prompts(folder, prompts, device: str = "cpu", batch_size: int = 32) -
         import transformers
     except ImportError as exc:  # pragma: no cover - a dependency of the project
         raise ValueError("Embedding prompts needs `transformers` (pip install transformers).") from exc
-    import json
 
     index = json.loads((folder / "model_index.json").read_text())
     tokenizer = getattr(transformers, index["tokenizer"][1]).from_pretrained(folder / "tokenizer")

@@ -103,9 +103,9 @@ def test_unsupported_pipelines_are_named(tmp_path):
         load_denoiser(str(tmp_path / "pipe"))
     config.write_text(saved)
     unet = index.pop("unet")
-    json.dump({**index, "transformer": ["diffusers", "SD3Transformer2DModel"]}, open(path, "w"))
+    json.dump({**index, "transformer": ["diffusers", "FluxTransformer2DModel"]}, open(path, "w"))
     with pytest.raises(
-        ValueError, match="SD3Transformer2DModel \\(a flow-matching transformer \\(SD3\\), not supported"
+        ValueError, match="FluxTransformer2DModel \\(a flow-matching transformer \\(Flux\\), not supported"
     ):
         load_denoiser(str(tmp_path / "pipe"))
     json.dump({**index, "other": ["diffusers", "UNet2DModel"]}, open(path, "w"))

@@ -119,63 +119,64 @@ def test_apply_schedule_gives_a_flow_scheduler_the_crs_levels_whatever_its_shift
         dynamic.set_timesteps(6)
 
 
-def test_an_sd3_pipeline_samples_on_the_crs_levels(tmp_path):
-    """A tiny StableDiffusion3Pipeline (SD3Transformer2DModel, FlowMatchEulerDiscreteScheduler with SD3's shift 3,
-    prompt embeddings given as tensors) after apply_schedule: the timesteps its transformer is called with, in its own
-    __call__ with classifier-free guidance, are the CRS levels in flow time (x 1000; float32: 1e-5 relative)."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+def test_an_sd3_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
+    """A tiny Stable Diffusion 3 pipeline (flow-matching SD3 transformer, shift 3, SD3's VAE factors) end to end,
+    offline, with one prompt per digit (embeddings and pooled embeddings from a file): load -> the rate of the
+    prompt-conditional distributions -> CRS schedule -> GITS for the guided ODE -> apply_schedule ->
+    StableDiffusion3Pipeline's own call with guidance. The transformer is called at exactly the CRS levels, and the
+    pipeline's flow-matching Euler lands where the suite's guided Euler sampler does from the same noise (the two
+    are the same update in different coordinates; float32 network: 1e-3 on O(1) latents)."""
+    from diffusers import StableDiffusion3Pipeline
 
-    torch.manual_seed(0)
-    transformer = SD3Transformer2DModel(
-        sample_size=8,
-        patch_size=2,
-        in_channels=4,
-        out_channels=4,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=2,
-        joint_attention_dim=16,
-        caption_projection_dim=16,
-        pooled_projection_dim=8,
+    from crs.conditioning import Guided, Labels
+    from crs.prompts import PromptTable
+    from crs.run.standins import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "sd3", kind="sd3", shape=(3, 16, 16))
+    described = crs.models.describe_model(folder)
+    assert described["network"] == "SD3Transformer2DModel" and described["text"] and not described["text_encoder"]
+    g = torch.Generator().manual_seed(0)
+    table = PromptTable(
+        torch.randn(10, 5, 16, generator=g),
+        torch.randn(5, 16, generator=g),
+        pooled=torch.randn(10, 8, generator=g),
+        null_pooled=torch.randn(8, generator=g),
     )
-    vae = AutoencoderKL(
-        latent_channels=4,
-        block_out_channels=(8, 8),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        norm_num_groups=4,
-        mid_block_add_attention=False,
-    )
-    none = dict.fromkeys(
-        ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3"]
-    )
-    pipe = StableDiffusion3Pipeline(
-        transformer=transformer, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), **none
-    )
-    pipe.set_progress_bar_config(disable=True)
-    data = crs.make_dataset("gmm", **RING)
-    rate = crs.estimate_rate("data", data, denoiser=data.denoiser, sigma_min=0.01, sigma_max=50.0, n_samples=256)
+    table.save(tmp_path / "prompts.pt")
+    data = crs.make_dataset("digits", resolution=16, channels=3)
+    den = crs.load_denoiser(str(folder), data, prompts=str(tmp_path / "prompts.pt"))
+    assert den.is_flow and den.is_latent and den.conditioning.num_classes == 10
+    with pytest.raises(ValueError, match="three text encoders"):
+        crs.prompts.encode_prompts(folder, ["a digit"])
+    space = crs.adapters.model_space(data, den)
+    rate = crs.estimate_rate("data", space, denoiser=den, grid_size=3, n_samples=8)  # each x0 at its own prompt
     schedule = crs.optimize_schedule(rate)
+    found = crs.search_schedule(
+        "gits", Guided(den, 4.0), space, "euler", 3, conditions=Labels(10), n=4, teacher_steps=8, grid=6, substeps=1
+    )
+    assert len(found.sigmas) == 4 and np.all(np.diff(found.sigmas) < 0)
+    encoders = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+    pipe = StableDiffusion3Pipeline.from_pretrained(folder, **dict.fromkeys(encoders))  # embeddings given instead
+    pipe.set_progress_bar_config(disable=True)
     crs.apply_schedule(pipe, schedule)
     seen = []
-    transformer.register_forward_pre_hook(lambda m, a, k: seen.append(float(k["timestep"][0])), with_kwargs=True)
-    embeds, pooled = torch.randn(1, 5, 16), torch.randn(1, 8)
-    pipe(
-        prompt_embeds=embeds,
-        pooled_prompt_embeds=pooled,
-        negative_prompt_embeds=torch.zeros_like(embeds),
-        negative_pooled_prompt_embeds=torch.zeros_like(pooled),
-        guidance_scale=4.0,
-        num_inference_steps=5,
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(float(k["timestep"][0])), with_kwargs=True)
+    w, chosen = 4.0, [1, 7]
+    x_T = torch.randn(2, 4, 8, 8, generator=g)
+    latents = pipe(
+        prompt_embeds=table.embeds[chosen],
+        pooled_prompt_embeds=table.pooled[chosen],
+        negative_prompt_embeds=table.null.expand(2, -1, -1),
+        negative_pooled_prompt_embeds=table.null_pooled.expand(2, -1),
+        guidance_scale=w,
+        num_inference_steps=4,
+        latents=x_T,
         height=16,
         width=16,
         output_type="latent",
-    )
-    lo, hi = crs.export.scheduler_sigma_range(pipe.scheduler)
-    expect = 1000 * sigma_to_flow(schedule.fit(lo, hi).discretize(5)[:-1].numpy())
-    np.testing.assert_allclose(seen, expect, rtol=1e-5)
+    ).images
+    levels = schedule.fit(*crs.export.scheduler_sigma_range(pipe.scheduler)).discretize(4)
+    np.testing.assert_allclose(seen, 1000 * sigma_to_flow(levels[:-1].numpy()), rtol=1e-5)
+    start = x_T.double() / (1.0 - sigma_to_flow(float(levels[0])))  # the pipeline's x_s as the VE x
+    ours = crs.sampling.sample_euler(lambda x, s: Guided(den, w)(x, s, torch.tensor(chosen)), start, levels)
+    torch.testing.assert_close(latents.double(), ours.double(), rtol=1e-3, atol=1e-3)

@@ -425,8 +425,8 @@ def check_model_conditioning(
             )
         if not isinstance(prompts, str) and not text_encoder:
             raise ValueError(
-                f"{model!r} has no text encoder and tokenizer to embed the `prompts` list with: give the path of a "
-                "prompt embeddings file (crs.prompts.PromptTable(embeds, null).save(path))."
+                f"{model!r} has no text encoder and tokenizer to embed the `prompts` list with (or, Stable Diffusion "
+                "3, three): give the path of a prompt embeddings file (crs.prompts.PromptTable(...).save(path))."
             )
         if isinstance(prompts, str):
             return  # the file's prompt count is read when it is loaded

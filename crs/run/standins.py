@@ -15,7 +15,7 @@ from crs.io import plain_modes
 __all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline", "tiny_text_encoder"]
 
 
-TINY_KINDS = ("ddpm", "ldm", "dit", "sd")
+TINY_KINDS = ("ddpm", "ldm", "dit", "sd", "sd3")
 
 # Hub pipelines the GPU experiments use: kind and image shape, so that a dry run can stand in for them.
 KNOWN_PIPELINES = {
@@ -50,7 +50,10 @@ def build_tiny_pipeline(
             on the latents of an ``AutoencoderKL`` halving each side, ``DDIMScheduler`` with DiT's linear betas) or
             ``sd`` (Stable Diffusion 1.x's layout: a text-conditional ``UNet2DConditionModel`` with cross-attention
             over 16-dimensional embeddings, ``AutoencoderKL`` latents, ``PNDMScheduler`` with scaled-linear betas;
-            a tiny CLIP text encoder and tokenizer, :func:`tiny_text_encoder`).
+            a tiny CLIP text encoder and tokenizer, :func:`tiny_text_encoder`) or ``sd3`` (Stable Diffusion 3's
+            layout: an ``SD3Transformer2DModel`` over 16-dimensional prompt embeddings and 8-dimensional pooled ones,
+            on ``AutoencoderKL`` latents with SD3's scaling and shift factors, ``FlowMatchEulerDiscreteScheduler``
+            with SD3's shift 3; without its three text encoders: prompt embeddings are given as tensors).
         shape: image shape (C, H, W).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         channels: UNet (and VAE) widths per level.
@@ -108,6 +111,29 @@ def build_tiny_pipeline(
         )
         if kind == "ddpm":
             pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
+        elif kind == "sd3":
+            from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+            transformer = SD3Transformer2DModel(
+                sample_size=h // latent_factor,
+                patch_size=2,
+                in_channels=4,
+                out_channels=4,
+                num_layers=1,
+                attention_head_dim=8,
+                num_attention_heads=2,
+                joint_attention_dim=16,
+                caption_projection_dim=16,
+                pooled_projection_dim=8,
+            )
+            vae = AutoencoderKL(latent_channels=4, scaling_factor=1.5305, shift_factor=0.0609, **autoencoder)  # SD3's
+            encoders = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+            pipe = StableDiffusion3Pipeline(
+                transformer=transformer,
+                vae=vae,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                **dict.fromkeys(encoders),
+            )
         elif kind in ("dit", "sd"):
             vae = AutoencoderKL(latent_channels=4, **autoencoder)
             if kind == "sd":
