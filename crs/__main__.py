@@ -33,6 +33,11 @@ def main(argv=None) -> int:
     run.add_argument(
         "--device", default="cpu", help="device of a dry run's stages (default cpu; the GPU check uses cuda)"
     )
+    run.add_argument(
+        "--side",
+        type=int,
+        help="a dry run's stand-in pipelines and images at this size in px (e.g. 32) instead of the hub model's",
+    )
     check = sub.add_parser(
         "check", help="check every value of every stage (and the models they load) without running anything"
     )
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
                 print(f"[{stage}] {problem}: it runs again, and every stage after it")
             return 0
         if args.dry_run:
-            params = dry_run(params, device=args.device)
+            params = dry_run(params, device=args.device, side=args.side)
         if args.sweep:
             key, _, values = args.sweep.partition("=")
             rows = sweep(params, key, [yaml.safe_load(v) for v in values.split(",")], stages)

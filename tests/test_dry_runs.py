@@ -30,13 +30,14 @@ def test_gpu_experiment_dry_run_on_cpu(tmp_path):
 
 @pytest.mark.parametrize("name,kind,store", [("cifar10-ddpm", "ddpm", "features"), ("celebahq-ldm", "ldm", "features")])
 def test_pretrained_model_experiments_dry_run_on_cpu(tmp_path, name, kind, store):
-    """A hub-model experiment with no network: tiny stand-ins of the same kind and shape run every stage."""
+    """A hub-model experiment with no network: tiny stand-ins of the same kind run every stage, at the model's shape
+    (CIFAR-10's 32 px) or at 32 px (`side`: CelebA-HQ's 256 px VQ passes would take a minute)."""
     from crs.run.experiment import dry_run
 
     params = load_params(ROOT / "params" / f"{name}.yaml")
     params["run_dir"] = str(tmp_path / name)
     said = []
-    tiny = dry_run(params, log=said.append)
+    tiny = dry_run(params, log=said.append, side=32)
     model = params["stages"]["rate_estimation"]["model"]
     assert any(f"{model} is not here: a tiny untrained {kind} pipeline" in line for line in said)
     assert any("is not here: scikit-learn's digits" in line for line in said)

@@ -58,34 +58,17 @@ def test_the_class_conditional_digits_experiment_chains_every_stage_with_guidanc
     assert (run / "teacher_error_w4.png").is_file() and (run / "metric_fid_efficientnet-lite0_w2.png").is_file()
 
 
-def _smaller_stand_in(tiny: dict, kind: str) -> Path:
-    """Swap the dry run's stand-in pipeline (at the hub model's image size: 256 or 512 px, whose VAE passes take a
-    minute on a CPU) for one of the same kind at 32 px, and the stand-in digits with it: the same stages, keys and
-    checks at a fraction of the cost. Returns the run folder."""
-    import shutil
-
-    from crs.run.standins import build_tiny_pipeline
-
-    run = Path(tiny["run_dir"])
-    standin = tiny["stages"]["sampling"]["models"][0]
-    shutil.rmtree(run / standin)
-    build_tiny_pipeline(run / standin, kind, (3, 32, 32), latent_factor=4)
-    tiny["common"]["dataset_kwargs"]["resolution"] = 32
-    return run
-
-
 def test_the_class_conditional_dit_experiment_dry_runs_with_a_stand_in(tmp_path):
     """params/imagenet-dit.yaml with no network: a tiny class-conditional DiT pipeline and labelled digits stand in
-    (built at DiT-XL-2-256's shape by the dry run, then swapped for 32 px ones to keep the test short); sampling at
-    both guidance scales with balanced labels."""
+    (at 32 px: `dry_run(side=32)`, the user's `--side 32`; at DiT-XL-2-256's 256 px the VAE passes alone take a
+    minute); sampling at both guidance scales with balanced labels."""
     from crs.run.experiment import dry_run
 
     params = load_params(ROOT / "params" / "imagenet-dit.yaml")
     params["run_dir"] = str(tmp_path / "imagenet-dit")
     said = []
-    tiny = dry_run(params, log=said.append)
+    tiny = dry_run(params, log=said.append, side=32)
     assert any("facebook/DiT-XL-2-256 is not here: a tiny untrained dit pipeline" in line for line in said)
-    _smaller_stand_in(tiny, "dit")
     records = run_experiment(tiny, progress=False, log=lambda *_: None)
     assert [r["status"] for r in records] == ["ok"] * 4
     run = Path(tiny["run_dir"])
@@ -105,17 +88,16 @@ def test_the_text_conditional_experiment_runs_every_stage_with_a_tiny_pipeline(t
     """params/sd15-text.yaml with no network: a tiny Stable-Diffusion-style pipeline with its own CLIP text encoder
     stands in, and embeds the params file's 16 prompts itself. Stage 01 measures the rate of the (unlabelled) data
     with the unconditional branch (guidance 0), 04 samples every prompt equally often at both guidance scales with a
-    GITS schedule searched per scale, 05 scores each by teacher error alone (no FID reference). The 512 px stand-in
-    costs minutes on a CPU (VAE passes over 512 x 512 images), so after the dry run has made it the test swaps in a
-    32 px one of the same kind, with 32 px digits: the same stages, keys and checks."""
+    GITS schedule searched per scale, 05 scores each by teacher error alone (no FID reference). At 32 px
+    (`dry_run(side=32)`): the 512 px stand-in costs minutes on a CPU (VAE passes over 512 x 512 images)."""
     from crs.run.experiment import dry_run
 
     params = load_params(ROOT / "params" / "sd15-text.yaml")
     params["run_dir"] = str(tmp_path / "sd15-text")
     said = []
-    tiny = dry_run(params, log=said.append)
+    tiny = dry_run(params, log=said.append, side=32)
     assert any("stable-diffusion-v1-5 is not here: a tiny untrained sd pipeline" in line for line in said)
-    run = _smaller_stand_in(tiny, "sd")
+    run = Path(tiny["run_dir"])
     records = run_experiment(tiny, progress=False, log=lambda *_: None)
     assert [r["status"] for r in records] == ["ok"] * 4
     rate = json.loads((run / "rate.json").read_text())

@@ -437,8 +437,9 @@ def _hub_cached(model: str) -> bool:
         return False
 
 
-def _stand_in_models(params: dict, run_dir: Path, log) -> dict[str, str]:
-    """Tiny local pipelines for the hub models of an experiment that are not at hand (see KNOWN_PIPELINES)."""
+def _stand_in_models(params: dict, run_dir: Path, log, side: int | None = None) -> dict[str, str]:
+    """Tiny local pipelines for the hub models of an experiment that are not at hand (see KNOWN_PIPELINES), at the
+    hub model's image size, or ``side`` px (a latent model's autoencoder then shrinks each side at most to 8)."""
     from crs.run.standins import KNOWN_PIPELINES, build_tiny_pipeline
 
     stages = params["stages"]
@@ -456,26 +457,32 @@ def _stand_in_models(params: dict, run_dir: Path, log) -> dict[str, str]:
                 f"known: {', '.join(KNOWN_PIPELINES)}. Download it once or point at a local folder."
             )
         kind, shape, *extra = KNOWN_PIPELINES[name]
+        extra = dict(extra[0]) if extra else {}
+        if side is not None and side != shape[1]:
+            shape = (shape[0], side, side)
+            if "latent_factor" in extra or kind in ("ldm", "dit", "sd", "sd3"):
+                extra["latent_factor"] = max(2, min(extra.get("latent_factor", 2), side // 8))
         folder = Path("standins") / name.replace("/", "--")
         if not (run_dir / folder / "model_index.json").is_file():
-            build_tiny_pipeline(run_dir / folder, kind, shape, **(extra[0] if extra else {}))
+            build_tiny_pipeline(run_dir / folder, kind, shape, **extra)
         log(f"[dry run] {name} is not here: a tiny untrained {kind} pipeline of the same shape stands in ({folder})")
         mapping[name] = str(folder)
     return mapping
 
 
-def _stand_in_data(params: dict, run_dir: Path, log) -> None:
-    """A folder dataset that is not here (it lives on the GPU machine) becomes real digits of the same shape."""
+def _stand_in_data(params: dict, run_dir: Path, log, side: int | None = None) -> None:
+    """A folder dataset that is not here (it lives on the GPU machine) becomes real digits of the same shape (or of
+    ``side`` px)."""
     common = params["common"]
     kwargs = common.get("dataset_kwargs") or {}
     if common.get("dataset") != "folder" or (run_dir / str(kwargs.get("path", ""))).is_dir():
         return
-    side = kwargs.get("resolution") or 32
+    side = side or kwargs.get("resolution") or 32
     common["dataset"], common["dataset_kwargs"] = "digits", {"resolution": side, "channels": kwargs.get("channels", 3)}
     log(f"[dry run] the image folder {kwargs.get('path')!r} is not here: scikit-learn's digits at {side} px stand in")
 
 
-def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
+def dry_run(params: dict, log=print, device: str = "cpu", side: int | None = None) -> dict:
     """The experiment at tiny size, in ``<run_dir>-dry-run``: same stages, same keys, small numbers.
 
     Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is cut to its
@@ -487,6 +494,8 @@ def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
     (:data:`crs.run.standins.KNOWN_PIPELINES`), a missing image folder becomes real digits of the same size,
     clean-fid statistics become the held-out split and Inception features
     EfficientNet-Lite0 when clean-fid's weights are absent. All names are still validated by every stage.
+    ``side`` (e.g. 32) builds the stand-ins and their digits at that image size instead of the hub model's: VAE passes
+    over 256 or 512 px images take minutes on a CPU, and the stages, keys and checks are the same at 32 px.
     """
     from crs.metrics import INCEPTION_PATH
 
@@ -495,8 +504,12 @@ def dry_run(params: dict, log=print, device: str = "cpu") -> dict:
     run_dir = Path(params["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
     params["common"]["device"] = device
-    models = _stand_in_models(params, run_dir, log)
-    _stand_in_data(params, run_dir, log)
+    if side is not None:
+        from crs.args import check_int
+
+        check_int("side", side, 16)
+    models = _stand_in_models(params, run_dir, log, side)
+    _stand_in_data(params, run_dir, log, side)
     for stage in list(params["stages"]) or list(STAGES):
         section = params["stages"].setdefault(stage, {})
         section.update(DRY_RUN.get(stage, {}))
