@@ -2,7 +2,8 @@
 
 Also ``python -m crs check params/x.yaml`` (validate only), ``python -m crs report runs/x`` (rebuild the report) and
 ``python -m crs publish runs/x [--check]`` (build the tutorial site, and check it in headless Chromium) and
-``python -m crs docs [--check]`` (the documentation site).
+``python -m crs docs [--check]`` (the documentation site), and ``python -m crs export schedule.json --steps N --format
+json|comfyui|a1111|diffusers [--denoise d] [--flow]`` (a schedule's levels for a sampler front end).
 """
 
 from __future__ import annotations
@@ -62,7 +63,35 @@ def main(argv=None) -> int:
     docs.add_argument("--check", action="store_true", help="then open every page in headless Chromium")
     summary = sub.add_parser("summary", help="print the summary table of run_dir/metrics.json as Markdown")
     summary.add_argument("run_dir")
+    export = sub.add_parser(
+        "export", help="a schedule's levels for a sampler front end: json, comfyui, a1111 (Forge) or diffusers"
+    )
+    export.add_argument("schedule", help="a schedule.json (notebook 02's, or a searched schedule's)")
+    export.add_argument("--steps", type=int, required=True, help="steps of the whole schedule (>= 2)")
+    export.add_argument("--format", default="json", help="json (default), comfyui, a1111 or diffusers")
+    export.add_argument(
+        "--denoise", type=float, default=1.0, help="img2img strength in (0, 1]: the last int(steps x d) steps"
+    )
+    export.add_argument("--flow", action="store_true", help="a flow-matching model: levels as flow times")
+    export.add_argument("--shift", type=float, help="diffusers format, flow model: the scheduler's static shift")
+    export.add_argument("--mu", type=float, help="diffusers format, flow model: the dynamic shift's mu (Flux)")
+    export.add_argument("--output", help="write to this file (atomically) instead of printing")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        from crs.export import export_schedule
+
+        try:
+            text = export_schedule(args.schedule, args.steps, args.format, args.denoise, args.flow, args.shift, args.mu)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.output:
+            from crs.io import atomic_write_bytes
+
+            atomic_write_bytes(args.output, (text + "\n").encode())
+        else:
+            print(text)
+        return 0
 
     from crs.run.experiment import (
         ExperimentError,

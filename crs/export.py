@@ -26,9 +26,12 @@ import torch
 from crs.schedules import Schedule, check_steps
 
 __all__ = [
+    "EXPORT_FORMATS",
     "apply_schedule",
+    "export_schedule",
     "as_schedule",
     "is_flow_scheduler",
+    "partial_levels",
     "scheduler_sigma_range",
     "sigmas_to_timesteps",
     "to_trained_betas",
@@ -197,3 +200,108 @@ def to_trained_betas(schedule, num_train_timesteps: int = 1000) -> np.ndarray:
     ac = 1.0 / (1.0 + sigma**2)
     betas = 1.0 - ac / np.concatenate([[1.0], ac[:-1]])
     return np.clip(betas, 1e-12, 1.0 - 1e-12)
+
+
+# ----------------------------------------------------------------------------- export for sampler front ends
+EXPORT_FORMATS = ("json", "comfyui", "a1111", "diffusers")
+
+
+def partial_levels(levels, denoise: float = 1.0) -> torch.Tensor:
+    """The levels an img2img run at denoise strength ``denoise`` samples: of a schedule of ``N`` steps (``levels``,
+    ``N + 1`` values ending in 0), the last ``int(N * denoise)`` steps, as diffusers' img2img pipelines cut their
+    schedules (``init_timestep = min(int(N * strength), N)``, ``timesteps[N - init_timestep:]``). ValueError for a
+    strength outside (0, 1] or one that leaves no step."""
+    levels = torch.as_tensor(levels, dtype=torch.float64)
+    if not isinstance(denoise, (int, float)) or isinstance(denoise, bool) or not 0.0 < float(denoise) <= 1.0:
+        raise ValueError(f"`denoise` must be in (0, 1], got {denoise!r}.")
+    n = len(levels) - 1
+    keep = min(int(n * float(denoise)), n)
+    if keep < 1:
+        raise ValueError(f"denoise {denoise} of {n} steps leaves no step (int({n} x {denoise}) = 0): give more steps.")
+    return levels[n - keep :]
+
+
+def _decimal(v: float) -> str:
+    """A level in plain positional notation (no exponent: ComfyUI's ManualSigmas parses numbers with a regular
+    expression that reads ``1e-05`` as 1 and -5), to 7 significant digits."""
+    text = np.format_float_positional(float(v), precision=7, unique=False, fractional=False, trim="-")
+    return text if text not in ("-0",) else "0"
+
+
+def export_schedule(
+    schedule,
+    steps: int,
+    fmt: str = "json",
+    denoise: float = 1.0,
+    flow: bool = False,
+    shift: float | None = None,
+    mu: float | None = None,
+) -> str:
+    """A schedule's levels for ``steps`` steps in the form a sampler front end takes (``python -m crs export``).
+
+    Args:
+        schedule: a :class:`~crs.schedules.Schedule` or the path of a ``schedule.json`` (its own range).
+        steps: the number of steps (>= 2) of the whole schedule.
+        fmt: ``json`` (everything below, machine-readable), ``comfyui`` (the comma-separated list ComfyUI's
+            ``ManualSigmas`` node, or KJNodes' ``CustomSigmas``, turns into a SIGMAS input for ``SamplerCustom``),
+            ``a1111`` (the ``[s0, s1, ..., 0.0]`` list the *custom* scheduler of the Extra Schedulers extension of
+            A1111 / Forge takes and uses as it is) or ``diffusers`` (JSON with the ``sigmas=`` to give
+            ``set_timesteps``: the ``n + 1`` levels for ``EulerDiscreteScheduler``, or for a flow model the ``n`` flow
+            times un-shifted for a ``FlowMatchEulerDiscreteScheduler`` with ``shift`` / ``mu``).
+        denoise: img2img strength in (0, 1]: the partial schedule :func:`partial_levels` (json and comfyui only:
+            diffusers and A1111 / Forge cut a full schedule by their own strength setting).
+        flow: a flow-matching model: levels as flow times ``s = sigma / (1 + sigma)`` (ComfyUI's and Forge's
+            sigmas of flow models), final 0.
+        shift, mu: diffusers format of a flow model: the scheduler's static shift, or the ``mu`` its pipeline passes.
+
+    Raises:
+        ValueError: an unknown format, a bad step count or strength, ``--denoise`` for a front end that cuts by its
+            own strength, or shift options where they mean nothing.
+    """
+    from crs.args import check_choice
+
+    check_choice("format", fmt, EXPORT_FORMATS, what="export format")
+    check_steps(steps)
+    sched = as_schedule(schedule)
+    if denoise != 1.0 and fmt in ("diffusers", "a1111"):
+        how = (
+            "diffusers' img2img pipelines cut a full schedule by their `strength` (the levels then are those of "
+            "`--format json --denoise d`)"
+            if fmt == "diffusers"
+            else "A1111 / Forge img2img cut a full schedule by their own denoising strength, by their own convention"
+        )
+        raise ValueError(f"{how}: export it without `denoise` and set the strength there.")
+    if (shift is not None or mu is not None) and not (flow and fmt == "diffusers"):
+        raise ValueError("`shift` / `mu` are for the diffusers format of a flow model (`--flow --format diffusers`).")
+    full = sched.discretize(steps)
+    levels = partial_levels(full, denoise)
+    values = levels / (1.0 + levels) if flow else levels  # flow times, final 0
+    if fmt == "comfyui":
+        return ", ".join(_decimal(v) for v in values.tolist())
+    if fmt == "a1111":
+        # the extension rescales a list that starts at exactly 1.0 and ends at 0.0: never the case here (flow
+        # times stop at crs.flow.S_MAX), and a list that ends at 0.0 is used as it is
+        return "[" + ", ".join(_decimal(v) for v in values[:-1].tolist()) + ", 0.0]"
+    import json
+
+    if fmt == "diffusers":
+        if flow:
+            from crs.flow import flow_shift_scale
+
+            c = flow_shift_scale(shift, mu)
+            u = values[:-1].numpy() / (c - (c - 1.0) * values[:-1].numpy())
+            doc = {"sigmas": [float(x) for x in u], "scheduler": "FlowMatchEulerDiscreteScheduler"}
+            doc.update({"shift": shift} if shift is not None else {"mu": mu} if mu is not None else {"shift": 1.0})
+        else:
+            doc = {"sigmas": [float(x) for x in values], "scheduler": "EulerDiscreteScheduler"}
+        return json.dumps(doc, indent=1)
+    doc = {
+        "steps": int(steps),
+        "denoise": float(denoise),
+        "sigmas": [float(x) for x in levels],
+        "range": [sched.sigma_min, sched.sigma_max],
+        "convention": "partial: the last int(steps * denoise) steps of the steps-step schedule (diffusers' img2img)",
+    }
+    if flow:
+        doc["flow_times"] = [float(x) for x in values]
+    return json.dumps(doc, indent=1)

@@ -107,3 +107,76 @@ def test_trained_betas_for_ddpm(crs_schedule):
     sched = DDPMScheduler(num_train_timesteps=1000, trained_betas=betas.tolist())
     sigma = np.sqrt((1 - sched.alphas_cumprod.double().numpy()) / sched.alphas_cumprod.double().numpy())
     np.testing.assert_allclose(sigma, crs_schedule(np.linspace(0, 1, 1000)).numpy(), rtol=1e-4)
+
+
+def test_export_writes_what_each_front_end_reads(crs_schedule, tmp_path):
+    """`python -m crs export`: the ComfyUI list reads back through ComfyUI's own ManualSigmas parsing (a regular
+    expression that knows no exponents: small levels are written positionally), the A1111 / Forge list through the
+    Extra Schedulers extension's parsing (used as it is: it ends at 0.0 and does not start at exactly 1.0), and the
+    diffusers JSON through set_timesteps(sigmas=...) of Euler and of a shifted flow scheduler, each giving back the
+    CRS levels (to the 7 digits written, or float32)."""
+    import json
+    import re
+
+    from diffusers import EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
+
+    from crs.__main__ import main
+    from crs.export import export_schedule
+    from crs.flow import sigma_to_flow
+
+    path = tmp_path / "schedule.json"
+    crs_schedule.save(path)
+    levels = crs_schedule.discretize(8).numpy()
+    comfy = export_schedule(path, 8, "comfyui")
+    assert "e" not in comfy.lower()
+    parsed = [float(x) for x in re.findall(r"[-+]?(?:\d*\.*\d+)", comfy)]  # ComfyUI's ManualSigmas
+    np.testing.assert_allclose(parsed, levels, rtol=1e-6)
+    a1111 = export_schedule(path, 8, "a1111")
+    listed = [float(x) for x in a1111.strip("[]").split(",")]  # the Extra Schedulers extension's custom list
+    assert listed[-1] == 0.0 and listed[0] != 1.0
+    np.testing.assert_allclose(listed, levels, rtol=1e-6)
+    euler = EulerDiscreteScheduler()
+    euler.set_timesteps(sigmas=json.loads(export_schedule(path, 8, "diffusers"))["sigmas"])
+    np.testing.assert_allclose(euler.sigmas.double().numpy(), levels, rtol=1e-6)
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    flow.set_timesteps(sigmas=json.loads(export_schedule(path, 8, "diffusers", flow=True, shift=3.0))["sigmas"])
+    np.testing.assert_allclose(flow.sigmas.double().numpy(), sigma_to_flow(levels), rtol=1e-6)
+    flow_list = [float(x) for x in export_schedule(path, 8, "comfyui", flow=True).split(",")]
+    np.testing.assert_allclose(flow_list, sigma_to_flow(levels), rtol=1e-6)  # flow models' sigmas are flow times
+    out = tmp_path / "sigmas.txt"
+    assert main(["export", str(path), "--steps", "8", "--format", "comfyui", "--output", str(out)]) == 0
+    assert out.read_text().strip() == comfy
+    assert main(["export", str(path), "--steps", "8", "--format", "forge"]) == 2
+    with pytest.raises(ValueError, match="cut a full schedule by their `strength`"):
+        export_schedule(path, 8, "diffusers", denoise=0.5)
+    with pytest.raises(ValueError, match="leaves no step"):
+        export_schedule(path, 3, "json", denoise=0.2)
+
+
+@pytest.mark.parametrize("steps,strength", [(10, 0.55), (7, 0.3), (20, 0.75), (5, 1.0)])
+def test_partial_schedules_cut_as_diffusers_img2img_cuts_them(crs_schedule, steps, strength, tmp_path):
+    """A partial schedule at denoise d is the levels diffusers' img2img pipeline runs with the CRS schedule applied,
+    num_inference_steps = steps and strength = d (its get_timesteps, on a tiny Stable Diffusion img2img pipeline):
+    the last int(steps * d) steps (float32 scheduler)."""
+    import json
+
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
+
+    from crs.export import export_schedule, partial_levels
+    from crs.run.standins import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "sd", kind="sd", shape=(3, 16, 16))
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    lo, hi = scheduler_sigma_range(pipe.scheduler)
+    fitted = crs_schedule.fit(lo, hi)
+    apply_schedule(pipe, fitted)
+    pipe.scheduler.set_timesteps(steps)
+    timesteps, run = pipe.get_timesteps(steps, strength, "cpu")
+    start = len(pipe.scheduler.timesteps) - len(timesteps)
+    ours = partial_levels(fitted.discretize(steps), strength)
+    assert run == len(ours) - 1
+    np.testing.assert_allclose(pipe.scheduler.sigmas[start:].double().numpy(), ours.numpy(), rtol=1e-5)
+    fitted.save(tmp_path / "s.json")
+    doc = json.loads(export_schedule(tmp_path / "s.json", steps, "json", denoise=strength))
+    np.testing.assert_allclose(doc["sigmas"], ours.numpy(), rtol=1e-12)
