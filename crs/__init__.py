@@ -62,6 +62,7 @@ _SUBMODULES = (
     "io",
     "measures",
     "metrics",
+    "model_data",
     "models",
     "networks",
     "optimize",

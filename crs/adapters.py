@@ -480,7 +480,10 @@ class LatentData:
 
 
 def model_space(data, denoiser):
-    """The data in the space the denoiser works in: :class:`LatentData` for latent models, else ``data``."""
+    """The data in the space the denoiser works in: :class:`LatentData` for latent models, else ``data`` (also data
+    already in the model's space: a model's own samples, :class:`crs.model_data.ModelSamples`)."""
+    if getattr(data, "in_model_space", False):
+        return data
     return LatentData(data, denoiser) if denoiser.is_latent else data
 
 

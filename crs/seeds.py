@@ -8,10 +8,12 @@ from __future__ import annotations
 
 __all__ = [
     "CONDITION_OFFSET",
+    "MODEL_DATA_OFFSET",
     "REFERENCE_OFFSET",
     "SEARCH_OFFSET",
     "condition_seed",
     "heldout_seed",
+    "model_data_seed",
     "online_seed",
     "process_seed",
     "reference_seed",
@@ -37,6 +39,16 @@ def search_seed(seed: int) -> int:
     ``sample_seed(search_seed(seed), i)``, disjoint from the samples a run draws and judges (``seed + i``) and from
     fresh reference samples (``seed + 10**6 + i``) while sets have fewer than a million samples."""
     return seed + SEARCH_OFFSET
+
+
+MODEL_DATA_OFFSET = 3 * 10**6
+
+
+def model_data_seed(seed: int) -> int:
+    """First seed of a model's own samples standing in for its data (:class:`crs.model_data.ModelSamples`): sample
+    ``i`` uses ``sample_seed(model_data_seed(seed), i)``, disjoint from the samples a run draws and judges, fresh
+    reference samples and the search batch while sets have fewer than a million samples."""
+    return seed + MODEL_DATA_OFFSET
 
 
 CONDITION_OFFSET = 5 * 10**6
