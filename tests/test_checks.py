@@ -316,3 +316,19 @@ def test_text_conditional_mismatches_are_named_before_any_stage(tmp_path):
                 ],
             )
         )
+
+
+def test_data_free_values_are_checked():
+    """Notebook 01's `data_free`: None or {n, steps} with an even step count; anything else is named."""
+    from crs.run.checks import check_data_free
+
+    check_data_free(None)
+    check_data_free({"n": 64, "steps": 16})
+    for bad, msg in [
+        ({"n": 64, "step": 16}, "must be None or a mapping with `n` and `steps`"),
+        ({"steps": 15}, "must be even"),
+        ({"n": 1}, "`data_free.n` must be"),
+        (True, "must be None or a mapping"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            check_data_free(bad)

@@ -157,6 +157,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "model",
             "guidance",
             "prompts",
+            "data_free",
             "measure",
             "compare_measures",
             "sigma_min",

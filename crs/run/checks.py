@@ -134,6 +134,7 @@ def rate_estimation(
     progress=False,
     guidance=None,
     prompts=None,
+    data_free=None,
 ) -> None:
     """Notebook 01 (``sigma_min`` / ``sigma_max`` may be None: the model's own; ``guidance`` None or a scale >= 0,
     ``prompts`` None or a text model's prompts (:func:`crs.prompts.check_prompts`); whether the model is conditional
@@ -152,8 +153,25 @@ def rate_estimation(
     if guidance is not None:
         check_number("guidance", guidance, minimum=0)
     check_prompts(prompts)
+    check_data_free(data_free)
     _features(features)
     _device(device)
+
+
+def check_data_free(data_free) -> None:
+    """``data_free``: None (the dataset's samples) or ``{"n": pool size >= 2, "steps": even Heun steps >= 2}`` (the
+    model's own samples, :class:`crs.model_data.ModelSamples`), either key optional; ValueError otherwise."""
+    if data_free is None:
+        return
+    if not isinstance(data_free, Mapping) or set(data_free) - {"n", "steps"}:
+        raise ValueError(
+            f"`data_free` must be None or a mapping with `n` and `steps` (e.g. {{n: 2048, steps: 64}}), got "
+            f"{data_free!r}."
+        )
+    check_int("data_free.n", data_free.get("n", 1024), 2)
+    steps = check_int("data_free.steps", data_free.get("steps", 64), 2)
+    if steps % 2:
+        raise ValueError(f"`data_free.steps` must be even (the solve's error estimate halves it), got {steps}.")
 
 
 def schedule_optimization(xi, steps, smoothing, baselines, diagnostic_steps) -> None:
