@@ -27,7 +27,7 @@ def test_shipped_params_files_are_valid(name):
         (
             {"stages": {"rate_estimation": {"meassure": "data"}}},
             r"Unknown key 'meassure' in stage 'rate_estimation' \(01_rate_estimation.ipynb\); valid keys: "
-            r"compare_measures, dataset",
+            r"compare_measures, data_free, dataset",
         ),
         (
             {"stages": {"rate_estimaton": {}}},
