@@ -272,17 +272,19 @@ class DiffusersDenoiser(nn.Module):
     def _flow_forward(self, x: torch.Tensor, sigma: torch.Tensor, cond, param) -> torch.Tensor:
         """A flow-matching transformer (SD3): input ``(1 - s) x`` at timestep ``s * T``, velocity out, ``x0 = x_s -
         s v`` (:mod:`crs.flow`), with the prompts' embeddings and pooled embeddings."""
-        s = sigma / (1.0 + sigma)
-        sb = s.reshape(-1, 1, 1, 1).to(param.dtype)
-        x_s = (1.0 - sb) * x.to(param.device, param.dtype)
+        from crs.flow import flow_denoise
+
         labels = self.conditioning.labels(cond, x.shape[0], param.device)
-        v = self.unet(
-            hidden_states=x_s,
-            timestep=(s * self.num_train_timesteps).to(param.dtype),
-            encoder_hidden_states=self.prompt_table[labels],
-            pooled_projections=self.pooled_table[labels],
-        ).sample.to(param.dtype)
-        return (x_s - sb * v).to(x.device, x.dtype)
+
+        def velocity(x_s, s):
+            return self.unet(
+                hidden_states=x_s,
+                timestep=(s * self.num_train_timesteps).to(param.dtype),
+                encoder_hidden_states=self.prompt_table[labels],
+                pooled_projections=self.pooled_table[labels],
+            ).sample
+
+        return flow_denoise(velocity, x.to(param.device, param.dtype), sigma).to(x.device, x.dtype)
 
     @classmethod
     def from_pipeline_folder(cls, folder) -> DiffusersDenoiser:

@@ -30,6 +30,7 @@ __all__ = [
     "apply_schedule",
     "export_schedule",
     "as_schedule",
+    "check_flow_scheduler",
     "is_flow_scheduler",
     "partial_levels",
     "scheduler_sigma_range",
@@ -69,6 +70,18 @@ def scheduler_sigma_range(scheduler) -> tuple[float, float]:
 FLOW_REFUSED = ("shift_terminal", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "invert_sigmas")
 
 
+def check_flow_scheduler(scheduler) -> None:
+    """ValueError for a flow-matching scheduler configured to move given levels further (``shift_terminal``, karras /
+    exponential / beta conversion, inverted sigmas): it could not sample on a CRS schedule."""
+    changed = [k for k in FLOW_REFUSED if scheduler.config.get(k)]
+    if changed:
+        raise ValueError(
+            f"{type(scheduler).__name__} with {', '.join(changed)} changes given levels further; set "
+            f"{', '.join(f'{k}=False' if k != 'shift_terminal' else 'shift_terminal=None' for k in changed)} to "
+            "sample on a CRS schedule."
+        )
+
+
 def unshift_flow_times(s, scheduler, mu: float | None = None) -> np.ndarray:
     """The flow times to give a flow-matching scheduler's ``set_timesteps(sigmas=...)`` so that after its own shift
     they are ``s``: the inverse of its static shift ``c u / (1 + (c - 1) u)``, or of its dynamic shift at ``mu``
@@ -78,22 +91,17 @@ def unshift_flow_times(s, scheduler, mu: float | None = None) -> np.ndarray:
         ValueError: a scheduler that changes given sigmas further (``shift_terminal``, karras / exponential / beta
             conversion, inverted sigmas), or dynamic shifting without ``mu``.
     """
+    from crs.flow import unshift
+
+    check_flow_scheduler(scheduler)
     cfg = scheduler.config
-    changed = [k for k in FLOW_REFUSED if cfg.get(k)]
-    if changed:
-        raise ValueError(
-            f"{type(scheduler).__name__} with {', '.join(changed)} changes given levels further; set "
-            f"{', '.join(f'{k}=False' if k != 'shift_terminal' else 'shift_terminal=None' for k in changed)} to "
-            "sample on a CRS schedule."
-        )
-    s = np.asarray(s, dtype=np.float64)
     if cfg.get("use_dynamic_shifting"):
         if mu is None:
             raise ValueError(f"{type(scheduler).__name__} shifts dynamically: `mu` is needed (the pipeline gives it).")
         c = math.exp(mu) if cfg.get("time_shift_type", "exponential") == "exponential" else float(mu)
     else:
         c = float(scheduler.shift)
-    return s / (c - (c - 1.0) * s)  # u with c u / (1 + (c - 1) u) = s; the exponential shift is this with c = e^mu
+    return unshift(s, c)  # the exponential shift is the static one with c = e^mu, the linear one with c = mu
 
 
 def sigmas_to_timesteps(sigmas, scheduler) -> np.ndarray:
@@ -158,7 +166,7 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
     sched = sched.fit(lo, hi, what=f"the scheduler ({type(scheduler).__name__} [{lo:.4g}, {hi:.4g}])")
     flow = is_flow_scheduler(scheduler)
     if flow:
-        unshift_flow_times([0.5], scheduler, mu=0.0)  # refuses configurations that would move the levels
+        check_flow_scheduler(scheduler)
 
     def set_timesteps(
         num_inference_steps: int | None = None, device=None, sigmas=None, mu=None, timesteps=None, **kwargs
@@ -275,7 +283,10 @@ def export_schedule(
         raise ValueError("`shift` / `mu` are for the diffusers format of a flow model (`--flow --format diffusers`).")
     full = sched.discretize(steps)
     levels = partial_levels(full, denoise)
-    values = levels / (1.0 + levels) if flow else levels  # flow times, final 0
+    if flow:
+        from crs.flow import flow_shift_scale, sigma_to_flow, unshift
+
+    values = sigma_to_flow(levels) if flow else levels  # flow times, final 0
     if fmt == "comfyui":
         return ", ".join(_decimal(v) for v in values.tolist())
     if fmt == "a1111":
@@ -286,10 +297,7 @@ def export_schedule(
 
     if fmt == "diffusers":
         if flow:
-            from crs.flow import flow_shift_scale
-
-            c = flow_shift_scale(shift, mu)
-            u = values[:-1].numpy() / (c - (c - 1.0) * values[:-1].numpy())
+            u = unshift(values[:-1].numpy(), flow_shift_scale(shift, mu))
             doc = {"sigmas": [float(x) for x in u], "scheduler": "FlowMatchEulerDiscreteScheduler"}
             doc.update({"shift": shift} if shift is not None else {"mu": mu} if mu is not None else {"shift": 1.0})
         else:

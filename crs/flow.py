@@ -40,9 +40,11 @@ __all__ = [
     "VelocityModel",
     "flow_shift_scale",
     "flow_sigmas",
+    "flow_denoise",
     "flow_to_sigma",
     "flux_mu",
     "sigma_to_flow",
+    "unshift",
 ]
 
 S_MAX = 0.999  # the largest flow time a flow model's range in sigma reaches: sigma 999
@@ -93,6 +95,23 @@ def flow_shift_scale(shift: float | None = None, mu: float | None = None) -> flo
     return 1.0 if shift is None else check_number("shift", shift, positive=True)
 
 
+def unshift(s, c: float):
+    """The unshifted flow times ``u`` whose shift ``c u / (1 + (c - 1) u)`` is ``s`` (float64 array): what a
+    scheduler that shifts the times it is given must be given (:func:`crs.export.unshift_flow_times`)."""
+    s = np.asarray(s, dtype=np.float64)
+    return s / (c - (c - 1.0) * s)
+
+
+def flow_denoise(velocity: Callable, x: torch.Tensor, sigma) -> torch.Tensor:
+    """The x0-prediction of a velocity model at the VE input ``x`` and level ``sigma`` (scalar or (B,)): ``s = sigma
+    / (1 + sigma)``, ``x_s = (1 - s) x``, ``x0 = x_s - s velocity(x_s, s)`` (``s`` float64 (B,)), in ``x``'s dtype.
+    The one place the map is written: :class:`FlowDenoiser` and the diffusers adapter's SD3 path use it."""
+    s = sigma_to_flow(torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0]))
+    sb = s.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+    x_s = (1.0 - sb) * x
+    return x_s - sb * velocity(x_s, s).to(x.dtype)
+
+
 def flow_sigmas(n: int, sigma_min: float, sigma_max: float, shift: float | None = None, mu: float | None = None):
     """A shifted flow schedule with ``n`` levels on ``[sigma_min, sigma_max]``: uniform in unshifted flow time
     ``u`` between the ends' ``u``, each level ``sigma = c u / (1 - u)`` (:func:`flow_shift_scale`), as
@@ -140,14 +159,9 @@ class FlowDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, *shape) VE, sigma scalar or (B,) -> the x0-prediction, same dtype and device as ``x``."""
-        s = sigma_to_flow(torch.as_tensor(sigma, dtype=torch.float64, device=x.device).reshape(-1).expand(x.shape[0]))
-        sb = s.reshape(-1, *([1] * (x.ndim - 1)))
-        x_s = (1.0 - sb).to(x.dtype) * x
         if cond is None and self.conditioning is None:
-            v = self.velocity(x_s, s)
-        else:
-            v = self.velocity(x_s, s, cond)
-        return (x_s - sb.to(x.dtype) * v.to(x.dtype)).to(x.dtype)
+            return flow_denoise(self.velocity, x, sigma)
+        return flow_denoise(lambda x_s, s: self.velocity(x_s, s, cond), x, sigma)
 
     def decode(self, latents, batch_size: int = 64, quantize: bool = True):
         raise ValueError("This flow model works on data, not latents: there is nothing to decode.")

@@ -460,12 +460,13 @@ def _stand_in_models(params: dict, run_dir: Path, log, side: int | None = None) 
         extra = dict(extra[0]) if extra else {}
         if side is not None and side != shape[1]:
             shape = (shape[0], side, side)
-            if "latent_factor" in extra or kind in ("ldm", "dit", "sd", "sd3"):
+            if kind != "ddpm":  # a latent kind: its autoencoder shrinks each side, to no less than 8
                 extra["latent_factor"] = max(2, min(extra.get("latent_factor", 2), side // 8))
         folder = Path("standins") / name.replace("/", "--")
         if not (run_dir / folder / "model_index.json").is_file():
             build_tiny_pipeline(run_dir / folder, kind, shape, **extra)
-        log(f"[dry run] {name} is not here: a tiny untrained {kind} pipeline of the same shape stands in ({folder})")
+        size = "of the same shape" if side is None else f"at {shape[1]} px"
+        log(f"[dry run] {name} is not here: a tiny untrained {kind} pipeline {size} stands in ({folder})")
         mapping[name] = str(folder)
     return mapping
 
