@@ -1,6 +1,6 @@
 """Measured costs and results for the documentation: each run prints its table and writes a record.
 
-``python -m benchmarks.bench [rate|training|online|sampling|features|ratio|quality|coverage|stability|demo|all]``
+``python -m benchmarks.bench [rate|training|online|sampling|features|ratio|quality|coverage|guidance|datafree|...]``
 from the repository root. Every run writes ``benchmarks/records/<name>.json`` (:mod:`benchmarks.records`: the
 result with its command, commit, machine and date); ``python -m benchmarks.render`` turns the records into
 ``docs/results/``.
@@ -20,6 +20,9 @@ result with its command, commit, machine and date); ``python -m benchmarks.rende
   (:func:`quality_table`); ``--data digits`` / ``mnist16`` judge trained UNets (:data:`QUALITY_CASES`).
 * ``coverage``: the empirical coverage of every bootstrap interval of :mod:`crs.intervals` on Gaussian data
   (:func:`coverage_table`).
+* ``datafree``: the CRS schedule from a model's own samples against the one from its dataset, per measure, on
+  the mixture or (``--data digits``) the digits UNet: schedule distance, teacher-error and FID ratios
+  (:func:`datafree_table`).
 * ``stability``: a run's evaluation (``--run``, e.g. ``runs/demo``) redone with other bootstrap seeds: how many
   verdicts change (:func:`verdict_stability`); not part of ``all``.
 
@@ -965,7 +968,115 @@ def guidance_table(
     return out
 
 
-BENCHMARKS = ("rate", "training", "online", "sampling", "features", "ratio", "quality", "coverage", "guidance")
+DATAFREE_NFE = {"euler": [5, 10, 20], "dpmpp_2m": [5, 10, 20]}
+
+
+def datafree_table(
+    case: str = "gmm",
+    model: str | None = None,
+    measures=("data", "noise", "fid"),
+    nfe=None,
+    pool: int = 1024,
+    pool_steps: int = 64,
+    grid_size: int = 32,
+    n_samples: int = 512,
+    n_eval: int = 512,
+    teacher_steps: int = 256,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """How close does a data-free schedule come to the dataset's (docs/method.md, section 11)?
+
+    For one :data:`QUALITY_CASES` model (``gmm``: the 2-D mixture's exact denoiser; ``digits``: the digits UNet,
+    ``model`` or trained once), ``pool`` of the model's own samples are drawn once (:class:`crs.model_data.
+    ModelSamples`, a ``pool_steps``-step Heun solve, seeds apart), and each measure's rate is estimated twice with
+    the same settings and seed: on the dataset and on the pool. The two CRS schedules (``xi = 1``) are compared by
+    the largest gap in log sigma between their levels at each budget, and judged side by side on ``n_eval`` samples
+    from seed ``seed + 1``: the teacher error (paired ratio data-free / dataset with a 95 % bootstrap interval) and
+    the Frechet distance on raw coordinates to the data (4 ``n_eval`` fresh draws of analytic data, every image
+    of an image dataset). The pool's own cost and its distance to the data are reported with it.
+    """
+    from crs.metrics import bootstrap_indices, feature_scores
+    from crs.model_data import ModelSamples
+    from crs.protocols import AnalyticDataset
+    from crs.quality import endpoints, solve_teacher
+    from crs.sampling import steps_for_nfe
+
+    data, den, kwargs = quality_case(case, model)
+    lo, hi = crs.schedules.fit_model_range(den)
+    nfe = nfe or DATAFREE_NFE
+    samples = ModelSamples(den, n=pool, seed=seed, steps=pool_steps, sigma_min=lo, sigma_max=hi, name=f"{case} model")
+    if isinstance(data, AnalyticDataset):
+        reference = data.sample(4 * n_eval, torch.Generator().manual_seed(reference_seed(seed)))
+    else:
+        reference = kwargs["reference"]
+    reference = torch.as_tensor(reference).flatten(1).double().numpy()
+    idx = bootstrap_indices(n_eval, n_boot, seed)
+
+    def frechet(x) -> float:
+        return float(feature_scores(x.flatten(1).double().numpy(), reference, idx[:1], which=["fid"])["fid"][0])
+
+    teacher = solve_teacher(den, data.shape, n_eval, seed + 1, lo, hi, steps=teacher_steps)
+    rows = []
+    for measure in measures:
+        common = dict(denoiser=den, sigma_min=lo, sigma_max=hi, grid_size=grid_size, n_samples=n_samples, seed=seed)
+        schedules = {
+            "dataset": crs.optimize_schedule(crs.estimate_rate(measure, data, **common), xi=1.0),
+            "data-free": crs.optimize_schedule(crs.estimate_rate(measure, samples, **common), xi=1.0),
+        }
+        for sampler, budgets in nfe.items():
+            for budget in budgets:
+                steps = steps_for_nfe(sampler, budget)
+                sigmas = {k: v.discretize(steps) for k, v in schedules.items()}
+                gap = (sigmas["data-free"][:-1].log() - sigmas["dataset"][:-1].log()).abs().max()
+                judged = {k: crs.teacher_error(den, data, sampler, v, teacher=teacher) for k, v in sigmas.items()}
+                fid = {k: frechet(endpoints(den, sampler, v, teacher.x_T)) for k, v in sigmas.items()}
+                rows.append(
+                    {
+                        "measure": measure,
+                        "sampler": sampler,
+                        "nfe": int(budget),
+                        "log_sigma_gap": float(gap),
+                        "teacher_error": {k: v.value for k, v in judged.items()},
+                        "teacher_ratio": _ratio_interval(
+                            judged["data-free"].per_sample, judged["dataset"].per_sample, n_boot, seed
+                        ),
+                        "fid": fid,
+                        "fid_ratio": fid["data-free"] / fid["dataset"],
+                    }
+                )
+    return {
+        "case": case,
+        "model": model or (f"runs/bench/models/{case}" if case != "gmm" else "exact denoiser"),
+        "seed": seed,
+        "pool": {
+            "n": pool,
+            "steps": pool_steps,
+            "evaluations": samples.evaluations,
+            "seconds": samples.seconds,
+            "teacher_error": samples.teacher_error,
+            "fid_to_data": frechet(samples.x),
+        },
+        "rate": {"grid_size": grid_size, "n_samples": n_samples},
+        "n_eval": n_eval,
+        "teacher_steps": teacher_steps,
+        "teacher_error": teacher.error,
+        "rows": rows,
+    }
+
+
+BENCHMARKS = (
+    "rate",
+    "training",
+    "online",
+    "sampling",
+    "features",
+    "ratio",
+    "quality",
+    "coverage",
+    "guidance",
+    "datafree",
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -981,7 +1092,10 @@ def _parser() -> argparse.ArgumentParser:
         default=100000,
         help="quality: the run's seed (sample i uses seed + i: runs with nearby seeds share samples)",
     )
-    parser.add_argument("--data", default="gmm", choices=list(QUALITY_CASES), help="quality: the case (default gmm)")
+    parser.add_argument(
+        "--data", default="gmm", choices=list(QUALITY_CASES), help="quality, datafree: the case (default gmm)"
+    )
+    parser.add_argument("--datafree-seed", type=int, default=0, help="datafree: the run's seed (default 0)")
     parser.add_argument("--model", default=None, help="quality: a saved model to judge instead of the case's own")
     parser.add_argument("--device", default="cpu", help="quality: where the network runs (default cpu)")
     parser.add_argument(
@@ -1019,6 +1133,8 @@ def record_name(what: str, args) -> str:
         return args.record_name
     if what == "quality":
         return f"quality-{args.data}" + (f"-nfe-{re.sub(r'[^0-9a-z]+', '-', args.nfe.lower())}" if args.nfe else "")
+    if what == "datafree":
+        return f"datafree-{args.data}" + (f"-seed{args.datafree_seed}" if args.datafree_seed else "")
     if what == "guidance" and (args.case, args.guidance_seed) != ("ring", 0):
         return f"guidance-{args.case}" + (f"-seed{args.guidance_seed}" if args.guidance_seed else "")
     if what != "coverage":
@@ -1045,6 +1161,7 @@ def measure(what: str, args) -> dict | list:
         "features": feature_throughput_table,
         "ratio": crs_ratio_table,
         "guidance": lambda: guidance_table(case=args.case, model=args.model, seed=args.guidance_seed),
+        "datafree": lambda: datafree_table(args.data, args.model, seed=args.datafree_seed),
         "demo": lambda: demo_timings(run_dir=args.run_dir or "runs/bench/demo"),
         "digits-cond": lambda: demo_timings("params/digits-cond.yaml", args.run_dir or "runs/bench/digits-cond"),
     }

@@ -118,6 +118,22 @@ PAGES = {
             ),
         ],
     ),
+    "datafree": (
+        "Data-free schedules",
+        "For a checkpoint without its dataset, the `data`, `noise` and `fid` measures run on the model's own samples "
+        "(docs/method.md, section 11; notebook 01's `data_free`). How much does that cost in schedule quality? "
+        "`python -m benchmarks.bench datafree --data gmm|digits` draws the model's samples once (1024, a 64-step "
+        "Heun solve, seeds apart from every other stream), estimates each measure's rate on them and on the dataset "
+        "with the same settings and seed, and judges the two CRS schedules (xi = 1) side by side on held-out seeds: "
+        "the largest gap between their levels in log sigma, the teacher error (paired ratio, 95 % bootstrap "
+        "interval) and the Frechet distance of the samples to the data on raw coordinates (FD). On the mixture the "
+        "model is the exact denoiser, so its samples are the data's distribution up to the solve's error; on the "
+        "digits UNet they are the model's own distribution, which is what its sampler traverses.",
+        [
+            ("datafree-gmm*", "2-D Gaussian mixture, exact denoiser", ""),
+            ("datafree-digits*", "Digits UNet (1x8x8)", ""),
+        ],
+    ),
     "coverage": (
         "Interval coverage",
         "Does a nominal 95 % interval cover 95 % of the time? `crs.intervals.coverage` repeats a whole experiment and "
@@ -151,7 +167,7 @@ PAGES = {
         [("gpu-check-*", "Runs", "")],
     ),
 }
-PAGE_ORDER = ("quality", "ratio", "guidance", "coverage", "demo", "costs", "gpu")
+PAGE_ORDER = ("quality", "ratio", "guidance", "datafree", "coverage", "demo", "costs", "gpu")
 
 
 def provenance(record: dict) -> str:

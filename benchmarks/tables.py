@@ -405,7 +405,68 @@ def demo_md(result: dict) -> str:
     return times + "\n\n" + result["summary"]
 
 
+def datafree_md(result: dict) -> str:
+    """Per measure, sampler and budget: the gap between the data-free and the dataset schedule, the teacher error
+    and Frechet distance of each, and their ratios (data-free / dataset; (lower) / (higher) where the paired
+    interval excludes 1); then the pool's cost and geometric means per measure."""
+    rows = []
+    for r in result["rows"]:
+        value, lo, hi = r["teacher_ratio"]
+        mark = "" if lo <= 1.0 <= hi else (" (lower)" if hi < 1.0 else " (higher)")
+        te, fid = r["teacher_error"], r["fid"]
+        rows.append(
+            [
+                r["measure"],
+                r["sampler"],
+                r["nfe"],
+                f"{r['log_sigma_gap']:.3f}",
+                f"{te['dataset']:.3g}",
+                f"{te['data-free']:.3g}",
+                f"{value:.3f} [{lo:.3f}, {hi:.3f}]{mark}",
+                f"{fid['dataset']:.3g}",
+                f"{fid['data-free']:.3g}",
+                f"{r['fid_ratio']:.3f}",
+            ]
+        )
+    head = [
+        "measure",
+        "sampler",
+        "nfe",
+        "max log-sigma gap",
+        "teacher error (dataset)",
+        "(data-free)",
+        "ratio [95 %]",
+        "FD (dataset)",
+        "(data-free)",
+        "FD ratio",
+    ]
+    table = _table(head, ["---", "---", "---:"] + ["---:"] * 7, rows)
+    pool = result["pool"]
+    means = []
+    for m in dict.fromkeys(r["measure"] for r in result["rows"]):
+        sel = [r for r in result["rows"] if r["measure"] == m]
+        means.append(
+            [
+                m,
+                f"{max(r['log_sigma_gap'] for r in sel):.3f}",
+                f"{geomean([r['teacher_ratio'][0] for r in sel]):.3f}",
+                f"{geomean([r['fid_ratio'] for r in sel]):.3f}",
+            ]
+        )
+    return (
+        f"The pool: {pool['n']} model samples from a {pool['steps']}-step Heun solve (own error "
+        f"{pool['teacher_error']:.2g}), {pool['evaluations']:,} network evaluations, {pool['seconds']:.1f} s; its "
+        f"Frechet distance to the data {pool['fid_to_data']:.3g}. Judged on {result['n_eval']} samples (teacher: "
+        f"{result['teacher_steps']} Heun steps, own error {result['teacher_error']:.2g}); rates on "
+        f"{result['rate']['grid_size']} intervals, {result['rate']['n_samples']} samples.\n\n"
+        + table
+        + "\n\nPer measure: the largest gap, and the geometric means of the ratios over the cells (1: no loss):\n\n"
+        + _table(["measure", "max gap", "teacher-error ratio", "FD ratio"], ["---", "---:", "---:", "---:"], means)
+    )
+
+
 TABLES = {
+    "datafree": datafree_md,
     "guidance": guidance_md,
     "rate": rate_md,
     "training": training_md,

@@ -46,6 +46,14 @@ class DiffusersDenoiser(nn.Module):
     runs): its condition is a prompt's index in that table, the empty prompt's embedding its null (unconditional)
     branch.
 
+    A flow-matching transformer (``flow``: Stable Diffusion 3's ``SD3Transformer2DModel``, Flux's
+    ``FluxTransformer2DModel``) predicts the velocity at flow time ``s = sigma / (1 + sigma)`` from ``(1 - s) x``
+    (:mod:`crs.flow`), with prompt and pooled embeddings; a Flux transformer takes its latents packed in 2 x 2
+    patches with their positions, has no fixed size (:meth:`set_side`; the pipeline's default 1024 px until the data
+    say otherwise) and, when guidance-distilled (``guidance_embeds``), the embedded guidance
+    :attr:`embedded_guidance` (FluxPipeline's ``guidance_scale``, 3.5 by default) as an input; classifier-free
+    guidance (:class:`crs.conditioning.Guided`) is FluxPipeline's ``true_cfg_scale`` on top of it.
+
     A latent model (a pipeline with ``vqvae`` or ``vae``, e.g. LDM) denoises in latent space:
     :attr:`shape` is the latent shape, :attr:`pixel_shape` the image shape, and :meth:`encode` /
     :meth:`decode` map between them with the VAE's ``scaling_factor`` (as the diffusers pipelines do).
@@ -86,6 +94,10 @@ class DiffusersDenoiser(nn.Module):
             self.sigma_min, self.sigma_max = float(self.log_sigmas.min().exp()), float(self.log_sigmas.max().exp())
         self.is_dit = type(unet).__name__ == "DiTTransformer2DModel"
         self.is_text = type(unet).__name__ in TEXT_NETWORKS
+        self.is_packed = type(unet).__name__ in PACKED_NETWORKS  # Flux: 2 x 2 patches of latents, any even side
+        self.side = FLUX_DEFAULT_SIDE if self.is_packed else None
+        guided = getattr(getattr(unet, "config", None), "guidance_embeds", False)
+        self.embedded_guidance = 3.5 if guided else None  # FluxPipeline's default guidance_scale
         self.prompt_table = self.pooled_table = None
         self.prompt_texts = None  # the prompts behind the table, when known (crs.prompts)
 
@@ -165,8 +177,20 @@ class DiffusersDenoiser(nn.Module):
     def shape(self) -> tuple[int, ...]:
         """Shape of one sample the UNet denoises (latent shape for latent models)."""
         cfg = self.unet.config
+        if self.is_packed:
+            return (cfg.in_channels // 4, self.side, self.side)
         size = sample_side(cfg.sample_size)
         return (cfg.in_channels, size, size)
+
+    def set_side(self, side: int) -> DiffusersDenoiser:
+        """A Flux transformer's latent side (even: it packs 2 x 2 patches; pixels = side x the VAE's factor), which
+        the network does not fix. ValueError for a network of fixed size or an odd side. Returns the denoiser."""
+        if not self.is_packed:
+            raise ValueError(f"A {type(self.unet).__name__} has a fixed size ({self.shape[1]}); only Flux's is set.")
+        if not isinstance(side, int) or side < 2 or side % 2:
+            raise ValueError(f"A Flux transformer's latent side must be an even integer >= 2, got {side!r}.")
+        self.side = side
+        return self
 
     @property
     def is_latent(self) -> bool:
@@ -275,6 +299,10 @@ class DiffusersDenoiser(nn.Module):
         from crs.flow import flow_denoise
 
         labels = self.conditioning.labels(cond, x.shape[0], param.device)
+        if self.is_packed:
+            return flow_denoise(self._flux_velocity(labels, param), x.to(param.device, param.dtype), sigma).to(
+                x.device, x.dtype
+            )
 
         def velocity(x_s, s):
             return self.unet(
@@ -285,6 +313,34 @@ class DiffusersDenoiser(nn.Module):
             ).sample
 
         return flow_denoise(velocity, x.to(param.device, param.dtype), sigma).to(x.device, x.dtype)
+
+    def _flux_velocity(self, labels: torch.Tensor, param):
+        """Flux's velocity as a function of the unpacked ``(x_s, s)``: latents packed in 2 x 2 patches with their
+        positions (``img_ids``), the prompts' positions (``txt_ids``, zeros), flow time ``s`` itself as the timestep
+        and the embedded guidance, as ``FluxPipeline`` calls it; the output unpacked."""
+        b, c, h, w = (len(labels), *self.shape)
+        rows, cols = torch.meshgrid(torch.arange(h // 2), torch.arange(w // 2), indexing="ij")
+        img_ids = torch.stack([torch.zeros_like(rows), rows, cols], -1).reshape(-1, 3).to(param.device, param.dtype)
+        context, pooled = self.prompt_table[labels], self.pooled_table[labels]
+        txt_ids = torch.zeros(context.shape[1], 3, device=param.device, dtype=param.dtype)
+        guidance = None
+        if self.embedded_guidance is not None:
+            guidance = torch.full((b,), float(self.embedded_guidance), device=param.device, dtype=torch.float32)
+
+        def velocity(x_s, s):
+            packed = x_s.reshape(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, -1, c * 4)
+            v = self.unet(
+                hidden_states=packed,
+                timestep=s.to(param.dtype),
+                guidance=guidance,
+                pooled_projections=pooled,
+                encoder_hidden_states=context,
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+            ).sample
+            return v.reshape(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+        return velocity
 
     @classmethod
     def from_pipeline_folder(cls, folder) -> DiffusersDenoiser:
@@ -352,15 +408,19 @@ class DiffusersDenoiser(nn.Module):
 
 
 LATENT_KEYS = ("vqvae", "vae")
-TEXT_NETWORKS = ("UNet2DConditionModel", "SD3Transformer2DModel")  # networks conditioned on prompt embeddings
-FLOW_NETWORKS = ("SD3Transformer2DModel",)  # flow-matching networks this adapter runs (crs.flow)
+# networks conditioned on prompt embeddings
+TEXT_NETWORKS = ("UNet2DConditionModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
+FLOW_NETWORKS = ("SD3Transformer2DModel", "FluxTransformer2DModel")  # flow-matching networks (crs.flow)
+PACKED_NETWORKS = ("FluxTransformer2DModel",)  # latents packed in 2 x 2 patches, no fixed size
+FLUX_DEFAULT_SIDE = 128  # FluxPipeline's default_sample_size: 1024 px through its 8x VAE
 
 
 SUPPORTED_PIPELINES = (
     "pipelines with a discrete-time scheduler (DDPM, DDIM, PNDM, ...) and an unconditional UNet2DModel (DDPM, LDM), "
     "a class-conditional DiTTransformer2DModel (DiT) or a text-conditional UNet2DConditionModel without added "
     "conditioning (Stable Diffusion 1.x / 2.x; prompt embeddings given with set_prompts); and flow-matching "
-    "pipelines (FlowMatchEulerDiscreteScheduler) with an SD3Transformer2DModel (Stable Diffusion 3)"
+    "pipelines (FlowMatchEulerDiscreteScheduler) with an SD3Transformer2DModel (Stable Diffusion 3) or a "
+    "FluxTransformer2DModel (Flux)"
 )
 
 
@@ -407,26 +467,26 @@ def pipeline_parts(folder) -> tuple[dict[str, str], str]:
                 f"{SUPPORTED_PIPELINES}."
             )
     elif net_name not in ("UNet2DModel", "DiTTransformer2DModel", *FLOW_NETWORKS):
-        kind = {
-            "FluxTransformer2DModel": "a flow-matching transformer (Flux), not supported yet",
-        }.get(net_name, "not supported")
         raise ValueError(
-            f"The pipeline at {str(folder)!r} has a {net_name} ({kind}); supported: {SUPPORTED_PIPELINES}."
+            f"The pipeline at {str(folder)!r} has a {net_name} (not supported); supported: {SUPPORTED_PIPELINES}."
         )
     return parts, net_key
 
 
 def describe_pipeline(folder) -> dict:
     """What a saved pipeline is, from its JSON files alone (no weights read): ``{"network", "shape",
-    "pixel_shape", "num_classes", "text", "text_encoder"}`` (``num_classes`` None for a network without classes;
-    ``text``: a text-conditional UNet, which takes prompts; ``text_encoder``: the pipeline has a tokenizer and a
-    text encoder to embed them with). ValueError as :func:`pipeline_parts`."""
+    "pixel_shape", "num_classes", "text", "text_encoder", "side_multiple"}`` (``num_classes`` None for a network
+    without classes; ``text``: a text-conditional UNet, which takes prompts; ``text_encoder``: the pipeline has a
+    tokenizer and a text encoder to embed them with; ``side_multiple``: for a network of no fixed size (Flux), what
+    the image side must be a multiple of, the shapes then its default size's; else None). ValueError as
+    :func:`pipeline_parts`."""
     folder = Path(folder)
     parts, net_key = pipeline_parts(folder)
     cfg = json.loads((folder / net_key / "config.json").read_text())
-    size = sample_side(cfg["sample_size"])
-    shape = (cfg["in_channels"], size, size)
-    pixel_shape = shape
+    packed = parts[net_key] in PACKED_NETWORKS
+    size = FLUX_DEFAULT_SIDE if packed else sample_side(cfg["sample_size"])
+    shape = (cfg["in_channels"] // 4 if packed else cfg["in_channels"], size, size)
+    pixel_shape, factor = shape, 1
     vae_key = next((k for k in LATENT_KEYS if k in parts), None)
     if vae_key is not None:
         vae = json.loads((folder / vae_key / "config.json").read_text())
@@ -440,10 +500,11 @@ def describe_pipeline(folder) -> dict:
         "pixel_shape": pixel_shape,
         "num_classes": classes,
         "text": text,
-        # a prompt list is embedded by the pipeline's own CLIP text encoder (SD3's three encoders: not here)
+        # a prompt list is embedded by the pipeline's own CLIP text encoder (SD3's three, Flux's two: not here)
         "text_encoder": text
-        and "text_encoder_3" not in parts
+        and not any(k in parts for k in ("text_encoder_2", "text_encoder_3"))
         and all(k in parts for k in ("tokenizer", "text_encoder")),
+        "side_multiple": 2 * factor if packed else None,
     }
 
 

@@ -28,6 +28,7 @@ from crs.schedules import Schedule, check_steps
 __all__ = [
     "EXPORT_FORMATS",
     "apply_schedule",
+    "calls_scale_model_input",
     "export_schedule",
     "as_schedule",
     "check_flow_scheduler",
@@ -157,11 +158,22 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
     sched = as_schedule(schedule)
     original = type(scheduler).set_timesteps.__get__(scheduler)
     params = inspect.signature(original).parameters
+    name = type(scheduler).__name__
     if "sigmas" not in params and "timesteps" not in params:
         raise ValueError(
-            f"{type(scheduler).__name__} takes neither `sigmas` nor `timesteps`; supported: EulerDiscreteScheduler, "
-            "HeunDiscreteScheduler, DPMSolverMultistepScheduler, DPMSolverSinglestepScheduler, DDPMScheduler."
+            f"{name} takes neither `sigmas` nor `timesteps`"
+            + (" (its update assumes uniformly spaced timesteps)" if name == "DDIMScheduler" else "")
+            + f"; supported: {', '.join(SIGMA_SCHEDULERS + TIMESTEP_SCHEDULERS)}. {SWAP_HINT}"
         )
+    if scheduler is not scheduler_or_pipeline and not calls_scale_model_input(scheduler_or_pipeline):
+        if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
+            raise ValueError(
+                f"{type(scheduler_or_pipeline).__name__} does not call `scheduler.scale_model_input` nor scale its "
+                f"starting noise, which {name} needs: it would sample wrongly on any schedule. Keep a scheduler that "
+                f"takes `timesteps=` here ({', '.join(TIMESTEP_SCHEDULERS)}: the CRS levels quantised), or sample "
+                "on the exact CRS levels with crs.sampling.generate(crs.load_denoiser(folder), shape, n, "
+                "sigmas, sampler='euler') (DDIM's deterministic update on them)."
+            )
     lo, hi = scheduler_sigma_range(scheduler)
     sched = sched.fit(lo, hi, what=f"the scheduler ({type(scheduler).__name__} [{lo:.4g}, {hi:.4g}])")
     flow = is_flow_scheduler(scheduler)
@@ -191,6 +203,33 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
     if steps is not None:
         scheduler.set_timesteps(steps)
     return scheduler
+
+
+SIGMA_SCHEDULERS = ("EulerDiscreteScheduler", "FlowMatchEulerDiscreteScheduler")  # the CRS levels exactly
+TIMESTEP_SCHEDULERS = (  # the CRS levels quantised to integer timesteps
+    "HeunDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "DDPMScheduler",
+)
+SWAP_HINT = (
+    "In a pipeline that calls scheduler.scale_model_input (LDMPipeline, DiTPipeline, the Stable Diffusion pipelines: "
+    "crs.export.calls_scale_model_input), swap in pipe.scheduler = EulerDiscreteScheduler.from_config("
+    "pipe.scheduler.config): Euler on the CRS levels is DDIM's deterministic update on them. DDPMPipeline and "
+    "DDIMPipeline do not call it: sample on the CRS levels with crs.sampling.generate(crs.load_denoiser(folder), "
+    "shape, n, sigmas, sampler='euler') instead."
+)
+
+
+def calls_scale_model_input(pipeline) -> bool:
+    """Whether a diffusers pipeline's ``__call__`` calls ``scheduler.scale_model_input`` (and so scales the starting
+    noise and each input as Euler-type schedulers, whose ``init_noise_sigma`` is not 1, need): LDM, DiT and the
+    Stable Diffusion pipelines do, ``DDPMPipeline`` and ``DDIMPipeline`` do not. Read from the source; True when the
+    source cannot be read (no refusal on a guess)."""
+    try:
+        return "scale_model_input" in inspect.getsource(type(pipeline).__call__)
+    except (OSError, TypeError):
+        return True
 
 
 def to_trained_betas(schedule, num_train_timesteps: int = 1000) -> np.ndarray:

@@ -88,8 +88,9 @@ def sample_side(sample_size) -> int:
 
 def describe_model(path) -> dict:
     """What the model in a folder is, from its JSON files alone (no weights read, no diffusers import): ``{"network",
-    "shape", "pixel_shape", "num_classes", "text", "text_encoder"}`` (``num_classes`` None for a model without
-    classes; ``text``: a text-conditional one, see :func:`crs.adapters.describe_pipeline`). The check the batch
+    "shape", "pixel_shape", "num_classes", "text", "text_encoder"}`` and, for pipelines, ``"side_multiple"``
+    (``num_classes`` None for a model without classes; ``text``: a text-conditional one; ``side_multiple``: a network
+    of no fixed size, Flux; see :func:`crs.adapters.describe_pipeline`). The check the batch
     runner's preflight makes before any stage runs; :func:`load_denoiser` then loads exactly what this describes.
 
     Raises:
@@ -124,6 +125,15 @@ def describe_model(path) -> dict:
 def check_model_data(described: dict, model: str, data_shape) -> None:
     """ValueError naming both shapes unless the described model makes samples of ``data_shape`` (one sample's)."""
     pixels = tuple(described["pixel_shape"])
+    multiple = described.get("side_multiple")
+    if multiple and data_shape is not None:  # no fixed size (Flux): the data's, if the network can make it
+        c, h, w = tuple(data_shape) if len(data_shape) == 3 else (None, None, None)
+        if c == pixels[0] and h == w and h % multiple == 0:
+            return
+        raise ValueError(
+            f"The model at {model!r} makes square images of {pixels[0]} channels with a side that is a multiple of "
+            f"{multiple}, but the dataset gives {tuple(data_shape)}."
+        )
     if data_shape is not None and tuple(data_shape) != pixels:
         what = (
             f"decodes to images of shape {pixels}"
@@ -169,7 +179,11 @@ def load_denoiser(model: str, data=None, device: str = "cpu", prompts=None):
     else:
         denoiser = DiffusersDenoiser.from_model_folder(path)
     described = {"shape": denoiser.shape, "pixel_shape": denoiser.pixel_shape}
+    if getattr(denoiser, "is_packed", False):  # no fixed size (Flux): the data's, else the pipeline's default
+        described["side_multiple"] = 2 * denoiser.pixel_shape[1] // denoiser.shape[1]
     check_model_data(described, model, None if data is None else data.shape)
+    if data is not None and described.get("side_multiple"):
+        denoiser.set_side(data.shape[1] * denoiser.shape[1] // denoiser.pixel_shape[1])
     denoiser = denoiser.eval().to(resolve_device(device))
     if prompts is not None:
         if not getattr(denoiser, "is_text", False):

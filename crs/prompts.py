@@ -141,11 +141,13 @@ def encode_prompts(folder, prompts, device: str = "cpu", batch_size: int = 32) -
     """
     check_prompts(list(prompts))
     folder = Path(folder)
-    if "text_encoder_3" in json.loads((folder / "model_index.json").read_text()):
+    index = json.loads((folder / "model_index.json").read_text())
+    if "text_encoder_3" in index or "text_encoder_2" in index:
+        what = "three text encoders (Stable Diffusion 3)" if "text_encoder_3" in index else "two text encoders (Flux)"
         raise ValueError(
-            f"The pipeline at {str(folder)!r} embeds prompts with three text encoders (Stable Diffusion 3): embed "
-            "them with its own `encode_prompt` and give the path of a file, crs.prompts.PromptTable(embeds, null, "
-            "pooled=pooled, null_pooled=null_pooled).save(path)."
+            f"The pipeline at {str(folder)!r} embeds prompts with {what}: embed them with its own `encode_prompt` "
+            "and give the path of a file, crs.prompts.PromptTable(embeds, null, pooled=pooled, "
+            "null_pooled=null_pooled).save(path)."
         )
     if not has_text_encoder(folder):
         raise ValueError(

@@ -147,9 +147,9 @@ def test_models_the_stages_cannot_use_are_named_before_any_stage(smoke, tmp_path
     with pytest.raises(ExperimentError, match=r"decodes to images of shape \(3, 16, 16\), but the dataset gives "):
         preflight(apply_overrides(smoke, [*rgb_digits, f"rate_estimation.model={dit}"]), ["rate_estimation"])
     index = json.loads((dit / "model_index.json").read_text())
-    index["transformer"] = ["diffusers", "FluxTransformer2DModel"]
+    index["transformer"] = ["diffusers", "SanaTransformer2DModel"]
     (dit / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(ExperimentError, match=r"has a FluxTransformer2DModel \(a flow-matching transformer \(Flux\)"):
+    with pytest.raises(ExperimentError, match=r"has a SanaTransformer2DModel \(not supported\)"):
         preflight(apply_overrides(smoke, [*rgb16, f"rate_estimation.model={dit}"]), ["rate_estimation"])
 
 

@@ -74,7 +74,9 @@ def test_quantisation_and_clipping_warn(crs_schedule):
 
 
 def test_apply_schedule_on_a_pipeline_and_errors(crs_schedule, tmp_path):
-    from diffusers import DDIMScheduler, DDPMPipeline, EulerDiscreteScheduler, UNet2DModel
+    """A pipeline that scales its inputs takes Euler's exact levels; one that does not (DDPMPipeline, DDIMPipeline)
+    is refused an Euler-type scheduler, and DDIMScheduler (uniform steps) is refused naming what to swap in."""
+    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, EulerDiscreteScheduler, LDMPipeline, UNet2DModel
 
     unet = UNet2DModel(
         sample_size=8,
@@ -85,11 +87,15 @@ def test_apply_schedule_on_a_pipeline_and_errors(crs_schedule, tmp_path):
         down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"),
     )
-    pipe = DDPMPipeline(unet=unet, scheduler=EulerDiscreteScheduler())
+    pipe = LDMPipeline(vqvae=None, unet=unet, scheduler=EulerDiscreteScheduler())  # calls scale_model_input
     apply_schedule(pipe, crs_schedule)
     pipe.scheduler.set_timesteps(5)
     torch.testing.assert_close(pipe.scheduler.sigmas.double(), crs_schedule.discretize(5), rtol=1e-6, atol=1e-7)
-    with pytest.raises(ValueError, match="takes neither `sigmas` nor `timesteps`"):
+    # DDPMPipeline never scales its input: Euler there would sample wrongly on any schedule, refused
+    with pytest.raises(ValueError, match="DDPMPipeline does not call `scheduler.scale_model_input`"):
+        apply_schedule(DDPMPipeline(unet=unet, scheduler=EulerDiscreteScheduler()), crs_schedule)
+    apply_schedule(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()), crs_schedule)  # timesteps: no scaling needed
+    with pytest.raises(ValueError, match="DDIMScheduler takes neither .* uniformly spaced.*EulerDiscreteScheduler"):
         apply_schedule(DDIMScheduler(), crs_schedule)
     with pytest.raises(ValueError, match="No schedule file"):
         apply_schedule(EulerDiscreteScheduler(), str(tmp_path / "missing.json"))

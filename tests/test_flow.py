@@ -121,11 +121,11 @@ def test_apply_schedule_gives_a_flow_scheduler_the_crs_levels_whatever_its_shift
 
 def test_an_sd3_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
     """A tiny Stable Diffusion 3 pipeline (flow-matching SD3 transformer, shift 3, SD3's VAE factors) end to end,
-    offline, with one prompt per digit (embeddings and pooled embeddings from a file): load -> the rate of the
-    prompt-conditional distributions -> CRS schedule -> GITS for the guided ODE -> apply_schedule ->
-    StableDiffusion3Pipeline's own call with guidance. The transformer is called at exactly the CRS levels, and the
-    pipeline's flow-matching Euler lands where the suite's guided Euler sampler does from the same noise (the two
-    are the same update in different coordinates; float32 network: 1e-3 on O(1) latents)."""
+    offline, with one prompt per digit (embeddings and pooled embeddings from a file): load -> the data-free rate of
+    the prompt-conditional distributions (the model's own samples) -> CRS schedule -> GITS for the guided ODE ->
+    apply_schedule -> StableDiffusion3Pipeline's own call with guidance. The transformer is called at exactly the
+    CRS levels, and the pipeline's flow-matching Euler lands where the suite's guided Euler sampler does from the
+    same noise (the two are the same update in different coordinates; float32 network: 1e-3 on O(1) latents)."""
     from diffusers import StableDiffusion3Pipeline
 
     from crs.conditioning import Guided, Labels
@@ -148,7 +148,8 @@ def test_an_sd3_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
     assert den.is_flow and den.is_latent and den.conditioning.num_classes == 10
     with pytest.raises(ValueError, match="three text encoders"):
         crs.prompts.encode_prompts(folder, ["a digit"])
-    space = crs.adapters.model_space(data, den)
+    space = crs.model_data.ModelSamples(den, n=8, steps=8, conditions=Labels(10), cache=tmp_path / "pool.pt")
+    assert space.labels is not None and space.shape == den.shape  # data-free: the model's own, labelled samples
     rate = crs.estimate_rate("data", space, denoiser=den, grid_size=3, n_samples=8)  # each x0 at its own prompt
     schedule = crs.optimize_schedule(rate)
     found = crs.search_schedule(
@@ -177,6 +178,78 @@ def test_an_sd3_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
     ).images
     levels = schedule.fit(*crs.export.scheduler_sigma_range(pipe.scheduler)).discretize(4)
     np.testing.assert_allclose(seen, 1000 * sigma_to_flow(levels[:-1].numpy()), rtol=1e-5)
+    start = x_T.double() / (1.0 - sigma_to_flow(float(levels[0])))  # the pipeline's x_s as the VE x
+    ours = crs.sampling.sample_euler(lambda x, s: Guided(den, w)(x, s, torch.tensor(chosen)), start, levels)
+    torch.testing.assert_close(latents.double(), ours.double(), rtol=1e-3, atol=1e-3)
+
+
+def test_a_flux_pipeline_from_its_data_free_rate_to_its_own_guided_call(tmp_path):
+    """A tiny Flux.1-dev pipeline (guidance-distilled Flux transformer on packed latents, Flux's dynamic shift and VAE
+    factors) end to end, offline, with prompt embeddings from a file and no dataset: load (its size from the
+    digits' 16 px) -> the data-free rate (the model's own samples) -> CRS schedule -> GITS for the guided ODE ->
+    apply_schedule -> FluxPipeline's own call with its embedded guidance and true classifier-free guidance. The
+    transformer sees exactly the CRS levels whatever `mu` the pipeline computes for the image size, and the
+    pipeline lands where the suite's guided Euler sampler does from the same noise (float32 network: 1e-3)."""
+    from diffusers import FluxPipeline
+
+    from crs.conditioning import Guided, Labels
+    from crs.prompts import PromptTable
+    from crs.run.standins import build_tiny_pipeline
+
+    folder = build_tiny_pipeline(tmp_path / "flux", kind="flux", shape=(3, 16, 16))
+    described = crs.models.describe_model(folder)
+    assert described["network"] == "FluxTransformer2DModel" and described["side_multiple"] == 4
+    assert described["text"] and not described["text_encoder"]
+    g = torch.Generator().manual_seed(0)
+    table = PromptTable(
+        torch.randn(3, 5, 16, generator=g),
+        torch.randn(5, 16, generator=g),
+        pooled=torch.randn(3, 8, generator=g),
+        null_pooled=torch.randn(8, generator=g),
+    )
+    table.save(tmp_path / "prompts.pt")
+    with pytest.raises(ValueError, match="side that is a multiple of 4"):
+        crs.load_denoiser(str(folder), crs.make_dataset("digits", resolution=18, channels=3))
+    den = crs.load_denoiser(
+        str(folder), crs.make_dataset("digits", resolution=16, channels=3), prompts=str(tmp_path / "prompts.pt")
+    )
+    assert den.is_flow and den.shape == (16, 8, 8) and den.embedded_guidance == 3.5
+    with pytest.raises(ValueError, match="two text encoders"):
+        crs.prompts.encode_prompts(folder, ["a digit"])
+    pool = crs.model_data.ModelSamples(den, n=6, steps=8, conditions=Labels(3, balanced=True))
+    rate = crs.estimate_rate("data", pool, denoiser=den, grid_size=3, n_samples=6)
+    schedule = crs.optimize_schedule(rate)
+    w = 2.0
+    found = crs.search_schedule(
+        "gits", Guided(den, w), pool, "euler", 3, conditions=Labels(3), n=3, teacher_steps=8, grid=6, substeps=1
+    )
+    assert len(found.sigmas) == 4 and np.all(np.diff(found.sigmas) < 0)
+    encoders = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+    pipe = FluxPipeline.from_pretrained(folder, **dict.fromkeys(encoders))  # embeddings given instead
+    pipe.set_progress_bar_config(disable=True)
+    crs.apply_schedule(pipe, schedule)
+    seen = []
+    pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(float(k["timestep"][0])), with_kwargs=True)
+    chosen = [0, 2]
+    x_T = torch.randn(2, *den.shape, generator=g)
+    packed = pipe(
+        prompt_embeds=table.embeds[chosen],
+        pooled_prompt_embeds=table.pooled[chosen],
+        negative_prompt_embeds=table.null.expand(2, -1, -1),
+        negative_pooled_prompt_embeds=table.null_pooled.expand(2, -1),
+        guidance_scale=den.embedded_guidance,
+        true_cfg_scale=w,
+        num_inference_steps=4,
+        latents=FluxPipeline._pack_latents(x_T, 2, 16, 8, 8),
+        height=16,
+        width=16,
+        output_type="latent",
+    ).images
+    latents = FluxPipeline._unpack_latents(packed, 16, 16, pipe.vae_scale_factor)
+    levels = schedule.fit(*crs.export.scheduler_sigma_range(pipe.scheduler)).discretize(4)
+    expect = sigma_to_flow(levels[:-1].numpy())
+    np.testing.assert_allclose(seen[::2], expect, rtol=1e-5)  # each step: the prompt's branch, then the null's
+    np.testing.assert_allclose(seen[1::2], expect, rtol=1e-5)
     start = x_T.double() / (1.0 - sigma_to_flow(float(levels[0])))  # the pipeline's x_s as the VE x
     ours = crs.sampling.sample_euler(lambda x, s: Guided(den, w)(x, s, torch.tensor(chosen)), start, levels)
     torch.testing.assert_close(latents.double(), ours.double(), rtol=1e-3, atol=1e-3)

@@ -443,8 +443,9 @@ def check_model_conditioning(
             )
         if not isinstance(prompts, str) and not text_encoder:
             raise ValueError(
-                f"{model!r} has no text encoder and tokenizer to embed the `prompts` list with (or, Stable Diffusion "
-                "3, three): give the path of a prompt embeddings file (crs.prompts.PromptTable(...).save(path))."
+                f"{model!r} has no text encoder and tokenizer to embed the `prompts` list with (or more than one: "
+                "Stable Diffusion 3, Flux): give the path of a prompt embeddings file "
+                "(crs.prompts.PromptTable(...).save(path))."
             )
         if isinstance(prompts, str):
             return  # the file's prompt count is read when it is loaded

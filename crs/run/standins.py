@@ -15,7 +15,7 @@ from crs.io import plain_modes
 __all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline", "tiny_text_encoder"]
 
 
-TINY_KINDS = ("ddpm", "ldm", "dit", "sd", "sd3")
+TINY_KINDS = ("ddpm", "ldm", "dit", "sd", "sd3", "flux")
 
 # Hub pipelines the GPU experiments use: kind and image shape, so that a dry run can stand in for them.
 KNOWN_PIPELINES = {
@@ -53,7 +53,11 @@ def build_tiny_pipeline(
             a tiny CLIP text encoder and tokenizer, :func:`tiny_text_encoder`) or ``sd3`` (Stable Diffusion 3's
             layout: an ``SD3Transformer2DModel`` over 16-dimensional prompt embeddings and 8-dimensional pooled ones,
             on ``AutoencoderKL`` latents with SD3's scaling and shift factors, ``FlowMatchEulerDiscreteScheduler``
-            with SD3's shift 3; without its three text encoders: prompt embeddings are given as tensors).
+            with SD3's shift 3; without its three text encoders: prompt embeddings are given as tensors) or ``flux``
+            (Flux.1-dev's layout: a guidance-distilled ``FluxTransformer2DModel`` on packed ``AutoencoderKL`` latents of
+            16 channels with Flux's scaling and shift factors, 16-dimensional prompt embeddings and 8-dimensional
+            pooled ones, ``FlowMatchEulerDiscreteScheduler`` with Flux's dynamic shift; without its CLIP and T5
+            text encoders).
         shape: image shape (C, H, W).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         channels: UNet (and VAE) widths per level.
@@ -67,6 +71,7 @@ def build_tiny_pipeline(
         DDPMScheduler,
         DiTPipeline,
         DiTTransformer2DModel,
+        FlowMatchEulerDiscreteScheduler,
         LDMPipeline,
         PNDMScheduler,
         UNet2DConditionModel,
@@ -112,7 +117,7 @@ def build_tiny_pipeline(
         if kind == "ddpm":
             pipe = DDPMPipeline(unet=unet_for(c, h), scheduler=DDPMScheduler(prediction_type=prediction_type))
         elif kind == "sd3":
-            from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+            from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
 
             transformer = SD3Transformer2DModel(
                 sample_size=h // latent_factor,
@@ -134,6 +139,32 @@ def build_tiny_pipeline(
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                 **dict.fromkeys(encoders),
             )
+        elif kind == "flux":
+            from diffusers import FluxPipeline, FluxTransformer2DModel
+
+            transformer = FluxTransformer2DModel(
+                patch_size=1,
+                in_channels=16 * 4,  # 2 x 2 patches of 16 latent channels
+                num_layers=1,
+                num_single_layers=1,
+                attention_head_dim=8,
+                num_attention_heads=2,
+                joint_attention_dim=16,
+                pooled_projection_dim=8,
+                guidance_embeds=True,
+                axes_dims_rope=(2, 2, 4),  # rotary dimensions of (text, row, column) positions: the head's 8
+            )
+            vae = AutoencoderKL(latent_channels=16, scaling_factor=0.3611, shift_factor=0.1159, **autoencoder)
+            scheduler = FlowMatchEulerDiscreteScheduler(  # Flux.1-dev's
+                shift=3.0,
+                use_dynamic_shifting=True,
+                base_shift=0.5,
+                max_shift=1.15,
+                base_image_seq_len=256,
+                max_image_seq_len=4096,
+            )
+            encoders = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
+            pipe = FluxPipeline(transformer=transformer, vae=vae, scheduler=scheduler, **dict.fromkeys(encoders))
         elif kind in ("dit", "sd"):
             vae = AutoencoderKL(latent_channels=4, **autoencoder)
             if kind == "sd":
