@@ -126,7 +126,9 @@ PAGES = {
         "Heun solve, seeds apart from every other stream), estimates each measure's rate on them and on the dataset "
         "with the same settings and seed, and judges the two CRS schedules (xi = 1) side by side on held-out seeds: "
         "the largest gap between their levels in log sigma, the teacher error (paired ratio, 95 % bootstrap "
-        "interval) and the Frechet distance of the samples to the data on raw coordinates (FD). On the mixture the "
+        "interval) and the Frechet distance of the samples to the data on raw coordinates (FD). The control is the "
+        "dataset's own rate estimated again from other draws (seed + 1): a data-free gap no larger than the "
+        "control's is within the Monte Carlo error of the estimate itself. On the mixture the "
         "model is the exact denoiser, so its samples are the data's distribution up to the solve's error; on the "
         "digits UNet they are the model's own distribution, which is what its sampler traverses.",
         [

@@ -84,3 +84,30 @@ def test_the_guidance_benchmark_judges_each_rate_on_the_guided_ode():
     assert math.isclose(ratio, v["crs w=3"] / v["crs w=1"], rel_tol=1e-9) and lo <= ratio <= hi
     assert three["best_baseline"] == min(GUIDANCE_BASELINES, key=v.get)
     assert "| 3 | euler | 5 |" in TABLES["guidance"](result)
+
+
+def test_the_datafree_benchmark_compares_the_two_schedules_with_a_control():
+    """At toy size on the mixture: each cell compares the data-free schedule and the control (the dataset's rate
+    from other draws) with the dataset's, and its ratios are those of the values it reports."""
+    from benchmarks.bench import datafree_table
+
+    result = datafree_table(
+        "gmm",
+        measures=("data",),
+        nfe={"euler": [5]},
+        pool=64,
+        pool_steps=8,
+        grid_size=4,
+        n_samples=32,
+        n_eval=32,
+        teacher_steps=32,
+        n_boot=20,
+    )
+    (row,) = result["rows"]
+    assert set(row["teacher_error"]) == {"dataset", "data-free", "dataset, seed + 1"}
+    te = row["teacher_error"]
+    assert math.isclose(row["teacher_ratio"][0], te["data-free"] / te["dataset"], rel_tol=1e-9)
+    assert math.isclose(row["control_ratio"][0], te["dataset, seed + 1"] / te["dataset"], rel_tol=1e-9)
+    assert row["log_sigma_gap"] > 0 and row["control_gap"] > 0  # other samples, other estimates
+    assert result["pool"]["n"] == 64 and result["pool"]["evaluations"] > 0
+    assert "| data | euler | 5 |" in TABLES["datafree"](result)
