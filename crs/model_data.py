@@ -23,7 +23,9 @@ from crs.args import check_int
 from crs.conditioning import conditioning_of
 from crs.seeds import model_data_seed
 
-__all__ = ["ModelSamples"]
+__all__ = ["DATA_FREE_DEFAULT", "ModelSamples"]
+
+DATA_FREE_DEFAULT = {"n": 1024, "steps": 64}  # notebook 01's pool for a model given without a dataset
 
 
 class ModelSamples:
@@ -148,6 +150,11 @@ class ModelSamples:
         counts = torch.bincount(self.labels, minlength=self.num_classes).double()
         return counts / counts.sum()
 
+    def as_images(self, denoiser):
+        """The pool seen as images (decoded by a latent model's VAE; the samples themselves otherwise): ``shape``
+        and ``sample(n, generator)`` as a dataset, for figures."""
+        return _Decoded(self, denoiser)
+
     def describe(self) -> str:
         """One line for the outputs: what stands in for the data, and what it cost."""
         cost = f"{self.evaluations:,} network evaluations" if self.evaluations else "read from its cache"
@@ -155,3 +162,15 @@ class ModelSamples:
             f"the data: {len(self)} of the model's own samples (a {self.key['steps']}-step Heun solve, own error "
             f"{self.teacher_error:.1e}; {cost}, {self.seconds:.1f} s)"
         )
+
+
+class _Decoded:
+    """A pool of model samples as images (:meth:`ModelSamples.as_images`)."""
+
+    def __init__(self, pool: ModelSamples, denoiser):
+        self.pool, self.denoiser, self.name = pool, denoiser, pool.name
+        self.shape = tuple(getattr(denoiser, "pixel_shape", pool.shape))
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        x = self.pool.sample(n, generator)
+        return self.denoiser.decode(x) if getattr(self.denoiser, "is_latent", False) else x

@@ -295,6 +295,10 @@ def test_text_conditional_mismatches_are_named_before_any_stage(tmp_path):
     for overrides, stage, msg in bad:
         with pytest.raises(ExperimentError, match=f"Stage {stage}.*{msg}"):
             preflight(apply_overrides(params, overrides))
+    # without a dataset the rate is the model's own samples', drawn for every prompt: guided rates are then valid
+    preflight(apply_overrides(params, ["rate_estimation.dataset=null", "rate_estimation.guidance=7.5"]))
+    with pytest.raises(ExperimentError, match="Stage 'sampling'.*Unknown dataset None"):
+        preflight(apply_overrides(params, ["sampling.dataset=null"]))
     with pytest.raises(ExperimentError, match="Stage 'rate_estimation'.*No prompt embeddings file at 'prompts.pt'"):
         preflight(apply_overrides(params, ["prompts=prompts.pt"]))
     crs.prompts.PromptTable(torch.zeros(2, 16, 16), torch.zeros(16, 16)).save(tmp_path / "prompts.pt")

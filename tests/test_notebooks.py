@@ -156,6 +156,26 @@ def base_run(tmp_path_factory):
     return tmp
 
 
+def test_a_model_without_its_dataset_is_rated_on_its_own_samples_by_default(base_run):
+    """Notebook 01 with `dataset` None and no `data_free`: the trained model's own samples (the default pool) stand
+    in for the data; the notebook says so, and the rate records the pool."""
+    nb = _run(
+        "01_rate_estimation.ipynb",
+        base_run,
+        run_dir="free",
+        dataset=None,
+        model="run/models/base",
+        grid_size=4,
+        n_samples=64,
+        compare_measures=["data"],
+    )
+    rate = json.loads((base_run / "free" / "rate.json").read_text())
+    pool = rate["meta"]["data_free"]
+    assert rate["meta"]["dataset"] is None and {pool["n"], pool["steps"]} == {1024, 64}
+    text = json.dumps(nb["cells"])
+    assert "No dataset: the model's own samples stand in for the data" in text and "1024 of the model's own" in text
+
+
 @pytest.mark.parametrize(
     "params,msg",
     [

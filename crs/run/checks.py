@@ -24,11 +24,12 @@ from crs.args import check_choice, check_int, check_number
 __all__ = ["STAGE_CHECKS", "check_model_reference", "check_stage"]
 
 
-def _common(seed, dataset, dataset_kwargs, progress=False) -> None:
+def _common(seed, dataset, dataset_kwargs, progress=False, optional=False) -> None:
     from crs.data import check_dataset
 
     check_int("seed", seed, 0)
-    check_dataset(dataset, dataset_kwargs)
+    if not (optional and dataset is None):  # stage 01 without a dataset: the model's own samples (data_free)
+        check_dataset(dataset, dataset_kwargs)
     if not isinstance(progress, bool):
         raise ValueError(f"`progress` must be true or false, got {progress!r}.")
 
@@ -136,14 +137,15 @@ def rate_estimation(
     prompts=None,
     data_free=None,
 ) -> None:
-    """Notebook 01 (``sigma_min`` / ``sigma_max`` may be None: the model's own; ``guidance`` None or a scale >= 0,
+    """Notebook 01 (``dataset`` may be None: a model without its dataset, rated on its own samples, ``data_free``
+    or its default; ``sigma_min`` / ``sigma_max`` may be None: the model's own; ``guidance`` None or a scale >= 0,
     ``prompts`` None or a text model's prompts (:func:`crs.prompts.check_prompts`); whether the model is conditional
     is checked when it is loaded, and by the batch runner's preflight from its files)."""
     from crs.analytic import ANALYTIC
     from crs.prompts import check_prompts
     from crs.rate import check_rate_inputs
 
-    _common(seed, dataset, dataset_kwargs, progress)
+    _common(seed, dataset, dataset_kwargs, progress, optional=True)
     if _model_name("model", model) == "analytic" and dataset not in ANALYTIC:
         raise ValueError(
             f"model='analytic' needs an analytic dataset ({', '.join(ANALYTIC)}), got dataset={dataset!r}."

@@ -261,7 +261,13 @@ def _check_conditioning(values: dict, run_dir: Path) -> None:
     from crs.data import dataset_classes
     from crs.run.checks import check_model_conditioning
 
-    def data_classes(stage):
+    def data_classes(stage, found=None):
+        if stage == "rate_estimation" and (values[stage].get("dataset") is None or values[stage].get("data_free")):
+            # the model's own samples: drawn for every one of its classes (a text model's: its prompts)
+            if found is None or found is _UNKNOWN:
+                return None
+            prompts = values[stage].get("prompts")
+            return found["num_classes"] or (len(prompts) if isinstance(prompts, list) and found["text"] else None)
         return dataset_classes(values[stage]["dataset"], values[stage].get("dataset_kwargs") or {})
 
     def check(model, found, stage, prompts, **kwargs):
@@ -271,7 +277,7 @@ def _check_conditioning(values: dict, run_dir: Path) -> None:
             check_model_conditioning(
                 model,
                 found["num_classes"],
-                data_classes(stage),
+                data_classes(stage, found),
                 text=found["text"],
                 prompts=prompts,
                 text_encoder=found["text_encoder"],
