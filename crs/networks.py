@@ -102,19 +102,40 @@ def unet(
     )
 
 
+PRECONDITIONINGS = ("edm", "flow")
+
+
 class EDMDenoiser(nn.Module):
-    """EDM-preconditioned denoiser ``D(x; sigma)`` around a diffusers network.
+    """A preconditioned denoiser ``D(x; sigma)`` around a diffusers network: EDM's, or a flow-matching model's.
+
+    ``precond="edm"`` (Karras et al. 2022): ``D = c_skip x + c_out F(c_in x, log(sigma) / 4)``.
+    ``precond="flow"`` (rectified flow, as Stable Diffusion 3 and Flux are trained): the network predicts the
+    velocity ``v = eps - x0`` from ``x_s = (1 - s) x`` at flow time ``s = sigma / (1 + sigma)`` (its time input
+    ``1000 s`` for a UNet, as diffusers' flow models take it, ``s`` for the MLP), and ``D = x_s - s v``
+    (docs/method.md, section 11); trained with the flow-matching loss (:class:`crs.training.EDMLoss` weights by
+    ``1 / s^2``).
 
     Args:
         net: a diffusers ``UNet2DModel`` (images) or :class:`MLPNet`.
-        sigma_data: standard deviation of the data (EDM: 0.5).
+        sigma_data: standard deviation of the data (EDM: 0.5; the flow parameterisation does not use it).
         sigma_min, sigma_max: the noise range the model is meant for (used to check schedules).
+        precond: ``"edm"`` or ``"flow"``.
     """
 
-    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002, sigma_max: float = 80.0):
+    def __init__(
+        self,
+        net: nn.Module,
+        sigma_data: float = 0.5,
+        sigma_min: float = 0.002,
+        sigma_max: float = 80.0,
+        precond: str = "edm",
+    ):
         super().__init__()
+        from crs.args import check_choice
+
         self.net, self.sigma_data = net, float(sigma_data)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.precond = check_choice("precond", precond, PRECONDITIONINGS, what="preconditioning")
         self._is_unet = isinstance(net, UNet2DModel)
 
     is_latent = False
@@ -159,9 +180,14 @@ class EDMDenoiser(nn.Module):
         xin = x.to(param.device, param.dtype)
         s = torch.as_tensor(sigma, device=param.device, dtype=param.dtype).reshape(-1).expand(x.shape[0])
         sb = s.reshape(-1, *([1] * (x.ndim - 1)))
-        sd2 = self.sigma_data**2
-        c_skip, c_out = sd2 / (sb**2 + sd2), sb * self.sigma_data / torch.sqrt(sb**2 + sd2)
-        c_in, c_noise = 1.0 / torch.sqrt(sb**2 + sd2), torch.log(s) / 4.0
+        if self.precond == "flow":  # x_s = (1 - s) x, velocity out, D = x_s - s v
+            c_in = 1.0 / (1.0 + sb)
+            c_skip, c_out = c_in, -sb / (1.0 + sb)
+            c_noise = s / (1.0 + s) * (1000.0 if self._is_unet else 1.0)
+        else:
+            sd2 = self.sigma_data**2
+            c_skip, c_out = sd2 / (sb**2 + sd2), sb * self.sigma_data / torch.sqrt(sb**2 + sd2)
+            c_in, c_noise = 1.0 / torch.sqrt(sb**2 + sd2), torch.log(s) / 4.0
         out = self.net(c_in * xin, c_noise) if labels is None else self.net(c_in * xin, c_noise, class_labels=labels)
         out = out.sample if hasattr(out, "sample") else out
         return (c_skip * xin + c_out * out.to(param.dtype)).to(x.device, x.dtype)
@@ -172,6 +198,7 @@ class EDMDenoiser(nn.Module):
             "sigma_data": self.sigma_data,
             "sigma_min": self.sigma_min,
             "sigma_max": self.sigma_max,
+            "precond": self.precond,
             "net_class": type(self.net).__name__,
             "shape": list(self.shape),
         }
@@ -224,7 +251,7 @@ class EDMDenoiser(nn.Module):
                 f"Unsupported network class {cfg.get('net_class')!r} in {str(cfg_path)!r}; supported: UNet2DModel, "
                 "MLPNet."
             )
-        return cls(net, cfg["sigma_data"], cfg["sigma_min"], cfg["sigma_max"])
+        return cls(net, cfg["sigma_data"], cfg["sigma_min"], cfg["sigma_max"], cfg.get("precond", "edm"))
 
 
 def build_denoiser(
@@ -233,9 +260,11 @@ def build_denoiser(
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     seed: int = 0,
+    precond: str = "edm",
     **net_kwargs,
 ) -> EDMDenoiser:
-    """A freshly initialised denoiser for samples of ``shape``: MLP for (dim,), UNet for (C, H, W).
+    """A freshly initialised denoiser for samples of ``shape``: MLP for (dim,), UNet for (C, H, W), with EDM's
+    preconditioning or a flow-matching model's (``precond``, :class:`EDMDenoiser`).
 
     Initialisation is seeded (``seed``) so that two builds are identical.
     """
@@ -250,4 +279,4 @@ def build_denoiser(
             net = unet(tuple(shape), **net_kwargs)
         else:
             raise ValueError(f"No default network for samples of shape {tuple(shape)}; expected (dim,) or (C, H, W).")
-    return EDMDenoiser(net, sigma_data, sigma_min, sigma_max)
+    return EDMDenoiser(net, sigma_data, sigma_min, sigma_max, precond)

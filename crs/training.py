@@ -7,6 +7,9 @@ The loss is EDM's (Karras et al. 2022): ``lambda(sigma) * |D(x0 + sigma eps; sig
 * ``edm``: log-normal, ``log sigma ~ N(P_mean = -1.2, P_std = 1.2)`` (EDM's default);
 * ``logsnr``: uniform in logsnr on [sigma_min, sigma_max];
 * ``cosine``: uniform time of the cosine schedule on [sigma_min, sigma_max];
+* ``flow``: Stable Diffusion 3's logit-normal flow time, ``logit(s) = log sigma ~ N(0, 1)`` (for a flow-matching
+  model, ``precond="flow"``, whose loss is the flow-matching one: the weight ``1 / s^2`` turns
+  ``|D - x0|^2`` into ``|v - (eps - x0)|^2``);
 * ``crs``: ``t ~ U(0, 1)``, ``sigma = sigma(t)`` of a CRS schedule (a ``schedule.json``);
 * ``crs-online``: the same, but every ``online_every`` steps the velocity is re-estimated with the
   current EMA model on a fixed batch and the distribution rebuilt; the time this takes is measured.
@@ -56,7 +59,7 @@ __all__ = [
     "update_ema",
 ]
 
-NOISE_DISTRIBUTIONS = ("edm", "logsnr", "cosine", "crs", "crs-online")
+NOISE_DISTRIBUTIONS = ("edm", "logsnr", "cosine", "flow", "crs", "crs-online")
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -116,6 +119,8 @@ def make_noise(name: str, sigma_min: float = 0.002, sigma_max: float = 80.0, sch
     check_choice("noise", name, NOISE_DISTRIBUTIONS, what="noise distribution")
     if name == "edm":
         return LogNormalNoise()
+    if name == "flow":  # SD3's logit-normal flow time: logit(s) = log(sigma) ~ N(0, 1)
+        return LogNormalNoise(0.0, 1.0)
     if name == "logsnr":
         return ScheduleNoise(Schedule.from_baseline("exponential", sigma_min, sigma_max))
     if name == "cosine":
@@ -318,9 +323,12 @@ class EDMLoss:
         label_dropout: the share of labels replaced by the null label (classifier-free guidance's training).
     """
 
-    def __init__(self, noise, sigma_data: float = 0.5, conditioning=None, label_dropout: float = 0.0):
+    def __init__(
+        self, noise, sigma_data: float = 0.5, conditioning=None, label_dropout: float = 0.0, precond: str = "edm"
+    ):
         self.noise, self.sigma_data = noise, float(sigma_data)
         self.conditioning, self.label_dropout = conditioning, float(label_dropout)
+        self.precond = precond  # "flow": the flow-matching loss |v - (eps - x0)|^2 = |D - x0|^2 / s^2
 
     def draw(self, data, n: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One batch from ``generator`` on the CPU (so draws do not depend on the device), moved to ``device``.
@@ -371,7 +379,8 @@ class EDMLoss:
         sb = sigma.reshape(-1, *([1] * (x0.ndim - 1)))
         with autocast():
             pred = model(x0 + sb * eps, sigma) if cond is None else model(x0 + sb * eps, sigma, cond)
-        return (loss_weight(sb, self.sigma_data) * (pred.float() - x0) ** 2).mean()
+        weight = ((1.0 + sb) / sb) ** 2 if self.precond == "flow" else loss_weight(sb, self.sigma_data)
+        return (weight * (pred.float() - x0) ** 2).mean()
 
 
 def _optimizer_step(acc, model, opt, loss, cfg: TrainConfig, step: int) -> None:
@@ -464,7 +473,7 @@ def train(
     spec = conditioning_of(denoiser)
     if spec is not None and getattr(data, "num_classes", None) is None:
         raise ValueError(f"The model is class-conditional but the dataset {data.name!r} has no class labels.")
-    edm = EDMLoss(noise, denoiser.sigma_data, spec, cfg.label_dropout)
+    edm = EDMLoss(noise, denoiser.sigma_data, spec, cfg.label_dropout, getattr(denoiser, "precond", "edm"))
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     bar = tqdm(range(start, end), desc=desc, disable=not progress or not acc.is_main_process, leave=False)
     for step in bar:

@@ -123,14 +123,20 @@ def test_rate_of_a_guided_model_chosen_by_a_parameter(tmp_path):
 
 def test_rate_from_the_models_own_samples_chosen_by_a_parameter(tmp_path):
     """Notebook 01 with `data_free`: the model's own samples (a fine ODE solve of the exact ring denoiser, cached in
-    the run folder) stand in for the data; the notebook says so, and the rate records the pool and its cost."""
+    the run folder) stand in for the data; the notebook says so, the rate records the pool and its cost, and the
+    dataset's rate is drawn beside it."""
     small = dict(run_dir="run", grid_size=8, n_samples=256, compare_measures=["data"])
     nb = _run("01_rate_estimation.ipynb", tmp_path, data_free={"n": 256, "steps": 16}, **small)
     rate = json.loads((tmp_path / "run" / "rate.json").read_text())
     pool = rate["meta"]["data_free"]
     assert pool["n"] == 256 and pool["steps"] == 16 and pool["evaluations"] > 0 and pool["teacher_error"] < 0.1
     assert (tmp_path / "run" / "model_data.pt").is_file()
-    assert "256 of the model's own samples" in json.dumps(nb["cells"])
+    text = json.dumps(nb["cells"])
+    assert "256 of the model's own samples" in text
+    # the dataset is here too: its rate beside the model samples', and the gap between the two schedules
+    on_data = json.loads((tmp_path / "run" / "rate_dataset.json").read_text())
+    assert on_data["sigma"] == rate["sigma"] and on_data["discrepancy"] != rate["discrepancy"]
+    assert "model samples vs dataset: largest gap in log sigma" in text
 
 
 def test_schedule_stage_refuses_bad_input(kernel, tmp_path):

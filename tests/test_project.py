@@ -176,6 +176,7 @@ def test_notebook_parameters_are_inspectable(caplog):
             "dataset_kwargs",
             "model",
             "model_kwargs",
+            "precond",
             "sigma_data",
             "sigma_min",
             "sigma_max",

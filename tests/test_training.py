@@ -54,6 +54,36 @@ def test_training_learns_the_mixture():
     assert np.all(learned < 1.3 * exact), (learned, exact)
 
 
+def test_a_flow_matching_model_is_a_velocity_model_trained_with_the_flow_matching_loss(tmp_path):
+    """precond="flow": D = x_s - s v with the network's v at x_s = (1 - s) x and time input s (the MLP's; float64
+    here, one code path: 1e-12), the loss is |v - (eps - x0)|^2 (to the float32 rounding of D the loss makes: 1e-5),
+    the parameterisation survives saving, and on the mixture (logit-normal flow times, `noise="flow"`) the model
+    learns (its denoising loss within 1.3x the exact denoiser's, as the EDM model's test asks)."""
+    from crs.networks import EDMDenoiser
+    from crs.training import EDMLoss, make_noise
+
+    den = build_denoiser((2,), sigma_max=999.0, seed=0, precond="flow").double()
+    x0, eps = torch.randn(64, 2, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    sigma = torch.exp(torch.randn(64, dtype=torch.float64))
+    s = (sigma / (1 + sigma))[:, None]
+    x = x0 + sigma[:, None] * eps
+    v = den.net((1 - s) * x, s[:, 0])
+    torch.testing.assert_close(den(x, sigma), (1 - s) * x - s * v, rtol=1e-12, atol=1e-12)
+    loss = EDMLoss(make_noise("flow"), precond="flow")(den, x0, sigma, eps)
+    torch.testing.assert_close(loss, ((v - (eps - x0)) ** 2).mean(), rtol=1e-5, atol=0)  # the loss rounds D to float32
+    den.float().save_pretrained(tmp_path / "flow")
+    assert EDMDenoiser.from_pretrained(tmp_path / "flow").precond == "flow"
+    with pytest.raises(ValueError, match="Unknown preconditioning 'vp'"):
+        build_denoiser((2,), precond="vp")
+    data = crs.make_dataset("gmm")
+    cfg = TrainConfig(steps=600, batch_size=256, lr=2e-3, ema_decay=0.99, noise="flow")
+    result = train(build_denoiser((2,), sigma_max=999.0, precond="flow"), data, cfg, progress=False)
+    levels = np.array([0.05, 0.5, 5.0])
+    learned = loss_by_sigma(result.ema, data, levels, 2048)
+    exact = loss_by_sigma(data.denoiser, data, levels, 2048)
+    assert np.all(learned < 1.3 * exact), (learned, exact)
+
+
 def test_loss_by_sigma_closed_form_for_gaussian():
     """E[lambda |D - x0|^2] per element with the exact denoiser is lambda s^2 sigma^2 / (s^2 + sigma^2)."""
     data = crs.make_dataset("gaussian", dim=4, std=0.7)

@@ -86,13 +86,16 @@ def base_model(
     n_show,
     progress=False,
     label_dropout=0.1,
+    precond="edm",
 ) -> None:
     """Notebook 00."""
+    from crs.networks import PRECONDITIONINGS
     from crs.schedules import check_sigma_range, check_steps
     from crs.training import TrainConfig, make_noise
 
     _common(seed, dataset, dataset_kwargs, progress)
     _model_name("model", model)
+    check_choice("precond", precond, PRECONDITIONINGS, what="preconditioning")
     if not isinstance(model_kwargs, Mapping):
         raise ValueError(f"`model_kwargs` must be a mapping, got {model_kwargs!r}.")
     check_number("sigma_data", sigma_data, positive=True)
