@@ -269,7 +269,8 @@ def test_sweep_runs_one_folder_per_value_with_a_summary(smoke, tmp_path):
     params, _ = smoke
     base = tmp_path / "run"
     shutil.copytree(params["run_dir"], base)
-    rows = sweep(dict(params, run_dir=str(base)), "evaluation.k", [2, 5], log=lambda *_: None)
+    scored = apply_overrides(params, ["evaluation.metrics=[precision, teacher_error]"])  # k moves precision
+    rows = sweep(dict(scored, run_dir=str(base)), "evaluation.k", [2, 5], log=lambda *_: None)
     assert [r["value"] for r in rows] == [2, 5]
     assert all(r["comparisons"] > 0 for r in rows)
     folders = [base / "sweep" / f"evaluation.k={k}" for k in (2, 5)]

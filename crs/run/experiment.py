@@ -494,12 +494,12 @@ def dry_run(params: dict, log=print, device: str = "cpu", side: int | None = Non
 
     Every stage keeps its parameters except the sizes in :data:`DRY_RUN`; each sampler's nfe list is cut to its
     smallest budget, sampling compares CRS with one baseline on one process and runs the schedule searches for its
-    first model only (unless ``search_models`` says which), a UNet keeps its levels at 8-16 channels and one layer
-    per block, and ``device`` is ``device`` (``cpu`` by default; the GPU check runs it with ``cuda``, where training
-    takes the GPU with bf16 through accelerate). What only the GPU machine has stands in: a hub model missing from
-    the local cache becomes a tiny untrained pipeline of the same kind and shape
-    (:data:`crs.run.standins.KNOWN_PIPELINES`), a missing image folder becomes real digits of the same size,
-    clean-fid statistics become the held-out split and Inception features
+    first model only (unless ``search_models`` says which), a data-free rate draws 8 model samples in 4 steps, a
+    UNet keeps its levels at 8-16 channels and one layer per block, and ``device`` is ``device`` (``cpu`` by
+    default; the GPU check runs it with ``cuda``, where training takes the GPU with bf16 through accelerate). What
+    only the GPU machine has stands in: a hub model missing from the local cache becomes a tiny untrained pipeline
+    of the same kind and shape (:data:`crs.run.standins.KNOWN_PIPELINES`), a missing image folder becomes real
+    digits of the same size, clean-fid statistics become the held-out split and Inception features
     EfficientNet-Lite0 when clean-fid's weights are absent. All names are still validated by every stage.
     ``side`` (e.g. 32) builds the stand-ins and their digits at that image size instead of the hub model's: VAE passes
     over 256 or 512 px images take minutes on a CPU, and the stages, keys and checks are the same at 32 px.
@@ -536,6 +536,9 @@ def dry_run(params: dict, log=print, device: str = "cpu", side: int | None = Non
             section["baselines"] = list(section.get("baselines") or ["karras"])[:1]
             if section.get("search_models") is None and len(section.get("models") or []) > 1:
                 section["search_models"] = section["models"][:1]  # every search method, for one model
+        no_data = section.get("dataset", params["common"].get("dataset", "")) is None
+        if stage == "rate_estimation" and (section.get("data_free") or no_data):
+            section["data_free"] = {"n": 8, "steps": 4}  # the model's own samples: a small pool, a short solve
         if stage == "base_model" and "block_out_channels" in section.get("model_kwargs", {}):
             levels = len(section["model_kwargs"]["block_out_channels"])
             section["model_kwargs"] = dict(
@@ -685,13 +688,15 @@ def sweep(params: dict, key: str, values: list, stages: Iterable[str] | None = N
 
 
 def summarise(run_dir) -> dict:
-    """Headline of a run: CRS against the best baseline over every comparison in ``metrics.json``."""
+    """Headline of a run: CRS against the best baseline over every comparison in ``metrics.json``, in its headline
+    metric (notebook 05's: NLL where there is a density, else FID, else the teacher error, else any compared)."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
         return {"comparisons": 0}
     comparisons = json.loads(path.read_text())["comparisons"]
-    headline = next((m for m in ("nll",) if any(c["metric"] == m for c in comparisons)), None)
-    headline = headline or next((c["metric"] for c in comparisons if c["metric"].startswith("fid_")), None)
+    names = [c["metric"] for c in comparisons]
+    fid = next((m for m in names if m.startswith("fid_")), None)
+    headline = next((m for m in ("nll", fid, "teacher_error") if m in names), min(names, default=None))
     sel = [c for c in comparisons if c["metric"] == headline and c["ratio"] is not None]
     return {
         "metric": headline,
