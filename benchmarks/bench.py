@@ -800,7 +800,14 @@ def demo_timings(params_file: str = "params/demo.yaml", run_dir: str = "runs/ben
     params = dict(load_params(params_file), run_dir=run_dir)
     records = run_experiment(params, progress=False)
     metrics = read_json(Path(run_dir) / "metrics.json", "metrics of the run")
-    return {"stages": {r["stage"]: r["seconds"] for r in records}, "summary": summary_markdown(metrics)}
+    out = {"stages": {r["stage"]: r["seconds"] for r in records}, "summary": summary_markdown(metrics)}
+    if (Path(run_dir) / "rate_dataset.json").is_file():  # a data-free rate with the dataset's beside it
+        free, on_data = (crs.RateEstimate.load(Path(run_dir) / f) for f in ("rate.json", "rate_dataset.json"))
+        out["data_free"] = dict(
+            free.meta["data_free"],
+            gap_10_steps=_log_gap(*(crs.optimize_schedule(r).discretize(10) for r in (free, on_data))),
+        )
+    return out
 
 
 GUIDANCE_BASELINES = ("karras", "exponential", "vp", "cosine", "kl_optimal", "beta")
@@ -1098,7 +1105,10 @@ BENCHMARKS = (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "what", nargs="?", default="all", choices=[*BENCHMARKS, "stability", "demo", "digits-cond", "all"]
+        "what",
+        nargs="?",
+        default="all",
+        choices=[*BENCHMARKS, "stability", "demo", "digits-cond", "digits-flow", "all"],
     )
     parser.add_argument("--repeats", type=int, default=5, help="rate: repeats per measure (default 5)")
     parser.add_argument("--json", default=None, help="quality: also write the partial result here after every cell")
@@ -1180,6 +1190,7 @@ def measure(what: str, args) -> dict | list:
         "datafree": lambda: datafree_table(args.data, args.model, seed=args.datafree_seed),
         "demo": lambda: demo_timings(run_dir=args.run_dir or "runs/bench/demo"),
         "digits-cond": lambda: demo_timings("params/digits-cond.yaml", args.run_dir or "runs/bench/digits-cond"),
+        "digits-flow": lambda: demo_timings("params/digits-flow.yaml", args.run_dir or "runs/bench/digits-flow"),
     }
     if what in simple:
         return simple[what]()
