@@ -500,12 +500,16 @@ def describe_pipeline(folder) -> dict:
         "pixel_shape": pixel_shape,
         "num_classes": classes,
         "text": text,
-        # a prompt list is embedded by the pipeline's own CLIP text encoder (SD3's three, Flux's two: not here)
-        "text_encoder": text
-        and not any(k in parts for k in ("text_encoder_2", "text_encoder_3"))
-        and all(k in parts for k in ("tokenizer", "text_encoder")),
+        # a prompt list is embedded by the pipeline's own text encoders (SD3's three, Flux's two: encode_prompt)
+        "text_encoder": text and _has_text_encoders(folder),
         "side_multiple": 2 * factor if packed else None,
     }
+
+
+def _has_text_encoders(folder) -> bool:
+    from crs.prompts import has_text_encoder
+
+    return has_text_encoder(folder)
 
 
 class LatentData:

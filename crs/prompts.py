@@ -123,17 +123,27 @@ def check_prompts(prompts) -> None:
         )
 
 
+def text_parts(index: dict) -> tuple[str, ...]:
+    """The tokenizers and text encoders a pipeline's layout has (its ``model_index.json`` as a dict): one pair
+    (Stable Diffusion 1.x / 2.x), two (Flux: CLIP and T5) or three (Stable Diffusion 3)."""
+    pairs = 3 if "text_encoder_3" in index else 2 if "text_encoder_2" in index else 1
+    return tuple(f"{k}{'' if i == 1 else f'_{i}'}" for i in range(1, pairs + 1) for k in TEXT_PARTS)
+
+
 def has_text_encoder(folder) -> bool:
-    """Whether a saved pipeline holds a tokenizer and a text encoder (its ``model_index.json`` names both)."""
+    """Whether a saved pipeline holds every tokenizer and text encoder of its layout (:func:`text_parts`: its
+    ``model_index.json`` names them all)."""
     index = json.loads((Path(folder) / "model_index.json").read_text())
-    return all(isinstance(index.get(k), list) and index[k][-1] for k in TEXT_PARTS)
+    return all(isinstance(index.get(k), list) and index[k][-1] for k in text_parts(index))
 
 
 @torch.no_grad()
 def encode_prompts(folder, prompts, device: str = "cpu", batch_size: int = 32) -> PromptTable:
     """Embed ``prompts`` with a saved pipeline's own tokenizer and text encoder, as ``StableDiffusionPipeline``'s
     ``encode_prompt`` does (no clip skip): tokens padded and truncated to the tokenizer's ``model_max_length``, the
-    encoder's last hidden state; the empty prompt's embedding is the unconditional branch.
+    encoder's last hidden state; the empty prompt's embedding is the unconditional branch. A pipeline with several
+    text encoders (Stable Diffusion 3: two CLIP and a T5; Flux: CLIP and T5) embeds them with its own
+    ``encode_prompt`` (its default sequence lengths), which also gives the pooled embeddings.
 
     Raises:
         ValueError: the pipeline has no text encoder or tokenizer (give an embeddings file instead, naming how to
@@ -142,18 +152,14 @@ def encode_prompts(folder, prompts, device: str = "cpu", batch_size: int = 32) -
     check_prompts(list(prompts))
     folder = Path(folder)
     index = json.loads((folder / "model_index.json").read_text())
-    if "text_encoder_3" in index or "text_encoder_2" in index:
-        what = "three text encoders (Stable Diffusion 3)" if "text_encoder_3" in index else "two text encoders (Flux)"
-        raise ValueError(
-            f"The pipeline at {str(folder)!r} embeds prompts with {what}: embed them with its own `encode_prompt` "
-            "and give the path of a file, crs.prompts.PromptTable(embeds, null, pooled=pooled, "
-            "null_pooled=null_pooled).save(path)."
-        )
     if not has_text_encoder(folder):
         raise ValueError(
-            f"The pipeline at {str(folder)!r} has no text encoder and tokenizer to embed prompts with: give "
-            "`prompts` as the path of an embeddings file (crs.prompts.PromptTable(embeds, null).save(path))."
+            f"The pipeline at {str(folder)!r} has no text encoder and tokenizer to embed prompts with (it needs "
+            f"{', '.join(text_parts(index))}): give `prompts` as the path of an embeddings file "
+            "(crs.prompts.PromptTable(embeds, null).save(path))."
         )
+    if len(text_parts(index)) > 2:  # SD3, Flux: the pipeline's own encode_prompt, every encoder
+        return _encode_with_pipeline(folder, index, [str(p) for p in prompts], device, batch_size)
     try:
         import transformers
     except ImportError as exc:  # pragma: no cover - a dependency of the project
@@ -181,6 +187,38 @@ def encode_prompts(folder, prompts, device: str = "cpu", batch_size: int = 32) -
 
     texts = [str(p) for p in prompts]
     return PromptTable(embed(texts), embed([""]), texts)
+
+
+def _encode_with_pipeline(folder: Path, index: dict, texts: list[str], device, batch_size: int) -> PromptTable:
+    """SD3's and Flux's prompts through the pipeline's own ``encode_prompt`` (its text encoders loaded, not its
+    transformer or VAE): embeddings and pooled embeddings of ``texts`` and of the empty prompt."""
+    import diffusers
+
+    name = index.get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "encode_prompt"):
+        raise ValueError(f"The pipeline at {str(folder)!r} ({name}) has no encode_prompt to embed prompts with.")
+    pipe = cls.from_pretrained(folder, transformer=None, vae=None).to(device)
+    sd3 = "text_encoder_3" in index
+
+    def embed(chunk: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if sd3:
+            e, _, pooled, _ = pipe.encode_prompt(
+                prompt=chunk, prompt_2=None, prompt_3=None, device=device, do_classifier_free_guidance=False
+            )
+        else:
+            e, pooled, _ = pipe.encode_prompt(prompt=chunk, prompt_2=None, device=device)
+        return e.float().cpu(), pooled.float().cpu()
+
+    parts = [embed(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+    null, null_pooled = embed([""])
+    return PromptTable(
+        torch.cat([e for e, _ in parts]),
+        null,
+        texts,
+        pooled=torch.cat([p for _, p in parts]),
+        null_pooled=null_pooled,
+    )
 
 
 def prompt_table(folder, prompts, device: str = "cpu") -> PromptTable:

@@ -134,7 +134,7 @@ def test_an_sd3_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
 
     folder = build_tiny_pipeline(tmp_path / "sd3", kind="sd3", shape=(3, 16, 16))
     described = crs.models.describe_model(folder)
-    assert described["network"] == "SD3Transformer2DModel" and described["text"] and not described["text_encoder"]
+    assert described["network"] == "SD3Transformer2DModel" and described["text"] and described["text_encoder"]
     g = torch.Generator().manual_seed(0)
     table = PromptTable(
         torch.randn(10, 5, 16, generator=g),
@@ -146,8 +146,14 @@ def test_an_sd3_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
     data = crs.make_dataset("digits", resolution=16, channels=3)
     den = crs.load_denoiser(str(folder), data, prompts=str(tmp_path / "prompts.pt"))
     assert den.is_flow and den.is_latent and den.conditioning.num_classes == 10
-    with pytest.raises(ValueError, match="three text encoders"):
-        crs.prompts.encode_prompts(folder, ["a digit"])
+    # a prompt list goes through the pipeline's own encode_prompt (two CLIP encoders and T5): as the pipeline embeds
+    listed = crs.prompts.encode_prompts(folder, ["a seven", "a one"])
+    full = StableDiffusion3Pipeline.from_pretrained(folder)
+    e, ne, pooled, npooled = full.encode_prompt(["a seven", "a one"], None, None, negative_prompt="")
+    torch.testing.assert_close(listed.embeds, e, rtol=1e-4, atol=1e-4)  # float32 encoders: round-off
+    torch.testing.assert_close(listed.pooled, pooled, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(listed.null, ne[:1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(listed.null_pooled, npooled[:1], rtol=1e-4, atol=1e-4)
     space = crs.model_data.ModelSamples(den, n=8, steps=8, conditions=Labels(10), cache=tmp_path / "pool.pt")
     assert space.labels is not None and space.shape == den.shape  # data-free: the model's own, labelled samples
     rate = crs.estimate_rate("data", space, denoiser=den, grid_size=3, n_samples=8)  # each x0 at its own prompt
@@ -199,7 +205,7 @@ def test_a_flux_pipeline_from_its_data_free_rate_to_its_own_guided_call(tmp_path
     folder = build_tiny_pipeline(tmp_path / "flux", kind="flux", shape=(3, 16, 16))
     described = crs.models.describe_model(folder)
     assert described["network"] == "FluxTransformer2DModel" and described["side_multiple"] == 4
-    assert described["text"] and not described["text_encoder"]
+    assert described["text"] and described["text_encoder"]
     g = torch.Generator().manual_seed(0)
     table = PromptTable(
         torch.randn(3, 5, 16, generator=g),
@@ -214,8 +220,10 @@ def test_a_flux_pipeline_from_its_data_free_rate_to_its_own_guided_call(tmp_path
         str(folder), crs.make_dataset("digits", resolution=16, channels=3), prompts=str(tmp_path / "prompts.pt")
     )
     assert den.is_flow and den.shape == (16, 8, 8) and den.embedded_guidance == 3.5
-    with pytest.raises(ValueError, match="two text encoders"):
-        crs.prompts.encode_prompts(folder, ["a digit"])
+    listed = crs.prompts.encode_prompts(folder, ["a seven"])  # CLIP's pooled output and T5's, as the pipeline's
+    e, pooled, _ = FluxPipeline.from_pretrained(folder).encode_prompt(["a seven"], None)
+    torch.testing.assert_close((listed.embeds, listed.pooled), (e, pooled), rtol=1e-4, atol=1e-4)
+    assert listed.embeds.shape == (1, 512, 16) and listed.null.shape == (1, 512, 16)  # Flux's 512 T5 tokens
     pool = crs.model_data.ModelSamples(den, n=6, steps=8, conditions=Labels(3, balanced=True))
     rate = crs.estimate_rate("data", pool, denoiser=den, grid_size=3, n_samples=6)
     schedule = crs.optimize_schedule(rate)

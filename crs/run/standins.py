@@ -12,7 +12,7 @@ import torch
 
 from crs.io import plain_modes
 
-__all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline", "tiny_text_encoder"]
+__all__ = ["KNOWN_PIPELINES", "TINY_KINDS", "build_tiny_pipeline", "tiny_flow_text_encoders", "tiny_text_encoder"]
 
 
 TINY_KINDS = ("ddpm", "ldm", "dit", "sd", "sd3", "flux")
@@ -53,11 +53,11 @@ def build_tiny_pipeline(
             a tiny CLIP text encoder and tokenizer, :func:`tiny_text_encoder`) or ``sd3`` (Stable Diffusion 3's
             layout: an ``SD3Transformer2DModel`` over 16-dimensional prompt embeddings and 8-dimensional pooled ones,
             on ``AutoencoderKL`` latents with SD3's scaling and shift factors, ``FlowMatchEulerDiscreteScheduler``
-            with SD3's shift 3; without its three text encoders: prompt embeddings are given as tensors) or ``flux``
+            with SD3's shift 3; its three text encoders tiny, :func:`tiny_flow_text_encoders`) or ``flux``
             (Flux.1-dev's layout: a guidance-distilled ``FluxTransformer2DModel`` on packed ``AutoencoderKL`` latents of
             16 channels with Flux's scaling and shift factors, 16-dimensional prompt embeddings and 8-dimensional
-            pooled ones, ``FlowMatchEulerDiscreteScheduler`` with Flux's dynamic shift; without its CLIP and T5
-            text encoders).
+            pooled ones, ``FlowMatchEulerDiscreteScheduler`` with Flux's dynamic shift; its CLIP and T5 text encoders
+            tiny).
         shape: image shape (C, H, W).
         prediction_type: ``epsilon``, ``v_prediction`` or ``sample``.
         channels: UNet (and VAE) widths per level.
@@ -132,12 +132,11 @@ def build_tiny_pipeline(
                 pooled_projection_dim=8,
             )
             vae = AutoencoderKL(latent_channels=4, scaling_factor=1.5305, shift_factor=0.0609, **autoencoder)  # SD3's
-            encoders = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
             pipe = StableDiffusion3Pipeline(
                 transformer=transformer,
                 vae=vae,
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                **dict.fromkeys(encoders),
+                **tiny_flow_text_encoders("sd3", seed),
             )
         elif kind == "flux":
             from diffusers import FluxPipeline, FluxTransformer2DModel
@@ -163,8 +162,9 @@ def build_tiny_pipeline(
                 base_image_seq_len=256,
                 max_image_seq_len=4096,
             )
-            encoders = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2")
-            pipe = FluxPipeline(transformer=transformer, vae=vae, scheduler=scheduler, **dict.fromkeys(encoders))
+            pipe = FluxPipeline(
+                transformer=transformer, vae=vae, scheduler=scheduler, **tiny_flow_text_encoders("flux", seed)
+            )
         elif kind in ("dit", "sd"):
             vae = AutoencoderKL(latent_channels=4, **autoencoder)
             if kind == "sd":
@@ -232,6 +232,41 @@ def build_tiny_pipeline(
             pipe = LDMPipeline(vqvae=vq, unet=unet_for(3, h // latent_factor), scheduler=scheduler)
     pipe.save_pretrained(folder)
     return plain_modes(folder)  # safetensors writes private (0600) files
+
+
+def tiny_flow_text_encoders(kind: str, seed: int = 0) -> dict:
+    """Tiny text encoders of a flow pipeline's layout, built offline: for ``sd3`` two CLIP encoders with projections
+    (8 features each, pooled projections of 4: together SD3's 16-dimensional context and 8-dimensional pooled
+    embedding at this size) and a T5 encoder of 16 features; for ``flux`` one CLIP encoder of 8 features (its pooled
+    output) and a T5 encoder of 16. The T5 encoders' tokenizer is the CLIP stand-in's (:func:`tiny_text_encoder`: no
+    SentencePiece model is downloaded); the pipelines call it with the same arguments. ``{part: object}`` for the
+    pipeline's constructor."""
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    tokenizer, clip = tiny_text_encoder(8, seed=seed)
+    parts = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        t5 = T5EncoderModel(
+            T5Config(
+                vocab_size=clip.config.vocab_size,
+                d_model=16,
+                d_kv=8,
+                d_ff=32,
+                num_layers=1,
+                num_heads=2,
+                relative_attention_num_buckets=8,
+            )
+        ).eval()
+        if kind == "sd3":
+            config = clip.config.to_dict() | {"projection_dim": 4}
+            config.pop("architectures", None)
+            projected = [CLIPTextModelWithProjection(type(clip.config)(**config)).eval() for _ in range(2)]
+            parts.update(text_encoder=projected[0], text_encoder_2=projected[1], text_encoder_3=t5)
+            parts.update(tokenizer=tokenizer, tokenizer_2=tokenizer, tokenizer_3=tokenizer)
+        else:
+            parts.update(text_encoder=clip, tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tokenizer)
+    return parts
 
 
 def tiny_text_encoder(width: int = 16, length: int = 16, seed: int = 0):
