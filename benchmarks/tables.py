@@ -89,14 +89,20 @@ def ratio_md(comparisons: list[dict]) -> str:
     )
 
 
+def _ratio_text(r, digits: int) -> str:
+    """A paired ratio ``(value, low, high)`` with its 95 % interval, marked (lower) / (higher) where the interval
+    excludes 1."""
+    value, lo, hi = r
+    mark = "" if lo <= 1.0 <= hi else (" (lower)" if hi < 1.0 else " (higher)")
+    return f"{value:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]{mark}"
+
+
 def guidance_md(result: dict) -> str:
     """Per guidance scale: the teacher error of each CRS variant, the best fixed baseline and the optimum, with the
     paired ratios (95 % intervals) that decide which rate to use; then geometric means over the cells."""
 
     def ratio(r) -> str:
-        value, lo, hi = r
-        mark = "" if lo <= 1.0 <= hi else (" (lower)" if hi < 1.0 else " (higher)")
-        return f"{value:.2f} [{lo:.2f}, {hi:.2f}]{mark}"
+        return _ratio_text(r, 2)
 
     rows = []
     for c in result["cells"]:
@@ -419,9 +425,7 @@ def datafree_md(result: dict) -> str:
     interval excludes 1); then the pool's cost and geometric means per measure."""
 
     def ratio(r) -> str:
-        value, lo, hi = r
-        mark = "" if lo <= 1.0 <= hi else (" (lower)" if hi < 1.0 else " (higher)")
-        return f"{value:.3f} [{lo:.3f}, {hi:.3f}]{mark}"
+        return _ratio_text(r, 3)
 
     rows = []
     for r in result["rows"]:

@@ -12,6 +12,19 @@ from crs.flow import FlowDenoiser, VelocityModel, flow_sigmas, flow_to_sigma, fl
 RING = dict(n_components=8, radius=2.0, stds=0.2)
 
 
+def _random_prompts(n: int, g: torch.Generator):
+    """``n`` random prompt embeddings (5 tokens of 16 features) and pooled ones (8), the empty prompt's too: the
+    shapes the tiny SD3 and Flux stand-ins take."""
+    from crs.prompts import PromptTable
+
+    return PromptTable(
+        torch.randn(n, 5, 16, generator=g),
+        torch.randn(5, 16, generator=g),
+        pooled=torch.randn(n, 8, generator=g),
+        null_pooled=torch.randn(8, generator=g),
+    )
+
+
 def test_flow_time_and_sigma_are_one_map():
     """sigma = s / (1 - s) and back, and x_s = (1 - s) x0 + s eps is (1 - s) times the VE sample x0 + sigma eps."""
     s = np.array([1e-3, 0.1, 0.5, 0.9, 0.999])
@@ -129,19 +142,13 @@ def test_an_sd3_pipeline_from_its_rate_to_its_own_guided_call(tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
     from crs.conditioning import Guided, Labels
-    from crs.prompts import PromptTable
     from crs.run.standins import build_tiny_pipeline
 
     folder = build_tiny_pipeline(tmp_path / "sd3", kind="sd3", shape=(3, 16, 16))
     described = crs.models.describe_model(folder)
     assert described["network"] == "SD3Transformer2DModel" and described["text"] and described["text_encoder"]
     g = torch.Generator().manual_seed(0)
-    table = PromptTable(
-        torch.randn(10, 5, 16, generator=g),
-        torch.randn(5, 16, generator=g),
-        pooled=torch.randn(10, 8, generator=g),
-        null_pooled=torch.randn(8, generator=g),
-    )
+    table = _random_prompts(10, g)
     table.save(tmp_path / "prompts.pt")
     data = crs.make_dataset("digits", resolution=16, channels=3)
     den = crs.load_denoiser(str(folder), data, prompts=str(tmp_path / "prompts.pt"))
@@ -199,7 +206,6 @@ def test_a_flux_pipeline_from_its_data_free_rate_to_its_own_guided_call(tmp_path
     from diffusers import FluxPipeline
 
     from crs.conditioning import Guided, Labels
-    from crs.prompts import PromptTable
     from crs.run.standins import build_tiny_pipeline
 
     folder = build_tiny_pipeline(tmp_path / "flux", kind="flux", shape=(3, 16, 16))
@@ -207,12 +213,7 @@ def test_a_flux_pipeline_from_its_data_free_rate_to_its_own_guided_call(tmp_path
     assert described["network"] == "FluxTransformer2DModel" and described["side_multiple"] == 4
     assert described["text"] and described["text_encoder"]
     g = torch.Generator().manual_seed(0)
-    table = PromptTable(
-        torch.randn(3, 5, 16, generator=g),
-        torch.randn(5, 16, generator=g),
-        pooled=torch.randn(3, 8, generator=g),
-        null_pooled=torch.randn(8, generator=g),
-    )
+    table = _random_prompts(3, g)
     table.save(tmp_path / "prompts.pt")
     with pytest.raises(ValueError, match="side that is a multiple of 4"):
         crs.load_denoiser(str(folder), crs.make_dataset("digits", resolution=18, channels=3))
