@@ -366,7 +366,10 @@ class DiffusersDenoiser(nn.Module):
                 raise ValueError(f"A {net_name} needs a flow-matching scheduler; this pipeline has {sched_name}.")
             vae = getattr(diffusers, parts[vae_key]).from_pretrained(folder / vae_key).eval() if vae_key else None
             flow = (float(scheduler.sigma_min), int(scheduler.config.num_train_timesteps))
-            return cls(unet, None, "epsilon", vae, flow=flow)
+            den = cls(unet, None, "epsilon", vae, flow=flow)
+            if den.is_packed:  # no fixed size: the images the VAE was made for (Flux: 1024 px), until data say
+                den.side = packed_side(json.loads((folder / vae_key / "config.json").read_text()) if vae_key else {})
+            return den
         if not hasattr(scheduler, "alphas_cumprod"):
             raise ValueError(
                 f"Unsupported scheduler {sched_name} (no discrete noise table `alphas_cumprod`); supported: "
@@ -422,6 +425,15 @@ SUPPORTED_PIPELINES = (
     "pipelines (FlowMatchEulerDiscreteScheduler) with an SD3Transformer2DModel (Stable Diffusion 3) or a "
     "FluxTransformer2DModel (Flux)"
 )
+
+
+def packed_side(vae_config: dict) -> int:
+    """A Flux transformer's default latent side: that of the images its VAE was made for (the VAE config's
+    ``sample_size``, 1024 px for Flux's), else :data:`FLUX_DEFAULT_SIDE` (``FluxPipeline``'s default), even."""
+    size, levels = vae_config.get("sample_size"), len(vae_config.get("block_out_channels") or [0])
+    if not isinstance(size, int):
+        return FLUX_DEFAULT_SIDE
+    return max(2, size // 2 ** (levels - 1) // 2 * 2)
 
 
 def pipeline_parts(folder) -> tuple[dict[str, str], str]:
@@ -484,12 +496,12 @@ def describe_pipeline(folder) -> dict:
     parts, net_key = pipeline_parts(folder)
     cfg = json.loads((folder / net_key / "config.json").read_text())
     packed = parts[net_key] in PACKED_NETWORKS
-    size = FLUX_DEFAULT_SIDE if packed else sample_side(cfg["sample_size"])
+    vae_key = next((k for k in LATENT_KEYS if k in parts), None)
+    vae = json.loads((folder / vae_key / "config.json").read_text()) if vae_key else {}
+    size = packed_side(vae) if packed else sample_side(cfg["sample_size"])
     shape = (cfg["in_channels"] // 4 if packed else cfg["in_channels"], size, size)
     pixel_shape, factor = shape, 1
-    vae_key = next((k for k in LATENT_KEYS if k in parts), None)
     if vae_key is not None:
-        vae = json.loads((folder / vae_key / "config.json").read_text())
         factor = 2 ** (len(vae["block_out_channels"]) - 1)
         pixel_shape = (vae["in_channels"], size * factor, size * factor)
     classes = cfg.get("num_embeds_ada_norm") if parts[net_key] == "DiTTransformer2DModel" else None

@@ -215,6 +215,10 @@ def condition_source(denoiser, data, labels="data") -> Labels | None:
     if labels == "data" and spec.kind == "prompts":
         return Labels(spec.num_classes, prompts=digest)
     if labels == "data":
+        if data is None:
+            raise ValueError(
+                "`labels` 'data' draws the dataset's label shares, and there is no dataset: give 'balanced' or a list."
+            )
         found = getattr(data, "num_classes", None)
         if found is not None and found > spec.num_classes:
             raise ValueError(

@@ -23,7 +23,7 @@ from crs.args import check_int
 from crs.conditioning import conditioning_of
 from crs.seeds import model_data_seed
 
-__all__ = ["DATA_FREE_DEFAULT", "ModelSamples"]
+__all__ = ["DATA_FREE_DEFAULT", "ModelSamples", "ModelShape", "search_data"]
 
 DATA_FREE_DEFAULT = {"n": 1024, "steps": 64}  # notebook 01's pool for a model given without a dataset
 
@@ -107,6 +107,20 @@ class ModelSamples:
         self.seconds = time.perf_counter() - start
         self.key = key
 
+    @classmethod
+    def from_cache(cls, cache) -> ModelSamples | None:
+        """The pool a run already drew (notebook 01's ``run_dir/model_data.pt``), as it is: None when there is none.
+        Stage 04 searches on it when there is no dataset."""
+        if cache is None or not Path(cache).is_file():
+            return None
+        doc = torch.load(cache, map_location="cpu", weights_only=True)
+        pool = cls.__new__(cls)
+        pool.x, pool.labels, pool.teacher_error = doc["x"], doc.get("labels"), float(doc["teacher_error"])
+        pool.key, pool.evaluations, pool.seconds = doc["key"], 0, 0.0
+        pool.shape, pool.name = tuple(doc["key"]["shape"]), doc["key"]["name"]
+        pool.num_classes = None if pool.labels is None else int(pool.labels.max()) + 1
+        return pool
+
     @staticmethod
     def _read(cache, key):
         if cache is None or not Path(cache).is_file():
@@ -174,3 +188,31 @@ class _Decoded:
     def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
         x = self.pool.sample(n, generator)
         return self.denoiser.decode(x) if getattr(self.denoiser, "is_latent", False) else x
+
+
+class ModelShape:
+    """A model's sample shape standing in for the data of a schedule search when there is neither a dataset nor a
+    pool of model samples: what the searches that need only a teacher (``gits``, ``optimal``) read. The CRS searches
+    estimate rates on samples, so :meth:`sample` refuses, saying what to do."""
+
+    in_model_space = True
+    num_classes = None
+
+    def __init__(self, denoiser):
+        self.shape, self.name = tuple(denoiser.shape), "no dataset"
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        raise ValueError(
+            "No dataset and no pool of the model's own samples: the CRS searches (crs, crs-select) estimate rates on "
+            "samples. Run stage 01 with `data_free` first (its pool, run_dir/model_data.pt, is then searched on), or "
+            "search with gits or optimal, which need no data."
+        )
+
+    sample_labeled = sample
+
+
+def search_data(denoiser, run_dir):
+    """What a schedule search runs on for a model given without a dataset: the pool of model samples notebook 01
+    drew into ``run_dir/model_data.pt`` when it is of this model's shape, else :class:`ModelShape`."""
+    pool = ModelSamples.from_cache(Path(run_dir) / "model_data.pt")
+    return pool if pool is not None and pool.shape == tuple(denoiser.shape) else ModelShape(denoiser)

@@ -297,8 +297,9 @@ def test_text_conditional_mismatches_are_named_before_any_stage(tmp_path):
             preflight(apply_overrides(params, overrides))
     # without a dataset the rate is the model's own samples', drawn for every prompt: guided rates are then valid
     preflight(apply_overrides(params, ["rate_estimation.dataset=null", "rate_estimation.guidance=7.5"]))
-    with pytest.raises(ExperimentError, match="Stage 'sampling'.*Unknown dataset None"):
-        preflight(apply_overrides(params, ["sampling.dataset=null"]))
+    preflight(apply_overrides(params, ["sampling.dataset=null", "sampling.labels=balanced"]))  # no dataset: valid
+    with pytest.raises(ExperimentError, match="Stage 'sampling'.*no label shares to draw"):
+        preflight(apply_overrides(params, ["sampling.dataset=null", "sampling.labels=data"]))
     with pytest.raises(ExperimentError, match="Stage 'rate_estimation'.*No prompt embeddings file at 'prompts.pt'"):
         preflight(apply_overrides(params, ["prompts=prompts.pt"]))
     crs.prompts.PromptTable(torch.zeros(2, 16, 16), torch.zeros(16, 16)).save(tmp_path / "prompts.pt")
@@ -336,3 +337,24 @@ def test_data_free_values_are_checked():
     ]:
         with pytest.raises(ValueError, match=msg):
             check_data_free(bad)
+
+
+def test_without_a_dataset_the_stages_say_what_they_can_do():
+    """`dataset: null` (a model without its dataset): stage 01 rates it on its own samples; stage 04 stores samples
+    and draws labels of its own; stage 05 scores the teacher error alone. The rest is refused, naming what to give;
+    the stages that train need their dataset."""
+    defaults = {stage: dict(notebook_defaults(stage), dataset=None) for stage in STAGES}
+    check_stage("rate_estimation", dict(defaults["rate_estimation"], model="some/model"))
+    check_stage("sampling", dict(defaults["sampling"], labels="balanced"))
+    with pytest.raises(ValueError, match="no label shares to draw: give `labels` 'balanced' or a list"):
+        check_stage("sampling", defaults["sampling"])
+    with pytest.raises(ValueError, match="store samples"):
+        check_stage("sampling", dict(defaults["sampling"], labels="balanced", store="features"))
+    check_stage("evaluation", dict(defaults["evaluation"], metrics=["teacher_error"]))
+    with pytest.raises(ValueError, match=r"only the teacher error can be scored .* got \['fid', 'teacher_error'\]"):
+        check_stage("evaluation", dict(defaults["evaluation"], metrics=["fid", "teacher_error"]))
+    for stage in ("base_model", "training_schedule_finetune"):
+        with pytest.raises(ValueError, match="Unknown dataset None"):
+            check_stage(stage, defaults[stage])
+    with pytest.raises(ValueError, match="`labels` 'data' draws the dataset's label shares, and there is no dataset"):
+        crs.conditioning.condition_source(crs.make_dataset("gmm", labels=[0, 1] * 4).denoiser, None, "data")

@@ -28,7 +28,7 @@ def _common(seed, dataset, dataset_kwargs, progress=False, optional=False) -> No
     from crs.data import check_dataset
 
     check_int("seed", seed, 0)
-    if not (optional and dataset is None):  # stage 01 without a dataset: the model's own samples (data_free)
+    if not (optional and dataset is None):  # a model without its dataset (stages 01, 04, 05)
         check_dataset(dataset, dataset_kwargs)
     if not isinstance(progress, bool):
         raise ValueError(f"`progress` must be true or false, got {progress!r}.")
@@ -308,16 +308,25 @@ def sampling(
     prompts=None,
 ) -> None:
     """Notebook 04 (whether a model is conditional, for ``guidance``, ``labels`` and ``prompts``, is checked when it is
-    loaded, and by the batch runner's preflight from its files)."""
+    loaded, and by the batch runner's preflight from its files; ``dataset`` None: a model without its dataset, its
+    samples stored for the teacher error, its labels 'balanced' or listed)."""
     from crs.conditioning import check_label_source
     from crs.prompts import check_prompts
     from crs.sampling import check_nfe_plan
     from crs.search import METHODS, check_options
 
-    _common(seed, dataset, dataset_kwargs, progress)
+    _common(seed, dataset, dataset_kwargs, progress, optional=True)
     check_guidance_scales(guidance)
     check_label_source(labels)
     check_prompts(prompts)
+    if dataset is None:  # a model without its dataset: samples to judge by the teacher error, labels of its own
+        if store != "samples":
+            raise ValueError("Without a dataset (`dataset: null`) store samples: features serve FID, which needs one.")
+        if labels == "data":
+            raise ValueError(
+                "Without a dataset (`dataset: null`) there are no label shares to draw: give `labels` 'balanced' or "
+                "a list (a text model's prompts are drawn uniformly either way)."
+            )
     for name in _str_list("models", models):
         _model_name("models", name)
     if not isinstance(schedule, str):
@@ -367,11 +376,17 @@ def evaluation(
     progress=False,
     escalate=3,
 ) -> None:
-    """Notebook 05 (whether ``plot_model`` was sampled is checked against the samples' index)."""
+    """Notebook 05 (whether ``plot_model`` was sampled is checked against the samples' index; ``dataset`` None: a
+    model without its dataset, scored by the teacher error alone)."""
     from crs.metrics import check_metrics, check_reference
 
-    _common(seed, dataset, dataset_kwargs, progress)
+    _common(seed, dataset, dataset_kwargs, progress, optional=True)
     check_metrics(metrics)
+    if dataset is None and list(metrics) != ["teacher_error"]:
+        raise ValueError(
+            f"Without a dataset (`dataset: null`) only the teacher error can be scored (the others compare with "
+            f"reference images): give `metrics: [teacher_error]`, got {list(metrics)}."
+        )
     for name, value in (("n_boot", n_boot), ("n_reference", n_reference), ("k", k)):
         check_int(name, value, 2)
     check_reference(reference, _features(features))

@@ -268,6 +268,8 @@ def _check_conditioning(values: dict, run_dir: Path) -> None:
                 return None
             prompts = values[stage].get("prompts")
             return found["num_classes"] or (len(prompts) if isinstance(prompts, list) and found["text"] else None)
+        if values[stage].get("dataset") is None:  # no dataset: labels are 'balanced' or listed (checked)
+            return None
         return dataset_classes(values[stage]["dataset"], values[stage].get("dataset_kwargs") or {})
 
     def check(model, found, stage, prompts, **kwargs):

@@ -378,6 +378,7 @@ def searched_schedules(
         ``{method: {(key, sampler, nfe): sigmas}}`` (``key``: :func:`variant_key`), the form :func:`sample_grid`
         takes.
     """
+    from crs.model_data import search_data
     from crs.models import model_space
     from crs.search import METHODS, SearchCache, SearchResult, check_options, search_schedule, stored_options
 
@@ -393,7 +394,7 @@ def searched_schedules(
         out[method] = {}
         searched, reused, seconds = 0, 0, 0.0
         for v in variants.values():
-            space = model_space(data, v.denoiser)
+            space = model_space(data, v.denoiser) if data is not None else search_data(v.denoiser, run_dir)
             wanted = None if v.conditions is None else v.conditions.state()
             for sampler in samplers:
                 if sampler == "edm":
@@ -543,6 +544,8 @@ def sample_grid(
 
 def _entry_samples(entry: dict, features: FeatureExtractor) -> tuple[torch.Tensor | None, np.ndarray | None]:
     """A sample set's samples, or its stored features (checked to be of ``features``)."""
+    if entry.get("features_path") and features is None:
+        raise ValueError(f"The sample set {entry['path']!r} kept only features; the teacher error needs samples.")
     if entry.get("features_path"):
         if entry.get("features") != features.name:
             raise ValueError(
@@ -561,15 +564,17 @@ def _entry_values(
     entry, samples, gen_features, reference, stats, ref_features, features, idx, *, data, seed, k, kid, which, teachers
 ) -> dict[str, tuple[float, np.ndarray]]:
     """Every metric of one sample set: ``{metric: (value, replicates over the index rows idx)}``."""
-    scores = feature_scores(
-        gen_features,
-        stats if stats is not None else ref_features,
-        idx,
-        k=k,
-        which=which,
-        kid=kid and features.images,
-    )
-    values = {f"{family}_{features.name}": v for family, v in scores.items()}
+    values = {}
+    if features is not None:
+        scores = feature_scores(
+            gen_features,
+            stats if stats is not None else ref_features,
+            idx,
+            k=k,
+            which=which,
+            kid=kid and features.images,
+        )
+        values = {f"{family}_{features.name}": v for family, v in scores.items()}
     if "teacher_error" in which and teachers and entry_key(entry) in teachers and entry["sampler"] != "edm":
         if samples is not None:
             values["teacher_error"] = teacher_scores(samples, teachers[entry_key(entry)], idx)
@@ -649,8 +654,10 @@ def evaluate_grid(
     from tqdm import tqdm
 
     check_int("escalate", escalate, 1)
+    if features is None and set(which) - {"teacher_error"}:
+        raise ValueError(f"Without features (no dataset) only the teacher error is scored, not {sorted(which)}.")
     stats = (reference["mu"], reference["cov"]) if isinstance(reference, dict) else None
-    ref_features = None if stats is not None else features(reference)
+    ref_features = None if stats is not None or features is None else features(reference)
     shared = dict(data=data, seed=seed, k=k, kid=kid, which=which, teachers=teachers)
     kinds = {(entry_key(e), e["schedule"], e["sampler"], e["nfe"]): kind_of(e) for e in index}  # checked before work
     rows, groups, by_model, entries, computed, kept = [], {}, {}, {}, {}, 0
@@ -661,11 +668,11 @@ def evaluate_grid(
         if gen_features is None:
             if not torch.all(torch.isfinite(samples)):
                 raise ValueError(f"The sample set {entry['path']!r} contains NaN or inf; evaluate finite samples only.")
-            gen_features = features(samples)
+            gen_features = features(samples) if features is not None else None
         values = _entry_values(entry, samples, gen_features, reference, stats, ref_features, features, idx, **shared)
         name = (entry_key(entry), entry["schedule"], entry["sampler"], entry["nfe"])
         entries[name] = entry
-        if escalate > 1 and kept + gen_features.size <= KEEP_FEATURES:  # for an edge verdict's further replicates
+        if escalate > 1 and gen_features is not None and kept + gen_features.size <= KEEP_FEATURES:  # edge verdicts
             computed[name] = gen_features
             kept += gen_features.size
         for metric, (value, boot) in values.items():
@@ -689,10 +696,11 @@ def evaluate_grid(
             entry = entries[name]
             samples, gen_features = _entry_samples(entry, features)
             n = len(samples) if samples is not None else len(gen_features)
-            if gen_features is None:
+            if gen_features is None and features is not None:
                 gen_features = computed[name] if name in computed else features(samples)
             full = bootstrap_indices(n, escalate * n_boot, seed)
-            families = {m if m in METRICS else m.removesuffix(f"_{features.name}") for m in edge[name]}
+            suffix = f"_{features.name}" if features is not None else ""
+            families = {m if m in METRICS else m.removesuffix(suffix) for m in edge[name]}
             values, whole = {}, set()
             # self-centred replicates (crs.metrics.SELF_CENTRED) are recomputed on every row of the longer
             # stream; the others are extended by its further rows
@@ -719,12 +727,15 @@ def evaluate_grid(
                 groups[(name[0], name[2], name[3], metric)][name[1]] = by_model[name + (metric,)]
         if edge:
             comparisons, model_rows = _comparisons(groups, kinds), model_comparisons(by_model)
-    ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
+    if reference is None:
+        ref_name = "none (no dataset)"
+    else:
+        ref_name = reference.get("name", "statistics") if isinstance(reference, dict) else f"{len(reference)} samples"
     return {
         "rows": rows,
         "comparisons": comparisons,
         "model_comparisons": model_rows,
-        "features": features.name,
+        "features": features.name if features is not None else None,
         "n_boot": int(n_boot),
         "reference": ref_name,
         "intervals": interval_description(n_boot, escalate),
@@ -752,7 +763,7 @@ def sampling_job(spec: dict) -> list[dict]:
 
     state = process_state()
     run_dir = Path(spec["run_dir"])
-    data = crs.make_dataset(spec["dataset"], **spec["dataset_kwargs"])
+    data = make_data(spec["dataset"], spec["dataset_kwargs"])  # None: a model without its dataset
     device = process_device(spec["device"], state)
     denoisers = resolve_models(spec["models"], run_dir, data, device, prompts=spec.get("prompts"))
     schedule = fit_schedule(crs.export.as_schedule(spec["schedule"]), denoisers)
@@ -946,8 +957,11 @@ class EvaluationInputs:
     def describe(self) -> str:
         """One line: how many sets, which features and reference, the conditional models' labels and guidance
         scales, the teachers' own errors."""
-        ref = self.reference["name"] if isinstance(self.reference, dict) else f"{len(self.reference)} samples"
-        line = f"{len(self.index)} sample sets; features: {self.extractor.name}; reference: {ref}"
+        if self.reference is None:
+            line = f"{len(self.index)} sample sets; no dataset: the teacher error alone"
+        else:
+            ref = self.reference["name"] if isinstance(self.reference, dict) else f"{len(self.reference)} samples"
+            line = f"{len(self.index)} sample sets; features: {self.extractor.name}; reference: {ref}"
         if self.labels is not None:
             scales = sorted({e["guidance"] for e in self.index if "guidance" in e})
             line += f"; conditional models' labels: {self.labels!r}" + (
@@ -956,6 +970,11 @@ class EvaluationInputs:
             line += f", guidance scales {[f'{w:g}' for w in scales]}" if scales else ""
         errors = {m: f"{e:.1e}" for m, e in self.teacher_errors.items()}
         return line + (f"; teachers' own errors: {errors}" if errors else "")
+
+    @property
+    def feature_name(self) -> str:
+        """The features' name, as the metric names carry it (``fid_<name>``); "none" without a dataset."""
+        return self.extractor.name if self.extractor is not None else "none"
 
     def keys(self, model: str) -> list[str]:
         """The sample sets' keys of ``model`` (:func:`variant_key`): its name, or one per guidance scale."""
@@ -970,12 +989,19 @@ class EvaluationInputs:
         return feats.mean(axis=0), np.cov(feats, rowvar=False)
 
 
+def make_data(dataset, dataset_kwargs):
+    """A stage's dataset, or None for a model given without one (``dataset: null``)."""
+    from crs.data import make_dataset
+
+    return None if dataset is None else make_dataset(dataset, **(dataset_kwargs or {}))
+
+
 def evaluation_inputs(params: Mapping) -> EvaluationInputs:
     """Notebook 05's inputs from its (checked) parameters: the sample index of ``run_dir``, the reference (clean-fid
     statistics, fresh exact samples of analytic data seeded apart from the generated ones, or the held-out split of
     images), features of every set over several processes when ``num_processes > 1``, and the teacher solves
     behind ``teacher_error``. ValueError when ``plot_model`` was not sampled."""
-    from crs.data import held_out, make_dataset
+    from crs.data import held_out
     from crs.io import read_json
     from crs.metrics import make_feature_extractor, reference_statistics
     from crs.models import resolve_device
@@ -983,11 +1009,14 @@ def evaluation_inputs(params: Mapping) -> EvaluationInputs:
 
     p, run_dir = params, Path(params["run_dir"])
     doc = read_json(run_dir / "samples" / "index.json", "sample index (run notebook 04 first)")
-    index, data = doc["entries"], make_dataset(p["dataset"], **p["dataset_kwargs"])
+    index, data = doc["entries"], make_data(p["dataset"], p["dataset_kwargs"])
     sampled = sorted({e["model"] for e in index})
     if p["plot_model"] not in sampled:
         raise ValueError(f"`plot_model` {p['plot_model']!r} was not sampled; sampled: {sampled}.")
     device = resolve_device(p["device"])
+    if data is None:  # a model without its dataset: the teacher error alone (checked), no features, no reference
+        teachers, errors = teacher_endpoints(doc, run_dir, None, device, p["teacher_steps"])
+        return EvaluationInputs(index, None, None, None, teachers, errors, doc.get("labels"))
     extractor = make_feature_extractor(p["features"], data.shape, device)
     if p["reference"] != "test":  # dataset statistics (FID only: the other metrics need reference images)
         reference = reference_statistics(p["reference"], extractor)

@@ -25,6 +25,8 @@ KNOWN_PIPELINES = {
     "CompVis/ldm-celebahq-256": ("ldm", (3, 256, 256)),
     "facebook/DiT-XL-2-256": ("dit", (3, 256, 256), {"latent_factor": 8}),  # 32 x 32 latents, as DiT's
     "stable-diffusion-v1-5/stable-diffusion-v1-5": ("sd", (3, 512, 512), {"latent_factor": 8}),  # 64 x 64 latents
+    "stabilityai/stable-diffusion-3-medium-diffusers": ("sd3", (3, 1024, 1024), {"latent_factor": 8}),
+    "black-forest-labs/FLUX.1-dev": ("flux", (3, 1024, 1024), {"latent_factor": 8}),  # 128 x 128 latents, packed
 }
 
 
