@@ -300,6 +300,11 @@ class DiffusersDenoiser(nn.Module):
 
         labels = self.conditioning.labels(cond, x.shape[0], param.device)
         if self.is_packed:
+            if tuple(x.shape[1:]) != tuple(self.shape):
+                raise ValueError(
+                    f"This Flux denoiser is set to samples of shape {tuple(self.shape)}, got {tuple(x.shape[1:])}: "
+                    "set its size with den.set_side(latent_side)."
+                )
             return flow_denoise(self._flux_velocity(labels, param), x.to(param.device, param.dtype), sigma).to(
                 x.device, x.dtype
             )
@@ -477,6 +482,17 @@ def pipeline_parts(folder) -> tuple[dict[str, str], str]:
                 f"The pipeline at {str(folder)!r} has a UNet2DConditionModel with added conditioning "
                 f"({added!r}: SDXL style, pooled text embeddings and time ids), not supported yet; supported: "
                 f"{SUPPORTED_PIPELINES}."
+            )
+    elif net_name in PACKED_NETWORKS:  # Flux: its latents and nothing else (Fill, Depth, Canny add channels)
+        cfg = json.loads((folder / net_key / "config.json").read_text()) if (folder / net_key).is_dir() else {}
+        vae_key = next((k for k in LATENT_KEYS if k in parts), None)
+        vae = json.loads((folder / vae_key / "config.json").read_text()) if vae_key else {}
+        latent = vae.get("latent_channels")
+        if cfg and latent and cfg.get("in_channels") != 4 * latent:
+            raise ValueError(
+                f"The pipeline at {str(folder)!r} has a {net_name} taking {cfg.get('in_channels')} input channels, "
+                f"not its {latent} latent channels packed (4 x {latent}): a Flux variant conditioned on images "
+                f"(Fill, Depth, Canny), not supported; supported: {SUPPORTED_PIPELINES}."
             )
     elif net_name not in ("UNet2DModel", "DiTTransformer2DModel", *FLOW_NETWORKS):
         raise ValueError(

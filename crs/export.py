@@ -27,6 +27,7 @@ from crs.schedules import Schedule, check_steps
 
 __all__ = [
     "EXPORT_FORMATS",
+    "UNSCALED_SCHEDULERS",
     "apply_schedule",
     "calls_scale_model_input",
     "export_schedule",
@@ -168,11 +169,11 @@ def apply_schedule(scheduler_or_pipeline, schedule, steps: int | None = None):
     if scheduler is not scheduler_or_pipeline and not calls_scale_model_input(scheduler_or_pipeline):
         if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
             raise ValueError(
-                f"{type(scheduler_or_pipeline).__name__} does not call `scheduler.scale_model_input` nor scale its "
-                f"starting noise, which {name} needs: it would sample wrongly on any schedule. Keep a scheduler that "
-                f"takes `timesteps=` here ({', '.join(TIMESTEP_SCHEDULERS)}: the CRS levels quantised), or sample "
-                "on the exact CRS levels with crs.sampling.generate(crs.load_denoiser(folder), shape, n, "
-                "sigmas, sampler='euler') (DDIM's deterministic update on them)."
+                f"{type(scheduler_or_pipeline).__name__} does not both call `scheduler.scale_model_input` and scale "
+                f"its starting noise by `init_noise_sigma`, which {name} needs: it would sample wrongly on any "
+                f"schedule. Keep a scheduler here that scales nothing ({', '.join(UNSCALED_SCHEDULERS)}: the CRS "
+                "levels quantised to timesteps), or sample on the exact CRS levels with crs.sampling.generate("
+                "crs.load_denoiser(folder), shape, n, sigmas, sampler='euler') (DDIM's deterministic update on them)."
             )
     lo, hi = scheduler_sigma_range(scheduler)
     sched = sched.fit(lo, hi, what=f"the scheduler ({type(scheduler).__name__} [{lo:.4g}, {hi:.4g}])")
@@ -212,24 +213,31 @@ TIMESTEP_SCHEDULERS = (  # the CRS levels quantised to integer timesteps
     "DPMSolverSinglestepScheduler",
     "DDPMScheduler",
 )
+UNSCALED_SCHEDULERS = (  # init_noise_sigma 1: any pipeline samples with them as it samples with DDIM
+    "DDPMScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+)
 SWAP_HINT = (
-    "In a pipeline that calls scheduler.scale_model_input (LDMPipeline, DiTPipeline, the Stable Diffusion pipelines: "
+    "In a pipeline that scales its inputs and starting noise (LDMPipeline, the Stable Diffusion pipelines: "
     "crs.export.calls_scale_model_input), swap in pipe.scheduler = EulerDiscreteScheduler.from_config("
-    "pipe.scheduler.config): Euler on the CRS levels is DDIM's deterministic update on them. DDPMPipeline and "
-    "DDIMPipeline do not call it: sample on the CRS levels with crs.sampling.generate(crs.load_denoiser(folder), "
-    "shape, n, sigmas, sampler='euler') instead."
+    "pipe.scheduler.config): Euler on the CRS levels is DDIM's deterministic update on them. Elsewhere (DDPMPipeline, "
+    "DDIMPipeline, DiTPipeline) swap in DPMSolverMultistepScheduler (the CRS levels quantised), or sample on the exact "
+    "CRS levels with crs.sampling.generate(crs.load_denoiser(folder), shape, n, sigmas, sampler='euler')."
 )
 
 
 def calls_scale_model_input(pipeline) -> bool:
-    """Whether a diffusers pipeline's ``__call__`` calls ``scheduler.scale_model_input`` (and so scales the starting
-    noise and each input as Euler-type schedulers, whose ``init_noise_sigma`` is not 1, need): LDM, DiT and the
-    Stable Diffusion pipelines do, ``DDPMPipeline`` and ``DDIMPipeline`` do not. Read from the source; True when the
-    source cannot be read (no refusal on a guess)."""
+    """Whether a diffusers pipeline both calls ``scheduler.scale_model_input`` and scales its starting noise by
+    ``scheduler.init_noise_sigma``, as Euler-type schedulers (whose ``init_noise_sigma`` is not 1) need: LDM and the
+    Stable Diffusion pipelines do; ``DDPMPipeline`` and ``DDIMPipeline`` do neither, and ``DiTPipeline`` scales its
+    inputs but not its starting noise. Read from the pipeline class's source; True when the source cannot be read (no
+    refusal on a guess)."""
     try:
-        return "scale_model_input" in inspect.getsource(type(pipeline).__call__)
+        source = inspect.getsource(type(pipeline))
     except (OSError, TypeError):
         return True
+    return "scale_model_input" in source and "init_noise_sigma" in source
 
 
 def to_trained_betas(schedule, num_train_timesteps: int = 1000) -> np.ndarray:

@@ -118,7 +118,8 @@ class ModelSamples:
         pool.x, pool.labels, pool.teacher_error = doc["x"], doc.get("labels"), float(doc["teacher_error"])
         pool.key, pool.evaluations, pool.seconds = doc["key"], 0, 0.0
         pool.shape, pool.name = tuple(doc["key"]["shape"]), doc["key"]["name"]
-        pool.num_classes = None if pool.labels is None else int(pool.labels.max()) + 1
+        conditions = doc["key"].get("conditions") or {}
+        pool.num_classes = conditions.get("num_classes") if pool.labels is not None else None
         return pool
 
     @staticmethod
@@ -211,8 +212,11 @@ class ModelShape:
     sample_labeled = sample
 
 
-def search_data(denoiser, run_dir):
+def search_data(denoiser, run_dir, model: str | None = None):
     """What a schedule search runs on for a model given without a dataset: the pool of model samples notebook 01
-    drew into ``run_dir/model_data.pt`` when it is of this model's shape, else :class:`ModelShape`."""
+    drew into ``run_dir/model_data.pt`` when it is this model's (``model``, the name notebook 01 was given, and its
+    shape), else :class:`ModelShape`."""
     pool = ModelSamples.from_cache(Path(run_dir) / "model_data.pt")
-    return pool if pool is not None and pool.shape == tuple(denoiser.shape) else ModelShape(denoiser)
+    ours = pool is not None and pool.shape == tuple(denoiser.shape)
+    ours = ours and (model is None or pool.key["name"] == f"{model} samples")
+    return pool if ours else ModelShape(denoiser)

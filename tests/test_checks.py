@@ -330,7 +330,8 @@ def test_data_free_values_are_checked():
     check_data_free(None)
     check_data_free({"n": 64, "steps": 16})
     for bad, msg in [
-        ({"n": 64, "step": 16}, "must be None or a mapping with `n` and `steps`"),
+        ({"n": 64, "step": 16}, "must be None or a mapping with `n`, `steps` and `batch_size`"),
+        ({"batch_size": 0}, "`data_free.batch_size` must be"),
         ({"steps": 15}, "must be even"),
         ({"n": 1}, "`data_free.n` must be"),
         (True, "must be None or a mapping"),

@@ -76,7 +76,15 @@ def test_quantisation_and_clipping_warn(crs_schedule):
 def test_apply_schedule_on_a_pipeline_and_errors(crs_schedule, tmp_path):
     """A pipeline that scales its inputs takes Euler's exact levels; one that does not (DDPMPipeline, DDIMPipeline)
     is refused an Euler-type scheduler, and DDIMScheduler (uniform steps) is refused naming what to swap in."""
-    from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, EulerDiscreteScheduler, LDMPipeline, UNet2DModel
+    from diffusers import (
+        DDIMScheduler,
+        DDPMPipeline,
+        DDPMScheduler,
+        DiTPipeline,
+        EulerDiscreteScheduler,
+        LDMPipeline,
+        UNet2DModel,
+    )
 
     unet = UNet2DModel(
         sample_size=8,
@@ -92,9 +100,16 @@ def test_apply_schedule_on_a_pipeline_and_errors(crs_schedule, tmp_path):
     pipe.scheduler.set_timesteps(5)
     torch.testing.assert_close(pipe.scheduler.sigmas.double(), crs_schedule.discretize(5), rtol=1e-6, atol=1e-7)
     # DDPMPipeline never scales its input: Euler there would sample wrongly on any schedule, refused
-    with pytest.raises(ValueError, match="DDPMPipeline does not call `scheduler.scale_model_input`"):
+    with pytest.raises(ValueError, match="DDPMPipeline does not both call `scheduler.scale_model_input`"):
         apply_schedule(DDPMPipeline(unet=unet, scheduler=EulerDiscreteScheduler()), crs_schedule)
     apply_schedule(DDPMPipeline(unet=unet, scheduler=DDPMScheduler()), crs_schedule)  # timesteps: no scaling needed
+    # DiTPipeline scales its inputs but not its starting noise: refused too
+    from crs.run.standins import build_tiny_pipeline
+
+    dit = DiTPipeline.from_pretrained(build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16)))
+    dit.scheduler = EulerDiscreteScheduler.from_config(dit.scheduler.config)
+    with pytest.raises(ValueError, match="DiTPipeline does not both call"):
+        apply_schedule(dit, crs_schedule)
     with pytest.raises(ValueError, match="DDIMScheduler takes neither .* uniformly spaced.*EulerDiscreteScheduler"):
         apply_schedule(DDIMScheduler(), crs_schedule)
     with pytest.raises(ValueError, match="No schedule file"):

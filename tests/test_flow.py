@@ -2,6 +2,8 @@
 the flow adapter and through the suite's own path, and the shifted schedules flow models ship with, against
 diffusers' FlowMatchEulerDiscreteScheduler."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -221,6 +223,14 @@ def test_a_flux_pipeline_from_its_data_free_rate_to_its_own_guided_call(tmp_path
         str(folder), crs.make_dataset("digits", resolution=16, channels=3), prompts=str(tmp_path / "prompts.pt")
     )
     assert den.is_flow and den.shape == (16, 8, 8) and den.embedded_guidance == 3.5
+    with pytest.raises(ValueError, match=r"set to samples of shape \(16, 8, 8\), got \(16, 4, 4\)"):
+        den(torch.zeros(1, 16, 4, 4), 1.0, torch.tensor([0]))
+    config = folder / "transformer" / "config.json"  # a Flux conditioned on images takes more input channels
+    saved = config.read_text()
+    config.write_text(json.dumps({**json.loads(saved), "in_channels": 384}))
+    with pytest.raises(ValueError, match="taking 384 input channels.*Fill, Depth, Canny"):
+        crs.models.describe_model(folder)
+    config.write_text(saved)
     listed = crs.prompts.encode_prompts(folder, ["a seven"])  # CLIP's pooled output and T5's, as the pipeline's
     e, pooled, _ = FluxPipeline.from_pretrained(folder).encode_prompt(["a seven"], None)
     torch.testing.assert_close((listed.embeds, listed.pooled), (e, pooled), rtol=1e-4, atol=1e-4)

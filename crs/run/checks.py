@@ -164,16 +164,18 @@ def rate_estimation(
 
 
 def check_data_free(data_free) -> None:
-    """``data_free``: None (the dataset's samples) or ``{"n": pool size >= 2, "steps": even Heun steps >= 2}`` (the
+    """``data_free``: None (the dataset's samples) or ``{"n": pool size >= 2, "steps": even Heun steps >= 2,
+    "batch_size": samples per network call}`` (the
     model's own samples, :class:`crs.model_data.ModelSamples`), either key optional; ValueError otherwise."""
     if data_free is None:
         return
-    if not isinstance(data_free, Mapping) or set(data_free) - {"n", "steps"}:
+    if not isinstance(data_free, Mapping) or set(data_free) - {"n", "steps", "batch_size"}:
         raise ValueError(
-            f"`data_free` must be None or a mapping with `n` and `steps` (e.g. {{n: 2048, steps: 64}}), got "
-            f"{data_free!r}."
+            f"`data_free` must be None or a mapping with `n`, `steps` and `batch_size` (e.g. {{n: 2048, steps: 64}}), "
+            f"got {data_free!r}."
         )
     check_int("data_free.n", data_free.get("n", 1024), 2)
+    check_int("data_free.batch_size", data_free.get("batch_size", 256), 1)
     steps = check_int("data_free.steps", data_free.get("steps", 64), 2)
     if steps % 2:
         raise ValueError(f"`data_free.steps` must be even (the solve's error estimate halves it), got {steps}.")
@@ -325,7 +327,7 @@ def sampling(
         if labels == "data":
             raise ValueError(
                 "Without a dataset (`dataset: null`) there are no label shares to draw: give `labels` 'balanced' or "
-                "a list (a text model's prompts are drawn uniformly either way)."
+                "a list."
             )
     for name in _str_list("models", models):
         _model_name("models", name)
@@ -463,9 +465,8 @@ def check_model_conditioning(
             )
         if not isinstance(prompts, str) and not text_encoder:
             raise ValueError(
-                f"{model!r} has no text encoder and tokenizer to embed the `prompts` list with (or more than one: "
-                "Stable Diffusion 3, Flux): give the path of a prompt embeddings file "
-                "(crs.prompts.PromptTable(...).save(path))."
+                f"{model!r} lacks the text encoders and tokenizers to embed the `prompts` list with: give the path "
+                "of a prompt embeddings file (crs.prompts.PromptTable(...).save(path))."
             )
         if isinstance(prompts, str):
             return  # the file's prompt count is read when it is loaded

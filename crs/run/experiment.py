@@ -262,8 +262,9 @@ def _check_conditioning(values: dict, run_dir: Path) -> None:
     from crs.run.checks import check_model_conditioning
 
     def data_classes(stage, found=None):
-        if stage == "rate_estimation" and (values[stage].get("dataset") is None or values[stage].get("data_free")):
-            # the model's own samples: drawn for every one of its classes (a text model's: its prompts)
+        if stage == "rate_estimation" and values[stage].get("dataset") is None:
+            # the model's own samples: drawn for every one of its classes (a text model's: its prompts); with a
+            # dataset given too, notebook 01 also rates the model on it, which the check below covers
             if found is None or found is _UNKNOWN:
                 return None
             prompts = values[stage].get("prompts")

@@ -305,7 +305,8 @@ def teacher_endpoints(doc: dict, run_dir, data, device: str = "cpu", steps: int 
             device=device,
             conditions=conditions.get(fields["model"]),
         )
-        ends[key] = (den.decode(teacher.endpoint.float()) if den.is_latent else teacher.endpoint).cpu()
+        # decoded a few at a time: a VAE pass over 1024 px images holds gigabytes per image
+        ends[key] = (den.decode(teacher.endpoint.float(), batch_size=8) if den.is_latent else teacher.endpoint).cpu()
         errors[key] = teacher.error
     return ends, errors
 
@@ -394,7 +395,7 @@ def searched_schedules(
         out[method] = {}
         searched, reused, seconds = 0, 0, 0.0
         for v in variants.values():
-            space = model_space(data, v.denoiser) if data is not None else search_data(v.denoiser, run_dir)
+            space = model_space(data, v.denoiser) if data is not None else search_data(v.denoiser, run_dir, v.model)
             wanted = None if v.conditions is None else v.conditions.state()
             for sampler in samplers:
                 if sampler == "edm":
