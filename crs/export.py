@@ -228,16 +228,18 @@ SWAP_HINT = (
 
 
 def calls_scale_model_input(pipeline) -> bool:
-    """Whether a diffusers pipeline both calls ``scheduler.scale_model_input`` and scales its starting noise by
-    ``scheduler.init_noise_sigma``, as Euler-type schedulers (whose ``init_noise_sigma`` is not 1) need: LDM and the
-    Stable Diffusion pipelines do; ``DDPMPipeline`` and ``DDIMPipeline`` do neither, and ``DiTPipeline`` scales its
-    inputs but not its starting noise. Read from the pipeline class's source; True when the source cannot be read (no
+    """Whether a diffusers pipeline both calls ``scheduler.scale_model_input`` and scales its starting noise to the
+    scheduler's (by ``scheduler.init_noise_sigma``, or through ``scheduler.add_noise`` for img2img), as Euler-type
+    schedulers (whose ``init_noise_sigma`` is not 1) need: LDM and the Stable Diffusion pipelines do;
+    ``DDPMPipeline`` and ``DDIMPipeline`` do neither, and ``DiTPipeline`` scales its inputs but not its starting
+    noise. Read from the pipeline class's source; True when the source cannot be read (no
     refusal on a guess)."""
     try:
         source = inspect.getsource(type(pipeline))
     except (OSError, TypeError):
         return True
-    return "scale_model_input" in source and "init_noise_sigma" in source
+    # the starting noise: scaled by init_noise_sigma (text-to-image), or added by the scheduler's add_noise (img2img)
+    return "scale_model_input" in source and ("init_noise_sigma" in source or "add_noise" in source)
 
 
 def to_trained_betas(schedule, num_train_timesteps: int = 1000) -> np.ndarray:

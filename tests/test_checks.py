@@ -306,7 +306,7 @@ def test_text_conditional_mismatches_are_named_before_any_stage(tmp_path):
     preflight(apply_overrides(params, [f"prompts={tmp_path / 'prompts.pt'}"]))  # its count is read when loaded
     index = json.loads((model / "model_index.json").read_text())
     (model / "model_index.json").write_text(json.dumps({**index, "text_encoder": [None, None]}))
-    with pytest.raises(ExperimentError, match="has no text encoder and tokenizer to embed the `prompts` list"):
+    with pytest.raises(ExperimentError, match="lacks the text encoders and tokenizers to embed the `prompts` list"):
         preflight(params)
     dit = build_tiny_pipeline(tmp_path / "dit", kind="dit", shape=(3, 16, 16))
     with pytest.raises(ExperimentError, match="`prompts` are for a text-conditional model"):
