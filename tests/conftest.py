@@ -30,6 +30,7 @@ LONGEST_FIRST = (
     "tests/test_pipeline.py",
     "tests/test_dry_runs.py",
     "tests/test_dry_runs_conditional.py",
+    "tests/test_dry_runs_flow.py",
     "tests/test_distributed.py",
     "tests/test_training.py",
 )
