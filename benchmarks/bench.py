@@ -805,7 +805,7 @@ def demo_timings(params_file: str = "params/demo.yaml", run_dir: str = "runs/ben
         free, on_data = (crs.RateEstimate.load(Path(run_dir) / f) for f in ("rate.json", "rate_dataset.json"))
         out["data_free"] = dict(
             free.meta["data_free"],
-            gap_10_steps=_log_gap(*(crs.optimize_schedule(r).discretize(10) for r in (free, on_data))),
+            gap_10_steps=crs.schedules.log_gap(*(crs.optimize_schedule(r).discretize(10) for r in (free, on_data))),
         )
     return out
 
@@ -978,11 +978,6 @@ def guidance_table(
 DATAFREE_NFE = {"euler": [5, 10, 20], "dpmpp_2m": [5, 10, 20]}
 
 
-def _log_gap(a: torch.Tensor, b: torch.Tensor) -> float:
-    """The largest gap in log sigma between two schedules' levels (the final 0 left out)."""
-    return float((a[:-1].log() - b[:-1].log()).abs().max())
-
-
 def datafree_table(
     case: str = "gmm",
     model: str | None = None,
@@ -1054,8 +1049,8 @@ def datafree_table(
                         "measure": measure,
                         "sampler": sampler,
                         "nfe": int(budget),
-                        "log_sigma_gap": _log_gap(sigmas["data-free"], sigmas["dataset"]),
-                        "control_gap": _log_gap(sigmas["dataset, seed + 1"], sigmas["dataset"]),
+                        "log_sigma_gap": crs.schedules.log_gap(sigmas["data-free"], sigmas["dataset"]),
+                        "control_gap": crs.schedules.log_gap(sigmas["dataset, seed + 1"], sigmas["dataset"]),
                         "teacher_error": {k: v.value for k, v in judged.items()},
                         "teacher_ratio": _ratio_interval(
                             judged["data-free"].per_sample, judged["dataset"].per_sample, n_boot, seed

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from crs.models import sample_side
+from crs.prompts import has_text_encoder
 
 __all__ = [
     "LATENT_KEYS",
@@ -529,15 +530,9 @@ def describe_pipeline(folder) -> dict:
         "num_classes": classes,
         "text": text,
         # a prompt list is embedded by the pipeline's own text encoders (SD3's three, Flux's two: encode_prompt)
-        "text_encoder": text and _has_text_encoders(folder),
+        "text_encoder": text and has_text_encoder(folder),
         "side_multiple": 2 * factor if packed else None,
     }
-
-
-def _has_text_encoders(folder) -> bool:
-    from crs.prompts import has_text_encoder
-
-    return has_text_encoder(folder)
 
 
 class LatentData:

@@ -43,6 +43,7 @@ __all__ = [
     "fit_model_range",
     "fit_range",
     "fit_schedule",
+    "log_gap",
     "logsnr_to_sigma",
     "sigma_to_alpha",
     "sigma_to_logsnr",
@@ -83,6 +84,15 @@ def logsnr_to_sigma(logsnr):
 
 
 # ----------------------------------------------------------------------------- validation
+def log_gap(a, b) -> float:
+    """The largest gap in log sigma between two discretised schedules of the same length (descending levels, final 0
+    left out): how far apart two schedules place their steps."""
+    a, b = (torch.as_tensor(x, dtype=torch.float64) for x in (a, b))
+    if a.shape != b.shape:
+        raise ValueError(f"Schedules of {len(a)} and {len(b)} levels cannot be compared level by level.")
+    return float((a[:-1].log() - b[:-1].log()).abs().max())
+
+
 def check_sigma_range(sigma_min: float, sigma_max: float) -> None:
     """Raise ``ValueError`` unless ``0 < sigma_min < sigma_max`` are finite numbers."""
     for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):

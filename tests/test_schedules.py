@@ -208,3 +208,13 @@ def test_a_schedule_outside_the_models_range_is_clipped_keeping_its_spacing():
     assert np.allclose(np.diff(t), np.diff(t)[0], atol=1e-6)
     assert fit_schedule(fitted, {"ldm": den}) is fitted
     assert fit_schedule(wide, {"exact": crs.make_dataset("gmm").denoiser}) is wide  # no range: any schedule
+
+
+def test_log_gap_is_the_largest_gap_in_log_sigma_between_levels():
+    """Two discretised schedules compared level by level, the final 0 left out (float64 logs of exact powers of 2:
+    to round-off)."""
+
+    assert crs.schedules.log_gap([4.0, 2.0, 1.0, 0.0], [4.0, 1.0, 1.0, 0.0]) == pytest.approx(math.log(2), rel=1e-12)
+    assert crs.schedules.log_gap([4.0, 2.0, 0.0], [4.0, 2.0, 0.0]) == 0.0
+    with pytest.raises(ValueError, match="Schedules of 3 and 2 levels"):
+        crs.schedules.log_gap([4.0, 2.0, 0.0], [4.0, 0.0])
