@@ -209,6 +209,10 @@ QUALITY_METHODS = {
     "gits": ("gits", {}),
     "optimal": ("optimal", {}),
     "optimal-free": ("optimal-free", {}),
+    "dmn": ("dmn", {}),
+    "ld3": ("ld3", {}),
+    "oss": ("oss", {}),
+    "ays-opt": ("ays-opt", {}),
 }
 
 

@@ -490,7 +490,47 @@ def datafree_md(result: dict) -> str:
     )
 
 
+def fidelity_md(result: dict) -> str:
+    """A port against its authors' code: per case both schedules' largest gap in log sigma, objectives, seconds
+    and teacher errors."""
+    if "reference_path" in result["rows"][0]:  # a programme over grid indices: the paths themselves
+        rows = [
+            [
+                r["steps"],
+                " ".join(map(str, r["reference_path"])),
+                " ".join(map(str, r["port_path"])),
+                f"{r['max_log_gap']:.2g}",
+                f"{r['reference_teacher_error']:.4g}",
+                f"{r['port_teacher_error']:.4g}",
+                f"{r['reference_seconds']:.2f}",
+                f"{r['port_seconds']:.2f}",
+            ]
+            for r in result["rows"]
+        ]
+        header = ["steps", "grid path (reference)", "grid path (port)", "max log-sigma gap"]
+        header += ["teacher error (reference)", "teacher error (port)", "seconds (reference)", "seconds (port)"]
+        return f"{result['repository']}, {result['case']}.\n\n" + _table(header, ["---:"] * 8, rows)
+    rows = []
+    for r in result["rows"]:
+        rows.append(
+            [
+                r["steps"],
+                f"{r['max_log_gap']:.2g}",
+                f"{r['reference_objective']:.4g}",
+                f"{r['port_objective']:.4g}",
+                f"{r['reference_teacher_error']:.4g}",
+                f"{r['port_teacher_error']:.4g}",
+                f"{r['reference_seconds']:.2f}",
+                f"{r['port_seconds']:.2f}",
+            ]
+        )
+    header = ["steps", "max log-sigma gap", "objective (reference)", "objective (port)"]
+    header += ["teacher error (reference)", "teacher error (port)", "seconds (reference)", "seconds (port)"]
+    return f"{result['repository']}, {result['case']}.\n\n" + _table(header, ["---:"] * 8, rows)
+
+
 TABLES = {
+    "fidelity": fidelity_md,
     "datafree": datafree_md,
     "guidance": guidance_md,
     "rate": rate_md,

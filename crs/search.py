@@ -58,6 +58,7 @@ __all__ = [
     "SearchMethod",
     "SearchResult",
     "check_options",
+    "denoise_rows",
     "dp_path",
     "dp_path_history",
     "gits_costs",
@@ -428,7 +429,7 @@ def _rms_to(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).pow(2).mean(dim=(1, 2)).sqrt()
 
 
-def _denoise_rows(denoiser, pred: torch.Tensor, levels: torch.Tensor, shape, batch_size: int) -> torch.Tensor:
+def denoise_rows(denoiser, pred: torch.Tensor, levels: torch.Tensor, shape, batch_size: int) -> torch.Tensor:
     """D at the points ``pred`` (J, n, F), row ``j`` at ``levels[j]``, in batches -> (J, n, F) float64."""
     jumps, n = pred.shape[0], pred.shape[1]
     rows = pred.reshape(jumps * n, *shape)
@@ -458,7 +459,7 @@ def _one_step_costs(denoiser, sampler, states, den, sig_t, batch_size) -> tuple[
         slope = (flat[i] - dflat[i]) / sig_t[i]
         pred = flat[i][None] + dt * slope[None]
         if sampler == "heun":  # the corrector: one evaluation per jump, all jumps from i in one pass
-            d_next = _denoise_rows(denoiser, pred, sig_t[j], states.shape[2:], batch_size)
+            d_next = denoise_rows(denoiser, pred, sig_t[j], states.shape[2:], batch_size)
             slope_next = (pred - d_next) / sig_t[j][:, None, None]
             pred = flat[i][None] + dt * 0.5 * (slope[None] + slope_next)
             evaluations += len(j)
@@ -686,6 +687,148 @@ def _optimal(ctx: SearchContext) -> tuple[np.ndarray, float]:
 def _optimal_free(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """As ``optimal`` with sigma_min free too (between the model's floor, or a tenth of sigma_min, and sigma_max)."""
     return _optimal_search(ctx, free=True)
+
+
+# ----------------------------------------------------------------------------- ported peers (crs.peers)
+def _dmn_prepare(ctx: SearchContext) -> tuple[int, bool]:
+    from crs.peers import check_dmn_order
+
+    if ctx.opts["order"] != "auto":
+        check_dmn_order(ctx.opts["order"])
+    check_int("trunc", ctx.opts["trunc"], 0)
+    if not (isinstance(ctx.opts["err_power"], (int, float)) and ctx.opts["err_power"] > 0):
+        raise ValueError(f"`err_power` must be a positive number, got {ctx.opts['err_power']!r}.")
+    return _plain_teacher(ctx)
+
+
+@register_search("dmn", options={"order": "auto", "trunc": 3, "err_power": 2.0}, prepare=_dmn_prepare, kind="peer")
+def _dmn(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """DM-NonUniform: ``steps`` levels from sigma_max to sigma_min (``steps - 1`` intervals) as its optimiser places
+    them, then 0; no network evaluation (the teacher only scores the result)."""
+    from crs.peers import DMN_ORDER_OF, dmn_lambdas
+
+    order = DMN_ORDER_OF[ctx.sampler] if ctx.opts["order"] == "auto" else ctx.opts["order"]
+    lam, info = dmn_lambdas(
+        ctx.steps - 1, -math.log(ctx.hi), -math.log(ctx.lo), order, ctx.opts["trunc"], ctx.opts["err_power"]
+    )
+    sigmas = np.exp(-lam)
+    sigmas[0], sigmas[-1] = ctx.hi, ctx.lo  # the ends exactly
+    sigmas = _levels(sigmas)
+    ctx.evaluations = 0
+    ctx.meta.update(order=order, **info)
+    return sigmas, ctx.objective(sigmas)
+
+
+def _ld3_prepare(ctx: SearchContext) -> tuple[int, bool]:
+    opts = ctx.opts
+    check_int("pairs", opts["pairs"], 2)
+    if opts["pairs"] > opts["n"]:
+        raise ValueError(f"`pairs` ({opts['pairs']}) cannot exceed the search batch `n` ({opts['n']}).")
+    check_int("batch", opts["batch"], 1)
+    check_int("patience", opts["patience"], 1)
+    rounds = opts["rounds"]
+    if not (
+        isinstance(rounds, (list, tuple)) and len(rounds) == 2 and all(isinstance(r, int) and r >= 0 for r in rounds)
+    ):
+        raise ValueError(
+            f"`rounds` must be two counts (rounds before and after the original's second phase), got {rounds!r}."
+        )
+    if opts["radius"] != "auto" and not (isinstance(opts["radius"], (int, float)) and opts["radius"] >= 0):
+        raise ValueError(f"`radius` must be 'auto' or a number >= 0, got {opts['radius']!r}.")
+    if not (isinstance(opts["lr"], (int, float)) and opts["lr"] > 0):
+        raise ValueError(f"`lr` must be a positive number, got {opts['lr']!r}.")
+    return _plain_teacher(ctx)
+
+
+@register_search(
+    "ld3",
+    options={"pairs": 100, "batch": 2, "rounds": (2, 5), "lr": 0.005, "patience": 5, "radius": "auto"},
+    prepare=_ld3_prepare,
+    kind="peer",
+)
+def _ld3(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """LD3 on the first ``pairs`` samples of the search batch; scored, like every method, on the whole batch."""
+    from crs.peers import ld3_train
+
+    sigmas, info = ld3_train(ctx, ctx.opts["pairs"], ctx.opts)
+    sigmas = _levels(sigmas[:-1])
+    ctx.evaluations += math.ceil((info["forward_sample_evaluations"]) / ctx.opts["n"])
+    ctx.meta.update(info)
+    return sigmas, ctx.objective(sigmas)
+
+
+def _ays_prepare(ctx: SearchContext) -> tuple[int, bool]:
+    for name, low in (("candidates", 3), ("mc_samples", 2), ("sweeps", 1), ("patience", 1)):
+        check_int(name, ctx.opts[name], low)
+    return _plain_teacher(ctx)
+
+
+@register_search(
+    "ays-opt",
+    options={"candidates": 11, "mc_samples": 1024, "sweeps": 20, "patience": 3},
+    prepare=_ays_prepare,
+    kind="peer",
+)
+def _ays_opt(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """Align Your Steps' optimiser from EDM's schedule at the sampler's own level count (the paper optimises 10 steps
+    and interpolates), stopped by the teacher error: after each sweep the schedule is scored on the search batch and
+    the best one kept; ``patience`` sweeps without improvement end it (the paper stops by eye or a perceptual
+    metric, since its bound's optimum is not the sampler's)."""
+    from crs.conditioning import conditioning_of
+    from crs.peers import ays_sweeps
+
+    levels = baseline_sigmas("karras", ctx.steps, ctx.lo, ctx.hi).numpy()[:-1][::-1].copy()  # ascending
+    conditional = conditioning_of(ctx.model) is not None
+
+    def draw(m, gen):
+        if conditional:  # each x0 with its own label, as the rates condition them
+            x0, cond = ctx.data.sample_labeled(m, gen)
+            return x0.to(ctx.teacher.x_T.dtype), cond
+        return ctx.data.sample(m, gen).to(ctx.teacher.x_T.dtype), None
+
+    best = {"objective": ctx.objective(_levels(levels[::-1])), "sweep": -1, "levels": levels.copy(), "scored": 1}
+
+    def on_sweep(sweep, current):
+        value = ctx.objective(_levels(current[::-1]))
+        best["scored"] += 1
+        if value < best["objective"]:
+            best.update(objective=value, sweep=sweep, levels=current.copy())
+        return sweep - best["sweep"] >= ctx.opts["patience"]
+
+    spent = ays_sweeps(ctx.model, draw, levels, ctx.opts, ctx.seed, on_sweep)
+    ctx.evaluations += math.ceil(spent / ctx.opts["n"]) + best["scored"] * ctx.nfe
+    ctx.meta.update(klub_sample_evaluations=spent, best_sweep=best["sweep"], sweeps_scored=best["scored"] - 1)
+    return _levels(best["levels"][::-1]), best["objective"]
+
+
+def _oss_prepare(ctx: SearchContext) -> tuple[int, bool]:
+    check_choice("aggregate", ctx.opts["aggregate"], ("median", "joint"), what="OSS aggregate")
+    return _gits_teacher(ctx)
+
+
+@register_search("oss", options={"grid": 100, "substeps": 4, "aggregate": "median"}, prepare=_oss_prepare, kind="peer")
+def _oss(ctx: SearchContext) -> tuple[np.ndarray, float]:
+    """Optimal Stepsize on the teacher's grid (GITS's teacher: the same trajectories serve both) and sigma = 0:
+    ``steps`` steps from sigma_max, the last level before 0 where the programme puts it."""
+    from crs.peers import oss_path
+
+    grid = ctx.teacher.sigma[:: ctx.opts["substeps"]]
+    levels = np.concatenate([[0.0], grid[::-1]])  # ascending, 0 first: the original's indexing
+    states = ctx.teacher.states[:: ctx.opts["substeps"]].flip(0)
+    traj = torch.cat([ctx.teacher.endpoint[None].to(states.dtype), states])
+    per_sample = ctx.opts["aggregate"] == "median"
+    path, spent = oss_path(ctx.denoiser, ctx.sampler, levels, traj, ctx.steps, per_sample=per_sample)
+    ctx.meta["exact_rerun"] = len(set(path)) < len(path)  # a repeat: fewer steps than the budget (see below)
+    if ctx.meta["exact_rerun"]:  # the original would run a zero-length step; the port takes exactly `steps` steps
+        path, more = oss_path(ctx.denoiser, ctx.sampler, levels, traj, ctx.steps, per_sample=per_sample, at_most=False)
+        spent += more
+        if len(set(path)) < len(path):  # medians of exact paths can still coincide: the batch's one programme
+            path, more = oss_path(ctx.denoiser, ctx.sampler, levels, traj, ctx.steps, per_sample=False, at_most=False)
+            spent += more
+    ctx.evaluations += spent
+    sigmas = _levels(levels[path[1:]][::-1])
+    ctx.meta.update(grid=int(len(grid) - 1), path=[int(p) for p in path], dp_evaluations=spent)
+    return sigmas, ctx.objective(sigmas)
 
 
 METHODS = tuple(_SEARCHES)  # in the order of registration

@@ -181,7 +181,7 @@ def test_class_conditional_networks_take_labels_and_round_trip(tmp_path, shape, 
         plain(x, 1.0, torch.tensor([0, 1, 2, 3]))
 
 
-@pytest.mark.parametrize("method", ["crs", "gits", "optimal"])
+@pytest.mark.parametrize("method", ["crs", "gits", "optimal", "dmn", "ld3", "oss", "ays-opt"])
 @pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m"])
 def test_schedule_search_for_a_guided_model(labelled, method, sampler):
     """Every search method runs on a guided model: its objective is the teacher error of its schedule judged on the
@@ -190,9 +190,10 @@ def test_schedule_search_for_a_guided_model(labelled, method, sampler):
 
     den, labels = Guided(labelled.denoiser, 2.0), Labels(2)
     opts = dict(n=32, teacher_steps=64, grid_size=8, n_samples=256, grid=8, substeps=2, maxiter=3, init="best")
+    opts.update(pairs=8, rounds=(1, 0), mc_samples=64, sweeps=2)  # ld3's, ays-opt's
     opts = {k: v for k, v in opts.items() if k in crs.search.check_options(method, {}) or k in ("n", "teacher_steps")}
     result = crs.search_schedule(method, den, labelled, sampler, 5, 0.002, 80.0, seed=1, conditions=labels, **opts)
-    steps = 16 if method == "gits" else 64  # GITS solves its own teacher on its grid: grid * substeps steps
+    steps = 16 if method in ("gits", "oss") else 64  # GITS and OSS solve a teacher on a grid: grid * substeps
     teacher = crs.solve_teacher(den, (2,), 32, search_seed(1), 0.002, 80.0, steps, conditions=labels)
     with warnings.catch_warnings():  # the tiny teacher is not accurate; it is the search's own, judged the same way
         warnings.simplefilter("ignore")

@@ -144,16 +144,20 @@ def test_every_method_returns_a_schedule_with_its_cost(method, tmp_path):
         options.update(grid_size=8, n_samples=64)
     if method == "crs-select":
         options.update(measures=("data", "solver"), xis=(1.0, 2.0))
-    if method == "gits":
+    if method in ("gits", "oss"):
         options.update(grid=8, substeps=2)
+    if method == "ays-opt":
+        options.update(mc_samples=64, sweeps=2)
     if method.startswith("optimal"):
         options.update(init="best", maxiter=5)
+    if method == "ld3":
+        options.update(pairs=8, rounds=(1, 0))
     result = search_schedule(method, GMM.denoiser, GMM, "dpmpp_2m", 4, seed=1, **options)
     sig = np.array(result.sigmas)
     assert len(sig) == 5 and sig[-1] == 0 and np.all(np.diff(sig) < 0) and sig[0] == 80.0
     assert result.objective > 0 and result.seconds > 0 and result.batch == SMALL["n"]
     assert (result.rate_evaluations > 0) == (search_kind(method) == "crs")
-    assert (result.evaluations > 0) == (method != "crs")
+    assert (result.evaluations > 0) == (method not in ("crs", "dmn"))  # the data-free ones need no teacher
     if method == "crs-select":
         assert len(result.meta["candidates"]) == 4 and result.meta["measure"] in ("data", "solver-dpmpp_2m")
     loaded = SearchResult.load(result.save(tmp_path / "s.json"))
@@ -169,6 +173,10 @@ def test_each_method_declares_its_role_when_registered():
         "gits": "peer",
         "optimal": "peer",
         "optimal-free": "peer",
+        "dmn": "peer",
+        "ld3": "peer",
+        "ays-opt": "peer",
+        "oss": "peer",
     }
     with pytest.raises(ValueError, match="Unknown kind of searched schedule 'baseline'"):
         register_search("fixed", options={}, kind="baseline")
@@ -230,6 +238,9 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
         "gits": {"grid": 12},
         "optimal": {"init": "best", "maxiter": 2},
         "optimal-free": {"init": "best", "maxiter": 2},
+        "ld3": {"pairs": 8, "rounds": [1, 0]},
+        "oss": {"grid": 12},
+        "ays-opt": {"mc_samples": 64, "sweeps": 2},
     }
     result = quality_table(
         nfe={"euler": [3], "heun": [3]},
@@ -245,7 +256,7 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
     assert len(saved) == 2 and len(json.loads(saved[0])["cells"]) == 1
     for cell in result["cells"]:
         rows = cell["rows"]
-        assert set(rows) >= set(crs.BASELINES) | {"crs (data)", "crs-select", "gits", "optimal", "optimal-free"}
+        assert set(rows) >= set(crs.BASELINES) | {"crs (data)", "crs-select", "gits", "optimal", "optimal-free", "oss"}
         assert rows["optimal"]["ratio"] == 1.0 and all(r["teacher_error"] > 0 for r in rows.values())
         assert all(r["fid_low"] <= r["fid_high"] for r in rows.values())
     text = quality_md(result)
