@@ -179,8 +179,25 @@ PAGES = {
         "the CPU within stated tolerances, then every shipped experiment's dry run with `--device cuda`.",
         [("gpu-check-*", "Runs", "")],
     ),
+    "peers": (
+        "Peers: each port against its authors' code",
+        "The peer searches (docs/concepts/peers.md) are ports. Where the authors' code is public, "
+        "`python -m benchmarks.fidelity <peer> --reference <checkout>` imports it from a checkout outside the "
+        "project, runs it on the same case as the port and records both schedules, the largest gap between them in "
+        "log sigma, and both teacher errors on the 2-D mixture with its exact denoiser (1024 held-out samples). "
+        "DM-NonUniform: the ends are passed to the port as the reference computes them (its objective is not "
+        "smooth, so the optimiser's path depends on the last bits). Optimal Stepsize: the port in the original's "
+        'mode (`start="noise"`: the first step may start below the top from the noise unchanged in '
+        "flow-matching coordinates; the suite's default starts at the top), both fed the original's teacher "
+        "(Euler on the grid); teacher errors with the schedule started at `sigma_0 z`, as the suite runs it.",
+        [
+            ("fidelity-dmn", "DM-NonUniform (scxue/DM-NonUniform, step_optim.py)", ""),
+            ("fidelity-oss", "Optimal Stepsize (bebebe666/OptimalSteps, OSS/OSS.py)", ""),
+            ("fidelity-ld3", "LD3 (vinhsuhi/LD3, trainer.py)", ""),
+        ],
+    ),
 }
-PAGE_ORDER = ("quality", "ratio", "guidance", "datafree", "coverage", "demo", "costs", "gpu")
+PAGE_ORDER = ("quality", "peers", "ratio", "guidance", "datafree", "coverage", "demo", "costs", "gpu")
 
 
 def provenance(record: dict) -> str:
