@@ -50,6 +50,7 @@ from crs.seeds import reference_seed
 __all__ = [
     "QUALITY_CASES",
     "QUALITY_METHODS",
+    "peers_table",
     "quality_case",
     "coverage_cases",
     "coverage_table",
@@ -276,11 +277,14 @@ def quality_case(name: str, model: str | None = None, device: str = "cpu", cache
     return data, load_denoiser(str(folder), data, device=device), kwargs
 
 
+TEACHER_FREE = ("crs", "dmn")  # search methods that need no teacher (it only scores their schedules)
+
+
 def standalone_cost(found) -> int:
     """Network evaluations per search sample of one search on its own: with the parts it took from a shared cache
     (the search teacher, GITS's jump costs) counted as if it had made them."""
     meta = found.meta
-    if found.method == "crs":  # the teacher only scores plain CRS; it costs nothing beyond its rate
+    if found.method in TEACHER_FREE:  # the teacher only scores them; they cost nothing beyond a rate estimate
         return int(found.evaluations)
     total = found.evaluations + meta["teacher_evaluations"] * meta["teacher_reused"]
     return int(total + meta.get("jump_evaluations", 0) * meta.get("jumps_reused", False))
@@ -412,6 +416,29 @@ def quality_table(
         if on_cell is not None:
             on_cell(result)
     return result
+
+
+# the head-to-head's budgets for a user without a teacher and with one (issue 25's targets)
+NO_TEACHER = 0
+TEACHER_BUDGET = 10_000
+
+
+def peers_table(case: str = "gmm", model: str | None = None, seed: int = 0, nfe=None, progress: bool = True) -> dict:
+    """Every method head to head on one model (:func:`quality_table` without the optimiser check): each row's
+    teacher error as a ratio to the best schedule *anyone* found in its cell (``ratio_best``, beside ``ratio`` to
+    ``optimal``'s), the cell's winner, and each row's search cost per sample on its own (``evaluations``; 0 for a
+    fixed baseline). The searches run on the search batch and are judged on other seeds."""
+    data, denoiser, kwargs = quality_case(case, model)
+    kwargs["check_optimizer"] = False
+    result = quality_table(denoiser, data, nfe=nfe, seed=seed, progress=progress, **kwargs)
+    for cell in result["cells"]:
+        judged = {k: r for k, r in cell["rows"].items() if "teacher_error" in r}
+        best = min(judged, key=lambda k: judged[k]["teacher_error"])
+        for row in judged.values():
+            row["ratio_best"] = row["teacher_error"] / judged[best]["teacher_error"]
+            row.setdefault("evaluations", 0)
+        cell["best"] = best
+    return dict(result, case=case, model=model or case, budgets={"no_teacher": NO_TEACHER, "teacher": TEACHER_BUDGET})
 
 
 def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000, only=None) -> dict:
@@ -1107,7 +1134,7 @@ def _parser() -> argparse.ArgumentParser:
         "what",
         nargs="?",
         default="all",
-        choices=[*BENCHMARKS, "stability", "demo", "digits-cond", "digits-flow", "all"],
+        choices=[*BENCHMARKS, "peers", "stability", "demo", "digits-cond", "digits-flow", "all"],
     )
     parser.add_argument("--repeats", type=int, default=5, help="rate: repeats per measure (default 5)")
     parser.add_argument("--json", default=None, help="quality: also write the partial result here after every cell")
@@ -1118,7 +1145,7 @@ def _parser() -> argparse.ArgumentParser:
         help="quality: the run's seed (sample i uses seed + i: runs with nearby seeds share samples)",
     )
     parser.add_argument(
-        "--data", default="gmm", choices=list(QUALITY_CASES), help="quality, datafree: the case (default gmm)"
+        "--data", default="gmm", choices=list(QUALITY_CASES), help="quality, datafree, peers: the case (default gmm)"
     )
     parser.add_argument("--datafree-seed", type=int, default=0, help="datafree: the run's seed (default 0)")
     parser.add_argument("--model", default=None, help="quality: a saved model to judge instead of the case's own")
@@ -1160,6 +1187,8 @@ def record_name(what: str, args) -> str:
         return f"quality-{args.data}" + (f"-nfe-{re.sub(r'[^0-9a-z]+', '-', args.nfe.lower())}" if args.nfe else "")
     if what == "datafree":
         return f"datafree-{args.data}" + (f"-seed{args.datafree_seed}" if args.datafree_seed else "")
+    if what == "peers":
+        return f"peers-{args.data}"
     if what == "guidance" and (args.case, args.guidance_seed) != ("ring", 0):
         return f"guidance-{args.case}" + (f"-seed{args.guidance_seed}" if args.guidance_seed else "")
     if what != "coverage":
@@ -1187,6 +1216,7 @@ def measure(what: str, args) -> dict | list:
         "ratio": crs_ratio_table,
         "guidance": lambda: guidance_table(case=args.case, model=args.model, seed=args.guidance_seed),
         "datafree": lambda: datafree_table(args.data, args.model, seed=args.datafree_seed),
+        "peers": lambda: peers_table(args.data, args.model, seed=args.seed),
         "demo": lambda: demo_timings(run_dir=args.run_dir or "runs/bench/demo"),
         "digits-cond": lambda: demo_timings("params/digits-cond.yaml", args.run_dir or "runs/bench/digits-cond"),
         "digits-flow": lambda: demo_timings("params/digits-flow.yaml", args.run_dir or "runs/bench/digits-flow"),

@@ -231,6 +231,8 @@ def render_page(page: str, records: dict) -> str:
             lines += ["", provenance(record), "", TABLES[record["benchmark"]](record["result"])]
             if isinstance(record["result"], dict) and record["result"].get("schedules"):
                 lines += ["", f"![The CRS schedules of each rate]({FIGURES_LINK}/{record['name']}.png)"]
+            if record["benchmark"] == "peers":
+                lines += ["", f"![Error against search cost, per method]({FIGURES_LINK}/{record['name']}.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -322,9 +324,14 @@ def main(argv=None) -> int:
             atomic_write_bytes(path, text.encode())
             print(f"wrote {path.relative_to(ROOT)}")
     for name, record in load_records().items():
+        figure = None
         if isinstance(record["result"], dict) and record["result"].get("schedules"):
+            figure = schedules_figure(record["result"])
+        elif record["benchmark"] == "peers":
+            figure = pareto_figure(record["result"])
+        if figure is not None:
             path = FIGURES / f"{name}.png"
-            atomic_write_bytes(path, schedules_figure(record["result"]))
+            atomic_write_bytes(path, figure)
             print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
@@ -343,6 +350,45 @@ def schedules_figure(result: dict) -> bytes:
     for i, (w, sigmas) in enumerate(result["schedules"].items()):
         ax.semilogy(range(len(sigmas) - 1), sigmas[:-1], "o-", ms=3, color=f"C{i}", label=f"rate at w = {w}")
     ax.set(xlabel="step", ylabel="sigma", title=f"{len(sigmas) - 1}-step CRS schedules (data measure, xi = 1)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def pareto_figure(result: dict) -> bytes:
+    """A head-to-head record's methods as points: median search cost (network evaluations per search sample; a
+    fixed baseline's and DM-NonUniform's 0 drawn at the left edge) against the geometric mean of the ratio to the
+    best schedule of each cell, with the Pareto front (no method both cheaper and better) joined; PNG bytes."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks.tables import peers_summary
+
+    summary = peers_summary(result)
+    floor = 1.0
+    points = {k: (max(v["cost"], floor), v["geomean"]["all"], v["kind"]) for k, v in summary.items()}
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    colours = {"baseline": "C7", "crs": "C0", "peer": "C3"}
+    for k, (x, y, kind) in points.items():
+        ax.scatter(x, y, color=colours.get(kind, "C2"), s=18)
+        ax.annotate(k, (x, y), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    front, best = [], float("inf")
+    for _name, (x, y, _) in sorted(points.items(), key=lambda kv: (kv[1][0], kv[1][1])):
+        if y < best:
+            front.append((x, y))
+            best = y
+    ax.step(*zip(*front), where="post", color="k", lw=0.8, alpha=0.6)
+    ax.set(xscale="log", yscale="log", xlabel="search cost: evaluations per search sample (0 drawn at 1)")
+    ax.set(ylabel="teacher error / best of the cell (geometric mean)", title=f"{result['case']}: error against cost")
+    for kind, colour in colours.items():
+        ax.scatter([], [], color=colour, s=18, label={"baseline": "fixed", "crs": "CRS", "peer": "search"}[kind])
     ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()

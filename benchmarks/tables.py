@@ -529,7 +529,89 @@ def fidelity_md(result: dict) -> str:
     return f"{result['repository']}, {result['case']}.\n\n" + _table(header, ["---:"] * 8, rows)
 
 
+def peers_summary(result: dict) -> dict:
+    """Per method: the geometric mean of its ratio to the best schedule found in each cell, per sampler and over
+    all cells, its worst ratio in the Euler and DPM-Solver++(2M) cells and in all cells, and its median search cost
+    (network evaluations per search sample, a fixed baseline's 0)."""
+    cells = _cells(result)
+    names = [k for k in cells[0]["rows"] if "ratio_best" in cells[0]["rows"][k]]
+    samplers = list(dict.fromkeys(c["sampler"] for c in cells))
+    out = {}
+    for k in names:
+        ratios = {s: [c["rows"][k]["ratio_best"] for c in cells if c["sampler"] == s] for s in samplers}
+        plain = [c["rows"][k]["ratio_best"] for c in cells if c["sampler"] in ("euler", "dpmpp_2m")]
+        out[k] = {
+            "kind": cells[0]["rows"][k]["kind"],
+            "geomean": {s: geomean(v) for s, v in ratios.items()} | {"all": geomean(sum(ratios.values(), []))},
+            "worst_plain": max(plain) if plain else float("nan"),
+            "worst": max(sum(ratios.values(), [])),
+            "cost": float(np.median([c["rows"][k]["evaluations"] for c in cells])),
+            "max_cost": max(c["rows"][k]["evaluations"] for c in cells),
+            "seconds": float(np.median([c["rows"][k].get("seconds", 0.0) for c in cells])),
+        }
+    return out
+
+
+def peers_recommendation(result: dict) -> dict:
+    """The methods the numbers recommend: with no teacher (no network evaluation beyond a rate estimate: a fixed
+    baseline, ``dmn``, plain CRS), the least worst ratio over the Euler and DPM-Solver++(2M) cells; with a teacher
+    budget (every search at most ``budgets["teacher"]`` evaluations per sample), the least worst ratio over all
+    cells. Each with its worst ratio."""
+    summary = peers_summary(result)
+    free = {k: v for k, v in summary.items() if v["max_cost"] <= result["budgets"]["no_teacher"]}
+    budget = {k: v for k, v in summary.items() if v["max_cost"] <= result["budgets"]["teacher"]}
+    no_teacher = min(free, key=lambda k: free[k]["worst_plain"])
+    teacher = min(budget, key=lambda k: budget[k]["worst"])
+    return {
+        "no_teacher": {"method": no_teacher, "worst_plain": free[no_teacher]["worst_plain"]},
+        "teacher": {"method": teacher, "worst": budget[teacher]["worst"]},
+    }
+
+
+def peers_md(result: dict) -> str:
+    """The head-to-head: every schedule's ratio to the best found in its cell, the winners, geometric means, costs,
+    and the recommendations with the targets beside them."""
+    cells = _cells(result)
+    summary = peers_summary(result)
+    names = list(summary)
+    head = ["sampler", "nfe", "best (teacher error)", *names]
+    rows = []
+    for c in cells:
+        r = c["rows"]
+        rows.append(
+            [c["sampler"], c["nfe"], f"{c['best']} ({r[c['best']]['teacher_error']:.3g})"]
+            + [f"{r[k]['ratio_best']:.2f}" for k in names]
+        )
+    parts = ["Teacher error as a ratio to the best schedule found in the cell (1.00: the best):\n\n"]
+    parts[0] += _table(head, ["---", "---:", "---"] + ["---:"] * len(names), rows)
+    samplers = [s for s in next(iter(summary.values()))["geomean"] if s != "all"]
+    parts.append(
+        "Per method: geometric mean of the ratio per sampler and over all cells, the worst ratio, and the median "
+        "search cost (network evaluations per search sample; a rate estimate's own cost is not counted):\n\n"
+        + _table(
+            ["method", "kind", *samplers, "all", "worst", "evaluations", "seconds"],
+            ["---", "---"] + ["---:"] * (len(samplers) + 4),
+            [
+                [k, v["kind"], *[f"{v['geomean'][s]:.2f}" for s in samplers], f"{v['geomean']['all']:.2f}"]
+                + [f"{v['worst']:.2f}", f"{v['cost']:.0f}", f"{v['seconds']:.1f}"]
+                for k, v in summary.items()
+            ],
+        )
+    )
+    rec = peers_recommendation(result)
+    nt, t = rec["no_teacher"], rec["teacher"]
+    met = {True: "met", False: "not met"}
+    parts.append(
+        f"Recommended without a teacher: **{nt['method']}**, worst ratio {nt['worst_plain']:.2f} over the Euler "
+        f"and DPM-Solver++(2M) cells (target 1.3: {met[nt['worst_plain'] <= 1.3]}). With a teacher budget of "
+        f"{result['budgets']['teacher']:,} evaluations per search sample: **{t['method']}**, worst ratio "
+        f"{t['worst']:.2f} over all cells (target 1.1: {met[t['worst'] <= 1.1]})."
+    )
+    return "\n\n".join(parts)
+
+
 TABLES = {
+    "peers": peers_md,
     "fidelity": fidelity_md,
     "datafree": datafree_md,
     "guidance": guidance_md,

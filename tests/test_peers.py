@@ -261,3 +261,37 @@ def test_oss_search_frees_the_last_level_and_keeps_its_budget():
         sig = np.array(result.sigmas)
         assert len(sig) == crs.sampling.steps_for_nfe(sampler, nfe) + 1 and sig[0] == 80.0 and np.all(np.diff(sig) < 0)
         assert result.evaluations > result.meta["dp_evaluations"] > 0
+
+
+def test_head_to_head_benchmark_ratios_to_the_best_of_each_cell(monkeypatch):
+    """The head-to-head at toy size: in each cell the best schedule has ratio 1 and no row is below it; the
+    no-teacher recommendation is a method that spent no evaluation, the budgeted one within the budget; the page
+    and the Pareto figure render from the result."""
+    import benchmarks.bench as bench
+    from benchmarks.render import pareto_figure
+    from benchmarks.tables import peers_md, peers_recommendation, peers_summary
+
+    options = {
+        "teacher_steps": 16,
+        "crs": {"grid_size": 8, "n_samples": 64},
+        "crs-select": {"grid_size": 8, "n_samples": 64, "measures": ["data"], "xis": [1.0]},
+        "gits": {"grid": 12},
+        "optimal": {"init": "best", "maxiter": 2},
+        "optimal-free": {"init": "best", "maxiter": 2},
+        "ld3": {"pairs": 8, "rounds": [1, 0]},
+        "oss": {"grid": 12},
+        "ays-opt": {"mc_samples": 16, "sweeps": 1},
+    }
+    sizes = dict(n_search=16, n_eval=32, n_boot=10, teacher_steps=32)
+    monkeypatch.setitem(bench.QUALITY_CASES, "gmm", dict(bench.QUALITY_CASES["gmm"], sizes=sizes, options=options))
+    shown = ("crs (data)", "gits", "optimal", "dmn", "ld3", "oss", "ays-opt")  # the others cost seconds more
+    monkeypatch.setattr(bench, "QUALITY_METHODS", {k: bench.QUALITY_METHODS[k] for k in shown})
+    result = bench.peers_table("gmm", nfe={"euler": [4], "dpmpp_2m": [3]}, progress=False)
+    for cell in result["cells"]:
+        ratios = {k: r["ratio_best"] for k, r in cell["rows"].items() if "ratio_best" in r}
+        assert ratios[cell["best"]] == 1.0 and min(ratios.values()) == 1.0
+        assert set(ratios) == set(shown) | set(crs.BASELINES)
+    summary, rec = peers_summary(result), peers_recommendation(result)
+    assert summary[rec["no_teacher"]["method"]]["max_cost"] == 0 and summary["dmn"]["max_cost"] == 0
+    assert summary[rec["teacher"]["method"]]["max_cost"] <= bench.TEACHER_BUDGET
+    assert "Recommended without a teacher" in peers_md(result) and pareto_figure(result)[:4] == b"\x89PNG"
