@@ -244,6 +244,26 @@ QUALITY_CASES = {
         sizes=_UNET_SIZES,
         options=_UNET_OPTIONS,
     ),
+    # the class-conditional digits UNet (label dropout 0.1; the guidance benchmark's, trained into the same folder),
+    # searched and judged for the guided ODE at the scale the head-to-head is given, labels in the data's shares
+    "digits-cond": dict(
+        dataset="digits",
+        dataset_kwargs={},
+        build={"num_classes": 10},
+        train=dict(steps=1500, batch_size=64, lr=1e-3, ema_decay=0.999),
+        sizes=_UNET_SIZES,
+        options=_UNET_OPTIONS,
+    ),
+    # a rectified-flow UNet on the digits (velocity prediction, SD3's logit-normal training times), as
+    # params/digits-flow.yaml trains it; its own range (sigma up to 999) and the flow models' shipped schedules
+    "digits-flow": dict(
+        dataset="digits",
+        dataset_kwargs={},
+        build={"precond": "flow", "sigma_max": 999.0},
+        train=dict(steps=1500, batch_size=64, lr=1e-3, ema_decay=0.999, noise="flow"),
+        sizes=dict(_UNET_SIZES, baselines=crs.schedules.FLOW_BASELINES + crs.BASELINES),
+        options=_UNET_OPTIONS,
+    ),
 }
 
 
@@ -271,7 +291,7 @@ def quality_case(name: str, model: str | None = None, device: str = "cpu", cache
     folder = Path(model) if model else Path(cache) / name
     if model is None and not folder.is_dir():
         log(f"training the {name} UNet ({case['train']['steps']} steps) into {folder}")
-        den = build_denoiser(data.shape, seed=0)
+        den = build_denoiser(data.shape, seed=0, **case.get("build", {}))
         result = train(den, data, TrainConfig(seed=0, **case["train"]), progress=True, desc=name)
         result.ema.save_pretrained(folder)
     return data, load_denoiser(str(folder), data, device=device), kwargs
@@ -304,6 +324,8 @@ def quality_table(
     options: dict | None = None,
     reference=None,
     on_cell=None,
+    conditions=None,
+    baselines=None,
 ) -> dict:
     """Schedules against the optimum, per sampler and nfe, by teacher error on held-out seeds.
 
@@ -324,6 +346,9 @@ def quality_table(
         reference: samples of the data for the distribution metric (default: fresh draws of analytic data;
             none for other data unless given).
         on_cell: called with the result so far after every cell (to save partial results).
+        conditions: a conditional model's condition source (:class:`crs.conditioning.Labels`): every sample, judged
+            or searched, gets the condition of its seed.
+        baselines: the fixed schedules judged (default :data:`crs.BASELINES`).
     """
     from tqdm import tqdm
 
@@ -337,11 +362,12 @@ def quality_table(
         data = crs.make_dataset("gmm")
         denoiser = data.denoiser
     nfe = nfe or {"euler": [5, 10, 20], "heun": [5, 11, 21], "dpmpp_2m": [5, 10, 20]}
+    baselines = tuple(baselines or crs.BASELINES)
     options = dict(options or {})
     common = {k: v for k, v in options.items() if k not in METHODS}
     lo, hi = crs.schedules.fit_model_range(denoiser)
     start = time.perf_counter()
-    teacher = solve_teacher(denoiser, data.shape, n_eval, seed, lo, hi, steps=teacher_steps)
+    teacher = solve_teacher(denoiser, data.shape, n_eval, seed, lo, hi, steps=teacher_steps, conditions=conditions)
     teacher_seconds = time.perf_counter() - start
     if reference is None and isinstance(data, AnalyticDataset):
         reference = data.sample(4 * n_eval, torch.Generator().manual_seed(reference_seed(seed)))
@@ -351,7 +377,7 @@ def quality_table(
     idx = crs.metrics.bootstrap_indices(n_eval, n_boot, seed)
 
     def judge(sampler, sigmas):
-        x = endpoints(denoiser, sampler, sigmas, teacher.x_T)
+        x = endpoints(denoiser, sampler, sigmas, teacher.x_T, cond=teacher.cond)
         value = float((x.double() - teacher.endpoint.double()).pow(2).mean().sqrt())
         out = {"teacher_error": value}
         if reference is not None:
@@ -375,11 +401,13 @@ def quality_table(
     for sampler, budget in tqdm(todo, desc="quality", disable=not progress):
         steps = steps_for_nfe(sampler, budget)
         rows = {}
-        for b in crs.BASELINES:
+        for b in baselines:
             rows[b] = dict(kind="baseline", **judge(sampler, crs.baseline_sigmas(b, steps, lo, hi)))
         for label, (method, method_options) in QUALITY_METHODS.items():
             own = {**common, **options.get(method, {}), **method_options, "n": n_search}
-            found = search_schedule(method, denoiser, data, sampler, budget, lo, hi, seed=seed, cache=cache, **own)
+            found = search_schedule(
+                method, denoiser, data, sampler, budget, lo, hi, seed=seed, cache=cache, conditions=conditions, **own
+            )
             rows[label] = dict(
                 kind=search_kind(method),
                 search_objective=found.objective,
@@ -403,14 +431,15 @@ def quality_table(
                 hi,
                 seed=seed,
                 cache=cache,
+                conditions=conditions,
                 **{**common, "n": n_search, "optimizer": "powell", "maxfev": 3000},
             )
             rows["optimal (powell)"] = dict(
                 kind="check", search_objective=powell.objective, evaluations=powell.evaluations, seconds=powell.seconds
             )
-        best = rows["optimal"]["teacher_error"]
+        best = rows["optimal"]["teacher_error"] if "optimal" in rows else None  # the unit of `ratio`
         for row in rows.values():
-            if "teacher_error" in row:
+            if "teacher_error" in row and best is not None:
                 row["ratio"] = row["teacher_error"] / best
         cells.append(dict(sampler=sampler, nfe=budget, rows=rows))
         if on_cell is not None:
@@ -423,13 +452,28 @@ NO_TEACHER = 0
 TEACHER_BUDGET = 10_000
 
 
-def peers_table(case: str = "gmm", model: str | None = None, seed: int = 0, nfe=None, progress: bool = True) -> dict:
+def peers_table(
+    case: str = "gmm",
+    model: str | None = None,
+    seed: int = 0,
+    nfe=None,
+    progress: bool = True,
+    guidance: float | None = None,
+) -> dict:
     """Every method head to head on one model (:func:`quality_table` without the optimiser check): each row's
     teacher error as a ratio to the best schedule *anyone* found in its cell (``ratio_best``, beside ``ratio`` to
     ``optimal``'s), the cell's winner, and each row's search cost per sample on its own (``evaluations``; 0 for a
-    fixed baseline). The searches run on the search batch and are judged on other seeds."""
+    fixed baseline). The searches run on the search batch and are judged on other seeds. A class-conditional
+    model is searched and judged with classifier-free ``guidance`` (1: as it is), labels in the data's shares."""
+    from crs.conditioning import Guided, Labels, conditioning_of
+
     data, denoiser, kwargs = quality_case(case, model)
     kwargs["check_optimizer"] = False
+    if conditioning_of(denoiser) is not None:
+        denoiser = Guided(denoiser, 1.0 if guidance is None else guidance)
+        kwargs["conditions"] = Labels.from_data(data)
+    elif guidance is not None:
+        raise ValueError(f"guidance={guidance} needs a class-conditional case (digits-cond); {case!r} is not one.")
     result = quality_table(denoiser, data, nfe=nfe, seed=seed, progress=progress, **kwargs)
     for cell in result["cells"]:
         judged = {k: r for k, r in cell["rows"].items() if "teacher_error" in r}
@@ -438,7 +482,8 @@ def peers_table(case: str = "gmm", model: str | None = None, seed: int = 0, nfe=
             row["ratio_best"] = row["teacher_error"] / judged[best]["teacher_error"]
             row.setdefault("evaluations", 0)
         cell["best"] = best
-    return dict(result, case=case, model=model or case, budgets={"no_teacher": NO_TEACHER, "teacher": TEACHER_BUDGET})
+    budgets = {"no_teacher": NO_TEACHER, "teacher": TEACHER_BUDGET}
+    return dict(result, case=case, model=model or case, guidance=guidance, budgets=budgets)
 
 
 def coverage_cases(n: int = 256, dim: int = 16, mc_draws: int = 20000, only=None) -> dict:
@@ -1162,6 +1207,9 @@ def _parser() -> argparse.ArgumentParser:
         help="guidance: the case (default ring; --model for digits)",
     )
     parser.add_argument("--guidance-seed", type=int, default=0, help="guidance: the run's seed (default 0)")
+    parser.add_argument(
+        "--guidance", type=float, default=None, help="peers: the guidance scale of a conditional case (digits-cond)"
+    )
     parser.add_argument("--coverage-repeats", type=int, default=400, help="coverage: repeats per case (default 400)")
     parser.add_argument(
         "--coverage-cases", default=None, help="coverage: only the cases whose name contains one of these (a,b,...)"
@@ -1188,7 +1236,7 @@ def record_name(what: str, args) -> str:
     if what == "datafree":
         return f"datafree-{args.data}" + (f"-seed{args.datafree_seed}" if args.datafree_seed else "")
     if what == "peers":
-        return f"peers-{args.data}"
+        return f"peers-{args.data}" + (f"-w{args.guidance:g}" if args.guidance is not None else "")
     if what == "guidance" and (args.case, args.guidance_seed) != ("ring", 0):
         return f"guidance-{args.case}" + (f"-seed{args.guidance_seed}" if args.guidance_seed else "")
     if what != "coverage":
@@ -1216,7 +1264,7 @@ def measure(what: str, args) -> dict | list:
         "ratio": crs_ratio_table,
         "guidance": lambda: guidance_table(case=args.case, model=args.model, seed=args.guidance_seed),
         "datafree": lambda: datafree_table(args.data, args.model, seed=args.datafree_seed),
-        "peers": lambda: peers_table(args.data, args.model, seed=args.seed),
+        "peers": lambda: peers_table(args.data, args.model, seed=args.seed, guidance=args.guidance),
         "demo": lambda: demo_timings(run_dir=args.run_dir or "runs/bench/demo"),
         "digits-cond": lambda: demo_timings("params/digits-cond.yaml", args.run_dir or "runs/bench/digits-cond"),
         "digits-flow": lambda: demo_timings("params/digits-flow.yaml", args.run_dir or "runs/bench/digits-flow"),

@@ -180,8 +180,16 @@ PAGES = {
         [("gpu-check-*", "Runs", "")],
     ),
     "peers": (
-        "Peers: each port against its authors' code",
-        "The peer searches (docs/concepts/peers.md) are ports. Where the authors' code is public, "
+        "Peers: every method head to head, and each port against its authors' code",
+        "`python -m benchmarks.bench peers --data CASE [--guidance W]` runs every fixed baseline, the CRS variants, "
+        "GITS, the direct search and the four ported peers (docs/concepts/peers.md) on one model, per sampler and "
+        "nfe: each searches on the search batch, each is judged on other seeds against one teacher. A schedule's "
+        "teacher error is shown as a ratio to the best schedule *anyone* found in its cell, with its search cost "
+        "(network evaluations per search sample, counted as if the search ran alone; a rate estimate's own cost "
+        "apart). The recommendations are computed from the table: without a teacher (no evaluation beyond a rate "
+        "estimate), the method of least worst ratio over the Euler and DPM-Solver++(2M) cells; with a budget of "
+        "10,000 evaluations per search sample, the one of least worst ratio over all cells.\n\n"
+        "The peer searches are ports. Where the authors' code is public, "
         "`python -m benchmarks.fidelity <peer> --reference <checkout>` imports it from a checkout outside the "
         "project, runs it on the same case as the port and records both schedules, the largest gap between them in "
         "log sigma, and both teacher errors on the 2-D mixture with its exact denoiser (1024 held-out samples). "
@@ -189,8 +197,16 @@ PAGES = {
         "smooth, so the optimiser's path depends on the last bits). Optimal Stepsize: the port in the original's "
         'mode (`start="noise"`: the first step may start below the top from the noise unchanged in '
         "flow-matching coordinates; the suite's default starts at the top), both fed the original's teacher "
-        "(Euler on the grid); teacher errors with the schedule started at `sigma_0 z`, as the suite runs it.",
+        "(Euler on the grid); teacher errors with the schedule started at `sigma_0 z`, as the suite runs it. "
+        "LD3: the original trainer in the port's convention (a final Euler step to 0, decoupled model times off, "
+        "L2 loss) on the port's 100 teacher pairs; it shuffles with another random stream, so the schedules agree "
+        "only as far as the minibatch order lets them (the spread over other orders is given).",
         [
+            ("peers-gmm", "Head to head: 2-D Gaussian mixture, exact denoiser", ""),
+            ("peers-digits", "Head to head: digits UNet (1x8x8)", ""),
+            ("peers-mnist16", "Head to head: MNIST 16x16 UNet", ""),
+            ("peers-digits-cond*", "Head to head: class-conditional digits UNet, guided", ""),
+            ("peers-digits-flow", "Head to head: flow-matching digits UNet", ""),
             ("fidelity-dmn", "DM-NonUniform (scxue/DM-NonUniform, step_optim.py)", ""),
             ("fidelity-oss", "Optimal Stepsize (bebebe666/OptimalSteps, OSS/OSS.py)", ""),
             ("fidelity-ld3", "LD3 (vinhsuhi/LD3, trainer.py)", ""),

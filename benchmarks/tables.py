@@ -510,6 +510,35 @@ def fidelity_md(result: dict) -> str:
         header = ["steps", "grid path (reference)", "grid path (port)", "max log-sigma gap"]
         header += ["teacher error (reference)", "teacher error (port)", "seconds (reference)", "seconds (port)"]
         return f"{result['repository']}, {result['case']}.\n\n" + _table(header, ["---:"] * 8, rows)
+    if "reference_valid_loss" in result["rows"][0]:  # a learnt schedule: validation losses, the order's spread
+        rows = [
+            [r["steps"], f"{r['max_log_gap']:.2g}", f"{r['reference_valid_loss']:.4g}", f"{r['port_valid_loss']:.4g}"]
+            + [
+                f"{r['reference_teacher_error']:.4g}",
+                f"{r['port_teacher_error']:.4g}",
+                f"{r['start_teacher_error']:.4g}",
+            ]
+            + [f"{r['reference_seconds']:.1f}", f"{r['port_seconds']:.1f}"]
+            for r in result["rows"]
+        ]
+        header = ["steps", "max log-sigma gap", "validation loss (reference)", "validation loss (port)"]
+        header += ["teacher error (reference)", "teacher error (port)", "teacher error (start)"]
+        header += ["seconds (reference)", "seconds (port)"]
+        text = f"{result['repository']}, {result['case']}.\n\n" + _table(header, ["---:"] * 9, rows)
+        matched = "; ".join(
+            f"{m['steps']} steps: gap {m['max_log_gap']:.2g}, teacher error {m['reference_teacher_error']:.4g}"
+            for m in result["matched"]
+        )
+        text += f"\n\nThe original driven in the port's minibatch order: {matched}."
+        for steps in dict.fromkeys(r["steps"] for r in result["spread"]):
+            sp = [r for r in result["spread"] if r["steps"] == steps]
+            te = [v for r in sp for v in (r["reference_teacher_error"], r["port_teacher_error"])]
+            text += (
+                f"\n\nOther minibatch orders ({len(sp)} seeds, {steps} steps): each code's schedule moves by up to "
+                f"{max(max(r['reference_gap'], r['port_gap']) for r in sp):.2g} in log sigma; teacher errors "
+                f"{min(te):.4g} to {max(te):.4g}."
+            )
+        return text
     rows = []
     for r in result["rows"]:
         rows.append(

@@ -295,3 +295,36 @@ def test_head_to_head_benchmark_ratios_to_the_best_of_each_cell(monkeypatch):
     assert summary[rec["no_teacher"]["method"]]["max_cost"] == 0 and summary["dmn"]["max_cost"] == 0
     assert summary[rec["teacher"]["method"]]["max_cost"] <= bench.TEACHER_BUDGET
     assert "Recommended without a teacher" in peers_md(result) and pareto_figure(result)[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("case, guidance", [("digits-cond", 2.0), ("digits-flow", None)])
+def test_head_to_head_runs_guided_and_flow_models(monkeypatch, tmp_path, case, guidance):
+    """The head-to-head's conditional case searches and judges the guided ODE (each sample with its own label) and
+    the flow case adds the flow models' shipped schedules; on saved untrained stand-ins at toy size."""
+    import benchmarks.bench as bench
+    from crs.networks import build_denoiser
+
+    build = dict(bench.QUALITY_CASES[case]["build"])
+    build_denoiser((1, 8, 8), seed=0, **build).save_pretrained(tmp_path / "m")
+    sizes = dict(n_search=4, n_eval=8, n_boot=10, teacher_steps=16, check_optimizer=False)
+    if case == "digits-flow":
+        sizes["baselines"] = bench.QUALITY_CASES[case]["sizes"]["baselines"]
+    options = {"teacher_steps": 8, "crs": {"grid_size": 4, "n_samples": 16}, "oss": {"grid": 6, "substeps": 1}}
+    monkeypatch.setitem(bench.QUALITY_CASES, case, dict(bench.QUALITY_CASES[case], sizes=sizes, options=options))
+    monkeypatch.setattr(bench, "QUALITY_METHODS", {k: bench.QUALITY_METHODS[k] for k in ("crs (data)", "dmn", "oss")})
+    result = bench.peers_table(case, str(tmp_path / "m"), nfe={"euler": [3]}, progress=False, guidance=guidance)
+    rows = result["cells"][0]["rows"]
+    assert result["guidance"] == guidance and min(r["ratio_best"] for r in rows.values()) == 1.0
+    assert ("flow" in rows) == (case == "digits-flow") and {"dmn", "oss", "karras"} <= set(rows)
+    with pytest.raises(ValueError, match="needs a class-conditional case"):
+        bench.peers_table("gmm", guidance=2.0)
+
+
+@pytest.mark.parametrize("peer, missing", [("dmn", "step_optim.py"), ("oss", "OSS/OSS.py"), ("ld3", "trainer.py")])
+def test_fidelity_needs_a_checkout_of_the_reference(tmp_path, peer, missing):
+    """The fidelity script runs the authors' code from a checkout given by path (never downloaded); without one it
+    says which file it looked for before any work."""
+    from benchmarks.fidelity import FIDELITY
+
+    with pytest.raises(ValueError, match=missing.replace(".", r"\.")):
+        FIDELITY[peer](tmp_path)
