@@ -582,19 +582,27 @@ def peers_summary(result: dict) -> dict:
 
 
 def peers_recommendation(result: dict) -> dict:
-    """The methods the numbers recommend: with no teacher (no network evaluation beyond a rate estimate: a fixed
-    baseline, ``dmn``, plain CRS), the least worst ratio over the Euler and DPM-Solver++(2M) cells; with a teacher
-    budget (every search at most ``budgets["teacher"]`` evaluations per sample), the least worst ratio over all
-    cells. Each with its worst ratio."""
-    summary = peers_summary(result)
-    free = {k: v for k, v in summary.items() if v["max_cost"] <= result["budgets"]["no_teacher"]}
-    budget = {k: v for k, v in summary.items() if v["max_cost"] <= result["budgets"]["teacher"]}
-    no_teacher = min(free, key=lambda k: free[k]["worst_plain"])
-    teacher = min(budget, key=lambda k: budget[k]["worst"])
-    return {
-        "no_teacher": {"method": no_teacher, "worst_plain": free[no_teacher]["worst_plain"]},
-        "teacher": {"method": teacher, "worst": budget[teacher]["worst"]},
-    }
+    """The methods the numbers recommend, per sampler: with no teacher (no network evaluation beyond a rate
+    estimate: a fixed baseline, ``dmn``, plain CRS) and with a teacher budget (every search of the sampler's cells
+    at most ``budgets["teacher"]`` evaluations per search sample), the method of least worst ratio to the best of
+    the sampler's cells; ``{sampler: {"no_teacher": (method, worst), "teacher": (method, worst)}}``."""
+    cells = _cells(result)
+    out = {}
+    for sampler in dict.fromkeys(c["sampler"] for c in cells):
+        mine = [c for c in cells if c["sampler"] == sampler]
+        names = [k for k in mine[0]["rows"] if "ratio_best" in mine[0]["rows"][k]]
+        worst = {k: max(c["rows"][k]["ratio_best"] for c in mine) for k in names}
+        cost = {k: max(c["rows"][k]["evaluations"] for c in mine) for k in names}
+        picks = {}
+        for label, budget in (
+            ("no_teacher", result["budgets"]["no_teacher"]),
+            ("teacher", result["budgets"]["teacher"]),
+        ):
+            fits = [k for k in names if cost[k] <= budget]
+            best = min(fits, key=lambda k: worst[k])
+            picks[label] = (best, worst[best])
+        out[sampler] = picks
+    return out
 
 
 def peers_md(result: dict) -> str:
@@ -628,13 +636,26 @@ def peers_md(result: dict) -> str:
         )
     )
     rec = peers_recommendation(result)
-    nt, t = rec["no_teacher"], rec["teacher"]
     met = {True: "met", False: "not met"}
+    targets = {"no_teacher": 1.3, "teacher": 1.1}
+    rows = []
+    for sampler, picks in rec.items():
+        row = [sampler]
+        for label, (method, worst) in picks.items():
+            # the no-teacher target is set for the Euler and DPM-Solver++(2M) cells only
+            judged = label == "teacher" or sampler in ("euler", "dpmpp_2m")
+            verdict = f" (target {targets[label]}: {met[worst <= targets[label]]})" if judged else ""
+            row += [method, f"{worst:.2f}{verdict}"]
+        rows.append(row)
     parts.append(
-        f"Recommended without a teacher: **{nt['method']}**, worst ratio {nt['worst_plain']:.2f} over the Euler "
-        f"and DPM-Solver++(2M) cells (target 1.3: {met[nt['worst_plain'] <= 1.3]}). With a teacher budget of "
-        f"{result['budgets']['teacher']:,} evaluations per search sample: **{t['method']}**, worst ratio "
-        f"{t['worst']:.2f} over all cells (target 1.1: {met[t['worst'] <= 1.1]})."
+        f"Recommended per sampler, from the table: the method of least worst ratio over the sampler's cells, without "
+        f"a teacher (no evaluation beyond a rate estimate) and with a teacher budget of "
+        f"{result['budgets']['teacher']:,} evaluations per search sample (every cell of the sampler within it):\n\n"
+        + _table(
+            ["sampler", "without a teacher", "its worst ratio", "with a teacher", "its worst ratio"],
+            ["---", "---", "---:", "---", "---:"],
+            rows,
+        )
     )
     return "\n\n".join(parts)
 

@@ -292,9 +292,14 @@ def test_head_to_head_benchmark_ratios_to_the_best_of_each_cell(monkeypatch):
         assert ratios[cell["best"]] == 1.0 and min(ratios.values()) == 1.0
         assert set(ratios) == set(shown) | set(crs.BASELINES)
     summary, rec = peers_summary(result), peers_recommendation(result)
-    assert summary[rec["no_teacher"]["method"]]["max_cost"] == 0 and summary["dmn"]["max_cost"] == 0
-    assert summary[rec["teacher"]["method"]]["max_cost"] <= bench.TEACHER_BUDGET
-    assert "Recommended without a teacher" in peers_md(result) and pareto_figure(result)[:4] == b"\x89PNG"
+    assert set(rec) == {"euler", "dpmpp_2m"} and summary["dmn"]["max_cost"] == 0
+    for sampler, picks in rec.items():
+        cells = [c for c in result["cells"] if c["sampler"] == sampler]
+        method, worst = picks["no_teacher"]
+        assert all(c["rows"][method]["evaluations"] == 0 for c in cells)
+        assert worst == max(c["rows"][method]["ratio_best"] for c in cells)
+        assert all(c["rows"][picks["teacher"][0]]["evaluations"] <= bench.TEACHER_BUDGET for c in cells)
+    assert "Recommended per sampler" in peers_md(result) and pareto_figure(result)[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize("case, guidance", [("digits-cond", 2.0), ("digits-flow", None)])
