@@ -227,6 +227,7 @@ _UNET_OPTIONS = {
     "crs-select": {"grid_size": 32, "n_samples": 256},
     "crs": {"grid_size": 32, "n_samples": 256},
     "gits": {"grid": 60},
+    "ld3": {"pairs": 64},  # the whole search batch (LD3's own: 100 pairs)
 }
 QUALITY_CASES = {
     "gmm": dict(dataset="gmm", dataset_kwargs={}),

@@ -14,6 +14,11 @@ original and why, and how the ports were checked against the reference code):
   ``lambda``, RMSprop, and the relaxed objective: each pair's starting noise may move within a ball around its own
   to lower its loss (radius ``0.001 d / nfe^2`` in units of the unit-normal noise). One schedule for solver and
   network (the original also learns the levels at which the network is evaluated apart from the solver's).
+* ``oss``: Optimal Stepsize (Pei et al., 2025; bebebe666/OptimalSteps, ``OSS/OSS.py``): dynamic programming over the
+  student's own states on the teacher's grid, one programme per sample and the median path (:func:`oss_path`).
+* ``ays-opt``: Align Your Steps' optimiser (Sabour et al., ICML 2024; no code is public): the KLUB of a first-order
+  SDE solver by Monte Carlo with the paper's importance density (:func:`klub`), minimised point by point over 11
+  candidates per sweep (:func:`ays_sweeps`), stopped by the teacher error.
 """
 
 from __future__ import annotations
@@ -56,18 +61,27 @@ _DMN_ORDERS = (1, 2, 3, "heun")
 DMN_ORDER_OF = {"euler": 1, "dpmpp_2m": 2, "heun": "heun"}  # the integrator each sampler is
 
 
-def dmn_coefficients(lam: np.ndarray, order=3) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
+def dmn_coefficients(
+    lam: np.ndarray, order=3, lower_final: bool = True
+) -> list[tuple[tuple[int, ...], tuple[float, ...]]]:
     """Each step's nodes and integration coefficients in DM-NonUniform's solver model: step ``s`` from ``lam[s]`` to
     ``lam[s + 1]`` integrates ``e^lambda`` times the polynomial through the data predictions at its nodes, exactly
     (``x_{s+1} / sigma_{s+1} = x_s / sigma_s + sum_j J_j D(node_j)``). Step ``s`` of ``N`` has order
-    ``min(order, s + 1, N - s)`` (its last nodes ``s - k + 1 .. s``; lower orders at both ends, as the reference).
-    ``order="heun"`` (not in the reference): each step but the last interpolates between its own two ends."""
+    ``min(order, s + 1, N - s)`` (its last nodes ``s - k + 1 .. s``): lower orders at both ends, as the reference
+    (DPM-Solver's lower-order final steps); without ``lower_final`` at the start only (``min(order, s + 1)``), as
+    the suite's samplers step into sigma_min (only their step from sigma_min to 0 is first order).
+    ``order="heun"`` (not in the reference): each step interpolates between its own two ends (the last one is
+    first order with ``lower_final``)."""
     lam = np.asarray(lam, dtype=np.float64)
     n_steps = len(lam) - 1
     hv, elv = np.diff(lam), np.exp(lam)
     out = []
     for s in range(n_steps):
-        k = (1 if s == n_steps - 1 else "heun") if order == "heun" else min(order, s + 1, n_steps - s)
+        last = lower_final and s == n_steps - 1
+        if order == "heun":
+            k = 1 if last else "heun"
+        else:
+            k = min(order, s + 1, n_steps - s) if lower_final else min(order, s + 1)
         if k == 1:
             out.append(((s,), (elv[s + 1] - elv[s],)))
         elif k == "heun":
@@ -85,7 +99,7 @@ def dmn_coefficients(lam: np.ndarray, order=3) -> list[tuple[tuple[int, ...], tu
     return out
 
 
-def dmn_objective(lam: np.ndarray, order=3, trunc: int = 3, err_power: float = 2.0) -> float:
+def dmn_objective(lam: np.ndarray, order=3, trunc: int = 3, err_power: float = 2.0, lower_final: bool = True) -> float:
     """DM-NonUniform's objective (``StepOptim.sel_lambdas_lof_obj``) at the levels ``lam`` (increasing ``lambda``,
     both ends included), for the steps of :func:`dmn_coefficients`.
 
@@ -99,8 +113,8 @@ def dmn_objective(lam: np.ndarray, order=3, trunc: int = 3, err_power: float = 2
     # so the schedule it stops at, depends on the last bits)
     alpha, sigma = 1.0 / np.sqrt(1 + np.exp(-2 * lam)), 1.0 / np.sqrt(1 + np.exp(2 * lam))
     w = sigma**err_power / alpha
-    res, c = 0.0, np.zeros(len(lam) - 1)
-    for s, (nodes, coefs) in enumerate(dmn_coefficients(lam, order)):
+    res, c = 0.0, np.zeros(len(lam))  # node N only in the Heun rule without lower_final; +0.0 changes no sum
+    for s, (nodes, coefs) in enumerate(dmn_coefficients(lam, order, lower_final)):
         terms = [w[n] * j for n, j in zip(nodes, coefs)]
         if len(nodes) == 1:
             res += abs(terms[0])
@@ -113,7 +127,13 @@ def dmn_objective(lam: np.ndarray, order=3, trunc: int = 3, err_power: float = 2
 
 
 def dmn_lambdas(
-    steps: int, lam_hi: float, lam_lo: float, order=3, trunc: int = 3, err_power: float = 2.0
+    steps: int,
+    lam_hi: float,
+    lam_lo: float,
+    order=3,
+    trunc: int = 3,
+    err_power: float = 2.0,
+    lower_final: bool = True,
 ) -> tuple[np.ndarray, dict]:
     """DM-NonUniform's optimised ``lambda`` levels for ``steps`` solver steps (``StepOptim.get_ts_lambdas``, its
     ``unif`` start): ``steps + 1`` values from ``lam_hi`` (the most noise, ``-log sigma_max``) up to ``lam_lo``,
@@ -123,7 +143,7 @@ def dmn_lambdas(
     # the reference's start: uniform lambda as torch.linspace makes it, in float32
     start = torch.linspace(lam_hi, lam_lo, steps + 1).numpy().astype(np.float64)
     if steps == 1:
-        value = dmn_objective(start, order, trunc, err_power)
+        value = dmn_objective(start, order, trunc, err_power, lower_final)
         return start, {"iterations": 0, "objective": value, "start_objective": value}
     from scipy.optimize import LinearConstraint, minimize
 
@@ -135,7 +155,7 @@ def dmn_lambdas(
     lb[0], lb[-1] = lam_hi, -lam_lo
 
     def f(x):
-        return dmn_objective(np.concatenate([[lam_hi], x, [lam_lo]]), order, trunc, err_power)
+        return dmn_objective(np.concatenate([[lam_hi], x, [lam_lo]]), order, trunc, err_power, lower_final)
 
     with warnings.catch_warnings():  # trust-constr warns when its finite-difference Hessian update is skipped
         warnings.simplefilter("ignore")

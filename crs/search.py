@@ -15,6 +15,8 @@ Methods (each returns ``n`` levels descending, then 0, for the ``n`` steps the s
   batch, by L-BFGS with gradients through the sampler (in the spirit of LD3, Tong et al. 2025, without its
   relaxation), started from every baseline (the objective has several local minima); ``optimal-free`` frees
   sigma_min too. Never worse than any of its starting schedules on the search batch.
+* ``dmn``, ``ld3``, ``oss``, ``ays-opt``: ported peers (DM-NonUniform, LD3, Optimal Stepsize, Align Your Steps'
+  optimiser; :mod:`crs.peers`, docs/concepts/peers.md says where each differs from its original).
 
 Each method is one function registered by name (:func:`register_search`, with its options and their defaults, and
 its role: ``kind`` ``crs`` for the CRS methods, ``peer`` for the others, :func:`search_kind`);
@@ -42,7 +44,7 @@ import numpy as np
 import torch
 
 from crs.args import check_choice, check_int
-from crs.conditioning import Bound, bind, check_conditions, guidance_of
+from crs.conditioning import Bound, bind, check_conditions, guidance_evaluations, guidance_of
 from crs.io import atomic_write_json, read_json
 from crs.protocols import check_data_matches
 from crs.quality import Teacher, check_deterministic_sampler, solve_teacher
@@ -242,7 +244,9 @@ class SearchContext:
         model, conditions: the denoiser as given and a conditional model's condition source; once the teacher is
             solved, ``denoiser`` is ``model`` bound to the search batch's conditions (:func:`crs.conditioning.bind`),
             the plain ``D(x, sigma)`` of the search batch every method calls.
-        evaluations: network evaluations per search sample so far (the teacher's unless reused).
+        evaluations: the method's own network evaluations per search sample so far (denoiser evaluations: a guided
+            model's are counted twice at the end, as the teacher's are).
+        teacher_cost: the search teacher's network calls per sample (0 when reused, or when it only scores).
         rate_evaluations: single-sample evaluations of rate estimates.
         meta: what the result reports beyond its fields.
     """
@@ -263,6 +267,7 @@ class SearchContext:
     model: Any = None
     conditions: Any = None
     evaluations: int = 0
+    teacher_cost: int = 0
     rate_evaluations: int = 0
     meta: dict = field(default_factory=dict)
 
@@ -397,7 +402,7 @@ def _crs_candidates(ctx: SearchContext, measures, xis) -> list[tuple[str, float,
 def _crs(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """The paper's method: the constant-rate schedule of one measure at one ``xi``."""
     ((name, xi, sigmas),) = _crs_candidates(ctx, [ctx.opts["measure"]], [ctx.opts["xi"]])
-    ctx.evaluations = 0  # the teacher only reports the objective; CRS itself needs nothing beyond its rate
+    ctx.teacher_cost = 0  # the teacher only reports the objective; CRS itself needs nothing beyond its rate
     objective = ctx.objective(sigmas)
     ctx.meta.update(measure=name, xi=xi)
     return sigmas, objective
@@ -696,25 +701,42 @@ def _dmn_prepare(ctx: SearchContext) -> tuple[int, bool]:
     if ctx.opts["order"] != "auto":
         check_dmn_order(ctx.opts["order"])
     check_int("trunc", ctx.opts["trunc"], 0)
-    if not (isinstance(ctx.opts["err_power"], (int, float)) and ctx.opts["err_power"] > 0):
-        raise ValueError(f"`err_power` must be a positive number, got {ctx.opts['err_power']!r}.")
+    power = ctx.opts["err_power"]
+    if isinstance(power, bool) or not (isinstance(power, (int, float)) and power > 0):
+        raise ValueError(f"`err_power` must be a positive number, got {power!r}.")
+    if not isinstance(ctx.opts["lower_final"], bool):
+        raise ValueError(f"`lower_final` must be true or false, got {ctx.opts['lower_final']!r}.")
     return _plain_teacher(ctx)
 
 
-@register_search("dmn", options={"order": "auto", "trunc": 3, "err_power": 2.0}, prepare=_dmn_prepare, kind="peer")
+@register_search(
+    "dmn",
+    options={"order": "auto", "trunc": 3, "err_power": 2.0, "lower_final": False},
+    prepare=_dmn_prepare,
+    kind="peer",
+)
 def _dmn(ctx: SearchContext) -> tuple[np.ndarray, float]:
     """DM-NonUniform: ``steps`` levels from sigma_max to sigma_min (``steps - 1`` intervals) as its optimiser places
-    them, then 0; no network evaluation (the teacher only scores the result)."""
+    them, then 0; no network evaluation (the teacher only scores the result). The step into sigma_min keeps the
+    sampler's order (the suite's samplers lower it only on the step to 0); ``lower_final`` lowers it, as the
+    reference does for DPM-Solver."""
     from crs.peers import DMN_ORDER_OF, dmn_lambdas
 
     order = DMN_ORDER_OF[ctx.sampler] if ctx.opts["order"] == "auto" else ctx.opts["order"]
+    opts = ctx.opts
     lam, info = dmn_lambdas(
-        ctx.steps - 1, -math.log(ctx.hi), -math.log(ctx.lo), order, ctx.opts["trunc"], ctx.opts["err_power"]
+        ctx.steps - 1,
+        -math.log(ctx.hi),
+        -math.log(ctx.lo),
+        order,
+        opts["trunc"],
+        opts["err_power"],
+        opts["lower_final"],
     )
     sigmas = np.exp(-lam)
     sigmas[0], sigmas[-1] = ctx.hi, ctx.lo  # the ends exactly
     sigmas = _levels(sigmas)
-    ctx.evaluations = 0
+    ctx.teacher_cost = 0  # the teacher only scores the result
     ctx.meta.update(order=order, **info)
     return sigmas, ctx.objective(sigmas)
 
@@ -735,7 +757,7 @@ def _ld3_prepare(ctx: SearchContext) -> tuple[int, bool]:
         )
     if opts["radius"] != "auto" and not (isinstance(opts["radius"], (int, float)) and opts["radius"] >= 0):
         raise ValueError(f"`radius` must be 'auto' or a number >= 0, got {opts['radius']!r}.")
-    if not (isinstance(opts["lr"], (int, float)) and opts["lr"] > 0):
+    if isinstance(opts["lr"], bool) or not (isinstance(opts["lr"], (int, float)) and opts["lr"] > 0):
         raise ValueError(f"`lr` must be a positive number, got {opts['lr']!r}.")
     return _plain_teacher(ctx)
 
@@ -760,6 +782,10 @@ def _ld3(ctx: SearchContext) -> tuple[np.ndarray, float]:
 def _ays_prepare(ctx: SearchContext) -> tuple[int, bool]:
     for name, low in (("candidates", 3), ("mc_samples", 2), ("sweeps", 1), ("patience", 1)):
         check_int(name, ctx.opts[name], low)
+    if ctx.opts["candidates"] % 2 == 0:
+        raise ValueError(
+            f"`candidates` must be odd (the point itself and as many on each side), got {ctx.opts['candidates']}."
+        )
     return _plain_teacher(ctx)
 
 
@@ -786,10 +812,12 @@ def _ays_opt(ctx: SearchContext) -> tuple[np.ndarray, float]:
             return x0.to(ctx.teacher.x_T.dtype), cond
         return ctx.data.sample(m, gen).to(ctx.teacher.x_T.dtype), None
 
-    best = {"objective": ctx.objective(_levels(levels[::-1])), "sweep": -1, "levels": levels.copy(), "scored": 1}
+    scores = [ctx.objective(_levels(levels[::-1]))]
+    best = {"objective": scores[0], "sweep": -1, "levels": levels.copy(), "scored": 1}
 
     def on_sweep(sweep, current):
         value = ctx.objective(_levels(current[::-1]))
+        scores.append(value)
         best["scored"] += 1
         if value < best["objective"]:
             best.update(objective=value, sweep=sweep, levels=current.copy())
@@ -797,7 +825,7 @@ def _ays_opt(ctx: SearchContext) -> tuple[np.ndarray, float]:
 
     spent = ays_sweeps(ctx.model, draw, levels, ctx.opts, ctx.seed, on_sweep)
     ctx.evaluations += math.ceil(spent / ctx.opts["n"]) + best["scored"] * ctx.nfe
-    ctx.meta.update(klub_sample_evaluations=spent, best_sweep=best["sweep"], sweeps_scored=best["scored"] - 1)
+    ctx.meta.update(klub_sample_evaluations=spent, best_sweep=best["sweep"], sweep_objectives=scores)
     return _levels(best["levels"][::-1]), best["objective"]
 
 
@@ -877,7 +905,7 @@ def _solve_search_teacher(ctx: SearchContext, steps: int, keep: bool) -> None:
         )
     ctx.teacher, ctx.teacher_key = ctx.store[key], key
     ctx.denoiser = bind(ctx.model, ctx.teacher.cond)
-    ctx.evaluations = 0 if reused else ctx.teacher.evaluations
+    ctx.evaluations, ctx.teacher_cost = 0, 0 if reused else ctx.teacher.evaluations
     ctx.meta.update(teacher_error=ctx.teacher.error, teacher_evaluations=ctx.teacher.evaluations, teacher_reused=reused)
 
 
@@ -916,7 +944,11 @@ def search_schedule(
             baseline, the best result kept, since the objective has several local minima; "best": from the best
             baseline on the search batch only; a baseline name; or sigmas), ``maxiter`` (200 per start),
             ``maxfev`` (Powell's objective evaluations per start, 2000), ``optimizer`` ("lbfgs", or "powell",
-            derivative-free: the independent check).
+            derivative-free: the independent check); ``dmn``: ``order`` ("auto": the sampler's), ``trunc``,
+            ``err_power``, ``lower_final``; ``ld3``: ``pairs`` (100), ``batch``, ``rounds``, ``lr``, ``patience``,
+            ``radius`` ("auto": the original's); ``oss``: ``grid``, ``substeps``, ``aggregate`` ("median" per
+            sample, as the original, or "joint"); ``ays-opt``: ``candidates`` (11), ``mc_samples``, ``sweeps``,
+            ``patience`` (sweeps without a better teacher error before it stops).
         conditions: a conditional model's condition source (:class:`crs.conditioning.Labels`): search sample
             ``i`` gets the condition of its seed; the CRS methods' rates condition each x0 on its own label.
 
@@ -944,6 +976,8 @@ def search_schedule(
     teacher_steps, keep = entry.prepare(ctx)
     _solve_search_teacher(ctx, teacher_steps, keep)
     sigmas, objective = entry.run(ctx)
+    # network calls, as the teacher and the rates count them: a guided model's evaluation is two calls
+    evaluations = ctx.teacher_cost + ctx.evaluations * guidance_evaluations(denoiser)
     if conditions is not None:  # what the schedule was searched for (a stored search is reused only for the same)
         ctx.meta.update(conditions=conditions.state(), guidance=guidance_of(denoiser))
     return SearchResult(
@@ -954,7 +988,7 @@ def search_schedule(
         sigma_max=float(hi),
         sigmas=[float(s) for s in sigmas],
         objective=float(objective),
-        evaluations=int(ctx.evaluations),
+        evaluations=int(evaluations),
         batch=int(opts["n"]),
         rate_evaluations=int(ctx.rate_evaluations),
         seconds=time.perf_counter() - start,
