@@ -84,3 +84,19 @@ def pytest_xdist_make_scheduler(config, log):
                     node.shutdown()
 
     return FileScheduling(config, log)
+
+
+@pytest.fixture
+def toy_search_options():
+    """Search options small enough for a unit test of the quality and head-to-head benchmarks, per method."""
+    return {
+        "teacher_steps": 16,
+        "crs": {"grid_size": 8, "n_samples": 64},
+        "crs-select": {"grid_size": 8, "n_samples": 64, "measures": ["data"], "xis": [1.0]},
+        "gits": {"grid": 12},
+        "optimal": {"init": "best", "maxiter": 2},
+        "optimal-free": {"init": "best", "maxiter": 2},
+        "ld3": {"pairs": 8, "rounds": [1, 0]},
+        "oss": {"grid": 12},
+        "ays-opt": {"mc_samples": 16, "sweeps": 1},
+    }

@@ -222,7 +222,7 @@ def test_gits_costs_are_the_sampler_jump_errors_against_the_teacher():
     assert first[4] == pytest.approx(float((x - states[4]).pow(2).mean().sqrt()), rel=1e-9)
 
 
-def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
+def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path, toy_search_options):
     """The quality benchmark at toy size: every row judged, `optimal` the unit of the ratios, JSON-able partial
     results after every cell, and a UNet case that loads a given model and refuses an unknown case by name."""
     import json
@@ -231,17 +231,7 @@ def test_quality_benchmark_runs_small_and_saves_each_cell(tmp_path):
     from benchmarks.tables import quality_md
 
     saved = []
-    options = {
-        "teacher_steps": 16,
-        "crs": {"grid_size": 8, "n_samples": 64},
-        "crs-select": {"grid_size": 8, "n_samples": 64, "measures": ["data"], "xis": [1.0]},
-        "gits": {"grid": 12},
-        "optimal": {"init": "best", "maxiter": 2},
-        "optimal-free": {"init": "best", "maxiter": 2},
-        "ld3": {"pairs": 8, "rounds": [1, 0]},
-        "oss": {"grid": 12},
-        "ays-opt": {"mc_samples": 64, "sweeps": 2},
-    }
+    options = toy_search_options
     result = quality_table(
         nfe={"euler": [3], "heun": [3]},
         n_search=16,
